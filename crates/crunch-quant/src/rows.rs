@@ -1,0 +1,79 @@
+//! Whole-tensor quantization over rows, validated and spread over all cores.
+
+use crate::kernels;
+use crunch_core::GgmlType;
+use rayon::prelude::*;
+
+/// What can go wrong when quantizing or dequantizing a tensor.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QuantError {
+    #[error("crunch has no kernels for type {0}")]
+    Unsupported(GgmlType),
+    #[error("row length {row_len} is not a multiple of {ty}'s block size {block}")]
+    RowNotBlockMultiple { ty: GgmlType, row_len: usize, block: usize },
+    #[error("{what}: expected {expected} elements/bytes, got {got}")]
+    Length { what: &'static str, expected: usize, got: usize },
+}
+
+/// Quantize `src` (rows of `row_len` f32) to `ty` into `dst`, with optional per-column importance
+/// weights (`imatrix.len() == row_len`). Rows are processed in parallel.
+///
+/// # Errors
+/// Unsupported type, a row length that is not a multiple of the block size, or buffer sizes that
+/// do not match.
+pub fn quantize_rows(
+    ty: GgmlType,
+    src: &[f32],
+    row_len: usize,
+    imatrix: Option<&[f32]>,
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    let k = kernels(ty).ok_or(QuantError::Unsupported(ty))?;
+    let row_bytes = check_rows(ty, src.len(), row_len, dst.len())?;
+    if let Some(w) = imatrix {
+        if w.len() != row_len {
+            return Err(QuantError::Length { what: "importance weights", expected: row_len, got: w.len() });
+        }
+    }
+    if row_len == 0 {
+        return Ok(());
+    }
+    let weights = if k.uses_weights { imatrix } else { None };
+    dst.par_chunks_mut(row_bytes)
+        .zip(src.par_chunks(row_len))
+        .for_each(|(d, s)| (k.quantize)(s, weights, d));
+    Ok(())
+}
+
+/// Dequantize rows of `ty` from `src` into `dst` (`row_len` elements per row), in parallel.
+///
+/// # Errors
+/// Unsupported type or buffer sizes that do not match.
+pub fn dequantize_rows(ty: GgmlType, src: &[u8], row_len: usize, dst: &mut [f32]) -> Result<(), QuantError> {
+    let k = kernels(ty).ok_or(QuantError::Unsupported(ty))?;
+    let row_bytes = check_rows(ty, dst.len(), row_len, src.len())?;
+    if row_len == 0 {
+        return Ok(());
+    }
+    dst.par_chunks_mut(row_len)
+        .zip(src.par_chunks(row_bytes))
+        .for_each(|(d, s)| (k.dequantize)(s, d));
+    Ok(())
+}
+
+fn check_rows(ty: GgmlType, n_elems: usize, row_len: usize, n_bytes: usize) -> Result<usize, QuantError> {
+    let row_bytes = ty
+        .row_size(row_len)
+        .ok_or(QuantError::RowNotBlockMultiple { ty, row_len, block: ty.block_size() })?;
+    if row_len == 0 {
+        return Ok(0);
+    }
+    if n_elems % row_len != 0 {
+        return Err(QuantError::Length { what: "elements (not whole rows)", expected: n_elems / row_len * row_len, got: n_elems });
+    }
+    let expected = n_elems / row_len * row_bytes;
+    if n_bytes != expected {
+        return Err(QuantError::Length { what: "quantized bytes", expected, got: n_bytes });
+    }
+    Ok(row_bytes)
+}
