@@ -44,7 +44,7 @@ def value(field):
 
 def cmd_read(path):
     r = gguf.GGUFReader(path)
-    out = {"fields": {}, "tensors": []}
+    out = {"fields": {}, "tensors": [], "keys": [k for k in r.fields.keys() if not k.startswith("GGUF.")]}
     for k, f in r.fields.items():
         v = value(f)
         if isinstance(v, (bytes, bytearray)):

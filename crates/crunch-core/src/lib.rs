@@ -5,8 +5,11 @@
 //! length, offset and shape read from a file is checked before it is used, and a file that is read and
 //! written back unchanged is reproduced byte for byte (key order, tensor order and alignment kept).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod ggml_type;
+pub mod gguf;
+pub mod mmap;
+pub mod output;
 
 pub use ggml_type::{GgmlType, UnknownType, QK_K};

@@ -1,8 +1,23 @@
-//! iquants block formats.
+//! Non-linear 4-bit formats: IQ4_NL (32-element blocks, one f16 scale) and IQ4_XS (256-element
+//! super-blocks with 6-bit sub-block scales). Both map 4-bit codes through llama.cpp's fixed
+//! 16-entry code book [`KVALUES`] instead of a uniform grid.
+//!
+//! Quantization ports llama.cpp's `quantize_row_iq4_nl_impl` search, with and without importance
+//! weights, so the bytes equal llama.cpp's `quantize_iq4_nl` / `quantize_iq4_xs`.
 
 use crate::Kernels;
 use crunch_core::GgmlType;
 
-pub(crate) fn kernels(_ty: GgmlType) -> Option<&'static Kernels> {
-    None
+pub mod iq4_nl;
+pub mod iq4_xs;
+mod nonlinear;
+
+pub use nonlinear::KVALUES;
+
+pub(crate) fn kernels(ty: GgmlType) -> Option<&'static Kernels> {
+    match ty {
+        GgmlType::IQ4_NL => Some(&iq4_nl::KERNELS),
+        GgmlType::IQ4_XS => Some(&iq4_xs::KERNELS),
+        _ => None,
+    }
 }

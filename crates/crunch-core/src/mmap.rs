@@ -1,0 +1,34 @@
+//! Read-only memory maps of input files: the one place in crunch-core that needs `unsafe`.
+
+#![allow(unsafe_code)]
+
+use memmap2::Mmap;
+use std::fs::File;
+use std::path::Path;
+
+/// A read-only view of a whole file. Empty files are represented without a map.
+pub struct Mapped {
+    map: Option<Mmap>,
+}
+
+impl Mapped {
+    /// Map `path` read-only.
+    ///
+    /// # Errors
+    /// The file cannot be opened or mapped.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let file = File::open(path)?;
+        if file.metadata()?.len() == 0 {
+            return Ok(Mapped { map: None });
+        }
+        // SAFETY: the map is read-only and crunch never writes its inputs. Another process
+        // truncating the file while it is mapped could fault; that is the accepted contract of
+        // every mmap-based model loader (llama.cpp included) and cannot be prevented from here.
+        let map = unsafe { Mmap::map(&file)? };
+        Ok(Mapped { map: Some(map) })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}

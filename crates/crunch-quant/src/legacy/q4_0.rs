@@ -1,0 +1,144 @@
+//! Q4_0: 32 weights as 4-bit codes `q` with `x = d * (q - 8)`, one f16 scale (4.5 bits per weight).
+//!
+//! Without importance weights the scale is the block's signed absolute maximum over -8, exactly as
+//! llama.cpp's reference quantizer; with weights, llama.cpp's `make_qx_quants` scale search under
+//! the weights `importance * sqrt(sigma2 + x^2)`. Dot products run against Q8_0.
+
+use super::q8_0::BlockQ8_0;
+use super::{
+    all_blocks, block_weights, blocks, fill_blocks, inverse_or_zero, pack_nibbles, signed_absmax,
+    sum_squares, usable_weights, QK,
+};
+use crate::kquants::search::make_qx_quants;
+use crate::Kernels;
+use bytemuck::{Pod, Zeroable};
+use crunch_core::GgmlType;
+use half::f16;
+
+/// One Q4_0 block: element `j` in the low nibble of `qs[j]`, element `j + 16` in the high nibble.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct BlockQ4_0 {
+    pub d: f16,
+    pub qs: [u8; QK / 2],
+}
+
+const _: () = assert!(size_of::<BlockQ4_0>() == 2 + QK / 2);
+
+pub(crate) static KERNELS: Kernels = Kernels {
+    ty: GgmlType::Q4_0,
+    quantize,
+    dequantize,
+    vec_dot: Some(vec_dot),
+    dot_type: GgmlType::Q8_0,
+    uses_weights: true,
+};
+
+/// Quantize one block exactly as llama.cpp's `quantize_row_q4_0_ref`.
+pub fn quantize_block(x: &[f32; QK]) -> BlockQ4_0 {
+    let (_, max) = signed_absmax(x);
+    let d = max / -8.0;
+    let id = inverse_or_zero(d);
+    let mut q = [0u8; QK];
+    for (q, &v) in q.iter_mut().zip(x) {
+        // truncation toward zero of a value offset by 8.5 rounds to nearest
+        *q = ((v * id + 8.5) as i8).min(15) as u8;
+    }
+    BlockQ4_0 { d: f16::from_f32(d), qs: pack_nibbles(&q) }
+}
+
+/// Quantize one row (`src.len()` a multiple of 32) into Q4_0 blocks, importance-weighted when
+/// `weights` (one per element of the row) are given.
+pub fn quantize(src: &[f32], weights: Option<&[f32]>, dst: &mut [u8]) {
+    fill_blocks(dst, |out: &mut [BlockQ4_0]| match usable_weights(src, weights) {
+        Some(w) => quantize_weighted(src, w, out),
+        None => {
+            for (b, x) in out.iter_mut().zip(src.chunks_exact(QK)) {
+                if let Ok(x) = x.try_into() {
+                    *b = quantize_block(x);
+                }
+            }
+        }
+    });
+}
+
+/// llama.cpp's `quantize_row_q4_0_impl` with weights: a least-squares scale search per block.
+fn quantize_weighted(src: &[f32], importance: &[f32], out: &mut [BlockQ4_0]) {
+    let sigma2 = sum_squares(src) / src.len() as f32;
+    let chunks = src.chunks_exact(QK).zip(importance.chunks_exact(QK));
+    for (b, (x, qw)) in out.iter_mut().zip(chunks) {
+        let mut w = [0.0f32; QK];
+        block_weights(x, qw, sigma2, &mut w);
+        let mut l = [0i8; QK];
+        let d = make_qx_quants(QK, 8, x, &mut l, 1, Some(&w));
+        let q = l.map(|v| v as u8);
+        *b = BlockQ4_0 { d: f16::from_f32(d), qs: pack_nibbles(&q) };
+    }
+}
+
+/// Dequantize Q4_0 blocks.
+pub fn dequantize(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in all_blocks::<BlockQ4_0>(src).iter().zip(dst.chunks_exact_mut(QK)) {
+        let d = b.d.to_f32();
+        let (lo, hi) = y.split_at_mut(QK / 2);
+        for ((&q, l), h) in b.qs.iter().zip(lo).zip(hi) {
+            *l = ((q & 0x0f) as i32 - 8) as f32 * d;
+            *h = ((q >> 4) as i32 - 8) as f32 * d;
+        }
+    }
+}
+
+/// Dot product of `n` elements of Q4_0 `x` with Q8_0 `y`, using AVX2 when the CPU has it.
+pub fn vec_dot(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    vec_dot_simd(n, x, y).unwrap_or_else(|| vec_dot_scalar(n, x, y))
+}
+
+/// Scalar reference dot product (llama.cpp's generic kernel order).
+pub fn vec_dot_scalar(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    let xs = blocks::<BlockQ4_0>(x, n / QK);
+    let ys = blocks::<BlockQ8_0>(y, n / QK);
+    let mut sum = 0.0f32;
+    for (bx, by) in xs.iter().zip(ys.iter()) {
+        let (ylo, yhi) = by.qs.split_at(QK / 2);
+        let mut isum = 0i32;
+        for ((&q, &a), &b) in bx.qs.iter().zip(ylo).zip(yhi) {
+            isum += ((q & 0x0f) as i32 - 8) * i32::from(a);
+            isum += ((q >> 4) as i32 - 8) * i32::from(b);
+        }
+        sum += isum as f32 * bx.d.to_f32() * by.d.to_f32();
+    }
+    sum
+}
+
+/// The SIMD dot product, or `None` when this CPU has no SIMD kernel for it.
+pub fn vec_dot_simd(n: usize, x: &[u8], y: &[u8]) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2_fma() {
+        let xs = blocks::<BlockQ4_0>(x, n / QK);
+        let ys = blocks::<BlockQ8_0>(y, n / QK);
+        // SAFETY: AVX2 and FMA were detected on this CPU just above.
+        return Some(unsafe { avx2::dot(&xs, &ys) });
+    }
+    let _ = (n, x, y);
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BlockQ4_0, BlockQ8_0};
+    use crate::legacy::simd::*;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot(xs: &[BlockQ4_0], ys: &[BlockQ8_0]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for (bx, by) in xs.iter().zip(ys) {
+            let d = _mm256_set1_ps(bx.d.to_f32() * by.d.to_f32());
+            // codes 0..=15 shifted to -8..=7
+            let qx = _mm256_sub_epi8(nibbles_to_bytes(&bx.qs), _mm256_set1_epi8(8));
+            let p = dot_i8_i8(qx, load_i8_32(&by.qs));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+        }
+        hsum_f32(acc)
+    }
+}

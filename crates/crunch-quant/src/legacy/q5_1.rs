@@ -1,0 +1,179 @@
+//! Q5_1: 32 weights as 5-bit codes `q` with `x = d * q + m`, f16 scale and minimum (6 bits per
+//! weight). Bit layout as Q5_0.
+//!
+//! Without importance weights the block range is split into 31 steps, exactly as llama.cpp's
+//! reference quantizer; with weights, `make_qkx3_quants`. Dot products run against Q8_1.
+
+use super::q8_1::BlockQ8_1;
+use super::{
+    all_blocks, block_weights, blocks, fill_blocks, inverse_or_zero, min_max, pack_high_bits,
+    pack_nibbles, sum_squares, usable_weights, QK,
+};
+use crate::kquants::search::make_qkx3_quants;
+use crate::Kernels;
+use bytemuck::{Pod, Zeroable};
+use crunch_core::GgmlType;
+use half::f16;
+
+/// One Q5_1 block: bit `j` of `qh` is the 5th bit of element `j`; nibbles as in Q4_1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct BlockQ5_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; QK / 2],
+}
+
+const _: () = assert!(size_of::<BlockQ5_1>() == 4 + 4 + QK / 2);
+
+pub(crate) static KERNELS: Kernels = Kernels {
+    ty: GgmlType::Q5_1,
+    quantize,
+    dequantize,
+    vec_dot: Some(vec_dot),
+    dot_type: GgmlType::Q8_1,
+    uses_weights: true,
+};
+
+fn pack(d: f32, m: f32, q: &[u8; QK]) -> BlockQ5_1 {
+    BlockQ5_1 {
+        d: f16::from_f32(d),
+        m: f16::from_f32(m),
+        qh: pack_high_bits(q),
+        qs: pack_nibbles(q),
+    }
+}
+
+/// Quantize one block exactly as llama.cpp's `quantize_row_q5_1_ref`.
+pub fn quantize_block(x: &[f32; QK]) -> BlockQ5_1 {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 31.0;
+    let id = inverse_or_zero(d);
+    let mut q = [0u8; QK];
+    for (q, &v) in q.iter_mut().zip(x) {
+        // never above 31.5 for finite input, so no clamp (as the reference)
+        *q = ((v - min) * id + 0.5) as u8;
+    }
+    pack(d, min, &q)
+}
+
+/// Quantize one row (`src.len()` a multiple of 32) into Q5_1 blocks, importance-weighted when
+/// `weights` (one per element of the row) are given.
+pub fn quantize(src: &[f32], weights: Option<&[f32]>, dst: &mut [u8]) {
+    fill_blocks(dst, |out: &mut [BlockQ5_1]| match usable_weights(src, weights) {
+        Some(w) => quantize_weighted(src, w, out),
+        None => {
+            for (b, x) in out.iter_mut().zip(src.chunks_exact(QK)) {
+                if let Ok(x) = x.try_into() {
+                    *b = quantize_block(x);
+                }
+            }
+        }
+    });
+}
+
+/// llama.cpp's `quantize_row_q5_1_impl` with weights.
+fn quantize_weighted(src: &[f32], importance: &[f32], out: &mut [BlockQ5_1]) {
+    let sigma2 = sum_squares(src) / src.len() as f32;
+    let chunks = src.chunks_exact(QK).zip(importance.chunks_exact(QK));
+    for (b, (x, qw)) in out.iter_mut().zip(chunks) {
+        let mut w = [0.0f32; QK];
+        block_weights(x, qw, sigma2, &mut w);
+        let mut l = [0u8; QK];
+        let mut scratch = [0u8; QK];
+        let mut neg_min = 0.0f32;
+        let d = make_qkx3_quants(
+            QK,
+            31,
+            x,
+            Some(&w),
+            &mut l,
+            &mut neg_min,
+            &mut scratch,
+            -0.9,
+            0.05,
+            36,
+            false,
+        );
+        *b = pack(d, -neg_min, &l);
+    }
+}
+
+/// The 32 five-bit codes of a block.
+#[inline]
+fn codes(b: &BlockQ5_1) -> [u8; QK] {
+    let qh = u32::from_le_bytes(b.qh);
+    let mut q = [0u8; QK];
+    for (j, &byte) in b.qs.iter().enumerate() {
+        q[j] = (byte & 0x0f) | (((qh >> j) << 4) & 0x10) as u8;
+        q[j + QK / 2] = (byte >> 4) | ((qh >> (j + 12)) & 0x10) as u8;
+    }
+    q
+}
+
+/// Dequantize Q5_1 blocks.
+pub fn dequantize(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in all_blocks::<BlockQ5_1>(src).iter().zip(dst.chunks_exact_mut(QK)) {
+        let d = b.d.to_f32();
+        let m = b.m.to_f32();
+        for (o, &q) in y.iter_mut().zip(&codes(b)) {
+            *o = f32::from(q) * d + m;
+        }
+    }
+}
+
+/// Dot product of `n` elements of Q5_1 `x` with Q8_1 `y`, using AVX2 when the CPU has it.
+pub fn vec_dot(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    vec_dot_simd(n, x, y).unwrap_or_else(|| vec_dot_scalar(n, x, y))
+}
+
+/// Scalar reference dot product (llama.cpp's generic kernel order).
+pub fn vec_dot_scalar(n: usize, x: &[u8], y: &[u8]) -> f32 {
+    let xs = blocks::<BlockQ5_1>(x, n / QK);
+    let ys = blocks::<BlockQ8_1>(y, n / QK);
+    let mut sum = 0.0f32;
+    for (bx, by) in xs.iter().zip(ys.iter()) {
+        let mut isum = 0i32;
+        for (&q, &a) in codes(bx).iter().zip(&by.qs) {
+            isum += i32::from(q) * i32::from(a);
+        }
+        sum += (bx.d.to_f32() * by.d.to_f32()) * isum as f32 + bx.m.to_f32() * by.s.to_f32();
+    }
+    sum
+}
+
+/// The SIMD dot product, or `None` when this CPU has no SIMD kernel for it.
+pub fn vec_dot_simd(n: usize, x: &[u8], y: &[u8]) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2_fma() {
+        let xs = blocks::<BlockQ5_1>(x, n / QK);
+        let ys = blocks::<BlockQ8_1>(y, n / QK);
+        // SAFETY: AVX2 and FMA were detected on this CPU just above.
+        return Some(unsafe { avx2::dot(&xs, &ys) });
+    }
+    let _ = (n, x, y);
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BlockQ5_1, BlockQ8_1};
+    use crate::legacy::simd::*;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot(xs: &[BlockQ5_1], ys: &[BlockQ8_1]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0.0f32;
+        for (bx, by) in xs.iter().zip(ys) {
+            mins += bx.m.to_f32() * by.s.to_f32();
+            let d = _mm256_set1_ps(bx.d.to_f32() * by.d.to_f32());
+            let high = _mm256_and_si256(bits_to_byte_mask(bx.qh), _mm256_set1_epi8(0x10));
+            let qx = _mm256_or_si256(nibbles_to_bytes(&bx.qs), high);
+            let p = dot_u8_i8(qx, load_i8_32(&by.qs));
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+        }
+        hsum_f32(acc) + mins
+    }
+}
