@@ -76,7 +76,14 @@ def cmd_from_float_ref(ty, row_len, src, dst):
     lib.ggml_get_type_traits.restype = ctypes.POINTER(TypeTraits)
     lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
     traits = lib.ggml_get_type_traits(t).contents
-    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(traits.from_float_ref)
+    proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+    if traits.from_float_ref:
+        fn = proto(traits.from_float_ref)
+    else:
+        # some builds leave Q8_K's traits empty but still export the function itself
+        name = traits.type_name.decode()
+        fn = proto(ctypes.cast(getattr(lib, f"quantize_row_{name[:-1]}{name[-1].upper()}_ref"), ctypes.c_void_p).value
+                   if name.endswith("k") else ctypes.cast(getattr(lib, f"quantize_row_{name}_ref"), ctypes.c_void_p).value)
     x = np.ascontiguousarray(np.fromfile(src, dtype=np.float32))
     out = np.zeros(lib.ggml_row_size(t, n) * (x.size // n), dtype=np.uint8)
     fn(ptr(x), ptr(out), x.size)

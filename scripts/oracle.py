@@ -5,6 +5,12 @@
   oracle.py dequantize TYPE ROW_LEN IN.bin OUT.f32   reference dequantizer (every type gguf knows)
   oracle.py read FILE.gguf                           metadata and tensor infos as JSON
   oracle.py tensor FILE.gguf NAME OUT.bin            raw bytes of one tensor
+
+And from PyPI `safetensors` (Hugging Face's reference implementation):
+
+  oracle.py st-read FILE.safetensors                 metadata, and per tensor dtype, shape, size, sha256
+  oracle.py st-f32 FILE.safetensors NAME OUT.f32     one tensor's values as f32 (BF16 widened by hand)
+  oracle.py st-save OUT.safetensors                  write a fixture with the reference writer
 """
 import json
 import sys
@@ -70,6 +76,65 @@ def cmd_tensor(path, name, dst):
     sys.exit(f"no tensor {name!r} in {path}")
 
 
+def cmd_st_read(path):
+    import hashlib
+    import safetensors
+    with open(path, "rb") as f:
+        raw = f.read()
+    out = {"tensors": {}}
+    for name, t in safetensors.deserialize(raw):
+        data = bytes(t["data"])
+        out["tensors"][name] = {
+            "dtype": t["dtype"],
+            "shape": [int(d) for d in t["shape"]],
+            "n_bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    with safetensors.safe_open(path, framework="np") as f:
+        out["metadata"] = f.metadata() or {}
+    json.dump(out, sys.stdout)
+
+
+def cmd_st_f32(path, name, dst):
+    import safetensors
+    with open(path, "rb") as f:
+        raw = f.read()
+    found = {n: t for n, t in safetensors.deserialize(raw)}
+    if name not in found:
+        sys.exit(f"no tensor {name!r} in {path}")
+    if found[name]["dtype"] == "BF16":
+        # numpy has no bfloat16: a bf16 is the high half of an f32.
+        bits = np.frombuffer(bytes(found[name]["data"]), dtype="<u2").astype("<u4") << 16
+        x = bits.view("<f4")
+    else:
+        with safetensors.safe_open(path, framework="np") as f:
+            x = f.get_tensor(name)
+    np.ascontiguousarray(x, dtype="<f4").tofile(dst)
+
+
+def cmd_st_save(dst):
+    import safetensors
+    keep = {
+        "w.f32": np.linspace(-2.0, 2.0, 24, dtype=np.float32).reshape(2, 3, 4),
+        "w.f16": np.linspace(-1.0, 1.0, 10, dtype=np.float16).reshape(5, 2),
+        # bf16 bit patterns of 1, 2, -3, 0.5, -0.0, inf
+        "w.bf16": np.array([0x3F80, 0x4000, 0xC040, 0x3F00, 0x8000, 0x7F80], dtype="<u2").reshape(3, 2),
+        "ids.i64": np.arange(7, dtype="<i8").reshape(1, 7),
+        "mask.u8": np.array([1, 0, 1], dtype=np.uint8),
+        "scalar.f32": np.array(3.5, dtype=np.float32),
+        "empty.f32": np.zeros((0, 4), dtype=np.float32),
+    }
+    dtypes = {"w.bf16": "bfloat16"}
+    specs = {
+        k: safetensors.TensorSpec(
+            dtype=dtypes.get(k, v.dtype.name), shape=list(v.shape), data_ptr=v.ctypes.data, data_len=v.nbytes
+        )
+        for k, v in keep.items()
+    }
+    safetensors.serialize_file(specs, dst, metadata={"format": "pt", "note": "written by oracle.py st-save"})
+
+
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
-    {"quantize": cmd_quantize, "dequantize": cmd_dequantize, "read": cmd_read, "tensor": cmd_tensor}[cmd](*args)
+    {"quantize": cmd_quantize, "dequantize": cmd_dequantize, "read": cmd_read, "tensor": cmd_tensor,
+     "st-read": cmd_st_read, "st-f32": cmd_st_f32, "st-save": cmd_st_save}[cmd](*args)

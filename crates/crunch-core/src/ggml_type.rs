@@ -58,7 +58,7 @@ ggml_types! {
     Q5_0 = 6, "Q5_0", 32, 2 + 4 + 16;
     Q5_1 = 7, "Q5_1", 32, 2 + 2 + 4 + 16;
     Q8_0 = 8, "Q8_0", 32, 2 + 32;
-    Q8_1 = 9, "Q8_1", 32, 4 + 4 + 32;
+    Q8_1 = 9, "Q8_1", 32, 2 + 2 + 32;
     Q2_K = 10, "Q2_K", QK_K, 2 + 2 + QK_K / 16 + QK_K / 4;
     Q3_K = 11, "Q3_K", QK_K, 2 + QK_K / 4 + QK_K / 8 + 12;
     Q4_K = 12, "Q4_K", QK_K, 2 + 2 + QK_K / 2 + 12;
@@ -113,7 +113,7 @@ impl GgmlType {
 
     /// Bytes needed for one row of `n` elements, or `None` if `n` is not a multiple of the block size.
     pub fn row_size(self, n: usize) -> Option<usize> {
-        if n % self.block_size() != 0 {
+        if !n.is_multiple_of(self.block_size()) {
             return None;
         }
         (n / self.block_size()).checked_mul(self.type_size())

@@ -11,5 +11,6 @@ pub mod ggml_type;
 pub mod gguf;
 pub mod mmap;
 pub mod output;
+pub mod safetensors;
 
 pub use ggml_type::{GgmlType, UnknownType, QK_K};

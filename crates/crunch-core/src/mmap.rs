@@ -31,4 +31,24 @@ impl Mapped {
     pub fn bytes(&self) -> &[u8] {
         self.map.as_deref().unwrap_or(&[])
     }
+
+    /// Tell the kernel the pages of `[offset, offset + len)` are no longer needed, so a job that
+    /// streams through a large file keeps its resident memory near one tensor, not the file.
+    /// Later reads of the range still see the file's contents (read back from disk).
+    pub fn release(&self, offset: usize, len: usize) {
+        let Some(map) = &self.map else { return };
+        let page = 4096;
+        let start = offset.div_ceil(page) * page;
+        let end = (offset.saturating_add(len) / page * page).min(map.len());
+        if end <= start {
+            return;
+        }
+        // SAFETY: the map is a private read-only file mapping; MADV_DONTNEED only drops clean
+        // pages, which the kernel re-reads from the file on the next access, so no slice handed
+        // out by `bytes` ever observes different contents. Errors are advisory and ignored.
+        #[cfg(unix)]
+        unsafe {
+            let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start);
+        }
+    }
 }

@@ -49,7 +49,13 @@ impl AtomicFile {
         let dest = dest.as_ref().to_path_buf();
         let tmp = temp_path_for(&dest);
         let file = File::create(&tmp)?;
-        Ok(AtomicFile { dest, tmp, writer: Some(BufWriter::with_capacity(1 << 20, file)), hasher: Sha256::new(), written: 0 })
+        Ok(AtomicFile {
+            dest,
+            tmp,
+            writer: Some(BufWriter::with_capacity(1 << 20, file)),
+            hasher: Sha256::new(),
+            written: 0,
+        })
     }
 
     pub fn dest(&self) -> &Path {

@@ -9,11 +9,8 @@ fn smollm2_round_trips_byte_for_byte() {
     let f = GgufFile::open(&src).unwrap();
     let scratch = kit::Scratch::new("rt");
     let out = scratch.join("copy.gguf");
-    let specs: Vec<TensorSpec> = f
-        .tensors()
-        .iter()
-        .map(|t| TensorSpec { name: t.name.clone(), ty: t.ty, dims: t.dims.clone() })
-        .collect();
+    let specs: Vec<TensorSpec> =
+        f.tensors().iter().map(|t| TensorSpec { name: t.name.clone(), ty: t.ty, dims: t.dims.clone() }).collect();
     let mut w = GgufWriter::create(&out, f.metadata().clone(), &specs).unwrap();
     for t in f.tensors() {
         w.write_tensor(&t.name, f.tensor_data(t)).unwrap();

@@ -55,9 +55,5 @@ pub fn kernels(ty: GgmlType) -> Option<&'static Kernels> {
 
 /// Types crunch can write.
 pub fn supported_types() -> Vec<GgmlType> {
-    GgmlType::ALL
-        .iter()
-        .copied()
-        .filter(|&t| kernels(t).is_some())
-        .collect()
+    GgmlType::ALL.iter().copied().filter(|&t| kernels(t).is_some()).collect()
 }

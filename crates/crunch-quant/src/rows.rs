@@ -39,9 +39,7 @@ pub fn quantize_rows(
         return Ok(());
     }
     let weights = if k.uses_weights { imatrix } else { None };
-    dst.par_chunks_mut(row_bytes)
-        .zip(src.par_chunks(row_len))
-        .for_each(|(d, s)| (k.quantize)(s, weights, d));
+    dst.par_chunks_mut(row_bytes).zip(src.par_chunks(row_len)).for_each(|(d, s)| (k.quantize)(s, weights, d));
     Ok(())
 }
 
@@ -55,21 +53,22 @@ pub fn dequantize_rows(ty: GgmlType, src: &[u8], row_len: usize, dst: &mut [f32]
     if row_len == 0 {
         return Ok(());
     }
-    dst.par_chunks_mut(row_len)
-        .zip(src.par_chunks(row_bytes))
-        .for_each(|(d, s)| (k.dequantize)(s, d));
+    dst.par_chunks_mut(row_len).zip(src.par_chunks(row_bytes)).for_each(|(d, s)| (k.dequantize)(s, d));
     Ok(())
 }
 
 fn check_rows(ty: GgmlType, n_elems: usize, row_len: usize, n_bytes: usize) -> Result<usize, QuantError> {
-    let row_bytes = ty
-        .row_size(row_len)
-        .ok_or(QuantError::RowNotBlockMultiple { ty, row_len, block: ty.block_size() })?;
+    let row_bytes =
+        ty.row_size(row_len).ok_or(QuantError::RowNotBlockMultiple { ty, row_len, block: ty.block_size() })?;
     if row_len == 0 {
         return Ok(0);
     }
-    if n_elems % row_len != 0 {
-        return Err(QuantError::Length { what: "elements (not whole rows)", expected: n_elems / row_len * row_len, got: n_elems });
+    if !n_elems.is_multiple_of(row_len) {
+        return Err(QuantError::Length {
+            what: "elements (not whole rows)",
+            expected: n_elems / row_len * row_len,
+            got: n_elems,
+        });
     }
     let expected = n_elems / row_len * row_bytes;
     if n_bytes != expected {

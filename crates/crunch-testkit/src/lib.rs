@@ -60,12 +60,7 @@ pub fn python() -> PathBuf {
 pub fn oracle(args: &[&str]) -> String {
     let script = repo_root().join("scripts/oracle.py");
     let out = Command::new(python()).arg(&script).args(args).output().expect("run python oracle");
-    assert!(
-        out.status.success(),
-        "oracle {:?} failed:\n{}",
-        args,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "oracle {:?} failed:\n{}", args, String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -131,7 +126,7 @@ pub fn realistic_weights(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
         let row_scale = 0.02 * (0.5 + rng.uniform());
         for _ in 0..cols {
             let mut v = rng.normal() * row_scale;
-            if rng.next_u64() % 500 == 0 {
+            if rng.next_u64().is_multiple_of(500) {
                 v *= 8.0;
             }
             out.push(v);

@@ -124,7 +124,7 @@ impl TensorInfo {
         }
         let block = self.ty.block_size() as u64;
         let row = self.row_len();
-        if row % block != 0 {
+        if !row.is_multiple_of(block) {
             return Err(bad(format!("row length {row} is not a multiple of {}'s block size {block}", self.ty)));
         }
         (n / block)
@@ -174,6 +174,11 @@ impl GgufFile {
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         let start = (self.header.data_start + info.offset) as usize;
         &self.map.bytes()[start..start + info.n_bytes() as usize]
+    }
+
+    /// Drop the pages of a tensor from memory once it has been processed (see [`Mapped::release`]).
+    pub fn release_tensor(&self, info: &TensorInfo) {
+        self.map.release((self.header.data_start + info.offset) as usize, info.n_bytes() as usize);
     }
 
     /// Size of the whole file in bytes.

@@ -111,7 +111,10 @@ fn read_value(c: &mut Cursor, ty: ValueType, key: &str, depth: usize) -> Result<
         ValueType::Bool => {
             let b = c.array::<1>(&what)?[0];
             if b > 1 {
-                return Err(GgufError::BadMetadata { key: key.into(), reason: format!("bool byte is {b}, not 0 or 1") });
+                return Err(GgufError::BadMetadata {
+                    key: key.into(),
+                    reason: format!("bool byte is {b}, not 0 or 1"),
+                });
             }
             Value::Bool(b == 1)
         }
@@ -215,7 +218,8 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader> {
             dims.push(c.u64(&|| format!("dimension {d} of tensor {name:?}"))?);
         }
         let code = c.u32(&|| format!("type of tensor {name:?}"))?;
-        let ty = GgmlType::from_code(code).ok_or_else(|| GgufError::UnknownTensorType { tensor: name.clone(), code })?;
+        let ty =
+            GgmlType::from_code(code).ok_or_else(|| GgufError::UnknownTensorType { tensor: name.clone(), code })?;
         let offset = c.u64(&|| format!("data offset of tensor {name:?}"))?;
         let info = TensorInfo { name, dims, ty, offset };
         info.checked_n_bytes()?;
@@ -238,7 +242,17 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader> {
             limit: u64::MAX,
         })?
     };
-    let data_len = (bytes.len() as u64).saturating_sub(data_start);
+    // Found by fuzzing: with only zero-size tensors, a file cut inside the padding passed the layout
+    // check and `GgufFile::tensor_data` then sliced past the end.
+    if data_start > bytes.len() as u64 {
+        return Err(GgufError::Truncated {
+            what: "padding before the data section".into(),
+            offset: header_end,
+            need: data_start - header_end,
+            have: bytes.len() as u64 - header_end,
+        });
+    }
+    let data_len = bytes.len() as u64 - data_start;
     check_layout(&tensors, data_len)?;
     Ok(GgufHeader { version, metadata, tensors, alignment, data_start })
 }
@@ -248,7 +262,7 @@ fn check_layout(tensors: &[TensorInfo], data_len: u64) -> Result<()> {
     let mut spans: Vec<(u64, u64, &str)> = Vec::with_capacity(tensors.len());
     for t in tensors {
         let n = t.checked_n_bytes()?;
-        let end = t.offset.checked_add(n).unwrap_or(u64::MAX);
+        let end = t.offset.saturating_add(n);
         if end > data_len {
             return Err(GgufError::OutOfBounds { tensor: t.name.clone(), start: t.offset, end, data_len });
         }
@@ -261,4 +275,24 @@ fn check_layout(tensors: &[TensorInfo], data_len: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+    use crate::gguf::encode_header;
+
+    /// `cargo fuzz run gguf_header` crash: zero-size tensors, file cut before the data section.
+    #[test]
+    fn zero_size_tensors_with_truncated_padding_are_rejected() {
+        let mut metadata = Metadata::default();
+        metadata.set("general.alignment", Value::U32(64));
+        let tensors = vec![TensorInfo { name: "empty".into(), dims: vec![8, 0], ty: GgmlType::F32, offset: 0 }];
+        let bytes = encode_header(&GgufHeader { version: 3, metadata, tensors, alignment: 64, data_start: 0 });
+        assert_ne!(bytes.len() % 64, 0);
+        assert!(matches!(parse_header(&bytes), Err(GgufError::Truncated { .. })));
+        let mut padded = bytes.clone();
+        padded.resize(align_up(bytes.len() as u64, 64).unwrap() as usize, 0);
+        assert_eq!(parse_header(&padded).unwrap().data_start, padded.len() as u64);
+    }
 }

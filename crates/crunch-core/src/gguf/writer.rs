@@ -185,7 +185,13 @@ impl GgufWriter {
         if data.len() as u64 != info.n_bytes() {
             return Err(GgufError::Write {
                 tensor: name.into(),
-                reason: format!("{} bytes given, {} {} needs {}", data.len(), info.shape_string(), info.ty, info.n_bytes()),
+                reason: format!(
+                    "{} bytes given, {} {} needs {}",
+                    data.len(),
+                    info.shape_string(),
+                    info.ty,
+                    info.n_bytes()
+                ),
             });
         }
         let dest = self.out.dest().to_path_buf();

@@ -146,9 +146,36 @@ const EOT_NAMES: &[&str] = &[
 ];
 const EOM_NAMES: &[&str] = &["<|eom_id|>"];
 const FIM_NAMES: &[&[&str]] = &[
-    &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"],
-    &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"],
-    &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"],
+    &[
+        "<|fim_prefix|>",
+        "<fim-prefix>",
+        "<fim_prefix>",
+        "<｜fim▁begin｜>",
+        "<PRE>",
+        "▁<PRE>",
+        "<|code_prefix|>",
+        "<|prefix|>",
+    ],
+    &[
+        "<|fim_suffix|>",
+        "<fim-suffix>",
+        "<fim_suffix>",
+        "<｜fim▁hole｜>",
+        "<SUF>",
+        "▁<SUF>",
+        "<|code_suffix|>",
+        "<|suffix|>",
+    ],
+    &[
+        "<|fim_middle|>",
+        "<fim-middle>",
+        "<fim_middle>",
+        "<｜fim▁end｜>",
+        "<MID>",
+        "▁<MID>",
+        "<|code_middle|>",
+        "<|middle|>",
+    ],
     &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
     &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"],
     &["<|file_sep|>"],
@@ -203,8 +230,10 @@ impl Vocab {
         let mut token_to_id = HashMap::with_capacity(n);
         let mut max_token_len = 0;
         for (i, t) in v.tokens.iter().enumerate() {
-            // llama.cpp renames empty tokens so that every text maps to one id.
-            let t = if t.is_empty() { format!("[EMPTY_{i}]") } else { t.clone() };
+            // llama.cpp reads token texts as C strings (cut at a NUL) and renames empty ones so
+            // that every text maps to one id.
+            let t = t.split('\0').next().unwrap_or("");
+            let t = if t.is_empty() { format!("[EMPTY_{i}]") } else { t.to_string() };
             max_token_len = max_token_len.max(t.len());
             token_to_id.insert(t.clone(), i as u32);
             tokens.push(t);
@@ -262,16 +291,16 @@ impl Vocab {
         eog.extend(eos);
         eog.extend(eot);
         eog.extend(eom);
-        let has = |s: &str| eog.iter().any(|&i| tokens[i as usize] == s);
-        if (has("<|return|>") && has("<|call|>") && has("<|end|>"))
-            || (has("<|calls|>") && has("<|flush|>") && has("<|end|>"))
+        let has = |eog: &[u32], s: &str| eog.iter().any(|&i| tokens[i as usize] == s);
+        if (has(&eog, "<|return|>") && has(&eog, "<|call|>") && has(&eog, "<|end|>"))
+            || (has(&eog, "<|calls|>") && has(&eog, "<|flush|>") && has(&eog, "<|end|>"))
         {
             if let Some(&end) = token_to_id.get("<|end|>") {
                 eog.retain(|&i| i != end);
                 attrs[end as usize] = TokenAttr(TokenAttr::USER_DEFINED);
             }
         }
-        if (has("<|tool_response>") || has("<|plamo:eos|>")) && has("</s>") {
+        if (has(&eog, "<|tool_response>") || has(&eog, "<|plamo:eos|>")) && has(&eog, "</s>") {
             if let Some(&s) = token_to_id.get("</s>") {
                 eog.retain(|&i| i != s);
                 attrs[s as usize] = TokenAttr(TokenAttr::NORMAL);

@@ -36,9 +36,9 @@ pub(crate) static KERNELS: Kernels = Kernels {
 };
 
 /// Quantize one block; `importance` holds the block's 32 importance weights.
-pub fn quantize_block(x: &[f32; QK], importance: Option<&[f32]>) -> BlockIq4Nl {
+pub fn quantize_block(x: &[f32; QK], importance: Option<&[f32; QK]>) -> BlockIq4Nl {
     let sigma2 = super_block_sigma2(x);
-    let weight = search_weights(x, importance, sigma2);
+    let weight = search_weights(x, importance.map(|w| &w[..]), sigma2);
     let d = block_scale(x, &weight);
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut qs = [0u8; QK / 2];
@@ -52,7 +52,7 @@ pub fn quantize(src: &[f32], weights: Option<&[f32]>, dst: &mut [u8]) {
     let weights = usable_weights(src, weights);
     fill_blocks(dst, |out: &mut [BlockIq4Nl]| {
         for (i, (b, x)) in out.iter_mut().zip(src.chunks_exact(QK)).enumerate() {
-            let w = weights.map(|w| &w[i * QK..(i + 1) * QK]);
+            let w = weights.and_then(|w| w.get(i * QK..(i + 1) * QK)?.try_into().ok());
             if let Ok(x) = x.try_into() {
                 *b = quantize_block(x, w);
             }

@@ -51,7 +51,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
 };
 
 /// Quantize one super-block of 256; `importance` holds its 256 importance weights.
-pub fn quantize_block(x: &[f32; QK_K], importance: Option<&[f32]>) -> BlockIq4Xs {
+pub fn quantize_block(x: &[f32; QK_K], importance: Option<&[f32; QK_K]>) -> BlockIq4Xs {
     let sigma2 = super_block_sigma2(x);
     let mut scales = [0.0f32; SUBS];
     let mut amax_scale = 0.0f32;
@@ -91,7 +91,7 @@ pub fn quantize(src: &[f32], weights: Option<&[f32]>, dst: &mut [u8]) {
     let weights = usable_weights(src, weights);
     fill_blocks(dst, |out: &mut [BlockIq4Xs]| {
         for (i, (b, x)) in out.iter_mut().zip(src.chunks_exact(QK_K)).enumerate() {
-            let w = weights.map(|w| &w[i * QK_K..(i + 1) * QK_K]);
+            let w = weights.and_then(|w| w.get(i * QK_K..(i + 1) * QK_K)?.try_into().ok());
             if let Ok(x) = x.try_into() {
                 *b = quantize_block(x, w);
             }

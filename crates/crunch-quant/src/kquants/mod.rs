@@ -7,6 +7,10 @@
 //! `vec_dot` multiplies a row against Q8_K activations; the scalar version is the reference and an
 //! AVX2+FMA version is picked at run time where available.
 
+// The block routines walk several parallel arrays (values, weights, levels) with one index, mirroring
+// the reference algorithms; zipping four iterators would obscure that.
+#![allow(clippy::needless_range_loop)]
+
 use crate::Kernels;
 use bytemuck::Pod;
 use crunch_core::GgmlType;
@@ -20,9 +24,12 @@ pub(crate) mod q6_k;
 pub(crate) mod q8_k;
 pub(crate) mod search;
 pub(crate) mod simd;
+#[cfg(test)]
+mod test_util;
 
-pub(crate) use q8_k::{quantize_row_q8_k, BlockQ8K};
 pub use crunch_core::QK_K;
+#[allow(unused_imports)] // for the i-quant and ternary dot products
+pub(crate) use q8_k::{quantize_row_q8_k, BlockQ8K};
 
 pub(crate) fn kernels(ty: GgmlType) -> Option<&'static Kernels> {
     match ty {
@@ -34,6 +41,23 @@ pub(crate) fn kernels(ty: GgmlType) -> Option<&'static Kernels> {
         GgmlType::Q8_K => Some(&q8_k::KERNELS),
         _ => None,
     }
+}
+
+/// Exact f16 -> f32 conversion in plain integer/float code: no run-time CPU dispatch, so it inlines into
+/// the per-block hot paths.
+#[inline(always)]
+pub(crate) fn f16_to_f32(h: half::f16) -> f32 {
+    let h = h.to_bits() as u32;
+    let sign = (h & 0x8000) << 16;
+    let exp = (h >> 10) & 0x1F;
+    let man = h & 0x3FF;
+    let bits = match exp {
+        // zero and subnormals: man * 2^-24, exact in f32
+        0 => return f32::from_bits(sign | (man as f32 * (1.0 / 16_777_216.0)).to_bits()),
+        0x1F => sign | 0x7F80_0000 | (man << 13),
+        _ => sign | ((exp + 112) << 23) | (man << 13),
+    };
+    f32::from_bits(bits)
 }
 
 /// View `bytes` as blocks: borrowed when the slice happens to be aligned for `B`, copied otherwise
@@ -112,6 +136,15 @@ pub(crate) fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f16_conversion_is_exact() {
+        for bits in 0..=u16::MAX {
+            let h = half::f16::from_bits(bits);
+            let (a, b) = (f16_to_f32(h), h.to_f32());
+            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{bits:#x}: {a} vs {b}");
+        }
+    }
 
     #[test]
     fn scale_min_pack_roundtrip() {

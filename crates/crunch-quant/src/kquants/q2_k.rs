@@ -6,7 +6,7 @@
 //! `128 * h + 32 * k + l` sits at bits `2 * k` of `qs[32 * h + l]`.
 
 use super::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int};
-use super::{dequantize_blocks, quantize_blocks, read_blocks, BlockQ8K, QK_K};
+use super::{dequantize_blocks, f16_to_f32, quantize_blocks, read_blocks, BlockQ8K, QK_K};
 use crate::Kernels;
 use bytemuck::{Pod, Zeroable};
 use crunch_core::GgmlType;
@@ -113,7 +113,7 @@ impl BlockQ2K {
             }
         }
         // Re-round every value against the encoded scales and mins.
-        let (d_f, dmin_f) = (b.d.to_f32(), b.dmin.to_f32());
+        let (d_f, dmin_f) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
         for j in 0..16 {
             let d = d_f * (b.scales[j] & 0xF) as f32;
             if d == 0.0 {
@@ -129,19 +129,17 @@ impl BlockQ2K {
     }
 
     pub(crate) fn dequantize(&self, y: &mut [f32]) {
-        let d = self.d.to_f32();
-        let min = self.dmin.to_f32();
-        for (h, (ys, q)) in y[..QK_K].chunks_exact_mut(128).zip(self.qs.chunks_exact(32)).enumerate() {
-            for (k, yk) in ys.chunks_exact_mut(32).enumerate() {
-                let shift = 2 * k;
-                for (half, yy) in yk.chunks_exact_mut(16).enumerate() {
-                    let sc = self.scales[8 * h + 2 * k + half];
-                    let dl = d * (sc & 0xF) as f32;
-                    let ml = min * (sc >> 4) as f32;
-                    for (l, o) in yy.iter_mut().enumerate() {
-                        *o = dl * ((q[16 * half + l] >> shift) & 3) as f32 - ml;
-                    }
-                }
+        let d = f16_to_f32(self.d);
+        let min = f16_to_f32(self.dmin);
+        for (j, ys) in y[..QK_K].chunks_exact_mut(16).enumerate() {
+            // sub-block j: half j / 8, 2-bit plane (j % 8) / 2, bytes 16 * (j % 2).. of that half
+            let (h, shift, part) = (j / 8, 2 * ((j % 8) / 2), j % 2);
+            let q = &self.qs[32 * h + 16 * part..32 * h + 16 * part + 16];
+            let sc = self.scales[j];
+            let dl = d * (sc & 0xF) as f32;
+            let ml = min * (sc >> 4) as f32;
+            for (o, &b) in ys.iter_mut().zip(q) {
+                *o = dl * ((b >> shift) & 3) as f32 - ml;
             }
         }
     }
@@ -155,11 +153,18 @@ fn dequantize(src: &[u8], dst: &mut [f32]) {
     dequantize_blocks(src, dst, BlockQ2K::dequantize);
 }
 
+/// Scale one super-block's exact integer sums into the running total (shared by the scalar and SIMD
+/// kernels so both round identically).
+#[inline(always)]
+fn accumulate(sum: f32, bx: &BlockQ2K, by: &BlockQ8K, isum: i32) -> f32 {
+    let msum: i32 = by.bsums.iter().zip(&bx.scales).map(|(&s, &sc)| s as i32 * (sc >> 4) as i32).sum();
+    sum + by.d * f16_to_f32(bx.d) * isum as f32 - by.d * f16_to_f32(bx.dmin) * msum as f32
+}
+
 /// Scalar reference dot product of Q2_K blocks with Q8_K blocks.
 pub(crate) fn dot_scalar(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
     let mut sum = 0.0f32;
     for (bx, by) in x.iter().zip(y) {
-        let msum: i32 = by.bsums.iter().zip(&bx.scales).map(|(&s, &sc)| s as i32 * (sc >> 4) as i32).sum();
         let mut isum = 0i32;
         for j in 0..16 {
             // sub-block j: half h, 2-bit plane k, bytes 16 * (j % 2)..+16 of that half's 32
@@ -169,8 +174,7 @@ pub(crate) fn dot_scalar(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
             let s: i32 = q.iter().zip(q8).map(|(&a, &b)| ((a >> (2 * k)) & 3) as i32 * b as i32).sum();
             isum += (bx.scales[j] & 0xF) as i32 * s;
         }
-        let dy = by.d;
-        sum += dy * bx.d.to_f32() * isum as f32 - dy * bx.dmin.to_f32() * msum as f32;
+        sum = accumulate(sum, bx, by, isum);
     }
     sum
 }
@@ -199,14 +203,73 @@ pub(crate) static KERNELS: Kernels = Kernels {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    use super::{BlockQ2K, BlockQ8K};
+    use super::super::simd::x86::{hsum_i32, load_i8, load_u8, scaled_dot, two_bits};
+    use super::{accumulate, BlockQ2K, BlockQ8K};
+    use std::arch::x86_64::*;
 
-    /// AVX2+FMA Q2_K · Q8_K.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
+    /// AVX2 Q2_K · Q8_K, bit-identical to [`super::dot_scalar`].
     #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn dot(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
-        super::dot_scalar(x, y)
+    pub(crate) fn dot(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
+        let mut sum = 0.0f32;
+        for (bx, by) in x.iter().zip(y) {
+            let mut acc = _mm256_setzero_si256();
+            for h in 0..2 {
+                let q = load_u8(&bx.qs, 32 * h);
+                for k in 0..4 {
+                    let s = 8 * h + 2 * k;
+                    let (s_lo, s_hi) = ((bx.scales[s] & 0xF) as i16, (bx.scales[s + 1] & 0xF) as i16);
+                    let q8 = load_i8(&by.qs, 128 * h + 32 * k);
+                    acc = _mm256_add_epi32(acc, scaled_dot(two_bits(q, k), q8, s_lo, s_hi));
+                }
+            }
+            sum = accumulate(sum, bx, by, hsum_i32(acc));
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kquants::simd::has_avx2_fma;
+    use crate::kquants::test_util::{avx2_call, random_q8k, Lcg};
+
+    fn random_block(rng: &mut Lcg) -> BlockQ2K {
+        let mut b = BlockQ2K::zeroed();
+        rng.fill(bytemuck::bytes_of_mut(&mut b));
+        b.d = f16::from_f32(rng.signed() * 0.01);
+        b.dmin = f16::from_f32(rng.signed() * 0.01);
+        b
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_matches_scalar() {
+        if !has_avx2_fma() {
+            return;
+        }
+        let mut rng = Lcg(2);
+        for n in [1usize, 2, 5] {
+            for _ in 0..20 {
+                let x: Vec<BlockQ2K> = (0..n).map(|_| random_block(&mut rng)).collect();
+                let y: Vec<BlockQ8K> = (0..n).map(|_| random_q8k(&mut rng)).collect();
+                assert_eq!(dot_scalar(&x, &y).to_bits(), avx2_call!(avx2::dot(&x, &y)).to_bits());
+            }
+        }
+        // extremes: every quant, scale and min byte at 0x00 or 0xFF against saturated activations
+        for fill in [0x00u8, 0xFF, 0xAA, 0x55] {
+            let mut x = BlockQ2K::zeroed();
+            bytemuck::bytes_of_mut(&mut x).fill(fill);
+            x.d = f16::from_f32(1.0);
+            x.dmin = f16::from_f32(0.5);
+            for q in [127i8, -128, -127] {
+                let mut y = BlockQ8K::zeroed();
+                y.d = 1.0;
+                y.qs = [q; QK_K];
+                y.bsums = [16 * q as i16; 16];
+                let (a, b) = (dot_scalar(&[x], &[y]), avx2_call!(avx2::dot(&[x], &[y])));
+                assert_eq!(a.to_bits(), b.to_bits(), "fill {fill:#x} q {q}: {a} vs {b}");
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@
 
 use super::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int};
 use super::{
-    dequantize_blocks, pack_scale_min_k4, quantize_blocks, read_blocks, unpack_scale_min_k4, BlockQ8K, QK_K,
+    dequantize_blocks, f16_to_f32, pack_scale_min_k4, quantize_blocks, read_blocks, unpack_scale_min_k4, BlockQ8K, QK_K,
 };
 use crate::Kernels;
 use bytemuck::{Pod, Zeroable};
@@ -30,17 +30,18 @@ pub(crate) struct BlockQ4K {
 
 const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 2 + 2 + 12 + QK_K / 2);
 
-/// Per-sub-block scale and min from the searches, then the super-block encoding and the final
-/// re-rounding of every value against the encoded (f16 and 6-bit) scales — shared by Q4_K and Q5_K.
+/// The encoded header shared by Q4_K and Q5_K super-blocks: two f16 scales and the 12 bytes of
+/// packed 6-bit sub-block scales and mins.
 pub(crate) struct AsymSuperBlock {
     pub d: f16,
     pub dmin: f16,
     pub scales: [u8; 12],
 }
 
-/// Search every 32-value sub-block of `x` for its scale/min (levels `0..=nmax` into `levels`) and
-/// encode them, following llama.cpp's reference (`weights == None`) or importance-weighted path.
-/// Returns the encoded super-block header; `levels` then holds the final quants.
+/// Search every 32-value sub-block of `x` for its scale and min (levels `0..=nmax`), encode them, and
+/// re-round every value against the encoded (f16 and 6-bit) scales, following llama.cpp's reference
+/// path (`qw == None`) or its importance-weighted path. Returns the header; `levels` then holds the
+/// final quants. Shared by Q4_K (`nmax = 15`) and Q5_K (`nmax = 31`).
 pub(crate) fn quantize_asym_32(x: &[f32], qw: Option<&[f32]>, nmax: i32, levels: &mut [u8; QK_K]) -> AsymSuperBlock {
     let mut scales = [0.0f32; 8];
     let mut mins = [0.0f32; 8];
@@ -64,7 +65,8 @@ pub(crate) fn quantize_asym_32(x: &[f32], qw: Option<&[f32]>, nmax: i32, levels:
                     *w = av_x + v.abs();
                 }
                 let lv = &mut levels[32 * j..32 * j + 32];
-                scales[j] = make_qkx2_quants(32, nmax, xs, &weights, lv, &mut mins[j], &mut aux, rmin, 0.1, nstep, false);
+                scales[j] =
+                    make_qkx2_quants(32, nmax, xs, &weights, lv, &mut mins[j], &mut aux, rmin, 0.1, nstep, false);
                 if scales[j] > max_scale {
                     max_scale = scales[j];
                 }
@@ -120,7 +122,7 @@ pub(crate) fn quantize_asym_32(x: &[f32], qw: Option<&[f32]>, nmax: i32, levels:
     };
     let packed = pack_scale_min_k4(&ls, &lm);
     let (sc, m) = unpack_scale_min_k4(&packed);
-    let (d_f, dmin_f) = (d.to_f32(), dmin.to_f32());
+    let (d_f, dmin_f) = (f16_to_f32(d), f16_to_f32(dmin));
     for j in 0..8 {
         let dl = d_f * sc[j] as f32;
         if dl == 0.0 {
@@ -151,8 +153,8 @@ impl BlockQ4K {
     }
 
     pub(crate) fn dequantize(&self, y: &mut [f32]) {
-        let d = self.d.to_f32();
-        let min = self.dmin.to_f32();
+        let d = f16_to_f32(self.d);
+        let min = f16_to_f32(self.dmin);
         let (sc, m) = unpack_scale_min_k4(&self.scales);
         for (g, (ys, q)) in y[..QK_K].chunks_exact_mut(64).zip(self.qs.chunks_exact(32)).enumerate() {
             let (d1, m1) = (d * sc[2 * g] as f32, min * m[2 * g] as f32);
@@ -174,6 +176,19 @@ fn dequantize(src: &[u8], dst: &mut [f32]) {
     dequantize_blocks(src, dst, BlockQ4K::dequantize);
 }
 
+/// Sum of the Q8_K group sums weighted by the sub-block mins (each min covers two groups of 16).
+#[inline(always)]
+pub(crate) fn min_sum(by: &BlockQ8K, mins: &[u8; 8]) -> i32 {
+    by.bsums.iter().enumerate().map(|(j, &s)| s as i32 * mins[j / 2] as i32).sum()
+}
+
+/// Scale one super-block's exact integer sums into the running total (shared by the scalar and SIMD
+/// kernels of Q4_K and Q5_K so both round identically).
+#[inline(always)]
+pub(crate) fn accumulate(sum: f32, d: f16, dmin: f16, by: &BlockQ8K, isum: i32, msum: i32) -> f32 {
+    sum + f16_to_f32(d) * by.d * isum as f32 - f16_to_f32(dmin) * by.d * msum as f32
+}
+
 /// Scalar reference dot product of Q4_K blocks with Q8_K blocks.
 pub(crate) fn dot_scalar(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     let mut sum = 0.0f32;
@@ -189,9 +204,7 @@ pub(crate) fn dot_scalar(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
             }
             isum += sc[2 * g] as i32 * lo + sc[2 * g + 1] as i32 * hi;
         }
-        let msum: i32 = by.bsums.iter().enumerate().map(|(j, &s)| s as i32 * m[j / 2] as i32).sum();
-        let dy = by.d;
-        sum += bx.d.to_f32() * dy * isum as f32 - bx.dmin.to_f32() * dy * msum as f32;
+        sum = accumulate(sum, bx.d, bx.dmin, by, isum, min_sum(by, &m));
     }
     sum
 }
@@ -220,14 +233,75 @@ pub(crate) static KERNELS: Kernels = Kernels {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    use super::{BlockQ4K, BlockQ8K};
+    use super::super::simd::x86::{hsum_i32, load_i8, load_u8, scaled_dot};
+    use super::super::unpack_scale_min_k4;
+    use super::{accumulate, min_sum, BlockQ4K, BlockQ8K};
+    use std::arch::x86_64::*;
 
-    /// AVX2+FMA Q4_K · Q8_K.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
+    /// AVX2 Q4_K · Q8_K, bit-identical to [`super::dot_scalar`].
     #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn dot(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
-        super::dot_scalar(x, y)
+    pub(crate) fn dot(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut sum = 0.0f32;
+        for (bx, by) in x.iter().zip(y) {
+            let (sc, m) = unpack_scale_min_k4(&bx.scales);
+            let mut acc = _mm256_setzero_si256();
+            for g in 0..4 {
+                let q = load_u8(&bx.qs, 32 * g);
+                let lo = _mm256_and_si256(q, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                let (s_lo, s_hi) = (sc[2 * g] as i16, sc[2 * g + 1] as i16);
+                acc = _mm256_add_epi32(acc, scaled_dot(lo, load_i8(&by.qs, 64 * g), s_lo, s_lo));
+                acc = _mm256_add_epi32(acc, scaled_dot(hi, load_i8(&by.qs, 64 * g + 32), s_hi, s_hi));
+            }
+            sum = accumulate(sum, bx.d, bx.dmin, by, hsum_i32(acc), min_sum(by, &m));
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kquants::simd::has_avx2_fma;
+    use crate::kquants::test_util::{avx2_call, random_q8k, Lcg};
+
+    fn random_block(rng: &mut Lcg) -> BlockQ4K {
+        let mut b = BlockQ4K::zeroed();
+        rng.fill(bytemuck::bytes_of_mut(&mut b));
+        b.d = f16::from_f32(rng.signed() * 0.01);
+        b.dmin = f16::from_f32(rng.signed() * 0.01);
+        b
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_matches_scalar() {
+        if !has_avx2_fma() {
+            return;
+        }
+        let mut rng = Lcg(4);
+        for n in [1usize, 2, 5] {
+            for _ in 0..20 {
+                let x: Vec<BlockQ4K> = (0..n).map(|_| random_block(&mut rng)).collect();
+                let y: Vec<BlockQ8K> = (0..n).map(|_| random_q8k(&mut rng)).collect();
+                assert_eq!(dot_scalar(&x, &y).to_bits(), avx2_call!(avx2::dot(&x, &y)).to_bits());
+            }
+        }
+        // extremes: every quant, scale and min byte at 0x00 or 0xFF against saturated activations
+        for fill in [0x00u8, 0xFF, 0xAA, 0x55] {
+            let mut x = BlockQ4K::zeroed();
+            bytemuck::bytes_of_mut(&mut x).fill(fill);
+            x.d = f16::from_f32(1.0);
+            x.dmin = f16::from_f32(0.5);
+            for q in [127i8, -128, -127] {
+                let mut y = BlockQ8K::zeroed();
+                y.d = 1.0;
+                y.qs = [q; QK_K];
+                y.bsums = [16 * q as i16; 16];
+                let (a, b) = (dot_scalar(&[x], &[y]), avx2_call!(avx2::dot(&[x], &[y])));
+                assert_eq!(a.to_bits(), b.to_bits(), "fill {fill:#x} q {q}: {a} vs {b}");
+            }
+        }
     }
 }

@@ -4,8 +4,8 @@
 //! with `q` in 0..=31: the low 4 bits are laid out exactly like Q4_K's `qs`, and the fifth bit of value
 //! `64 * g + l` (`l < 32`) is bit `2 * g` of `qh[l]`, that of value `64 * g + 32 + l` bit `2 * g + 1`.
 
-use super::q4_k::quantize_asym_32;
-use super::{dequantize_blocks, quantize_blocks, read_blocks, unpack_scale_min_k4, BlockQ8K, QK_K};
+use super::q4_k::{accumulate, min_sum, quantize_asym_32};
+use super::{dequantize_blocks, f16_to_f32, quantize_blocks, read_blocks, unpack_scale_min_k4, BlockQ8K, QK_K};
 use crate::Kernels;
 use bytemuck::{Pod, Zeroable};
 use crunch_core::GgmlType;
@@ -56,8 +56,8 @@ impl BlockQ5K {
     }
 
     pub(crate) fn dequantize(&self, y: &mut [f32]) {
-        let d = self.d.to_f32();
-        let min = self.dmin.to_f32();
+        let d = f16_to_f32(self.d);
+        let min = f16_to_f32(self.dmin);
         let (sc, m) = unpack_scale_min_k4(&self.scales);
         for (g, (ys, q)) in y[..QK_K].chunks_exact_mut(64).zip(self.qs.chunks_exact(32)).enumerate() {
             let (d1, m1) = (d * sc[2 * g] as f32, min * m[2 * g] as f32);
@@ -100,9 +100,7 @@ pub(crate) fn dot_scalar(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
             }
             isum += sc[2 * g] as i32 * lo + sc[2 * g + 1] as i32 * hi;
         }
-        let msum: i32 = by.bsums.iter().enumerate().map(|(j, &s)| s as i32 * m[j / 2] as i32).sum();
-        let dy = by.d;
-        sum += bx.d.to_f32() * dy * isum as f32 - bx.dmin.to_f32() * dy * msum as f32;
+        sum = accumulate(sum, bx.d, bx.dmin, by, isum, min_sum(by, &m));
     }
     sum
 }
@@ -131,14 +129,79 @@ pub(crate) static KERNELS: Kernels = Kernels {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    use super::{BlockQ5K, BlockQ8K};
+    use super::super::simd::x86::{bit_mask, hsum_i32, load_i8, load_u8, scaled_dot};
+    use super::super::unpack_scale_min_k4;
+    use super::{accumulate, min_sum, BlockQ5K, BlockQ8K};
+    use std::arch::x86_64::*;
 
-    /// AVX2+FMA Q5_K · Q8_K.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
+    /// AVX2 Q5_K · Q8_K, bit-identical to [`super::dot_scalar`].
     #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn dot(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
-        super::dot_scalar(x, y)
+    pub(crate) fn dot(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let sixteen = _mm256_set1_epi8(16);
+        let mut sum = 0.0f32;
+        for (bx, by) in x.iter().zip(y) {
+            let (sc, m) = unpack_scale_min_k4(&bx.scales);
+            let qh = load_u8(&bx.qh, 0);
+            let mut acc = _mm256_setzero_si256();
+            for g in 0..4 {
+                let q = load_u8(&bx.qs, 32 * g);
+                let lo = _mm256_and_si256(q, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                let lo = _mm256_or_si256(lo, _mm256_and_si256(bit_mask(qh, 2 * g), sixteen));
+                let hi = _mm256_or_si256(hi, _mm256_and_si256(bit_mask(qh, 2 * g + 1), sixteen));
+                let (s_lo, s_hi) = (sc[2 * g] as i16, sc[2 * g + 1] as i16);
+                acc = _mm256_add_epi32(acc, scaled_dot(lo, load_i8(&by.qs, 64 * g), s_lo, s_lo));
+                acc = _mm256_add_epi32(acc, scaled_dot(hi, load_i8(&by.qs, 64 * g + 32), s_hi, s_hi));
+            }
+            sum = accumulate(sum, bx.d, bx.dmin, by, hsum_i32(acc), min_sum(by, &m));
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kquants::simd::has_avx2_fma;
+    use crate::kquants::test_util::{avx2_call, random_q8k, Lcg};
+
+    fn random_block(rng: &mut Lcg) -> BlockQ5K {
+        let mut b = BlockQ5K::zeroed();
+        rng.fill(bytemuck::bytes_of_mut(&mut b));
+        b.d = f16::from_f32(rng.signed() * 0.01);
+        b.dmin = f16::from_f32(rng.signed() * 0.01);
+        b
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_matches_scalar() {
+        if !has_avx2_fma() {
+            return;
+        }
+        let mut rng = Lcg(5);
+        for n in [1usize, 2, 5] {
+            for _ in 0..20 {
+                let x: Vec<BlockQ5K> = (0..n).map(|_| random_block(&mut rng)).collect();
+                let y: Vec<BlockQ8K> = (0..n).map(|_| random_q8k(&mut rng)).collect();
+                assert_eq!(dot_scalar(&x, &y).to_bits(), avx2_call!(avx2::dot(&x, &y)).to_bits());
+            }
+        }
+        // extremes: every quant, scale and min byte at 0x00 or 0xFF against saturated activations
+        for fill in [0x00u8, 0xFF, 0xAA, 0x55] {
+            let mut x = BlockQ5K::zeroed();
+            bytemuck::bytes_of_mut(&mut x).fill(fill);
+            x.d = f16::from_f32(1.0);
+            x.dmin = f16::from_f32(0.5);
+            for q in [127i8, -128, -127] {
+                let mut y = BlockQ8K::zeroed();
+                y.d = 1.0;
+                y.qs = [q; QK_K];
+                y.bsums = [16 * q as i16; 16];
+                let (a, b) = (dot_scalar(&[x], &[y]), avx2_call!(avx2::dot(&[x], &[y])));
+                assert_eq!(a.to_bits(), b.to_bits(), "fill {fill:#x} q {q}: {a} vs {b}");
+            }
+        }
     }
 }

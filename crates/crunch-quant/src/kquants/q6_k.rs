@@ -7,7 +7,7 @@
 //! high bits of `l`, `l + 32`, `l + 64`, `l + 96` at bit offsets 0, 2, 4, 6.
 
 use super::search::{make_qx_quants, nearest_int, GROUP_MAX_EPS};
-use super::{dequantize_blocks, quantize_blocks, read_blocks, BlockQ8K, QK_K};
+use super::{dequantize_blocks, f16_to_f32, quantize_blocks, read_blocks, BlockQ8K, QK_K};
 use crate::Kernels;
 use bytemuck::{Pod, Zeroable};
 use crunch_core::GgmlType;
@@ -57,7 +57,7 @@ impl BlockQ6K {
         for (q, &s) in b.scales.iter_mut().zip(&scales) {
             *q = nearest_int(iscale * s).min(127) as i8;
         }
-        let d_super = b.d.to_f32();
+        let d_super = f16_to_f32(b.d);
         for j in 0..QK_K / 16 {
             let d = d_super * b.scales[j] as f32;
             if d == 0.0 {
@@ -99,7 +99,7 @@ impl BlockQ6K {
     }
 
     pub(crate) fn dequantize(&self, y: &mut [f32]) {
-        let d = self.d.to_f32();
+        let d = f16_to_f32(self.d);
         let q = self.signed_quants();
         for (j, (ys, qs)) in y[..QK_K].chunks_exact_mut(16).zip(q.chunks_exact(16)).enumerate() {
             let dl = d * self.scales[j] as f32;
@@ -118,6 +118,13 @@ fn dequantize(src: &[u8], dst: &mut [f32]) {
     dequantize_blocks(src, dst, BlockQ6K::dequantize);
 }
 
+/// Scale one super-block's exact integer dot product into the running sum (shared by the scalar and
+/// SIMD kernels so both round identically).
+#[inline(always)]
+fn accumulate(sum: f32, bx: &BlockQ6K, by: &BlockQ8K, isum: i32) -> f32 {
+    sum + f16_to_f32(bx.d) * by.d * isum as f32
+}
+
 /// Scalar reference dot product of Q6_K blocks with Q8_K blocks.
 pub(crate) fn dot_scalar(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     let mut sum = 0.0f32;
@@ -129,7 +136,7 @@ pub(crate) fn dot_scalar(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
             let s: i32 = q[r.clone()].iter().zip(&by.qs[r]).map(|(&a, &b)| a as i32 * b as i32).sum();
             isum += bx.scales[j] as i32 * s;
         }
-        sum += bx.d.to_f32() * by.d * isum as f32;
+        sum = accumulate(sum, bx, by, isum);
     }
     sum
 }
@@ -158,14 +165,89 @@ pub(crate) static KERNELS: Kernels = Kernels {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    use super::{BlockQ6K, BlockQ8K};
+    use super::super::simd::x86::{hsum_i32, load_i8, load_u8, scale_pairs};
+    use super::{accumulate, BlockQ6K, BlockQ8K};
+    use std::arch::x86_64::*;
 
-    /// AVX2+FMA Q6_K · Q8_K.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
+    /// AVX2 Q6_K · Q8_K, bit-identical to [`super::dot_scalar`].
     #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn dot(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
-        super::dot_scalar(x, y)
+    pub(crate) fn dot(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m2 = _mm256_set1_epi8(0x30);
+        let offset = _mm256_set1_epi8(32);
+        let mut sum = 0.0f32;
+        for (bx, by) in x.iter().zip(y) {
+            let mut acc = _mm256_setzero_si256();
+            for h in 0..2 {
+                let qh = load_u8(&bx.qh, 32 * h);
+                let ql0 = load_u8(&bx.ql, 64 * h);
+                let ql1 = load_u8(&bx.ql, 64 * h + 32);
+                // reassemble the four 32-value groups of this half as unsigned 0..=63
+                let groups = [
+                    _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2)),
+                    _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), _mm256_and_si256(qh, m2)),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2),
+                    ),
+                ];
+                for (c, q) in groups.into_iter().enumerate() {
+                    let q8 = load_i8(&by.qs, 128 * h + 32 * c);
+                    // (q - 32) * q8 summed in pairs; stays far inside i16
+                    let pairs = _mm256_sub_epi16(_mm256_maddubs_epi16(q, q8), _mm256_maddubs_epi16(offset, q8));
+                    let s = 8 * h + 2 * c;
+                    let prod = scale_pairs(pairs, bx.scales[s] as i16, bx.scales[s + 1] as i16);
+                    acc = _mm256_add_epi32(acc, prod);
+                }
+            }
+            sum = accumulate(sum, bx, by, hsum_i32(acc));
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kquants::simd::has_avx2_fma;
+    use crate::kquants::test_util::{avx2_call, random_q8k, Lcg};
+
+    fn random_block(rng: &mut Lcg) -> BlockQ6K {
+        let mut b = BlockQ6K::zeroed();
+        rng.fill(bytemuck::bytes_of_mut(&mut b));
+        b.d = f16::from_f32(rng.signed() * 0.01);
+        b
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_matches_scalar() {
+        if !has_avx2_fma() {
+            return;
+        }
+        let mut rng = Lcg(6);
+        for n in [1usize, 2, 5] {
+            for _ in 0..20 {
+                let x: Vec<BlockQ6K> = (0..n).map(|_| random_block(&mut rng)).collect();
+                let y: Vec<BlockQ8K> = (0..n).map(|_| random_q8k(&mut rng)).collect();
+                assert_eq!(dot_scalar(&x, &y).to_bits(), avx2_call!(avx2::dot(&x, &y)).to_bits());
+            }
+        }
+        // extremes: all quants and scales at their limits
+        let mut x = BlockQ6K::zeroed();
+        x.d = f16::from_f32(1.0);
+        for (ql, qh, sc) in [(0xFFu8, 0xFFu8, 127i8), (0, 0, -128), (0xFF, 0xFF, -128), (0, 0, 127)] {
+            x.ql = [ql; 128];
+            x.qh = [qh; 64];
+            x.scales = [sc; 16];
+            for q in [127i8, -128, -127] {
+                let mut y = BlockQ8K::zeroed();
+                y.d = 1.0;
+                y.qs = [q; QK_K];
+                let (a, b) = (dot_scalar(&[x], &[y]), avx2_call!(avx2::dot(&[x], &[y])));
+                assert_eq!(a.to_bits(), b.to_bits(), "{a} vs {b}");
+            }
+        }
     }
 }

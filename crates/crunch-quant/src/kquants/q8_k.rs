@@ -63,7 +63,10 @@ pub(crate) fn quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8K]) {
 }
 
 fn quantize(src: &[f32], _weights: Option<&[f32]>, dst: &mut [u8]) {
-    quantize_blocks(src, None, dst, |x, _| BlockQ8K::quantize(x));
+    match bytemuck::try_cast_slice_mut::<u8, BlockQ8K>(dst) {
+        Ok(blocks) => quantize_row_q8_k(src, blocks),
+        Err(_) => quantize_blocks(src, None, dst, |x, _| BlockQ8K::quantize(x)),
+    }
 }
 
 fn dequantize(src: &[u8], dst: &mut [f32]) {
@@ -81,7 +84,7 @@ fn vec_dot(n: usize, x: &[u8], y: &[u8]) -> f32 {
     let ys = read_blocks::<BlockQ8K>(y);
     let mut sum = 0.0f32;
     for (a, b) in xs.iter().zip(ys.iter()).take(nb) {
-        let isum: i32 = a.qs.iter().zip(&b.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
+        let isum: i32 = a.qs.iter().zip(&b.qs).map(|(&p, &q)| (p as i16 * q as i16) as i32).sum();
         sum += a.d * b.d * isum as f32;
     }
     sum

@@ -44,14 +44,7 @@ fn signed_abs_max(x: &[f32]) -> (f32, f32) {
 /// `-rmse_type` and returns right after the first least-squares step (average of the two scales).
 /// With `qw`, those per-element weights are used instead. Otherwise 18 nearby inverse scales are tried
 /// and the one with the best weighted least-squares fit is kept.
-pub(crate) fn make_qx_quants(
-    n: usize,
-    nmax: i32,
-    x: &[f32],
-    l: &mut [i8],
-    rmse_type: i32,
-    qw: Option<&[f32]>,
-) -> f32 {
+pub(crate) fn make_qx_quants(n: usize, nmax: i32, x: &[f32], l: &mut [i8], rmse_type: i32, qw: Option<&[f32]>) -> f32 {
     let x = &x[..n];
     let l = &mut l[..n];
     let (max, amax) = signed_abs_max(x);

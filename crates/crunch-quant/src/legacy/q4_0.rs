@@ -6,8 +6,8 @@
 
 use super::q8_0::BlockQ8_0;
 use super::{
-    all_blocks, block_weights, blocks, fill_blocks, inverse_or_zero, pack_nibbles, signed_absmax,
-    sum_squares, usable_weights, QK,
+    all_blocks, block_weights, blocks, fill_blocks, inverse_or_zero, pack_nibbles, signed_absmax, sum_squares,
+    usable_weights, QK,
 };
 use crate::kquants::search::make_qx_quants;
 use crate::Kernels;

@@ -7,8 +7,8 @@
 
 use super::q8_1::BlockQ8_1;
 use super::{
-    all_blocks, block_weights, blocks, fill_blocks, inverse_or_zero, min_max, pack_nibbles,
-    sum_squares, usable_weights, QK,
+    all_blocks, block_weights, blocks, fill_blocks, inverse_or_zero, min_max, pack_nibbles, sum_squares,
+    usable_weights, QK,
 };
 use crate::kquants::search::make_qkx3_quants;
 use crate::Kernels;
@@ -73,19 +73,7 @@ fn quantize_weighted(src: &[f32], importance: &[f32], out: &mut [BlockQ4_1]) {
         let mut l = [0u8; QK];
         let mut scratch = [0u8; QK];
         let mut neg_min = 0.0f32;
-        let d = make_qkx3_quants(
-            QK,
-            15,
-            x,
-            Some(&w),
-            &mut l,
-            &mut neg_min,
-            &mut scratch,
-            -0.9,
-            0.05,
-            36,
-            false,
-        );
+        let d = make_qkx3_quants(QK, 15, x, Some(&w), &mut l, &mut neg_min, &mut scratch, -0.9, 0.05, 36, false);
         *b = BlockQ4_1 { d: f16::from_f32(d), m: f16::from_f32(-neg_min), qs: pack_nibbles(&l) };
     }
 }

@@ -6,8 +6,8 @@
 
 use super::q8_1::BlockQ8_1;
 use super::{
-    all_blocks, block_weights, blocks, fill_blocks, inverse_or_zero, min_max, pack_high_bits,
-    pack_nibbles, sum_squares, usable_weights, QK,
+    all_blocks, block_weights, blocks, fill_blocks, inverse_or_zero, min_max, pack_high_bits, pack_nibbles,
+    sum_squares, usable_weights, QK,
 };
 use crate::kquants::search::make_qkx3_quants;
 use crate::Kernels;
@@ -37,12 +37,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
 };
 
 fn pack(d: f32, m: f32, q: &[u8; QK]) -> BlockQ5_1 {
-    BlockQ5_1 {
-        d: f16::from_f32(d),
-        m: f16::from_f32(m),
-        qh: pack_high_bits(q),
-        qs: pack_nibbles(q),
-    }
+    BlockQ5_1 { d: f16::from_f32(d), m: f16::from_f32(m), qh: pack_high_bits(q), qs: pack_nibbles(q) }
 }
 
 /// Quantize one block exactly as llama.cpp's `quantize_row_q5_1_ref`.
@@ -83,19 +78,7 @@ fn quantize_weighted(src: &[f32], importance: &[f32], out: &mut [BlockQ5_1]) {
         let mut l = [0u8; QK];
         let mut scratch = [0u8; QK];
         let mut neg_min = 0.0f32;
-        let d = make_qkx3_quants(
-            QK,
-            31,
-            x,
-            Some(&w),
-            &mut l,
-            &mut neg_min,
-            &mut scratch,
-            -0.9,
-            0.05,
-            36,
-            false,
-        );
+        let d = make_qkx3_quants(QK, 31, x, Some(&w), &mut l, &mut neg_min, &mut scratch, -0.9, 0.05, 36, false);
         *b = pack(d, -neg_min, &l);
     }
 }

@@ -20,14 +20,8 @@ pub struct BlockQ8_1 {
 
 const _: () = assert!(size_of::<BlockQ8_1>() == 4 + QK);
 
-pub(crate) static KERNELS: Kernels = Kernels {
-    ty: GgmlType::Q8_1,
-    quantize,
-    dequantize,
-    vec_dot: None,
-    dot_type: GgmlType::Q8_1,
-    uses_weights: false,
-};
+pub(crate) static KERNELS: Kernels =
+    Kernels { ty: GgmlType::Q8_1, quantize, dequantize, vec_dot: None, dot_type: GgmlType::Q8_1, uses_weights: false };
 
 /// Quantize one block exactly as llama.cpp's `quantize_row_q8_1_ref`.
 pub fn quantize_block(x: &[f32; QK]) -> BlockQ8_1 {

@@ -120,9 +120,9 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// Dot product of `n` elements of TQ1_0 `x` with Q8_K `y`.
+/// Dot product of `n` elements of TQ1_0 `x` with Q8_K `y`, using AVX2 when the CPU has it.
 pub fn vec_dot(n: usize, x: &[u8], y: &[u8]) -> f32 {
-    vec_dot_scalar(n, x, y)
+    vec_dot_simd(n, x, y).unwrap_or_else(|| vec_dot_scalar(n, x, y))
 }
 
 /// Scalar reference dot product (llama.cpp's generic kernel order).
@@ -140,9 +140,87 @@ pub fn vec_dot_scalar(n: usize, x: &[u8], y: &[u8]) -> f32 {
     sum
 }
 
-/// TQ1_0 has no SIMD kernel (yet): always `None`.
-pub fn vec_dot_simd(_n: usize, _x: &[u8], _y: &[u8]) -> Option<f32> {
+/// The SIMD dot product, or `None` when this CPU has no SIMD kernel for it.
+pub fn vec_dot_simd(n: usize, x: &[u8], y: &[u8]) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::legacy::simd::has_avx2_fma() {
+        let xs = blocks::<BlockTq1_0>(x, n / QK_K);
+        let ys = blocks::<BlockQ8K>(y, n / QK_K);
+        // SAFETY: AVX2 and FMA were detected on this CPU just above.
+        return Some(unsafe { avx2::dot(&xs, &ys) });
+    }
+    let _ = (n, x, y);
     None
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BlockQ8K, BlockTq1_0, POW3};
+    use crate::legacy::simd::*;
+    use std::arch::x86_64::*;
+
+    /// Trit `k` of every byte, where each 16-bit lane of `mult` holds the lane's `3^k`: the byte
+    /// times `3^k` modulo 256, times 3, top byte. Returns -1..=1 per byte.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn trits(bytes: __m256i, mult: __m256i) -> __m256i {
+        let low_byte = _mm256_set1_epi16(0x00ff);
+        let digit = |v: __m256i| {
+            let shifted = _mm256_and_si256(_mm256_mullo_epi16(v, mult), low_byte);
+            _mm256_srli_epi16(_mm256_mullo_epi16(shifted, _mm256_set1_epi16(3)), 8)
+        };
+        let even = digit(_mm256_and_si256(bytes, low_byte));
+        let odd = digit(_mm256_srli_epi16(bytes, 8));
+        let t = _mm256_or_si256(even, _mm256_slli_epi16(odd, 8));
+        _mm256_sub_epi8(t, _mm256_set1_epi8(1))
+    }
+
+    /// 16-bit multipliers: `lo` for the low 128 bits, `hi` for the high.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn split_mult(lo: u8, hi: u8) -> __m256i {
+        _mm256_set_m128i(_mm_set1_epi16(i16::from(hi)), _mm_set1_epi16(i16::from(lo)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot(xs: &[BlockTq1_0], ys: &[BlockQ8K]) -> f32 {
+        let mut acc = 0.0f32;
+        for (bx, by) in xs.iter().zip(ys) {
+            let q8 = |start: usize| match <&[i8; 32]>::try_from(&by.qs[start..start + 32]) {
+                Ok(v) => load_i8_32(v),
+                Err(_) => _mm256_setzero_si256(),
+            };
+            let mut isum = _mm256_setzero_si256();
+            // bytes 0..32: five trits each, elements 32 k + m
+            let Ok(head) = <&[u8; 32]>::try_from(&bx.qs[..32]) else {
+                continue;
+            };
+            let head = load_32(head);
+            for (k, &p) in POW3.iter().enumerate() {
+                let t = trits(head, _mm256_set1_epi16(i16::from(p)));
+                isum = _mm256_add_epi32(isum, dot_i8_i8(t, q8(32 * k)));
+            }
+            // bytes 32..48: elements 160 + 16 k + m, two trit positions per register
+            let Ok(mid) = <&[u8; 16]>::try_from(&bx.qs[32..]) else {
+                continue;
+            };
+            let mid = load_16(mid);
+            let mid2 = _mm256_set_m128i(mid, mid);
+            for (k, start) in [(0usize, 160usize), (2, 192)] {
+                let t = trits(mid2, split_mult(POW3[k], POW3[k + 1]));
+                isum = _mm256_add_epi32(isum, dot_i8_i8(t, q8(start)));
+            }
+            // last trit of bytes 32..48 (elements 224..240) next to the 16 trits of qh (240..256),
+            // element 240 + j + 4 k sitting in byte 16 + 4 k + j
+            let qh = i32::from_le_bytes(bx.qh);
+            let tail = _mm256_set_m128i(_mm_set1_epi32(qh), mid);
+            let mult = _mm256_set_epi16(27, 27, 9, 9, 3, 3, 1, 1, 81, 81, 81, 81, 81, 81, 81, 81);
+            isum = _mm256_add_epi32(isum, dot_i8_i8(trits(tail, mult), q8(224)));
+            // integer-exact, so the float step matches the scalar kernel bit for bit
+            acc += hsum_i32(isum) as f32 * (bx.d.to_f32() * by.d);
+        }
+        acc
+    }
 }
 
 #[cfg(test)]

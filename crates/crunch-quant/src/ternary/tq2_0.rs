@@ -128,11 +128,15 @@ mod avx2 {
         for (bx, by) in xs.iter().zip(ys) {
             let mut isum = _mm256_setzero_si256();
             for (c, qs) in bx.qs.chunks_exact(32).enumerate() {
-                let Ok(qs) = <&[u8; 32]>::try_from(qs) else { continue };
+                let Ok(qs) = <&[u8; 32]>::try_from(qs) else {
+                    continue;
+                };
                 let packed = load_32(qs);
                 for k in 0..4 {
                     let start = 128 * c + 32 * k;
-                    let Ok(q8) = <&[i8; 32]>::try_from(&by.qs[start..start + 32]) else { continue };
+                    let Ok(q8) = <&[i8; 32]>::try_from(&by.qs[start..start + 32]) else {
+                        continue;
+                    };
                     let shifted = match k {
                         0 => packed,
                         1 => _mm256_srli_epi16(packed, 2),

@@ -1,0 +1,28 @@
+//! The crunch library's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can stop a crunch job.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Gguf(#[from] crunch_core::gguf::GgufError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("tensor {tensor}: {source}")]
+    Quant { tensor: String, source: crunch_quant::QuantError },
+    #[error("{0}")]
+    Plan(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("interrupted; no output was written")]
+    Cancelled,
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

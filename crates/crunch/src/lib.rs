@@ -1,0 +1,13 @@
+//! crunch: make large language models small on the CPU, and prove what the shrinking cost.
+//!
+//! The library holds every job (quantize, inspect, verify…) as a plain function taking a
+//! progress sink and a cancel flag; the `crunch` binary is a thin clap front end over it.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod inspect;
+pub mod progress;
+pub mod quantize;
+
+pub use error::{Error, Result};

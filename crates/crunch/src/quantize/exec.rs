@@ -1,0 +1,153 @@
+//! Carrying out a plan: stream tensor by tensor from the memory-mapped input, convert in slabs of
+//! rows on all cores, write to a temp file, rename into place at the end.
+
+use super::plan::Plan;
+use crate::error::{Error, Result};
+use crate::progress::{Cancel, Progress};
+use crunch_core::gguf::{GgufFile, GgufWriter, Metadata, TensorSpec, Value};
+use crunch_core::GgmlType;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+/// Largest f32 slab converted at once; bounds working memory independently of tensor size.
+const SLAB_BYTES: usize = 64 << 20;
+
+/// Importance weights per tensor name (one value per column).
+pub type ImportanceLookup<'a> = &'a (dyn Fn(&str) -> Option<Vec<f32>> + Sync);
+
+/// What a finished quantization reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuantizeReport {
+    pub output: String,
+    pub sha256: String,
+    pub src_bytes: u64,
+    pub dst_bytes: u64,
+    pub file_bytes: u64,
+    pub bpw: f64,
+    pub seconds: f64,
+}
+
+/// The output metadata: the input's, without split keys, with `general.quantization_version`
+/// and `general.file_type` moved to the end as llama.cpp does.
+pub fn output_metadata(input: &Metadata, file_type: u32) -> Metadata {
+    let mut m = input.clone();
+    for k in ["split.no", "split.count", "split.tensors.count", "general.quantization_version", "general.file_type"] {
+        m.remove(k);
+    }
+    m.set("general.quantization_version", Value::U32(2));
+    m.set("general.file_type", Value::U32(file_type));
+    m
+}
+
+/// Convert one tensor's bytes from `src_type` to `dst_type`, appending to `out`.
+///
+/// # Errors
+/// Unsupported types or sizes, naming the tensor.
+pub fn convert_tensor(
+    name: &str,
+    src: &[u8],
+    src_type: GgmlType,
+    dst_type: GgmlType,
+    row_len: usize,
+    importance: Option<&[f32]>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let qerr = |source| Error::Quant { tensor: name.to_string(), source };
+    if src_type == dst_type {
+        out.extend_from_slice(src);
+        return Ok(());
+    }
+    let src_row = src_type.row_size(row_len).ok_or_else(|| Error::Invalid(format!("tensor {name}: bad row length")))?;
+    let dst_row = dst_type.row_size(row_len).ok_or_else(|| Error::Invalid(format!("tensor {name}: bad row length")))?;
+    let n_rows = src.len().checked_div(src_row).unwrap_or(0);
+    let slab_rows = (SLAB_BYTES / (row_len * 4).max(1)).max(1);
+    let mut f32_buf = vec![0f32; slab_rows.min(n_rows) * row_len];
+    let start = out.len();
+    out.resize(start + n_rows * dst_row, 0);
+    let mut r = 0;
+    while r < n_rows {
+        let rows = slab_rows.min(n_rows - r);
+        let f = &mut f32_buf[..rows * row_len];
+        let s = &src[r * src_row..(r + rows) * src_row];
+        if src_type == GgmlType::F32 {
+            for (d, c) in f.iter_mut().zip(s.chunks_exact(4)) {
+                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        } else {
+            crunch_quant::dequantize_rows(src_type, s, row_len, f).map_err(qerr)?;
+        }
+        let d = &mut out[start + r * dst_row..start + (r + rows) * dst_row];
+        crunch_quant::quantize_rows(dst_type, f, row_len, importance, d).map_err(qerr)?;
+        r += rows;
+    }
+    Ok(())
+}
+
+/// Write `plan` for `input` to `output`.
+///
+/// # Errors
+/// I/O, unsupported types, cancellation; nothing is left at `output` on error.
+pub fn execute(
+    input: &GgufFile,
+    plan: &Plan,
+    output: &Path,
+    importance: Option<ImportanceLookup>,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<QuantizeReport> {
+    let t0 = Instant::now();
+    for t in &plan.tensors {
+        if t.converts() {
+            for ty in [t.src_type, t.dst_type] {
+                if crunch_quant::kernels(ty).is_none() {
+                    return Err(Error::Plan(format!(
+                        "tensor {}: crunch cannot convert {} yet (supported: {})",
+                        t.name,
+                        ty,
+                        crunch_quant::supported_types().iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+        }
+    }
+    let meta = output_metadata(input.metadata(), plan.ftype.code());
+    let specs: Vec<TensorSpec> = plan
+        .tensors
+        .iter()
+        .map(|t| TensorSpec { name: t.name.clone(), ty: t.dst_type, dims: t.dims.clone() })
+        .collect();
+    let mut writer = GgufWriter::create(output, meta, &specs)?;
+    progress.start("quantize", plan.src_bytes);
+    let mut done = 0u64;
+    let mut buf = Vec::new();
+    for t in &plan.tensors {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let info = input.tensor(&t.name).ok_or_else(|| Error::Invalid(format!("tensor {} vanished", t.name)))?;
+        let src = input.tensor_data(info);
+        buf.clear();
+        let imp = if t.converts() { importance.and_then(|f| f(&t.name)) } else { None };
+        convert_tensor(&t.name, src, t.src_type, t.dst_type, t.dims[0] as usize, imp.as_deref(), &mut buf)?;
+        writer.write_tensor(&t.name, &buf)?;
+        input.release_tensor(info);
+        done += t.src_bytes;
+        progress.advance(done, &format!("{} {} -> {}", t.name, t.src_type, t.dst_type));
+    }
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    let sha256 = writer.finish()?;
+    let file_bytes = std::fs::metadata(output).map_err(|e| Error::io(output, e))?.len();
+    progress.finish(&format!("wrote {}", output.display()));
+    Ok(QuantizeReport {
+        output: output.display().to_string(),
+        sha256,
+        src_bytes: plan.src_bytes,
+        dst_bytes: plan.dst_bytes,
+        file_bytes,
+        bpw: plan.bpw(),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Side by side with llama.cpp's quantizer (PyPI llama-cpp-python, `llama_model_quantize`).
+
+For each preset, quantize the same F32 GGUF with llama.cpp and with crunch, then compare the
+per-tensor type plan, the file size, the tensor bytes, and the wall time.
+
+  ~/.cache/crunch/llama-venv/bin/python scripts/compare_llama_quantize.py \
+      --f32 smollm2-f32.gguf --crunch target/release/crunch [--presets Q4_K_M,Q8_0] \
+      [--fixture crates/crunch/tests/fixtures/llama_plans_smollm2.json]
+
+The fixture records llama.cpp's plan and sizes so the default test run can check crunch's plan
+without llama-cpp-python.
+"""
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import llama_cpp
+from gguf import GGUFReader
+
+PRESETS = {  # llama_ftype codes
+    "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12,
+    "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25,
+    "IQ4_XS": 30, "TQ1_0": 36, "TQ2_0": 37, "F16": 1, "BF16": 32,
+}
+
+
+def llama_quantize(src, dst, ftype, threads):
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.nthread = threads
+    p.ftype = ftype
+    t = time.time()
+    rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p))
+    if rc != 0:
+        raise SystemExit(f"llama_model_quantize failed for ftype {ftype}")
+    return time.time() - t
+
+
+def tensors(path):
+    r = GGUFReader(path)
+    return {t.name: (t.tensor_type.name, bytes(np.asarray(t.data).view(np.uint8).ravel())) for t in r.tensors}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--f32", required=True)
+    ap.add_argument("--crunch", required=True)
+    ap.add_argument("--presets", default=",".join(k for k in PRESETS if k not in ("F16", "BF16")))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fixture")
+    ap.add_argument("--out", default=tempfile.mkdtemp(prefix="crunch-vs-llama-"))
+    a = ap.parse_args()
+    fixture = {}
+    ok = True
+    print(f"{'preset':8} {'llama.cpp size':>14} {'crunch size':>12} {'plan':>6} {'identical tensors':>18} {'llama s':>8} {'crunch s':>8}")
+    for name in a.presets.split(","):
+        lp = os.path.join(a.out, f"llama-{name}.gguf")
+        cp = os.path.join(a.out, f"crunch-{name}.gguf")
+        lt = llama_quantize(a.f32, lp, PRESETS[name], a.threads)
+        t = time.time()
+        subprocess.run([a.crunch, "quantize", a.f32, cp, name, "--threads", str(a.threads), "-q"], check=True)
+        ct = time.time() - t
+        L, C = tensors(lp), tensors(cp)
+        same_plan = {k: v[0] for k, v in L.items()} == {k: v[0] for k, v in C.items()}
+        same_bytes = sum(1 for k in L if k in C and L[k][1] == C[k][1])
+        ls, cs = os.path.getsize(lp), os.path.getsize(cp)
+        whole = open(lp, "rb").read() == open(cp, "rb").read()
+        print(f"{name:8} {ls:14d} {cs:12d} {'same' if same_plan else 'DIFF':>6} {same_bytes:>8}/{len(L):<9} {lt:8.2f} {ct:8.2f}"
+              + ("  (files byte-identical)" if whole else ""))
+        if not same_plan:
+            ok = False
+            for k in sorted(L):
+                if k not in C or L[k][0] != C[k][0]:
+                    print(f"   {k}: llama.cpp {L[k][0]}, crunch {C.get(k, ('missing',))[0]}")
+        if ls != cs:
+            ok = False
+        fixture[name] = {"file_size": ls, "types": {k: v[0] for k, v in L.items()},
+                         "tensor_bytes": sum(len(v[1]) for v in L.values())}
+        os.remove(lp)
+        os.remove(cp)
+    if a.fixture:
+        with open(a.fixture, "w") as f:
+            json.dump({"source": "llama.cpp via llama-cpp-python " + llama_cpp.__version__, "presets": fixture}, f, indent=1, sort_keys=True)
+        print(f"wrote {a.fixture}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
