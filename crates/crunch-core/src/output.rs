@@ -30,7 +30,9 @@ pub fn hex(bytes: &[u8]) -> String {
 /// The temp path used while `dest` is being written.
 pub fn temp_path_for(dest: &Path) -> PathBuf {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    dest.with_file_name(format!(".{name}.crunch-tmp-{}", std::process::id()))
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dest.with_file_name(format!(".{name}.crunch-tmp-{}-{seq}", std::process::id()))
 }
 
 /// The sidecar checksum path (`OUT.sha256`).
@@ -208,7 +210,10 @@ mod tests {
         f.write_all(b"partial").unwrap();
         drop(f);
         assert!(!dest2.exists());
-        assert!(!temp_path_for(&dest2).exists());
+        let mut left: Vec<String> =
+            fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, vec!["a.bin", "a.bin.sha256"], "temp file left behind");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,11 +2,12 @@
 //!
 //! ```text
 //! cargo run --release -p crunch-model --example tokenize -- \
-//!     (--vocab VOCAB.json | --hf tokenizer.json) [--text FILE] [--lines] [--add-special] \
+//!     (--gguf MODEL.gguf | --vocab VOCAB.json | --hf tokenizer.json) [--text FILE] [--lines] [--add-special] \
 //!     [--no-parse-special] [--repeat N] [--strings] [--pieces]
 //! ```
 //!
-//! `VOCAB.json` is a `GgufVocab` as written by scripts/dump_vocab.py. The text comes from FILE or
+//! `--gguf` reads the vocabulary from the model's metadata; `VOCAB.json` is a `GgufVocab` as
+//! written by scripts/dump_vocab.py. The text comes from FILE or
 //! standard input. `--lines` tokenizes each line (with its `\n`) on its own and prints a list of
 //! lists; `--strings` reads the input as a JSON list of strings and does the same for each.
 //! `--pieces` prints every token's piece (`token_to_piece`) as hex instead. Timing goes to
@@ -27,6 +28,7 @@ fn main() {
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut vocab = None;
     let mut hf = None;
+    let mut gguf = None;
     let mut text_path = None;
     let mut lines = false;
     let mut opts = EncodeOptions { add_special: false, parse_special: true };
@@ -38,6 +40,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         match a.as_str() {
             "--vocab" => vocab = args.next(),
             "--hf" => hf = args.next(),
+            "--gguf" => gguf = args.next(),
             "--text" => text_path = args.next(),
             "--lines" => lines = true,
             "--add-special" => opts.add_special = true,
@@ -50,9 +53,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let t0 = Instant::now();
     let tok = match (vocab, hf) {
+        (None, None) if gguf.is_some() => {
+            Tokenizer::from_gguf(&crunch_core::gguf::GgufFile::open(gguf.as_deref().unwrap_or_default())?)?
+        }
+        _ if gguf.is_some() => return Err("give exactly one of --gguf, --vocab and --hf".into()),
         (Some(v), None) => Tokenizer::from_gguf_vocab(&GgufVocab::from_json(&std::fs::read_to_string(v)?)?)?,
         (None, Some(h)) => Tokenizer::from_hf_file(h)?,
-        _ => return Err("give exactly one of --vocab and --hf".into()),
+        _ => return Err("give exactly one of --gguf, --vocab and --hf".into()),
     };
     let load = t0.elapsed().as_secs_f64();
     let text = match text_path {

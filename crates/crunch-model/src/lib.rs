@@ -2,4 +2,21 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attention;
+pub mod config;
+pub mod error;
+pub mod kv_cache;
+pub mod llama;
+pub mod matmul;
+pub mod ops;
+pub mod perplexity;
+pub mod rope;
 pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Arch, LlamaConfig, RopeMode};
+pub use error::{ModelError, Result};
+pub use kv_cache::KvCache;
+pub use llama::LlamaModel;
+pub use matmul::MatmulMode;
+pub use perplexity::{perplexity, perplexity_tokens, PerplexityOptions, PerplexityResult};

@@ -1,20 +1,20 @@
 //! Tokenizer tests: golden ids from llama.cpp (tests/fixtures/smollm2_tokens.json, made by
 //! scripts/make_token_fixture.py), the all-MiniLM tokenizer.json, and small hand-made vocabularies.
 //!
-//! The SmolLM2 vocabulary is read from the GGUF with PyPI `gguf` (scripts/dump_vocab.py) until
-//! crunch reads GGUF metadata itself.
+//! The SmolLM2 tokenizer is built from the GGUF's own metadata (`Tokenizer::from_gguf`); one test
+//! checks that reading against PyPI `gguf`'s (scripts/dump_vocab.py).
 
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use crunch_core::gguf::GgufFile;
 use crunch_model::tokenizer::{EncodeOptions, GgufVocab, Tokenizer, TokenizerError};
 use crunch_testkit as kit;
 use serde::Deserialize;
 
-fn smollm2_vocab() -> &'static GgufVocab {
-    static V: OnceLock<GgufVocab> = OnceLock::new();
-    V.get_or_init(|| {
+fn python_dumped_vocab() -> GgufVocab {
+    {
         let scratch = kit::Scratch::new("vocab");
         let out = scratch.join("vocab.json");
         let script = kit::repo_root().join("scripts/dump_vocab.py");
@@ -26,12 +26,21 @@ fn smollm2_vocab() -> &'static GgufVocab {
             .expect("run dump_vocab.py");
         assert!(st.status.success(), "dump_vocab.py failed: {}", String::from_utf8_lossy(&st.stderr));
         GgufVocab::from_json(&std::fs::read_to_string(&out).unwrap()).unwrap()
-    })
+    }
+}
+
+#[test]
+fn gguf_vocab_matches_python_dump() {
+    let ours = GgufVocab::from_gguf(&GgufFile::open(kit::smollm2_gguf()).unwrap()).unwrap();
+    let theirs = python_dumped_vocab();
+    assert_eq!(ours.tokens.len(), 49152);
+    assert_eq!(ours.merges.as_ref().map(Vec::len), Some(48900));
+    assert_eq!(ours, theirs);
 }
 
 fn smollm2() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();
-    T.get_or_init(|| Tokenizer::from_gguf_vocab(smollm2_vocab()).unwrap())
+    T.get_or_init(|| Tokenizer::from_gguf(&GgufFile::open(kit::smollm2_gguf()).unwrap()).unwrap())
 }
 
 #[derive(Deserialize)]

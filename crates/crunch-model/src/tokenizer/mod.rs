@@ -11,6 +11,7 @@
 mod bpe;
 mod byte_level;
 mod gguf;
+mod gguf_vocab;
 mod hf;
 mod pretokenizer;
 mod special;
@@ -76,6 +77,11 @@ impl Tokenizer {
     /// From a GGUF-embedded vocabulary.
     pub fn from_gguf_vocab(vocab: &GgufVocab) -> Result<Self> {
         Ok(Tokenizer::Gguf(Box::new(GgufTokenizer::new(vocab)?)))
+    }
+
+    /// From the vocabulary embedded in a GGUF file (`tokenizer.ggml.*`).
+    pub fn from_gguf(file: &crunch_core::gguf::GgufFile) -> Result<Self> {
+        Self::from_gguf_vocab(&GgufVocab::from_gguf(file)?)
     }
 
     /// From a Hugging Face `tokenizer.json` file.

@@ -23,6 +23,7 @@ pub(crate) mod q5_k;
 pub(crate) mod q6_k;
 pub(crate) mod q8_k;
 pub(crate) mod search;
+pub(crate) mod search_x8;
 pub(crate) mod simd;
 #[cfg(test)]
 mod test_util;

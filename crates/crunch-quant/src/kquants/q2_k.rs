@@ -5,7 +5,8 @@
 //! nibble), and two f16 super-block scales. Each half (128 values) uses 32 bytes of `qs`: value
 //! `128 * h + 32 * k + l` sits at bits `2 * k` of `qs[32 * h + l]`.
 
-use super::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int};
+use super::search::{make_qp_quants, nearest_int};
+use super::search_x8::make_qkx_quants_x8;
 use super::{dequantize_blocks, f16_to_f32, quantize_blocks, read_blocks, BlockQ8K, QK_K};
 use crate::Kernels;
 use bytemuck::{Pod, Zeroable};
@@ -46,20 +47,35 @@ impl BlockQ2K {
         let mut levels = [0u8; QK_K];
         let mut scales = [0.0f32; 16];
         let mut mins = [0.0f32; 16];
-        let mut weights = [0.0f32; 16];
-        let mut aux = [0u8; 16];
         let mut b = BlockQ2K::zeroed();
         match qw {
             None => {
+                let mut all_weights = [0.0f32; QK_K];
+                for (w, &v) in all_weights.iter_mut().zip(x) {
+                    *w = v.abs();
+                }
+                for h in 0..2 {
+                    let r = 128 * h..128 * h + 128;
+                    let mut m = [0.0f32; 8];
+                    let s = make_qkx_quants_x8(
+                        16,
+                        3,
+                        &x[r.clone()],
+                        &all_weights[r.clone()],
+                        &mut levels[r],
+                        &mut m,
+                        -0.5,
+                        0.1,
+                        15,
+                        true,
+                        false,
+                    );
+                    scales[8 * h..8 * h + 8].copy_from_slice(&s);
+                    mins[8 * h..8 * h + 8].copy_from_slice(&m);
+                }
                 let mut max_scale = 0.0f32;
                 let mut max_min = 0.0f32;
                 for j in 0..16 {
-                    let xs = &x[16 * j..16 * j + 16];
-                    for (w, &v) in weights.iter_mut().zip(xs) {
-                        *w = v.abs();
-                    }
-                    let lv = &mut levels[16 * j..16 * j + 16];
-                    scales[j] = make_qkx2_quants(16, 3, xs, &weights, lv, &mut mins[j], &mut aux, -0.5, 0.1, 15, true);
                     if scales[j] > max_scale {
                         max_scale = scales[j];
                     }
@@ -89,17 +105,35 @@ impl BlockQ2K {
                 }
                 let sigma2 = sumx2 / QK_K as f32;
                 let mut sw = [0.0f32; 16];
+                let mut all_weights = [0.0f32; QK_K];
                 for j in 0..16 {
                     let xs = &x[16 * j..16 * j + 16];
+                    let weights = &mut all_weights[16 * j..16 * j + 16];
                     for ((w, &v), &q) in weights.iter_mut().zip(xs).zip(&qw[16 * j..16 * j + 16]) {
                         *w = q * (sigma2 + v * v).sqrt();
                     }
-                    for &w in &weights {
+                    for &w in weights.iter() {
                         sw[j] += w;
                     }
-                    let lv = &mut levels[16 * j..16 * j + 16];
-                    scales[j] =
-                        make_qkx3_quants(16, 3, xs, Some(&weights), lv, &mut mins[j], &mut aux, -0.9, 0.05, 36, false);
+                }
+                for h in 0..2 {
+                    let r = 128 * h..128 * h + 128;
+                    let mut m = [0.0f32; 8];
+                    let s = make_qkx_quants_x8(
+                        16,
+                        3,
+                        &x[r.clone()],
+                        &all_weights[r.clone()],
+                        &mut levels[r],
+                        &mut m,
+                        -0.9,
+                        0.05,
+                        36,
+                        false,
+                        true,
+                    );
+                    scales[8 * h..8 * h + 8].copy_from_slice(&s);
+                    mins[8 * h..8 * h + 8].copy_from_slice(&m);
                 }
                 let mut ls = [0u8; 16];
                 let mut lm = [0u8; 16];

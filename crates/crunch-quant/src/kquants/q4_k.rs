@@ -5,7 +5,8 @@
 //! [`super::unpack_scale_min_k4`]) and two f16 super-block scales. Each group of 64 values shares 32
 //! bytes of `qs`: the first 32 values in the low nibbles, the next 32 in the high nibbles.
 
-use super::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int};
+use super::search::{make_qp_quants, nearest_int};
+use super::search_x8::make_qkx_quants_x8;
 use super::{
     dequantize_blocks, f16_to_f32, pack_scale_min_k4, quantize_blocks, read_blocks, unpack_scale_min_k4, BlockQ8K, QK_K,
 };
@@ -43,30 +44,29 @@ pub(crate) struct AsymSuperBlock {
 /// path (`qw == None`) or its importance-weighted path. Returns the header; `levels` then holds the
 /// final quants. Shared by Q4_K (`nmax = 15`) and Q5_K (`nmax = 31`).
 pub(crate) fn quantize_asym_32(x: &[f32], qw: Option<&[f32]>, nmax: i32, levels: &mut [u8; QK_K]) -> AsymSuperBlock {
-    let mut scales = [0.0f32; 8];
+    let x = &x[..QK_K];
+    let scales: [f32; 8];
     let mut mins = [0.0f32; 8];
-    let mut weights = [0.0f32; 32];
-    let mut aux = [0u8; 32];
     let (ls, lm, d, dmin) = match qw {
         None => {
             // Reference path: per-sub-block weights av|x| + |x|, then linear 6-bit encoding of the
             // scales and mins against their maxima.
             let (rmin, nstep) = if nmax == 15 { (-1.0, 20) } else { (-0.5, 15) };
-            let mut max_scale = 0.0f32;
-            let mut max_min = 0.0f32;
-            for j in 0..8 {
-                let xs = &x[32 * j..32 * j + 32];
+            let mut all_weights = [0.0f32; QK_K];
+            for (ws, xs) in all_weights.chunks_exact_mut(32).zip(x.chunks_exact(32)) {
                 let mut sum_x2 = 0.0f32;
                 for &v in xs {
                     sum_x2 += v * v;
                 }
                 let av_x = (sum_x2 / 32.0).sqrt();
-                for (w, &v) in weights.iter_mut().zip(xs) {
+                for (w, &v) in ws.iter_mut().zip(xs) {
                     *w = av_x + v.abs();
                 }
-                let lv = &mut levels[32 * j..32 * j + 32];
-                scales[j] =
-                    make_qkx2_quants(32, nmax, xs, &weights, lv, &mut mins[j], &mut aux, rmin, 0.1, nstep, false);
+            }
+            scales = make_qkx_quants_x8(32, nmax, x, &all_weights, levels, &mut mins, rmin, 0.1, nstep, false, false);
+            let mut max_scale = 0.0f32;
+            let mut max_min = 0.0f32;
+            for j in 0..8 {
                 if scales[j] > max_scale {
                     max_scale = scales[j];
                 }
@@ -93,20 +93,20 @@ pub(crate) fn quantize_asym_32(x: &[f32], qw: Option<&[f32]>, nmax: i32, levels:
             }
             let sigma2 = 2.0 * sum_x2 / QK_K as f32;
             let mut sw = [0.0f32; 8];
+            let mut all_weights = [0.0f32; QK_K];
             for j in 0..8 {
                 let xs = &x[32 * j..32 * j + 32];
+                let weights = &mut all_weights[32 * j..32 * j + 32];
                 for ((w, &v), &q) in weights.iter_mut().zip(xs).zip(&qw[32 * j..32 * j + 32]) {
                     *w = q * (sigma2 + v * v).sqrt();
                 }
                 let mut sumw = 0.0f32;
-                for &w in &weights {
+                for &w in weights.iter() {
                     sumw += w;
                 }
                 sw[j] = sumw;
-                let lv = &mut levels[32 * j..32 * j + 32];
-                scales[j] =
-                    make_qkx3_quants(32, nmax, xs, Some(&weights), lv, &mut mins[j], &mut aux, -0.9, 0.05, 36, false);
             }
+            scales = make_qkx_quants_x8(32, nmax, x, &all_weights, levels, &mut mins, -0.9, 0.05, 36, false, true);
             let mut ls = [0u8; 8];
             let mut lm = [0u8; 8];
             let d_block = make_qp_quants(8, 63, &scales, &mut ls, &sw);

@@ -6,7 +6,8 @@
 //! values `l` (low) and `l + 64` (high), `ql[l + 32]` those of `l + 32` and `l + 96`, and `qh[l]` the
 //! high bits of `l`, `l + 32`, `l + 64`, `l + 96` at bit offsets 0, 2, 4, 6.
 
-use super::search::{make_qx_quants, nearest_int, GROUP_MAX_EPS};
+use super::search::{nearest_int, GROUP_MAX_EPS};
+use super::search_x8::make_qx_quants_x8;
 use super::{dequantize_blocks, f16_to_f32, quantize_blocks, read_blocks, BlockQ8K, QK_K};
 use crate::Kernels;
 use bytemuck::{Pod, Zeroable};
@@ -38,11 +39,13 @@ impl BlockQ6K {
         let mut scales = [0.0f32; QK_K / 16];
         let mut max_scale = 0.0f32;
         let mut max_abs_scale = 0.0f32;
-        for (ib, sc) in scales.iter_mut().enumerate() {
-            let r = 16 * ib..16 * ib + 16;
+        for h in 0..2 {
+            let r = 128 * h..128 * h + 128;
             let w = qw.map(|w| &w[r.clone()]);
-            let scale = make_qx_quants(16, 32, &x[r.clone()], &mut levels[r], 1, w);
-            *sc = scale;
+            let s = make_qx_quants_x8(16, 32, &x[r.clone()], &mut levels[r], w);
+            scales[8 * h..8 * h + 8].copy_from_slice(&s);
+        }
+        for &scale in &scales {
             if scale.abs() > max_abs_scale {
                 max_abs_scale = scale.abs();
                 max_scale = scale;

@@ -1,0 +1,34 @@
+//! Errors of model loading and inference.
+
+use crunch_core::GgmlType;
+
+/// What can go wrong loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("GGUF: {0}")]
+    Gguf(#[from] crunch_core::gguf::GgufError),
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[error("missing metadata key {0}")]
+    MissingKey(String),
+    #[error("metadata key {key}: {reason}")]
+    BadKey { key: String, reason: String },
+    #[error("unsupported architecture {0:?} (supported: llama, mistral, qwen2, smollm)")]
+    UnsupportedArch(String),
+    #[error("missing tensor {0}")]
+    MissingTensor(String),
+    #[error("tensor {tensor}: shape {found}, expected {expected}")]
+    BadShape { tensor: String, found: String, expected: String },
+    #[error("tensor {tensor}: crunch has no {what} kernel for type {ty}")]
+    UnsupportedType { tensor: String, ty: GgmlType, what: &'static str },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("token id {id} out of range (vocabulary of {n})")]
+    TokenOutOfRange { id: u32, n: usize },
+    #[error("context full: {have} positions cached, {add} more asked, context of {n_ctx}")]
+    ContextFull { have: usize, add: usize, n_ctx: usize },
+    #[error("{0}")]
+    Input(String),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -1,0 +1,205 @@
+//! The Llama-family forward pass (llama, mistral, smollm, qwen2) on the CPU, from a GGUF file.
+//!
+//! The graph is llama.cpp's `llm_build_llama` / `llm_build_qwen2`: token embedding, then per
+//! layer RMSNorm → Q/K/V (+ biases for qwen2) → RoPE → causal grouped-query attention → output
+//! projection → residual, RMSNorm → SwiGLU FFN → residual; final RMSNorm and the output projection
+//! (tied to `token_embd.weight` when `output.weight` is absent).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crunch_core::gguf::GgufFile;
+
+use crate::attention::{attention, AttnShape};
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
+use crate::matmul::{matmul, MatmulMode};
+use crate::ops::{add_assign, add_bias, rms_norm, swiglu};
+use crate::rope::Rope;
+use crate::weights::{load_optional_vector, load_vector, Weight};
+
+/// Called with the input of every linear layer: `(weight name, input rows, n_tokens)`.
+pub type Observer<'a> = dyn FnMut(&str, &[f32], usize) + 'a;
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Weight,
+    wk: Weight,
+    wv: Weight,
+    wo: Weight,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    gate: Weight,
+    up: Weight,
+    down: Weight,
+}
+
+/// A Llama-family model whose weights stay in the memory-mapped GGUF file.
+pub struct LlamaModel {
+    file: Arc<GgufFile>,
+    pub config: LlamaConfig,
+    tok_embd: Weight,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    output: Weight,
+    rope: Rope,
+    /// How quantized weights are multiplied (default: as llama.cpp does).
+    pub mode: MatmulMode,
+}
+
+impl std::fmt::Debug for LlamaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaModel").field("path", &self.file.path).field("config", &self.config).finish()
+    }
+}
+
+impl LlamaModel {
+    /// Open a GGUF file and load the model.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_gguf(Arc::new(GgufFile::open(path)?))
+    }
+
+    /// Load from an opened file: check every tensor's presence, shape and type.
+    pub fn from_gguf(file: Arc<GgufFile>) -> Result<Self> {
+        let c = LlamaConfig::from_metadata(file.metadata())?;
+        let f = file.as_ref();
+        let (e, kv, q) = (c.n_embd, c.n_embd_kv(), c.n_head * c.head_dim);
+        let tok_embd = Weight::load(f, "token_embd.weight", e, c.n_vocab)?;
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: load_vector(f, &n("attn_norm.weight"), e)?,
+                wq: Weight::load(f, &n("attn_q.weight"), e, q)?,
+                wk: Weight::load(f, &n("attn_k.weight"), e, kv)?,
+                wv: Weight::load(f, &n("attn_v.weight"), e, kv)?,
+                wo: Weight::load(f, &n("attn_output.weight"), q, e)?,
+                bq: load_optional_vector(f, &n("attn_q.bias"), q)?,
+                bk: load_optional_vector(f, &n("attn_k.bias"), kv)?,
+                bv: load_optional_vector(f, &n("attn_v.bias"), kv)?,
+                ffn_norm: load_vector(f, &n("ffn_norm.weight"), e)?,
+                gate: Weight::load(f, &n("ffn_gate.weight"), e, c.n_ff)?,
+                up: Weight::load(f, &n("ffn_up.weight"), e, c.n_ff)?,
+                down: Weight::load(f, &n("ffn_down.weight"), c.n_ff, e)?,
+            });
+        }
+        let output_norm = load_vector(f, "output_norm.weight", e)?;
+        let output = if f.tensor("output.weight").is_some() {
+            Weight::load(f, "output.weight", e, c.n_vocab)?
+        } else {
+            tok_embd.clone()
+        };
+        let rope = Rope {
+            mode: c.rope_mode,
+            n_rot: c.n_rot,
+            head_dim: c.head_dim,
+            freq_base: c.rope_freq_base,
+            freq_factors: load_optional_vector(f, "rope_freqs.weight", c.n_rot / 2)?,
+        };
+        Ok(LlamaModel { file, config: c, tok_embd, layers, output_norm, output, rope, mode: MatmulMode::Native })
+    }
+
+    /// The GGUF file the weights live in.
+    pub fn file(&self) -> &Arc<GgufFile> {
+        &self.file
+    }
+
+    /// An empty KV cache for up to `n_ctx` positions.
+    pub fn new_cache(&self, n_ctx: usize) -> KvCache {
+        KvCache::new(self.config.n_layer, n_ctx, self.config.n_embd_kv())
+    }
+
+    /// Names of the linear layers in evaluation order (what an observer sees).
+    pub fn linear_names(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for l in &self.layers {
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
+                v.push(w.name.clone());
+            }
+        }
+        v.push(self.output.name.clone());
+        v
+    }
+
+    /// Run `tokens` at the positions after those in `cache`, append their K/V to it and return
+    /// the logits of every token (`tokens.len() × n_vocab`).
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        self.forward_with(tokens, cache, 0, None)
+    }
+
+    /// [`LlamaModel::forward`] returning logits only for batch indices `logits_from..` (none if
+    /// `logits_from >= tokens.len()`), and calling `observe` with the input of every linear layer.
+    pub fn forward_with(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits_from: usize,
+        mut observe: Option<&mut Observer<'_>>,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let f = self.file.as_ref();
+        let n = tokens.len();
+        let pos0 = cache.len();
+        if pos0 + n > cache.n_ctx() {
+            return Err(ModelError::ContextFull { have: pos0, add: n, n_ctx: cache.n_ctx() });
+        }
+        if cache.n_layer() != c.n_layer || cache.n_embd_kv() != c.n_embd_kv() {
+            return Err(ModelError::Input("KV cache made for another model".into()));
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let e = c.n_embd;
+        let mut x = vec![0f32; n * e];
+        for (row, &id) in x.chunks_exact_mut(e).zip(tokens) {
+            if id as usize >= c.n_vocab {
+                return Err(ModelError::TokenOutOfRange { id, n: c.n_vocab });
+            }
+            self.tok_embd.dequantize_row(f, id as usize, row)?;
+        }
+        let kv = c.n_embd_kv();
+        let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim };
+        let mode = self.mode;
+        let lin = |w: &Weight, input: &[f32], obs: &mut Option<&mut Observer<'_>>| -> Result<Vec<f32>> {
+            if let Some(o) = obs.as_mut() {
+                o(&w.name, input, input.len() / w.n_in);
+            }
+            matmul(input, input.len() / w.n_in, &w.view(f), mode)
+        };
+        for (li, l) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &l.attn_norm, c.rms_eps);
+            let mut q = lin(&l.wq, &h, &mut observe)?;
+            let mut k = lin(&l.wk, &h, &mut observe)?;
+            let mut v = lin(&l.wv, &h, &mut observe)?;
+            for (t, b) in [(&mut q, &l.bq), (&mut k, &l.bk), (&mut v, &l.bv)] {
+                if let Some(b) = b {
+                    add_bias(t, b);
+                }
+            }
+            self.rope.apply_rows(&mut q, c.n_head * c.head_dim, pos0);
+            self.rope.apply_rows(&mut k, kv, pos0);
+            let (kc, vc) = (&mut cache.k[li], &mut cache.v[li]);
+            kc[pos0 * kv..(pos0 + n) * kv].copy_from_slice(&k);
+            vc[pos0 * kv..(pos0 + n) * kv].copy_from_slice(&v);
+            let a = attention(&q, &kc[..(pos0 + n) * kv], &vc[..(pos0 + n) * kv], pos0, n, shape);
+            let o = lin(&l.wo, &a, &mut observe)?;
+            add_assign(&mut x, &o);
+
+            let h = rms_norm(&x, &l.ffn_norm, c.rms_eps);
+            let mut g = lin(&l.gate, &h, &mut observe)?;
+            let u = lin(&l.up, &h, &mut observe)?;
+            swiglu(&mut g, &u);
+            let d = lin(&l.down, &g, &mut observe)?;
+            add_assign(&mut x, &d);
+        }
+        cache.set_len(pos0 + n);
+        if logits_from >= n {
+            return Ok(Vec::new());
+        }
+        let h = rms_norm(&x[logits_from * e..], &self.output_norm, c.rms_eps);
+        lin(&self.output, &h, &mut observe)
+    }
+}
