@@ -10,7 +10,10 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod gptq;
 pub mod imatrix;
+pub mod linalg;
+pub mod runner;
 pub mod targets;
 pub mod text;
 

@@ -9,6 +9,12 @@ pub enum ModelError {
     Gguf(#[from] crunch_core::gguf::GgufError),
     #[error("tokenizer: {0}")]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[error("safetensors: {0}")]
+    Safetensors(#[from] crunch_core::safetensors::SafetensorsError),
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("{what}: architecture {found:?} is not supported here (expected {expected})")]
+    WrongArch { what: String, found: String, expected: &'static str },
     #[error("missing metadata key {0}")]
     MissingKey(String),
     #[error("metadata key {key}: {reason}")]

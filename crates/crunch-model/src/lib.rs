@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attention;
+pub mod bert;
 pub mod config;
 pub mod error;
 pub mod kv_cache;
@@ -11,12 +12,15 @@ pub mod matmul;
 pub mod ops;
 pub mod perplexity;
 pub mod rope;
+pub mod store;
 pub mod tokenizer;
 pub mod weights;
 
+pub use bert::{BertConfig, BertModel, Pooling};
 pub use config::{Arch, LlamaConfig, RopeMode};
 pub use error::{ModelError, Result};
 pub use kv_cache::KvCache;
 pub use llama::LlamaModel;
 pub use matmul::MatmulMode;
+pub use store::{StoreFormat, TensorStore};
 pub use perplexity::{perplexity, perplexity_tokens, PerplexityOptions, PerplexityResult};

@@ -1,0 +1,274 @@
+//! GPTQ (Frantar et al., 2022) rounding onto GGUF grids.
+//!
+//! For a weight `W` (`n_out × n_in`) and the Hessian `H = Σ xᵀx` of its inputs, columns are
+//! quantized one at a time; each column's rounding error, divided by the diagonal of `U`
+//! (`Uᵀ U = H⁻¹`), is spread over the columns not yet quantized (`w_k -= U_jk · err`), lazily in
+//! blocks of `block` columns. The grid comes from the target GGUF type: when the first column of
+//! one of its blocks is reached, the type's own quantizer (importance-weighted when an imatrix is
+//! given) encodes the block as it now stands, which fixes its scales; every column of that block
+//! is then rounded to the nearest value those scales allow. At the end the codes are packed into
+//! the encoded blocks, so the tensor is exactly what GPTQ chose, in the type's real format.
+
+pub mod grid;
+
+use crate::error::{CalibError, Result};
+use crate::linalg;
+use crunch_core::GgmlType;
+use grid::{type_grid, TypeGrid};
+use rayon::prelude::*;
+
+/// GPTQ settings.
+#[derive(Clone, Copy, Debug)]
+pub struct GptqOptions {
+    /// Dampening as a fraction of the mean of `diag(H)` (GPTQ's `percdamp`, default 0.01).
+    pub damp: f32,
+    /// Columns per lazy-update block (rounded up to a multiple of the type's block size).
+    pub block: usize,
+    /// Quantize columns in order of decreasing `diag(H)`.
+    pub act_order: bool,
+    /// Times the dampening is multiplied by 10 and the factorization retried.
+    pub tries: usize,
+}
+
+impl Default for GptqOptions {
+    fn default() -> Self {
+        GptqOptions { damp: 0.01, block: 128, act_order: false, tries: 6 }
+    }
+}
+
+/// One quantized weight.
+#[derive(Clone, Debug)]
+pub struct GptqResult {
+    /// The tensor in the target type.
+    pub bytes: Vec<u8>,
+    /// `bytes` dequantized (`n_out × n_in`), what llama.cpp will compute with.
+    pub weights: Vec<f32>,
+    /// Dampening finally used.
+    pub damp: f32,
+    /// `Σ (err / U_jj)²`, GPTQ's loss proxy.
+    pub loss: f64,
+}
+
+/// Can GPTQ round onto `ty`?
+pub fn supports(ty: GgmlType) -> bool {
+    type_grid(ty).is_some()
+}
+
+/// Quantize `w` (`n_out` rows of `n_in`, row-major) to `ty` with GPTQ, given `h` (`n_in × n_in`,
+/// row-major, `Σ xᵀx` over calibration tokens) and optional per-column importance.
+///
+/// # Errors
+/// A type without a grid, sizes that do not fit, a Hessian that stays indefinite.
+pub fn quantize(
+    name: &str,
+    w: &[f32],
+    n_in: usize,
+    h: &[f32],
+    ty: GgmlType,
+    importance: Option<&[f32]>,
+    opts: GptqOptions,
+) -> Result<GptqResult> {
+    let g = type_grid(ty).ok_or_else(|| CalibError::Invalid(format!("{name}: GPTQ cannot round onto {ty}")))?;
+    let k = crunch_quant::kernels(ty).ok_or_else(|| CalibError::Invalid(format!("{name}: no kernels for {ty}")))?;
+    let bs = ty.block_size();
+    if n_in == 0 || !n_in.is_multiple_of(bs) || w.len() % n_in != 0 || h.len() != n_in * n_in {
+        return Err(CalibError::Invalid(format!(
+            "{name}: {} weights, rows of {n_in}, Hessian of {} values, {ty} blocks of {bs}",
+            w.len(),
+            h.len()
+        )));
+    }
+    let n_out = w.len() / n_in;
+    let imp = importance.filter(|v| v.len() == n_in);
+
+    // Column order (act-order) and transposed weights: row j of `wt` is column perm[j] of w.
+    let mut h = h.to_vec();
+    let mut dead = vec![false; n_in];
+    for (i, d) in dead.iter_mut().enumerate() {
+        if h[i * n_in + i] <= 0.0 {
+            *d = true;
+            h[i * n_in + i] = 1.0;
+        }
+    }
+    let mut perm: Vec<usize> = (0..n_in).collect();
+    if opts.act_order {
+        perm.sort_by(|&a, &b| h[b * n_in + b].total_cmp(&h[a * n_in + a]));
+    }
+    let mut pos = vec![0usize; n_in];
+    for (j, &c) in perm.iter().enumerate() {
+        pos[c] = j;
+    }
+    let hp: Vec<f32> = if opts.act_order {
+        let mut v = vec![0f32; n_in * n_in];
+        v.par_chunks_mut(n_in).enumerate().for_each(|(i, row)| {
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = h[perm[i] * n_in + perm[j]];
+            }
+        });
+        v
+    } else {
+        h
+    };
+    let (u, damp) = linalg::inverse_cholesky_upper(&hp, n_in, opts.damp, opts.tries, name)?;
+    drop(hp);
+    let mut wt = vec![0f32; n_in * n_out];
+    wt.par_chunks_mut(n_out).enumerate().for_each(|(j, row)| {
+        let c = perm[j];
+        if !dead[c] {
+            for (r, x) in row.iter_mut().enumerate() {
+                *x = w[r * n_in + c];
+            }
+        }
+    });
+
+    // Grid state, indexed like `wt` (permuted column, row).
+    let mut ga = vec![0f32; n_in * n_out];
+    let mut gb = vec![0f32; n_in * n_out];
+    let mut codes = vec![0u8; n_in * n_out];
+    let row_bytes = ty.row_size(n_in).expect("checked block multiple");
+    let blk_bytes = ty.type_size();
+    let mut encoded = vec![0u8; n_out * row_bytes];
+    let mut fixed = vec![false; n_in / bs];
+
+    let bsz = opts.block.max(1).div_ceil(bs) * bs;
+    let mut loss = 0f64;
+    let mut i1 = 0;
+    while i1 < n_in {
+        let i2 = (i1 + bsz).min(n_in);
+        let mut err = vec![0f32; (i2 - i1) * n_out];
+        for j in i1..i2 {
+            let blk = perm[j] / bs;
+            if !fixed[blk] {
+                fix_block(
+                    g,
+                    k.quantize,
+                    blk,
+                    bs,
+                    n_out,
+                    &pos,
+                    &wt,
+                    imp,
+                    &mut ga,
+                    &mut gb,
+                    &mut encoded,
+                    row_bytes,
+                    blk_bytes,
+                );
+                fixed[blk] = true;
+            }
+            let d = u[j * n_in + j];
+            let (row_w, row_a, row_b, row_c) = (
+                &mut wt[j * n_out..(j + 1) * n_out],
+                &ga[j * n_out..(j + 1) * n_out],
+                &gb[j * n_out..(j + 1) * n_out],
+                &mut codes[j * n_out..(j + 1) * n_out],
+            );
+            let e = &mut err[(j - i1) * n_out..(j - i1 + 1) * n_out];
+            let l: f64 = row_w
+                .par_iter_mut()
+                .zip(row_c.par_iter_mut())
+                .zip(e.par_iter_mut())
+                .enumerate()
+                .map(|(r, ((x, c), e))| {
+                    let q_code = g.round(*x, row_a[r], row_b[r]);
+                    let q = row_a[r] * g.levels.value(q_code) + row_b[r];
+                    *c = q_code;
+                    *e = (*x - q) / d;
+                    *x = q;
+                    (*e as f64) * (*e as f64)
+                })
+                .sum();
+            loss += l;
+            // Intra-block update of the remaining columns of this lazy block.
+            let e = &err[(j - i1) * n_out..(j - i1 + 1) * n_out];
+            let urow = &u[j * n_in..(j + 1) * n_in];
+            wt[(j + 1) * n_out..i2 * n_out].par_chunks_mut(n_out).enumerate().for_each(|(kk, row)| {
+                let f = urow[j + 1 + kk];
+                if f != 0.0 {
+                    for (x, &ev) in row.iter_mut().zip(e) {
+                        *x -= f * ev;
+                    }
+                }
+            });
+        }
+        linalg::lazy_update(&mut wt, n_out, &u, n_in, i1, i2, &err);
+        i1 = i2;
+    }
+    drop(u);
+    drop(ga);
+    drop(gb);
+
+    // Pack codes into the encoded blocks, row by row (original column order).
+    encoded.par_chunks_mut(row_bytes).enumerate().for_each(|(r, row)| {
+        let mut c = vec![0u8; bs];
+        for (b, blk) in row.chunks_exact_mut(blk_bytes).enumerate() {
+            for (p, cv) in c.iter_mut().enumerate() {
+                *cv = codes[pos[b * bs + p] * n_out + r];
+            }
+            (g.pack)(blk, &c);
+        }
+    });
+    let mut weights = vec![0f32; n_out * n_in];
+    crunch_quant::dequantize_rows(ty, &encoded, n_in, &mut weights)
+        .map_err(|source| CalibError::Quant { tensor: name.to_string(), source })?;
+    // What was packed must be what GPTQ computed with.
+    let worst = weights
+        .par_chunks(n_in)
+        .enumerate()
+        .map(|(r, row)| {
+            row.iter()
+                .enumerate()
+                .map(|(c, &v)| {
+                    let q = wt[pos[c] * n_out + r];
+                    (v - q).abs() / q.abs().max(1e-6)
+                })
+                .fold(0f32, f32::max)
+        })
+        .reduce(|| 0f32, f32::max);
+    if worst > 1e-3 {
+        return Err(CalibError::Invalid(format!(
+            "{name}: packed {ty} blocks differ from GPTQ's values (relative {worst:e}); grid bug"
+        )));
+    }
+    Ok(GptqResult { bytes: encoded, weights, damp, loss })
+}
+
+/// Encode block `blk` of every row as it now stands, remember the encoded bytes and read off the
+/// grid of each of its positions.
+#[allow(clippy::too_many_arguments)]
+fn fix_block(
+    g: &TypeGrid,
+    quantize: crunch_quant::QuantizeFn,
+    blk: usize,
+    bs: usize,
+    n_out: usize,
+    pos: &[usize],
+    wt: &[f32],
+    imp: Option<&[f32]>,
+    ga: &mut [f32],
+    gb: &mut [f32],
+    encoded: &mut [u8],
+    row_bytes: usize,
+    blk_bytes: usize,
+) {
+    let cols: Vec<usize> = (blk * bs..(blk + 1) * bs).map(|c| pos[c]).collect();
+    let iw = imp.map(|v| &v[blk * bs..(blk + 1) * bs]);
+    let per_row: Vec<(Vec<f32>, Vec<f32>)> = encoded
+        .par_chunks_mut(row_bytes)
+        .enumerate()
+        .map(|(r, row)| {
+            let x: Vec<f32> = cols.iter().map(|&j| wt[j * n_out + r]).collect();
+            let out = &mut row[blk * blk_bytes..(blk + 1) * blk_bytes];
+            quantize(&x, iw, out);
+            let (mut a, mut b) = (vec![0f32; bs], vec![0f32; bs]);
+            g.affine(out, &mut a, &mut b);
+            (a, b)
+        })
+        .collect();
+    for (r, (a, b)) in per_row.iter().enumerate() {
+        for (p, &j) in cols.iter().enumerate() {
+            ga[j * n_out + r] = a[p];
+            gb[j * n_out + r] = b[p];
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Running a Llama-family model one block at a time on f32 copies of the block's weights, so a
+//! calibrated method can look at (and change) each group of linear layers just before it is used:
+//! GPTQ quantizes a group and the rest of the block then runs on the quantized weights; AWQ folds
+//! its scales in. Memory holds one block's weights and the hidden states of the calibration
+//! tokens, whatever the model size.
+//!
+//! The block is llama.cpp's `llm_build_llama` block, built from crunch-model's operations
+//! (RMSNorm, RoPE, grouped-query attention, SwiGLU); every chunk of `n_ctx` tokens is its own
+//! sequence starting at position 0.
+
+use crate::error::{CalibError, Result};
+use crate::linalg;
+use crunch_core::gguf::GgufFile;
+use crunch_model::attention::{attention, AttnShape};
+use crunch_model::ops::{add_assign, add_bias, rms_norm, swiglu};
+use crunch_model::rope::Rope;
+use crunch_model::weights::{load_optional_vector, load_vector};
+use crunch_model::LlamaConfig;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// A linear layer as f32 (`n_out` rows of `n_in`).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub name: String,
+    pub w: Vec<f32>,
+    pub n_in: usize,
+    pub n_out: usize,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// `x Wᵀ (+ bias)` for `x` of rows of `n_in`.
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mut y = linalg::matmul_xwt(x, self.n_in, &self.w, self.n_out);
+        if let Some(b) = &self.bias {
+            add_bias(&mut y, b);
+        }
+        y
+    }
+}
+
+/// The linear layers of a block that share one input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// attn_q, attn_k, attn_v (input: attention norm output).
+    Qkv,
+    /// attn_output (input: attention output).
+    Out,
+    /// ffn_gate, ffn_up (input: FFN norm output).
+    GateUp,
+    /// ffn_down (input: `silu(gate) * up`).
+    Down,
+}
+
+/// One block as f32.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub index: usize,
+    pub attn_norm: Vec<f32>,
+    pub ffn_norm: Vec<f32>,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+impl Layer {
+    pub fn attn_norm_name(&self) -> String {
+        format!("blk.{}.attn_norm.weight", self.index)
+    }
+    pub fn ffn_norm_name(&self) -> String {
+        format!("blk.{}.ffn_norm.weight", self.index)
+    }
+    /// The linear layers of `g`.
+    pub fn group_mut(&mut self, g: Group) -> Vec<&mut Linear> {
+        match g {
+            Group::Qkv => vec![&mut self.q, &mut self.k, &mut self.v],
+            Group::Out => vec![&mut self.o],
+            Group::GateUp => vec![&mut self.gate, &mut self.up],
+            Group::Down => vec![&mut self.down],
+        }
+    }
+    pub fn linears(&self) -> [&Linear; 7] {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
+    }
+}
+
+/// Called before a group's linear layers run, with the group's input (all calibration tokens,
+/// mutable so a method that rescales the previous layer can rescale the input to match).
+pub type Hook<'a> = dyn FnMut(Group, &mut Layer, &mut [f32]) -> Result<()> + 'a;
+
+/// Block-at-a-time runner over a GGUF Llama-family model.
+pub struct Runner {
+    file: Arc<GgufFile>,
+    pub config: LlamaConfig,
+    rope: Rope,
+}
+
+fn load_f32(file: &GgufFile, name: &str, n_in: usize, n_out: usize) -> Result<Vec<f32>> {
+    let t = file.tensor(name).ok_or_else(|| crunch_model::ModelError::MissingTensor(name.to_string()))?;
+    if t.dims.len() < 2 || t.dims[0] as usize != n_in || t.dims[1] as usize != n_out {
+        return Err(crunch_model::ModelError::BadShape {
+            tensor: name.to_string(),
+            found: t.shape_string(),
+            expected: format!("[{n_in}, {n_out}]"),
+        }
+        .into());
+    }
+    let mut out = vec![0f32; n_in * n_out];
+    crunch_quant::dequantize_rows(t.ty, file.tensor_data(t), n_in, &mut out)
+        .map_err(|source| CalibError::Quant { tensor: name.to_string(), source })?;
+    Ok(out)
+}
+
+impl Runner {
+    /// Read the configuration; the weights are loaded block by block later.
+    ///
+    /// # Errors
+    /// Not a Llama-family model, or one without blocks.
+    pub fn new(file: Arc<GgufFile>) -> Result<Self> {
+        crate::targets::calibration_targets(&file, false)?;
+        let config = LlamaConfig::from_metadata(file.metadata())?;
+        let rope = Rope {
+            mode: config.rope_mode,
+            n_rot: config.n_rot,
+            head_dim: config.head_dim,
+            freq_base: config.rope_freq_base,
+            freq_factors: load_optional_vector(&file, "rope_freqs.weight", config.n_rot / 2)?,
+        };
+        Ok(Runner { file, config, rope })
+    }
+
+    pub fn file(&self) -> &Arc<GgufFile> {
+        &self.file
+    }
+
+    /// Token embeddings of every chunk, concatenated (`tokens × n_embd`).
+    ///
+    /// # Errors
+    /// Token ids out of range.
+    pub fn embed(&self, chunks: &[Vec<u32>]) -> Result<Vec<f32>> {
+        let e = self.config.n_embd;
+        let t = self
+            .file
+            .tensor("token_embd.weight")
+            .ok_or_else(|| crunch_model::ModelError::MissingTensor("token_embd.weight".into()))?;
+        let row = t.ty.row_size(e).ok_or_else(|| CalibError::Invalid("token_embd.weight: bad row size".into()))?;
+        let data = self.file.tensor_data(t);
+        let k = crunch_quant::kernels(t.ty)
+            .ok_or_else(|| CalibError::Invalid(format!("token_embd.weight: no kernels for {}", t.ty)))?;
+        let ids: Vec<u32> = chunks.iter().flatten().copied().collect();
+        let mut x = vec![0f32; ids.len() * e];
+        for (dst, &id) in x.chunks_exact_mut(e).zip(&ids) {
+            let id = id as usize;
+            if id >= self.config.n_vocab || (id + 1) * row > data.len() {
+                return Err(crunch_model::ModelError::TokenOutOfRange { id: id as u32, n: self.config.n_vocab }.into());
+            }
+            (k.dequantize)(&data[id * row..(id + 1) * row], dst);
+        }
+        Ok(x)
+    }
+
+    /// Block `i`'s weights as f32.
+    ///
+    /// # Errors
+    /// Missing tensors or wrong shapes, named.
+    pub fn load_layer(&self, i: usize) -> Result<Layer> {
+        let c = &self.config;
+        let f = self.file.as_ref();
+        let (e, kv, q) = (c.n_embd, c.n_embd_kv(), c.n_head * c.head_dim);
+        let lin = |s: &str, bias: &str, n_in: usize, n_out: usize| -> Result<Linear> {
+            let name = format!("blk.{i}.{s}.weight");
+            Ok(Linear {
+                w: load_f32(f, &name, n_in, n_out)?,
+                bias: load_optional_vector(f, &format!("blk.{i}.{bias}.bias"), n_out)?,
+                name,
+                n_in,
+                n_out,
+            })
+        };
+        Ok(Layer {
+            index: i,
+            attn_norm: load_vector(f, &format!("blk.{i}.attn_norm.weight"), e)?,
+            ffn_norm: load_vector(f, &format!("blk.{i}.ffn_norm.weight"), e)?,
+            q: lin("attn_q", "attn_q", e, q)?,
+            k: lin("attn_k", "attn_k", e, kv)?,
+            v: lin("attn_v", "attn_v", e, kv)?,
+            o: lin("attn_output", "attn_output", q, e)?,
+            gate: lin("ffn_gate", "ffn_gate", e, c.n_ff)?,
+            up: lin("ffn_up", "ffn_up", e, c.n_ff)?,
+            down: lin("ffn_down", "ffn_down", c.n_ff, e)?,
+        })
+    }
+
+    /// Run `layer` on `x` (chunks of `n_ctx` tokens, `n_embd` each) in place, calling `hook`
+    /// before each group of linear layers.
+    ///
+    /// # Errors
+    /// Whatever `hook` returns; inconsistent sizes.
+    pub fn forward_layer(&self, layer: &mut Layer, x: &mut [f32], n_ctx: usize, hook: &mut Hook<'_>) -> Result<()> {
+        let c = &self.config;
+        let e = c.n_embd;
+        let n_tok = x.len() / e;
+        if n_ctx == 0 || !n_tok.is_multiple_of(n_ctx) {
+            return Err(CalibError::Invalid(format!("{n_tok} tokens are not whole chunks of {n_ctx}")));
+        }
+        let (qd, kvd) = (c.n_head * c.head_dim, c.n_embd_kv());
+        let mut h = rms_norm(x, &layer.attn_norm, c.rms_eps);
+        hook(Group::Qkv, layer, &mut h)?;
+        let mut q = layer.q.apply(&h);
+        let mut k = layer.k.apply(&h);
+        let v = layer.v.apply(&h);
+        drop(h);
+        let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim };
+        let mut att = vec![0f32; n_tok * qd];
+        for ch in 0..n_tok / n_ctx {
+            let (qs, ks) =
+                (&mut q[ch * n_ctx * qd..(ch + 1) * n_ctx * qd], &mut k[ch * n_ctx * kvd..(ch + 1) * n_ctx * kvd]);
+            self.rope.apply_rows(qs, qd, 0);
+            self.rope.apply_rows(ks, kvd, 0);
+            let vs = &v[ch * n_ctx * kvd..(ch + 1) * n_ctx * kvd];
+            let a = attention(qs, ks, vs, 0, n_ctx, shape);
+            att[ch * n_ctx * qd..(ch + 1) * n_ctx * qd].copy_from_slice(&a);
+        }
+        drop((q, k, v));
+        hook(Group::Out, layer, &mut att)?;
+        let o = layer.o.apply(&att);
+        drop(att);
+        add_assign(x, &o);
+        let mut h = rms_norm(x, &layer.ffn_norm, c.rms_eps);
+        hook(Group::GateUp, layer, &mut h)?;
+        let mut g = layer.gate.apply(&h);
+        let u = layer.up.apply(&h);
+        drop(h);
+        swiglu(&mut g, &u);
+        drop(u);
+        hook(Group::Down, layer, &mut g)?;
+        let d = layer.down.apply(&g);
+        add_assign(x, &d);
+        Ok(())
+    }
+}
+
+/// Mean absolute value of each column of `x` (rows of `n`).
+pub fn column_abs_mean(x: &[f32], n: usize) -> Vec<f32> {
+    let rows = (x.len() / n).max(1);
+    let mut acc = vec![0f64; n];
+    acc.par_chunks_mut(64).enumerate().for_each(|(b, a)| {
+        let c0 = b * 64;
+        let w = a.len();
+        for row in x.chunks_exact(n) {
+            for (s, v) in a.iter_mut().zip(&row[c0..c0 + w]) {
+                *s += v.abs() as f64;
+            }
+        }
+    });
+    acc.iter().map(|&s| (s / rows as f64) as f32).collect()
+}
