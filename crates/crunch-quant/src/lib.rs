@@ -21,7 +21,7 @@ pub mod legacy;
 pub mod rows;
 pub mod ternary;
 
-pub use rows::{dequantize_rows, quantize_rows, QuantError};
+pub use rows::{convert_rows, dequantize_rows, quantize_rows, QuantError};
 
 /// Row quantizer: `src.len()` is a multiple of the block size, `dst` holds exactly the blocks.
 pub type QuantizeFn = fn(src: &[f32], weights: Option<&[f32]>, dst: &mut [u8]);

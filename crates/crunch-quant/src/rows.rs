@@ -43,6 +43,71 @@ pub fn quantize_rows(
     Ok(())
 }
 
+/// Elements a worker converts at once in [`convert_rows`]: 256 KiB of f32, so the intermediate
+/// values stay in the core's cache between dequantization and quantization.
+const CONVERT_GROUP_ELEMS: usize = 64 * 1024;
+
+/// Convert whole rows of `src_type` bytes to `dst_type` (with optional per-column importance
+/// weights, as [`quantize_rows`]), in parallel and fused: each worker dequantizes a small group of
+/// rows into its own cache-sized f32 buffer and quantizes it right away, so no f32 copy of the
+/// tensor is ever made. Gives the same bytes as [`dequantize_rows`] followed by [`quantize_rows`].
+///
+/// # Errors
+/// Unsupported types, a row length that is not a multiple of either block size, buffer sizes that
+/// do not match.
+pub fn convert_rows(
+    src_type: GgmlType,
+    src: &[u8],
+    dst_type: GgmlType,
+    row_len: usize,
+    imatrix: Option<&[f32]>,
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    let sk = kernels(src_type).ok_or(QuantError::Unsupported(src_type))?;
+    let dk = kernels(dst_type).ok_or(QuantError::Unsupported(dst_type))?;
+    let src_row = src_type.row_size(row_len).ok_or(QuantError::RowNotBlockMultiple {
+        ty: src_type,
+        row_len,
+        block: src_type.block_size(),
+    })?;
+    if row_len == 0 || src_row == 0 {
+        return check_rows(dst_type, 0, row_len, dst.len()).map(|_| ());
+    }
+    if !src.len().is_multiple_of(src_row) {
+        return Err(QuantError::Length {
+            what: "source bytes (not whole rows)",
+            expected: src.len() / src_row * src_row,
+            got: src.len(),
+        });
+    }
+    let n_rows = src.len() / src_row;
+    let dst_row = check_rows(dst_type, n_rows * row_len, row_len, dst.len())?;
+    if let Some(w) = imatrix {
+        if w.len() != row_len {
+            return Err(QuantError::Length { what: "importance weights", expected: row_len, got: w.len() });
+        }
+    }
+    if src_type == dst_type {
+        dst.copy_from_slice(src);
+        return Ok(());
+    }
+    let weights = if dk.uses_weights { imatrix } else { None };
+    let group = (CONVERT_GROUP_ELEMS / row_len).max(1);
+    dst.par_chunks_mut(group * dst_row).zip(src.par_chunks(group * src_row)).for_each_init(
+        || vec![0f32; group * row_len],
+        |buf, (d, s)| {
+            let f = &mut buf[..s.len() / src_row * row_len];
+            for (fr, sr) in f.chunks_exact_mut(row_len).zip(s.chunks_exact(src_row)) {
+                (sk.dequantize)(sr, fr);
+            }
+            for (dr, fr) in d.chunks_exact_mut(dst_row).zip(f.chunks_exact(row_len)) {
+                (dk.quantize)(fr, weights, dr);
+            }
+        },
+    );
+    Ok(())
+}
+
 /// Dequantize rows of `ty` from `src` into `dst` (`row_len` elements per row), in parallel.
 ///
 /// # Errors

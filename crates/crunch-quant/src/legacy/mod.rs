@@ -20,6 +20,8 @@ pub mod q8_0;
 pub mod q8_1;
 
 #[cfg(target_arch = "x86_64")]
+mod quantize_avx2;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod simd;
 
 /// Elements per legacy block.
