@@ -10,9 +10,6 @@ use serde::Serialize;
 use std::path::Path;
 use std::time::Instant;
 
-/// Largest f32 slab converted at once; bounds working memory independently of tensor size.
-const SLAB_BYTES: usize = 64 << 20;
-
 /// Importance weights per tensor name (one value per column).
 pub type ImportanceLookup<'a> = &'a (dyn Fn(&str) -> Option<Vec<f32>> + Sync);
 
@@ -58,30 +55,12 @@ pub fn convert_tensor(
         out.extend_from_slice(src);
         return Ok(());
     }
-    let src_row = src_type.row_size(row_len).ok_or_else(|| Error::Invalid(format!("tensor {name}: bad row length")))?;
     let dst_row = dst_type.row_size(row_len).ok_or_else(|| Error::Invalid(format!("tensor {name}: bad row length")))?;
-    let n_rows = src.len().checked_div(src_row).unwrap_or(0);
-    let slab_rows = (SLAB_BYTES / (row_len * 4).max(1)).max(1);
-    let mut f32_buf = vec![0f32; slab_rows.min(n_rows) * row_len];
+    let n_rows = src_type.row_size(row_len).and_then(|r| src.len().checked_div(r)).unwrap_or(0);
     let start = out.len();
     out.resize(start + n_rows * dst_row, 0);
-    let mut r = 0;
-    while r < n_rows {
-        let rows = slab_rows.min(n_rows - r);
-        let f = &mut f32_buf[..rows * row_len];
-        let s = &src[r * src_row..(r + rows) * src_row];
-        if src_type == GgmlType::F32 {
-            for (d, c) in f.iter_mut().zip(s.chunks_exact(4)) {
-                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        } else {
-            crunch_quant::dequantize_rows(src_type, s, row_len, f).map_err(qerr)?;
-        }
-        let d = &mut out[start + r * dst_row..start + (r + rows) * dst_row];
-        crunch_quant::quantize_rows(dst_type, f, row_len, importance, d).map_err(qerr)?;
-        r += rows;
-    }
-    Ok(())
+    // fused per small group of rows on all cores: no f32 copy of the tensor is made
+    crunch_quant::convert_rows(src_type, src, dst_type, row_len, importance, &mut out[start..]).map_err(qerr)
 }
 
 /// Write `plan` for `input` to `output`.
