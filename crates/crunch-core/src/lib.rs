@@ -9,6 +9,7 @@
 
 pub mod ggml_type;
 pub mod gguf;
+pub mod hf;
 pub mod mmap;
 pub mod output;
 pub mod safetensors;

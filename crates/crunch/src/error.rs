@@ -17,6 +17,12 @@ pub enum Error {
     Invalid(String),
     #[error("interrupted; no output was written")]
     Cancelled,
+    #[error(transparent)]
+    Hf(#[from] crunch_core::hf::HfError),
+    #[error(transparent)]
+    Safetensors(#[from] crunch_core::safetensors::SafetensorsError),
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] crunch_model::tokenizer::TokenizerError),
 }
 
 impl Error {

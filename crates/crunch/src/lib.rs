@@ -5,8 +5,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod convert;
 pub mod error;
+pub mod export;
 pub mod inspect;
+pub mod memory;
 pub mod progress;
 pub mod quantize;
 

@@ -365,6 +365,16 @@ impl SafetensorsModel {
         let info = &self.tensors[self.by_name[name]];
         decode_f32(info, data)
     }
+
+    /// Drop the pages of tensor `name` from memory once it has been processed, so streaming through
+    /// a large checkpoint keeps resident memory near one tensor (see [`Mapped::release`]).
+    pub fn release_tensor(&self, name: &str) {
+        if let Some(&i) = self.by_name.get(name) {
+            let t = &self.tensors[i];
+            let shard = &self.shards[t.shard];
+            shard.map.release((shard.data_start + t.data_offsets.0) as usize, t.n_bytes() as usize);
+        }
+    }
 }
 
 /// Decode the raw bytes of `info` (F32, F16 or BF16, little-endian) to f32.

@@ -13,6 +13,7 @@ mod byte_level;
 mod gguf;
 mod gguf_vocab;
 mod hf;
+pub mod pre_catalog;
 mod pretokenizer;
 mod special;
 mod split_custom;

@@ -1,5 +1,7 @@
 //! Command-line front end: clap definitions and one small function per subcommand.
 
+mod convert;
+mod export;
 mod quantize;
 
 use anyhow::{Context, Result};
@@ -21,6 +23,10 @@ struct Cli {
 enum Command {
     /// Quantize a GGUF model with llama.cpp's type names and presets (Q4_K_M, Q8_0, IQ4_XS…).
     Quantize(quantize::QuantizeArgs),
+    /// Convert a Hugging Face folder to GGUF (optionally quantizing in the same pass).
+    Convert(convert::ConvertArgs),
+    /// Write a GGUF model back as a Hugging Face folder (config, tokenizer, safetensors).
+    Export(export::ExportArgs),
     /// Show a model file's metadata and tensors (GGUF or safetensors).
     Inspect(InspectArgs),
     /// Check a file against its `.sha256` sidecar.
@@ -51,6 +57,8 @@ pub fn run() -> Result<()> {
     init_tracing(cli.verbose);
     match cli.command {
         Command::Quantize(a) => quantize::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Export(a) => export::run(a),
         Command::Inspect(a) => inspect(a),
         Command::Verify(a) => verify(a),
     }

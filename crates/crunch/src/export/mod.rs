@@ -1,0 +1,349 @@
+//! `crunch export`: a GGUF model back to a Hugging Face folder (`config.json`,
+//! `generation_config.json`, tokenizer files, safetensors dequantized to F16, BF16 or F32, a model
+//! card with the provenance), so a compressed model can go back into Python tooling.
+//!
+//! Key decision: the folder is written so that `crunch convert` gives back the same GGUF metadata
+//! and tensors (Q/K rows un-permuted here, permuted there; every `general.*` and `tokenizer.*`
+//! value put where the converter reads it). Tensors are dequantized one at a time and streamed
+//! into shards.
+
+pub mod tokenizer;
+
+use crate::error::{Error, Result};
+use crate::progress::{Cancel, Progress};
+use crate::quantize;
+use crunch_core::gguf::{GgufFile, Metadata, Value};
+use crunch_core::hf::model_card::{self, CardValue};
+use crunch_core::hf::names::{self, Role};
+use crunch_core::hf::params::{self, json_f32};
+use crunch_core::hf::{permute, HfArch};
+use crunch_core::output::AtomicFile;
+use crunch_core::safetensors::{Dtype, ShardedWriter, TensorSpec};
+use crunch_core::GgmlType;
+use serde::Serialize;
+use serde_json::{json, Map, Value as Json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tokenizer::GgufTokenizer;
+
+/// Hugging Face's default shard size (`max_shard_size="5GB"`).
+pub const DEFAULT_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// What the user asked for.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    /// F16, BF16 or F32.
+    pub dtype: GgmlType,
+    /// Largest shard (bytes of tensor data).
+    pub max_shard_bytes: u64,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions { dtype: GgmlType::F16, max_shard_bytes: DEFAULT_SHARD_BYTES }
+    }
+}
+
+/// What was written.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportReport {
+    pub dir: String,
+    /// Every file written, with its SHA-256.
+    pub files: Vec<(String, String)>,
+    pub tensors: usize,
+    pub tensor_bytes: u64,
+    pub seconds: f64,
+    /// Metadata that has no place in a Hugging Face folder and was left out.
+    pub dropped_keys: Vec<String>,
+}
+
+fn dtype_of(ty: GgmlType) -> Result<(Dtype, &'static str)> {
+    match ty {
+        GgmlType::F32 => Ok((Dtype::F32, "float32")),
+        GgmlType::F16 => Ok((Dtype::F16, "float16")),
+        GgmlType::BF16 => Ok((Dtype::BF16, "bfloat16")),
+        t => Err(Error::Invalid(format!("cannot export tensors as {t}; choose f16, bf16 or f32"))),
+    }
+}
+
+struct Planned<'a> {
+    info: &'a crunch_core::gguf::TensorInfo,
+    hf_name: String,
+    permute_heads: Option<usize>,
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8], files: &mut Vec<(String, String)>) -> Result<()> {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let mut f = AtomicFile::create(&path).map_err(|e| Error::io(&path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&path, e))?;
+    let sha = f.commit().map_err(|e| Error::io(&path, e))?;
+    files.push((name.to_string(), sha));
+    Ok(())
+}
+
+fn write_json(dir: &Path, name: &str, v: &Json, files: &mut Vec<(String, String)>) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(v).map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+    text.push('\n');
+    write_file(dir, name, text.as_bytes(), files)
+}
+
+/// The model card front matter for `general.*` (the keys `crunch convert` and llama.cpp read back).
+fn model_card(md: &Metadata, source: &Path, dropped: &mut Vec<String>) -> String {
+    let mut entries: Vec<(String, CardValue)> = Vec::new();
+    let s = |k: &str| md.get_str(&format!("general.{k}")).map(str::to_string);
+    for (gk, ck) in [
+        ("name", "name"),
+        ("author", "author"),
+        ("version", "version"),
+        ("organization", "organization"),
+        ("finetune", "finetune"),
+        ("basename", "basename"),
+        ("description", "description"),
+        ("size_label", "size_label"),
+        ("license", "license"),
+        ("license.name", "license_name"),
+        ("license.link", "license_link"),
+        ("source.url", "url"),
+        ("source.doi", "doi"),
+        ("source.uuid", "uuid"),
+        ("source.repo_url", "repo_url"),
+    ] {
+        if let Some(v) = s(gk) {
+            entries.push((ck.to_string(), CardValue::Str(v)));
+        }
+    }
+    let list = |k: &str| -> Option<Vec<String>> {
+        md.get(&format!("general.{k}"))?
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+    };
+    if let Some(t) = list("tags") {
+        entries.push(("tags".into(), CardValue::List(t)));
+    }
+    if let Some(l) = list("languages") {
+        entries.push(("language".into(), CardValue::List(l)));
+    }
+    for (k, _) in md.iter() {
+        let kept = [
+            "general.architecture",
+            "general.type",
+            "general.file_type",
+            "general.quantization_version",
+            "general.alignment",
+        ];
+        if k.starts_with("general.")
+            && !kept.contains(&k)
+            && !k.starts_with("general.sampling.")
+            && !entries.iter().any(|(ck, _)| {
+                let g = match ck.as_str() {
+                    "license_name" => "license.name".to_string(),
+                    "license_link" => "license.link".to_string(),
+                    "url" | "doi" | "uuid" | "repo_url" => format!("source.{ck}"),
+                    "language" => "languages".to_string(),
+                    other => other.to_string(),
+                };
+                k == format!("general.{g}")
+            })
+        {
+            dropped.push(k.to_string());
+        }
+    }
+    let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("{}\nExported from `{name}` by crunch (`crunch export`).\n", model_card::render(&entries))
+}
+
+fn generation_config(md: &Metadata, tok: &GgufTokenizer) -> Json {
+    let mut g = Map::new();
+    for (typ, key) in [("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "pad_token_id")] {
+        if let Some((_, id)) = tok.special.iter().find(|(t, _)| *t == typ) {
+            g.insert(key.into(), json!(id));
+        }
+    }
+    for (gk, hk) in [
+        ("sequence", "sequence"),
+        ("top_k", "top_k"),
+        ("top_p", "top_p"),
+        ("min_p", "min_p"),
+        ("xtc_probability", "xtc_probability"),
+        ("xtc_threshold", "xtc_threshold"),
+        ("temp", "temperature"),
+        ("penalty_last_n", "penalty_last_n"),
+        ("penalty_repeat", "repetition_penalty"),
+        ("mirostat", "mirostat"),
+        ("mirostat_tau", "mirostat_tau"),
+        ("mirostat_eta", "mirostat_eta"),
+    ] {
+        let v = match md.get(&format!("general.sampling.{gk}")) {
+            Some(Value::F32(x)) => json_f32(*x),
+            Some(Value::String(_)) => json!(md.get_str(&format!("general.sampling.{gk}"))),
+            Some(v) => match v.as_i64() {
+                Some(i) => json!(i),
+                None => continue,
+            },
+            None => continue,
+        };
+        g.insert(hk.into(), v);
+    }
+    Json::Object(g)
+}
+
+/// Export `input` into the folder `dir` (created if needed).
+///
+/// # Errors
+/// An architecture or tokenizer crunch cannot export, tensors it cannot map, I/O, cancellation.
+/// Files are written atomically; on error, shards already written are removed.
+pub fn export(
+    input: &GgufFile,
+    dir: &Path,
+    opts: &ExportOptions,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<ExportReport> {
+    let t0 = Instant::now();
+    let md = input.metadata();
+    let arch_name = md.architecture().ok_or_else(|| Error::Invalid("GGUF has no general.architecture".into()))?;
+    let arch = HfArch::from_gguf_name(arch_name).ok_or_else(|| {
+        Error::Invalid(format!("architecture {arch_name:?} cannot be exported; crunch exports llama, qwen2 and bert"))
+    })?;
+    let (dtype, torch_dtype) = dtype_of(opts.dtype)?;
+    let key = |k: &str| format!("{arch_name}.{k}");
+    let n_head = md.get_u64(&key("attention.head_count")).unwrap_or(0) as usize;
+    let n_head_kv = md.get_u64(&key("attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_head);
+
+    let mut planned = Vec::new();
+    for info in input.tensors() {
+        let (hf_name, id) = names::gguf_to_hf(arch, &info.name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "tensor {} has no Hugging Face {} name; crunch cannot export it{}",
+                info.name,
+                arch.hf_name(),
+                if info.name == "rope_freqs.weight" {
+                    " (Llama 3.1 RoPE scaling factors are not exported yet)"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+        if crunch_quant::kernels(info.ty).is_none() {
+            return Err(Error::Invalid(format!("tensor {}: crunch cannot dequantize {}", info.name, info.ty)));
+        }
+        let permute_heads = match (arch.permutes_qk(), id.role) {
+            (true, Role::AttnQ) => Some(n_head),
+            (true, Role::AttnK) => Some(n_head_kv),
+            _ => None,
+        };
+        planned.push(Planned { info, hf_name, permute_heads });
+    }
+    let tok = GgufTokenizer::from_metadata(md)?;
+    // Check the tokenizer can be written before any tensor is.
+    let tokenizer_json = tok.tokenizer_json()?;
+
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let specs: Vec<TensorSpec> = planned
+        .iter()
+        .map(|p| TensorSpec { name: p.hf_name.clone(), dtype, shape: p.info.dims.iter().rev().copied().collect() })
+        .collect();
+    let mut st_meta = std::collections::BTreeMap::new();
+    st_meta.insert("format".to_string(), "pt".to_string());
+    let mut writer = ShardedWriter::create(dir, st_meta, &specs, opts.max_shard_bytes)?;
+    let total: u64 = planned.iter().map(|p| p.info.n_bytes()).sum();
+    progress.start("export", total);
+    let (mut done, mut buf, mut perm) = (0u64, Vec::new(), Vec::new());
+    let mut tensor_bytes = 0u64;
+    for p in &planned {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let src = input.tensor_data(p.info);
+        buf.clear();
+        quantize::convert_tensor(&p.info.name, src, p.info.ty, opts.dtype, p.info.row_len() as usize, None, &mut buf)?;
+        let data: &[u8] = match p.permute_heads {
+            Some(h) => {
+                permute::unpermute(&buf, p.info.n_rows() as usize, h, &mut perm)
+                    .map_err(|e| Error::Invalid(format!("tensor {}: {e} (attention.head_count = {h})", p.info.name)))?;
+                &perm
+            }
+            None => &buf,
+        };
+        writer.write_tensor(&p.hf_name, data)?;
+        tensor_bytes += data.len() as u64;
+        input.release_tensor(p.info);
+        done += p.info.n_bytes();
+        progress.advance(done, &format!("{} -> {}", p.info.name, p.hf_name));
+    }
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    let mut files = Vec::new();
+    // The side files go first, so a failure there still removes the shards (writer dropped).
+    let names: Vec<&str> = input.tensors().iter().map(|t| t.name.as_str()).collect();
+    let mut config = params::hf_config(arch, md, &names, torch_dtype)?;
+    for (k, id) in tok.config_ids() {
+        config.entry(k).or_insert(json!(id));
+    }
+    let mut dropped = Vec::new();
+    write_json(dir, "config.json", &Json::Object(config), &mut files)?;
+    write_json(dir, "generation_config.json", &generation_config(md, &tok), &mut files)?;
+    write_json(dir, "tokenizer.json", &tokenizer_json, &mut files)?;
+    let (tc, stm) = tok.configs(md.get_u64(&key("context_length")));
+    write_json(dir, "tokenizer_config.json", &tc, &mut files)?;
+    write_json(dir, "special_tokens_map.json", &stm, &mut files)?;
+    if let Some(spm) = tok.spm_model() {
+        write_file(dir, "tokenizer.model", &spm.to_bytes(), &mut files)?;
+    }
+    if let Some(p) = md.get_u64(&key("pooling_type")) {
+        let mode = match p as u32 {
+            params::pooling::MEAN => "pooling_mode_mean_tokens",
+            params::pooling::CLS => "pooling_mode_cls_token",
+            params::pooling::LAST => "pooling_mode_lasttoken",
+            _ => "",
+        };
+        if !mode.is_empty() {
+            let modules = json!([
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}
+            ]);
+            write_json(dir, "modules.json", &modules, &mut files)?;
+            let mut pc = Map::new();
+            pc.insert("word_embedding_dimension".into(), json!(md.get_u64(&key("embedding_length"))));
+            for m in [
+                "pooling_mode_cls_token",
+                "pooling_mode_mean_tokens",
+                "pooling_mode_max_tokens",
+                "pooling_mode_mean_sqrt_len_tokens",
+                "pooling_mode_lasttoken",
+            ] {
+                pc.insert(m.into(), json!(m == mode));
+            }
+            write_json(dir, "1_Pooling/config.json", &Json::Object(pc), &mut files)?;
+        }
+    }
+    let card = model_card(md, &input.path, &mut dropped);
+    write_file(dir, "README.md", card.as_bytes(), &mut files)?;
+    let out = writer.finish()?;
+    for (path, sha) in out.shards.iter().chain(out.index.iter()) {
+        files.push((path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), sha.clone()));
+    }
+    if !dropped.is_empty() {
+        tracing::warn!("left out (no place in a Hugging Face folder): {}", dropped.join(", "));
+    }
+    progress.finish(&format!("wrote {}", dir.display()));
+    Ok(ExportReport {
+        dir: dir.display().to_string(),
+        files,
+        tensors: planned.len(),
+        tensor_bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+        dropped_keys: dropped,
+    })
+}
+
+/// The folder a GGUF file would be exported to by default (`MODEL-hf` beside it).
+pub fn default_dir(input: &Path) -> PathBuf {
+    let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    input.with_file_name(format!("{stem}-hf"))
+}
