@@ -33,6 +33,8 @@ pub enum ModelError {
     TokenOutOfRange { id: u32, n: usize },
     #[error("context full: {have} positions cached, {add} more asked, context of {n_ctx}")]
     ContextFull { have: usize, add: usize, n_ctx: usize },
+    #[error("base logits: {0}")]
+    BadLogits(String),
     #[error("{0}")]
     Input(String),
 }

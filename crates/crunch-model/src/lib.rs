@@ -4,8 +4,11 @@
 
 pub mod attention;
 pub mod bert;
+pub mod choice;
 pub mod config;
 pub mod error;
+pub mod generate;
+pub mod kld;
 pub mod kv_cache;
 pub mod llama;
 pub mod matmul;
@@ -20,7 +23,7 @@ pub use bert::{BertConfig, BertModel, Pooling};
 pub use config::{Arch, LlamaConfig, RopeMode};
 pub use error::{ModelError, Result};
 pub use kv_cache::KvCache;
-pub use llama::LlamaModel;
+pub use llama::{LlamaModel, Observer};
 pub use matmul::MatmulMode;
 pub use store::{StoreFormat, TensorStore};
-pub use perplexity::{perplexity, perplexity_tokens, PerplexityOptions, PerplexityResult};
+pub use perplexity::{perplexity, perplexity_tokens, ChunkLayout, PerplexityOptions, PerplexityResult};

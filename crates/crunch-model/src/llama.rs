@@ -19,8 +19,28 @@ use crate::ops::{add_assign, add_bias, rms_norm, swiglu};
 use crate::rope::Rope;
 use crate::weights::{load_optional_vector, load_vector, Weight};
 
-/// Called with the input of every linear layer: `(weight name, input rows, n_tokens)`.
-pub type Observer<'a> = dyn FnMut(&str, &[f32], usize) + 'a;
+/// Sees the input of every linear layer during a forward pass (the calibration hook: imatrix,
+/// GPTQ's `XᵀX`, AWQ channel magnitudes).
+///
+/// `observe` is called once per linear layer per forward call, in evaluation order (see
+/// [`LlamaModel::linear_names`]), from the calling thread, with
+/// - `weight`: the GGUF tensor name of the weight about to be applied (`blk.3.attn_q.weight`,
+///   `output.weight`; for tied embeddings the output layer reports `token_embd.weight`);
+/// - `input`: exactly the activations multiplied by that weight, `n_tokens` rows of the weight's
+///   `n_in` elements, row-major (f32, before any activation quantization);
+/// - `n_tokens`: the number of rows (`input.len() / n_in`). The output layer sees only the rows
+///   whose logits are computed.
+///
+/// Any `FnMut(&str, &[f32], usize)` closure is an observer.
+pub trait Observer {
+    fn observe(&mut self, weight: &str, input: &[f32], n_tokens: usize);
+}
+
+impl<F: FnMut(&str, &[f32], usize)> Observer for F {
+    fn observe(&mut self, weight: &str, input: &[f32], n_tokens: usize) {
+        self(weight, input, n_tokens)
+    }
+}
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -107,6 +127,19 @@ impl LlamaModel {
         &self.file
     }
 
+    /// Check that a context of `n_ctx` positions fits the model's training context
+    /// (`{arch}.context_length`), as llama.cpp's tools refuse longer ones.
+    pub fn check_context(&self, n_ctx: usize) -> Result<()> {
+        if n_ctx > self.config.n_ctx_train {
+            return Err(ModelError::Input(format!(
+                "context of {n_ctx} tokens is larger than the model's training context of {} ({}.context_length)",
+                self.config.n_ctx_train,
+                self.config.arch.name()
+            )));
+        }
+        Ok(())
+    }
+
     /// An empty KV cache for up to `n_ctx` positions.
     pub fn new_cache(&self, n_ctx: usize) -> KvCache {
         KvCache::new(self.config.n_layer, n_ctx, self.config.n_embd_kv())
@@ -130,14 +163,27 @@ impl LlamaModel {
         self.forward_with(tokens, cache, 0, None)
     }
 
+    /// Run `tokens` as one sequence from an empty cache, showing `observer` the input of every
+    /// linear layer; returns the logits of every token (`tokens.len() × n_vocab`).
+    ///
+    /// # Errors
+    /// Token ids outside the vocabulary, or more tokens than the model's training context.
+    pub fn forward_observed(&self, tokens: &[u32], observer: &mut dyn Observer) -> Result<Vec<f32>> {
+        if tokens.len() > self.config.n_ctx_train {
+            return Err(ModelError::ContextFull { have: 0, add: tokens.len(), n_ctx: self.config.n_ctx_train });
+        }
+        let mut cache = self.new_cache(tokens.len());
+        self.forward_with(tokens, &mut cache, 0, Some(observer))
+    }
+
     /// [`LlamaModel::forward`] returning logits only for batch indices `logits_from..` (none if
-    /// `logits_from >= tokens.len()`), and calling `observe` with the input of every linear layer.
+    /// `logits_from >= tokens.len()`), and showing `observer` the input of every linear layer.
     pub fn forward_with(
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
         logits_from: usize,
-        mut observe: Option<&mut Observer<'_>>,
+        mut observe: Option<&mut dyn Observer>,
     ) -> Result<Vec<f32>> {
         let c = &self.config;
         let f = self.file.as_ref();
@@ -163,9 +209,9 @@ impl LlamaModel {
         let kv = c.n_embd_kv();
         let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim };
         let mode = self.mode;
-        let lin = |w: &Weight, input: &[f32], obs: &mut Option<&mut Observer<'_>>| -> Result<Vec<f32>> {
+        let lin = |w: &Weight, input: &[f32], obs: &mut Option<&mut dyn Observer>| -> Result<Vec<f32>> {
             if let Some(o) = obs.as_mut() {
-                o(&w.name, input, input.len() / w.n_in);
+                o.observe(&w.name, input, input.len() / w.n_in);
             }
             matmul(input, input.len() / w.n_in, &w.view(f), mode)
         };

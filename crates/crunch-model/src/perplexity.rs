@@ -10,11 +10,12 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
 use crate::llama::LlamaModel;
 use crate::tokenizer::Tokenizer;
 
 /// What to evaluate.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PerplexityOptions {
     /// Chunk length (llama.cpp's `-c`, 512 by default).
     pub n_ctx: usize,
@@ -29,7 +30,7 @@ impl Default for PerplexityOptions {
 }
 
 /// One evaluated chunk.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ChunkResult {
     /// 0-based chunk index.
     pub index: usize,
@@ -45,7 +46,7 @@ pub struct ChunkResult {
 }
 
 /// The result of a perplexity run.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PerplexityResult {
     /// Tokens in the whole text.
     pub n_tokens: usize,
@@ -91,6 +92,112 @@ pub fn perplexity(
     perplexity_tokens(model, &tokens, bos, opts, on_chunk)
 }
 
+/// How a token sequence is cut into perplexity chunks (llama-perplexity's layout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLayout {
+    /// Tokens per chunk.
+    pub n_ctx: usize,
+    /// Chunks evaluated.
+    pub n_chunks: usize,
+    /// First position whose logits are scored (`n_ctx / 2`).
+    pub first: usize,
+}
+
+impl ChunkLayout {
+    /// The layout for `n_tokens` tokens; errors when the text is shorter than two chunks (as
+    /// llama.cpp) or the context is too small.
+    pub fn new(n_tokens: usize, opts: PerplexityOptions) -> Result<Self> {
+        let n_ctx = opts.n_ctx;
+        if n_ctx < 4 {
+            return Err(ModelError::Input(format!("context of {n_ctx} tokens is too small (at least 4)")));
+        }
+        if n_tokens < 2 * n_ctx {
+            return Err(ModelError::Input(format!(
+                "you need at least {} tokens to evaluate perplexity with a context of {n_ctx}; the text has {n_tokens}",
+                2 * n_ctx,
+            )));
+        }
+        let n_chunk_max = n_tokens / n_ctx;
+        let n_chunks = opts.n_chunks.map_or(n_chunk_max, |c| c.min(n_chunk_max));
+        if n_chunks == 0 {
+            return Err(ModelError::Input("--chunks 0: nothing to evaluate".into()));
+        }
+        Ok(ChunkLayout { n_ctx, n_chunks, first: n_ctx / 2 })
+    }
+
+    /// Positions scored per chunk (`n_ctx - 1 - n_ctx / 2`).
+    pub fn n_score(&self) -> usize {
+        self.n_ctx - 1 - self.first
+    }
+
+    /// Tokens of chunk `i` as they are fed to the model (BOS, when given, replaces the first).
+    pub fn chunk_input(&self, tokens: &[u32], i: usize, bos: Option<u32>) -> Vec<u32> {
+        let mut batch = tokens[i * self.n_ctx..(i + 1) * self.n_ctx].to_vec();
+        if let Some(b) = bos {
+            batch[0] = b;
+        }
+        batch
+    }
+
+    /// The tokens the scored logits of chunk `i` predict (`n_score` of them).
+    pub fn targets<'a>(&self, tokens: &'a [u32], i: usize) -> &'a [u32] {
+        let start = i * self.n_ctx;
+        &tokens[start + self.first + 1..start + self.n_ctx]
+    }
+}
+
+/// Evaluate chunk `i` of `tokens` from an empty cache; returns the scored logits
+/// (`n_score × n_vocab`, row `r` predicting `targets[r]`).
+pub fn eval_chunk(
+    model: &LlamaModel,
+    cache: &mut KvCache,
+    layout: &ChunkLayout,
+    tokens: &[u32],
+    i: usize,
+    bos: Option<u32>,
+) -> Result<Vec<f32>> {
+    let batch = layout.chunk_input(tokens, i, bos);
+    cache.clear();
+    let mut logits = model.forward_with(&batch, cache, layout.first, None)?;
+    logits.truncate(layout.n_score() * model.config.n_vocab);
+    Ok(logits)
+}
+
+/// Running sums of negative log-likelihoods, for llama.cpp's estimate and its error.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NllSum {
+    pub nll: f64,
+    pub nll2: f64,
+    pub count: usize,
+}
+
+impl NllSum {
+    pub fn add(&mut self, v: f64) {
+        self.nll += v;
+        self.nll2 += v * v;
+        self.count += 1;
+    }
+
+    /// `(perplexity, its standard error)`.
+    pub fn estimate(&self) -> (f64, f64) {
+        estimate(self.nll, self.nll2, self.count)
+    }
+
+    /// Mean negative log-likelihood.
+    pub fn mean(&self) -> f64 {
+        if self.count > 0 {
+            self.nll / self.count as f64
+        } else {
+            f64::NAN
+        }
+    }
+}
+
+/// Negative log-likelihood of each target under each logit row (in parallel).
+pub fn row_nlls(logits: &[f32], n_vocab: usize, targets: &[u32]) -> Vec<f64> {
+    logits.par_chunks(n_vocab).zip(targets.par_iter()).map(|(row, &tok)| -log_softmax(row, tok as usize)).collect()
+}
+
 /// Perplexity of already tokenized text; `bos` replaces the first token of each chunk.
 pub fn perplexity_tokens(
     model: &LlamaModel,
@@ -99,60 +206,39 @@ pub fn perplexity_tokens(
     opts: PerplexityOptions,
     mut on_chunk: impl FnMut(&ChunkResult),
 ) -> Result<PerplexityResult> {
-    let n_ctx = opts.n_ctx;
-    if n_ctx < 4 {
-        return Err(ModelError::Input(format!("context of {n_ctx} tokens is too small")));
-    }
-    if tokens.len() < 2 * n_ctx {
-        return Err(ModelError::Input(format!(
-            "you need at least {} tokens to evaluate perplexity with a context of {n_ctx}; the text has {}",
-            2 * n_ctx,
-            tokens.len()
-        )));
-    }
-    let n_chunk_max = tokens.len() / n_ctx;
-    let n_chunk = opts.n_chunks.map_or(n_chunk_max, |c| c.min(n_chunk_max));
-    let first = n_ctx / 2;
+    let layout = ChunkLayout::new(tokens.len(), opts)?;
+    model.check_context(layout.n_ctx)?;
     let n_vocab = model.config.n_vocab;
-    let mut cache = model.new_cache(n_ctx);
-    let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
-    let mut chunks = Vec::with_capacity(n_chunk);
+    let mut cache = model.new_cache(layout.n_ctx);
+    let mut sum = NllSum::default();
+    let mut chunks = Vec::with_capacity(layout.n_chunks);
     let t_all = Instant::now();
-    for i in 0..n_chunk {
+    for i in 0..layout.n_chunks {
         let t0 = Instant::now();
-        let start = i * n_ctx;
-        let mut batch = tokens[start..start + n_ctx].to_vec();
-        if let Some(b) = bos {
-            batch[0] = b;
+        let logits = eval_chunk(model, &mut cache, &layout, tokens, i, bos)?;
+        let per_token = row_nlls(&logits, n_vocab, layout.targets(tokens, i));
+        for &v in &per_token {
+            sum.add(v);
         }
-        cache.clear();
-        let logits = model.forward_with(&batch, &mut cache, first, None)?;
-        // Logits row r is position first + r and predicts the original token at first + r + 1.
-        let n_score = n_ctx - 1 - first;
-        let targets = &tokens[start + first + 1..start + n_ctx];
-        let per_token: Vec<f64> = logits
-            .par_chunks(n_vocab)
-            .take(n_score)
-            .zip(targets.par_iter())
-            .map(|(row, &tok)| -log_softmax(row, tok as usize))
-            .collect();
-        let chunk_nll: f64 = per_token.iter().sum();
-        nll += chunk_nll;
-        nll2 += per_token.iter().map(|v| v * v).sum::<f64>();
-        count += n_score;
-        let (ppl, ppl_err) = estimate(nll, nll2, count);
-        let c =
-            ChunkResult { index: i, nll: chunk_nll, count: n_score, ppl, ppl_err, seconds: t0.elapsed().as_secs_f64() };
+        let (ppl, ppl_err) = sum.estimate();
+        let c = ChunkResult {
+            index: i,
+            nll: per_token.iter().sum(),
+            count: per_token.len(),
+            ppl,
+            ppl_err,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
         on_chunk(&c);
         chunks.push(c);
     }
-    let (ppl, ppl_err) = estimate(nll, nll2, count);
+    let (ppl, ppl_err) = sum.estimate();
     Ok(PerplexityResult {
         n_tokens: tokens.len(),
-        n_ctx,
+        n_ctx: layout.n_ctx,
         chunks,
-        count,
-        nll: if count > 0 { nll / count as f64 } else { f64::NAN },
+        count: sum.count,
+        nll: sum.mean(),
         ppl,
         ppl_err,
         seconds: t_all.elapsed().as_secs_f64(),

@@ -17,6 +17,8 @@ pub enum Error {
     Invalid(String),
     #[error("interrupted; no output was written")]
     Cancelled,
+    #[error("{context}: {source}")]
+    Model { context: String, source: crunch_model::ModelError },
     #[error(transparent)]
     Hf(#[from] crunch_core::hf::HfError),
     #[error(transparent)]

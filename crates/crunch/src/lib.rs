@@ -7,6 +7,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod memory;

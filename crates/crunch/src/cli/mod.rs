@@ -2,7 +2,10 @@
 
 mod convert;
 mod export;
+mod bench;
+mod eval;
 mod quantize;
+mod run;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -27,6 +30,12 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Write a GGUF model back as a Hugging Face folder (config, tokenizer, safetensors).
     Export(export::ExportArgs),
+    /// Measure what compression cost: perplexity, KL-divergence vs a base, multiple choice.
+    Eval(eval::EvalArgs),
+    /// Generate text from a prompt (greedy or sampled), streaming, with tokens/s.
+    Run(run::RunArgs),
+    /// Prompt-processing and generation speed and peak memory.
+    Bench(bench::BenchArgs),
     /// Show a model file's metadata and tensors (GGUF or safetensors).
     Inspect(InspectArgs),
     /// Check a file against its `.sha256` sidecar.
@@ -59,6 +68,9 @@ pub fn run() -> Result<()> {
         Command::Quantize(a) => quantize::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Export(a) => export::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Inspect(a) => inspect(a),
         Command::Verify(a) => verify(a),
     }
