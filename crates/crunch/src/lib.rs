@@ -7,11 +7,15 @@
 
 pub mod convert;
 pub mod error;
+pub mod fit;
 pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod memory;
 pub mod progress;
 pub mod quantize;
+pub mod report;
+pub mod search;
+pub mod sensitivity;
 
 pub use error::{Error, Result};

@@ -4,8 +4,12 @@ mod convert;
 mod export;
 mod bench;
 mod eval;
+mod fit;
 mod quantize;
+mod report;
 mod run;
+mod runs;
+mod search;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -40,6 +44,14 @@ enum Command {
     Inspect(InspectArgs),
     /// Check a file against its `.sha256` sidecar.
     Verify(VerifyArgs),
+    /// The best model for a size, bits-per-weight, memory or KL-divergence target.
+    Fit(fit::FitArgs),
+    /// Many candidate recipes evaluated, and the Pareto front over size, quality, speed, memory.
+    Search(search::SearchArgs),
+    /// Recorded runs: list, show, compare, export.
+    Runs(runs::RunsArgs),
+    /// An HTML page with Pareto plots, type maps and the sensitivity heat map of recorded runs.
+    Report(report::ReportArgs),
 }
 
 #[derive(clap::Args)]
@@ -73,6 +85,10 @@ pub fn run() -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Inspect(a) => inspect(a),
         Command::Verify(a) => verify(a),
+        Command::Fit(a) => fit::run(a),
+        Command::Search(a) => search::run(a),
+        Command::Runs(a) => runs::run(a),
+        Command::Report(a) => report::run(a),
     }
 }
 

@@ -1,0 +1,515 @@
+//! `crunch runs list|show|compare|export`, and [`Recorder`]: how every command records its run in
+//! the registry (a few lines per command; a registry that cannot be opened only warns).
+
+use anyhow::{Context, Result};
+use crunch_registry::{Filter, InputFile, NewRun, OutputFile, Registry, RunGuard, RunStatus, RunSummary, TensorChoice};
+use std::path::{Path, PathBuf};
+
+/// Where the registry is: `--registry`, else `$CRUNCH_REGISTRY`, else the default path.
+/// `CRUNCH_REGISTRY=off` turns recording off.
+pub(crate) fn registry_path(flag: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = flag {
+        return Some(p.to_path_buf());
+    }
+    match std::env::var("CRUNCH_REGISTRY") {
+        Ok(v) if v.eq_ignore_ascii_case("off") => None,
+        _ => Some(Registry::default_path()),
+    }
+}
+
+/// The sha256 of a file: from its `.sha256` sidecar when that is newer than the file, else from
+/// the registry's cache of hashes (path + size + mtime), else computed (and cached).
+pub(crate) fn file_sha256(reg: Option<&Registry>, path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i64);
+    let side = crunch_core::output::sidecar_path(path);
+    if let (Ok(sm), Ok(text)) = (std::fs::metadata(&side), std::fs::read_to_string(&side)) {
+        if sm.modified().ok() >= meta.modified().ok() {
+            if let Some(h) = text.split_whitespace().next().filter(|h| h.len() == 64) {
+                return Ok(h.to_string());
+            }
+        }
+    }
+    let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf()).display().to_string();
+    if let Some(r) = reg {
+        if let Ok(Some(h)) = r.cached_hash(&key, meta.len(), mtime_ns) {
+            return Ok(h);
+        }
+    }
+    let h = crunch_core::output::sha256_file(path).with_context(|| format!("hashing {}", path.display()))?;
+    if let Some(r) = reg {
+        let _ = r.store_hash(&key, meta.len(), mtime_ns, &h);
+    }
+    Ok(h)
+}
+
+/// A run being recorded, or nothing when the registry is off or unusable.
+pub(crate) struct Recorder {
+    reg: Option<Registry>,
+    run: Option<RunGuard>,
+}
+
+impl Recorder {
+    /// Open the registry and start a run of `kind` (inputs are hashed, with caching).
+    pub(crate) fn start(
+        kind: &str,
+        registry: Option<&Path>,
+        label: Option<String>,
+        params: serde_json::Value,
+        inputs: &[(&str, &Path)],
+    ) -> Recorder {
+        Self::start_child(kind, registry, label, params, inputs, None)
+    }
+
+    pub(crate) fn start_child(
+        kind: &str,
+        registry: Option<&Path>,
+        label: Option<String>,
+        params: serde_json::Value,
+        inputs: &[(&str, &Path)],
+        parent: Option<i64>,
+    ) -> Recorder {
+        let Some(path) = registry_path(registry) else { return Recorder { reg: None, run: None } };
+        let reg = match Registry::open(&path) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("warning: not recording this run: {e}");
+                return Recorder { reg: None, run: None };
+            }
+        };
+        let mut new = NewRun::new(kind).params(params).parent(parent);
+        new.label = label;
+        for (role, p) in inputs {
+            let sha = file_sha256(Some(&reg), p).ok();
+            let bytes = std::fs::metadata(p).ok().map(|m| m.len());
+            new.inputs.push(InputFile { role: role.to_string(), path: abs(p), sha256: sha, bytes });
+        }
+        match reg.start_run(new) {
+            Ok(run) => Recorder { reg: Some(reg), run: Some(run) },
+            Err(e) => {
+                eprintln!("warning: not recording this run: {e}");
+                Recorder { reg: None, run: None }
+            }
+        }
+    }
+
+    pub(crate) fn id(&self) -> Option<i64> {
+        self.run.as_ref().map(|r| r.id())
+    }
+
+    pub(crate) fn registry(&self) -> Option<&Registry> {
+        self.reg.as_ref()
+    }
+
+    fn warn<T>(r: crunch_registry::Result<T>) {
+        if let Err(e) = r {
+            eprintln!("warning: registry: {e}");
+        }
+    }
+
+    /// Record the output file (its hash from the sidecar written beside it).
+    pub(crate) fn output(&self, path: &Path) {
+        if let Some(run) = &self.run {
+            let sha = file_sha256(self.reg.as_ref(), path).ok();
+            let bytes = std::fs::metadata(path).ok().map(|m| m.len());
+            Self::warn(run.set_output(&OutputFile { path: abs(path), sha256: sha, bytes }));
+        }
+    }
+
+    /// Record a quantization plan (per-tensor types), with predicted KLD where known.
+    pub(crate) fn plan(&mut self, plan: &crunch::quantize::Plan, predicted: Option<&dyn Fn(&str) -> Option<f64>>) {
+        if let Some(run) = &mut self.run {
+            let t: Vec<TensorChoice> = plan
+                .tensors
+                .iter()
+                .map(|t| TensorChoice {
+                    name: t.name.clone(),
+                    ty: t.dst_type.name().to_string(),
+                    n_elements: t.n_elements(),
+                    bytes: t.dst_bytes,
+                    predicted_kld: predicted.and_then(|f| f(&t.name)),
+                })
+                .collect();
+            Self::warn(run.set_tensors(&t));
+        }
+    }
+
+    pub(crate) fn data(&self, key: &str, value: &serde_json::Value) {
+        if let Some(run) = &self.run {
+            Self::warn(run.data(key, value));
+        }
+    }
+
+    /// Mark the run finished with these metrics.
+    pub(crate) fn finish(mut self, m: &[(&str, f64)]) -> Option<i64> {
+        let run = self.run.take()?;
+        match run.finish(m) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                eprintln!("warning: registry: {e}");
+                None
+            }
+        }
+    }
+
+    /// Mark the run failed.
+    pub(crate) fn fail(mut self, error: &str) {
+        if let Some(run) = self.run.take() {
+            Self::warn(run.fail(error));
+        }
+    }
+
+    /// Finish or fail the run from a command's result, passing the result on.
+    pub(crate) fn close<T>(self, r: Result<T>, metrics: impl FnOnce(&T) -> Vec<(&'static str, f64)>) -> Result<T> {
+        match &r {
+            Ok(v) => {
+                let m = metrics(v);
+                self.finish(&m);
+            }
+            Err(e) => self.fail(&format!("{e:#}")),
+        }
+        r
+    }
+}
+
+fn abs(p: &Path) -> String {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+}
+
+#[derive(clap::Args)]
+pub struct RunsArgs {
+    /// Registry database (default: $CRUNCH_REGISTRY or ~/.local/share/crunch/registry.db).
+    #[arg(long, global = true)]
+    registry: Option<PathBuf>,
+    #[command(subcommand)]
+    command: RunsCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum RunsCommand {
+    /// Recorded runs, newest first.
+    List(ListArgs),
+    /// Everything about one run.
+    Show(ShowArgs),
+    /// Runs side by side: metrics, sizes, and how their per-tensor types differ.
+    Compare(CompareArgs),
+    /// Every run with its metrics, as JSON or CSV.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct ListArgs {
+    /// Only runs of this kind (quantize, fit, eval, search, convert…).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only runs with this status (running, ok, failed).
+    #[arg(long)]
+    status: Option<String>,
+    /// Only runs started by this run (a search's candidates).
+    #[arg(long)]
+    parent: Option<i64>,
+    /// At most this many.
+    #[arg(long, short = 'n')]
+    limit: Option<usize>,
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    #[arg(long)]
+    csv: bool,
+}
+
+#[derive(clap::Args)]
+struct ShowArgs {
+    /// Run id (default: the newest run).
+    id: Option<i64>,
+    #[arg(long)]
+    json: bool,
+    /// Also list every tensor's type.
+    #[arg(long)]
+    tensors: bool,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Two or more run ids.
+    #[arg(required = true, num_args = 2..)]
+    ids: Vec<i64>,
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    #[arg(long)]
+    csv: bool,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// json or csv.
+    #[arg(long, default_value = "json")]
+    format: String,
+    /// Write here instead of stdout.
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+}
+
+fn open(flag: Option<&Path>) -> Result<Registry> {
+    let path = registry_path(flag).context("the registry is turned off (CRUNCH_REGISTRY=off)")?;
+    Registry::open(&path).with_context(|| format!("opening the registry {}", path.display()))
+}
+
+fn parse_status(s: &str) -> Result<RunStatus> {
+    match s {
+        "running" => Ok(RunStatus::Running),
+        "ok" => Ok(RunStatus::Ok),
+        "failed" => Ok(RunStatus::Failed),
+        _ => anyhow::bail!("--status {s:?}: expected running, ok or failed"),
+    }
+}
+
+pub fn run(a: RunsArgs) -> Result<()> {
+    let reg = open(a.registry.as_deref())?;
+    match a.command {
+        RunsCommand::List(l) => {
+            let f = Filter {
+                kind: l.kind,
+                status: l.status.as_deref().map(parse_status).transpose()?,
+                parent: l.parent,
+                limit: l.limit,
+            };
+            let runs = reg.list(&f)?;
+            if l.json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else if l.csv {
+                print!("{}", csv(&runs));
+            } else {
+                print!("{}", table(&runs));
+            }
+        }
+        RunsCommand::Show(s) => {
+            let id = match s.id {
+                Some(id) => id,
+                None => reg.latest(None)?.context("the registry holds no runs")?,
+            };
+            let r = reg.get(id)?;
+            if s.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", show(&r, s.tensors));
+            }
+        }
+        RunsCommand::Compare(c) => {
+            let recs = c.ids.iter().map(|&id| reg.get(id)).collect::<crunch_registry::Result<Vec<_>>>()?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&recs)?);
+            } else if c.csv {
+                let s: Vec<RunSummary> = recs.iter().map(|r| r.summary.clone()).collect();
+                print!("{}", csv(&s));
+            } else {
+                print!("{}", compare(&recs));
+            }
+        }
+        RunsCommand::Export(e) => {
+            let runs = reg.list(&Filter::default())?;
+            let text = match e.format.as_str() {
+                "json" => {
+                    let full = runs.iter().map(|r| reg.get(r.id)).collect::<crunch_registry::Result<Vec<_>>>()?;
+                    serde_json::to_string_pretty(&full)? + "\n"
+                }
+                "csv" => csv(&runs),
+                f => anyhow::bail!("--format {f:?}: expected json or csv"),
+            };
+            match e.output {
+                Some(p) => crunch_core::output::write_small_atomic(&p, text.as_bytes())
+                    .with_context(|| format!("writing {}", p.display()))?,
+                None => print!("{text}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn human(b: Option<u64>) -> String {
+    b.map(crunch::inspect::human_bytes).unwrap_or_else(|| "-".into())
+}
+
+fn metric(r: &RunSummary, k: &str, digits: usize) -> String {
+    r.metrics.get(k).map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into())
+}
+
+/// The `runs list` table.
+pub(crate) fn table(runs: &[RunSummary]) -> String {
+    let mut s = format!(
+        "{:>5} {:<8} {:<7} {:<19} {:>8} {:<28} {:>10} {:>6} {:>10} {:>9}\n",
+        "id", "kind", "status", "started (UTC)", "seconds", "label", "size", "bpw", "kld", "ppl"
+    );
+    for r in runs {
+        let label: String = r.label.clone().unwrap_or_default().chars().take(28).collect();
+        s += &format!(
+            "{:>5} {:<8} {:<7} {:<19} {:>8} {:<28} {:>10} {:>6} {:>10} {:>9}\n",
+            r.id,
+            r.kind,
+            r.status.as_str(),
+            crunch_registry::process::format_time(r.started_at),
+            r.duration_s.map(|d| format!("{d:.1}")).unwrap_or_else(|| "-".into()),
+            label,
+            human(r.output_bytes.or(r.metrics.get("file_bytes").map(|v| *v as u64))),
+            metric(r, "bpw", 2),
+            metric(r, "kld", 5),
+            metric(r, "ppl", 3),
+        );
+    }
+    s
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// One line per run: fixed columns, then every metric name any run has.
+pub(crate) fn csv(runs: &[RunSummary]) -> String {
+    let mut names: Vec<&String> = runs.iter().flat_map(|r| r.metrics.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut s =
+        String::from("id,kind,status,label,parent_id,started_utc,duration_s,output_path,output_bytes,peak_rss_bytes");
+    for n in &names {
+        s += ",";
+        s += &csv_field(n);
+    }
+    s += "\n";
+    for r in runs {
+        let cols = [
+            r.id.to_string(),
+            r.kind.clone(),
+            r.status.as_str().to_string(),
+            r.label.clone().unwrap_or_default(),
+            r.parent_id.map(|p| p.to_string()).unwrap_or_default(),
+            crunch_registry::process::format_time(r.started_at),
+            r.duration_s.map(|d| format!("{d:.3}")).unwrap_or_default(),
+            r.output_path.clone().unwrap_or_default(),
+            r.output_bytes.map(|b| b.to_string()).unwrap_or_default(),
+            r.peak_rss_bytes.map(|b| b.to_string()).unwrap_or_default(),
+        ];
+        s += &cols.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",");
+        for n in &names {
+            s += ",";
+            if let Some(v) = r.metrics.get(*n) {
+                s += &v.to_string();
+            }
+        }
+        s += "\n";
+    }
+    s
+}
+
+fn show(r: &crunch_registry::RunRecord, tensors: bool) -> String {
+    let m = &r.summary;
+    let mut s = format!("run {} ({}), {}\n", m.id, m.kind, m.status.as_str());
+    if let Some(l) = &m.label {
+        s += &format!("label:    {l}\n");
+    }
+    if let Some(p) = m.parent_id {
+        s += &format!("parent:   run {p}\n");
+    }
+    s += &format!(
+        "started:  {} UTC on {} (pid {}), crunch {}\n",
+        crunch_registry::process::format_time(m.started_at),
+        r.host,
+        r.pid,
+        r.crunch_version
+    );
+    if let Some(d) = m.duration_s {
+        s += &format!("duration: {d:.2} s\n");
+    }
+    s += &format!("command:  {}\n", r.command.join(" "));
+    for i in &r.inputs {
+        s += &format!(
+            "input:    {} {} ({}, sha256 {})\n",
+            i.role,
+            i.path,
+            human(i.bytes),
+            i.sha256.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(o) = &r.output {
+        s += &format!("output:   {} ({}, sha256 {})\n", o.path, human(o.bytes), o.sha256.as_deref().unwrap_or("-"));
+    }
+    if let Some(p) = m.peak_rss_bytes {
+        s += &format!("peak RSS: {}\n", crunch::inspect::human_bytes(p));
+    }
+    if let Some(e) = &m.error {
+        s += &format!("error:    {e}\n");
+    }
+    if !m.metrics.is_empty() {
+        s += "metrics:\n";
+        for (k, v) in &m.metrics {
+            s += &format!("  {k:<20} {v}\n");
+        }
+    }
+    if !r.params.is_null() {
+        s += &format!("params:   {}\n", r.params);
+    }
+    if !r.tensors.is_empty() {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for t in &r.tensors {
+            match counts.iter_mut().find(|(ty, _)| *ty == t.ty) {
+                Some(c) => c.1 += 1,
+                None => counts.push((t.ty.clone(), 1)),
+            }
+        }
+        let c: Vec<String> = counts.iter().map(|(t, n)| format!("{t}: {n}")).collect();
+        s += &format!("tensors:  {} [{}]\n", r.tensors.len(), c.join(", "));
+        if tensors {
+            for t in &r.tensors {
+                let k = t.predicted_kld.map(|k| format!("  predicted KLD {k:.3e}")).unwrap_or_default();
+                s += &format!("  {:<36} {:<8} {:>10}{k}\n", t.name, t.ty, crunch::inspect::human_bytes(t.bytes));
+            }
+        }
+    }
+    for k in r.data.keys() {
+        s += &format!("data:     {k} (see --json)\n");
+    }
+    s
+}
+
+fn compare(recs: &[crunch_registry::RunRecord]) -> String {
+    let mut names: Vec<&String> = recs.iter().flat_map(|r| r.summary.metrics.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut s = format!("{:<20}", "");
+    for r in recs {
+        s += &format!(" {:>16}", format!("run {}", r.summary.id));
+    }
+    s += "\n";
+    let mut row = |k: &str, f: &dyn Fn(&crunch_registry::RunRecord) -> String| {
+        s += &format!("{k:<20}");
+        for r in recs {
+            s += &format!(" {:>16}", f(r));
+        }
+        s += "\n";
+    };
+    row("kind", &|r| r.summary.kind.clone());
+    row("label", &|r| r.summary.label.clone().unwrap_or_default().chars().take(16).collect());
+    row("status", &|r| r.summary.status.as_str().to_string());
+    row("size", &|r| human(r.summary.output_bytes));
+    for n in names {
+        row(n, &|r| r.summary.metrics.get(n).map(|v| format!("{v:.6}")).unwrap_or_else(|| "-".into()));
+    }
+    if recs.len() >= 2 && recs.iter().all(|r| !r.tensors.is_empty()) {
+        let a = &recs[0];
+        for b in &recs[1..] {
+            let diff = a
+                .tensors
+                .iter()
+                .filter(|t| b.tensors.iter().find(|u| u.name == t.name).is_some_and(|u| u.ty != t.ty))
+                .count();
+            s += &format!("tensors typed differently in run {} and run {}: {diff}\n", a.summary.id, b.summary.id);
+        }
+    }
+    s
+}

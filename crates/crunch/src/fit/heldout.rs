@@ -1,0 +1,92 @@
+//! Checking a written model against the base on held-out text, with the eval library
+//! ([`crate::eval::compare_with`]): mean KL-divergence, same top token, perplexity of both,
+//! speed. The base is evaluated once (and its top-k distributions cached on disk).
+
+use crate::error::{Error, Result};
+use crate::eval::{self, BaseLogits, CompareOptions, EvalOptions};
+use crate::progress::{Cancel, NoProgress, Progress};
+use crunch_model::LlamaModel;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
+
+/// What a candidate measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Measured {
+    /// Mean KL-divergence from the base over the scored positions.
+    pub kld: f64,
+    /// Its standard error.
+    pub kld_err: f64,
+    /// 99th percentile of the per-position KL-divergence.
+    pub kld_p99: f64,
+    /// Fraction of positions where the most likely token is the base's.
+    pub top1: f64,
+    pub ppl: f64,
+    pub ppl_base: f64,
+    /// Scored positions.
+    pub n_positions: usize,
+    /// Prompt-processing speed of the candidate (tokens per second, this machine).
+    pub tokens_per_s: f64,
+    pub seconds: f64,
+}
+
+/// The base model's top-k distributions on the held-out chunks.
+pub struct HeldOut {
+    pub base: BaseLogits,
+}
+
+impl HeldOut {
+    /// Evaluate the base model at `model` on `text`, or load the result from `cache` when a file
+    /// is there (and store it there otherwise).
+    ///
+    /// # Errors
+    /// Model and text errors.
+    pub fn new(
+        model: &Path,
+        text: &str,
+        ctx: usize,
+        chunks: usize,
+        cache: Option<&Path>,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<Self> {
+        if let Some(c) = cache.filter(|c| c.exists()) {
+            if let Ok(base) = eval::load_base_logits(c) {
+                return Ok(HeldOut { base });
+            }
+        }
+        let loaded = eval::open_model(model, false)?;
+        let opts = CompareOptions { eval: EvalOptions { ctx, chunks: Some(chunks), exact: false }, top_k: 32 };
+        let base = eval::base_logits(&loaded, &model.display().to_string(), text, &opts, progress, cancel)?;
+        if let Some(c) = cache {
+            if let Some(dir) = c.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
+            eval::save_base_logits(&base, c)?;
+        }
+        Ok(HeldOut { base })
+    }
+
+    /// Evaluate the model in `path` against the base.
+    ///
+    /// # Errors
+    /// The model cannot be loaded or run, or its vocabulary differs.
+    pub fn evaluate(&self, path: &Path, cancel: &Cancel) -> Result<Measured> {
+        let t0 = Instant::now();
+        let model = LlamaModel::open(path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        let t1 = Instant::now();
+        let s = eval::compare_with(&self.base, &model, &NoProgress, cancel)?;
+        let eval_s = t1.elapsed().as_secs_f64();
+        Ok(Measured {
+            kld: s.kld.mean,
+            kld_err: s.kld.mean_err,
+            kld_p99: s.kld.p99,
+            top1: s.same_top_pct / 100.0,
+            ppl: s.ppl_quant,
+            ppl_base: s.ppl_base,
+            n_positions: s.n_positions,
+            tokens_per_s: (self.base.n_chunks * self.base.n_ctx) as f64 / eval_s.max(1e-9),
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+}

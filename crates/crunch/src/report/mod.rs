@@ -1,0 +1,361 @@
+//! `crunch report`: one self-contained HTML page (inline SVG, no scripts, no network) with the
+//! Pareto plots (size against KL-divergence and against perplexity), predicted against measured
+//! KL-divergence, the per-tensor type map of every candidate, the sensitivity heat map and the
+//! metrics table; the plots can also be written as SVG files.
+
+pub mod svg;
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use svg::{esc, Axis, Series};
+
+/// One model in the report.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Point {
+    pub name: String,
+    /// `preset`, `fit`, `quantize`…
+    pub kind: String,
+    pub run_id: Option<i64>,
+    pub file_bytes: u64,
+    pub bpw: f64,
+    pub predicted_kld: Option<f64>,
+    pub kld: Option<f64>,
+    pub ppl: Option<f64>,
+    pub top1: Option<f64>,
+    pub tokens_per_s: Option<f64>,
+    pub ram_bytes: Option<u64>,
+    pub pareto: bool,
+    /// Type per tensor.
+    pub types: BTreeMap<String, String>,
+}
+
+/// Everything the page shows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReportData {
+    pub title: String,
+    pub subtitle: String,
+    pub points: Vec<Point>,
+    /// Predicted KLD per tensor per type.
+    pub sensitivity: BTreeMap<String, BTreeMap<String, f64>>,
+    pub base_ppl: Option<f64>,
+    pub rank_correlation: Option<f64>,
+}
+
+const PRESET_COLOR: &str = "#1f77b4";
+const FIT_COLOR: &str = "#d62728";
+const OTHER_COLOR: &str = "#7f7f7f";
+
+fn color_of(kind: &str) -> &'static str {
+    match kind {
+        "preset" | "quantize" => PRESET_COLOR,
+        "fit" => FIT_COLOR,
+        _ => OTHER_COLOR,
+    }
+}
+
+fn series_by_kind(points: &[Point], y: impl Fn(&Point) -> Option<f64>) -> Vec<Series> {
+    let kinds: BTreeSet<&str> = points.iter().map(|p| p.kind.as_str()).collect();
+    let mut out: Vec<Series> = kinds
+        .into_iter()
+        .map(|k| Series {
+            name: match k {
+                "quantize" | "preset" => "llama.cpp preset".to_string(),
+                "fit" => "crunch fit".to_string(),
+                k => k.to_string(),
+            },
+            color: color_of(k).into(),
+            points: points
+                .iter()
+                .filter(|p| p.kind == k)
+                .filter_map(|p| Some((p.file_bytes as f64 / 1e6, y(p)?, p.name.clone())))
+                .collect(),
+            line: false,
+            markers: true,
+        })
+        .collect();
+    let front: Vec<(f64, f64, String)> = points
+        .iter()
+        .filter(|p| p.pareto)
+        .filter_map(|p| Some((p.file_bytes as f64 / 1e6, y(p)?, String::new())))
+        .collect();
+    if front.len() > 1 {
+        out.push(Series {
+            name: "Pareto front".into(),
+            color: "#2ca02c".into(),
+            points: front,
+            line: true,
+            markers: false,
+        });
+    }
+    out
+}
+
+/// The plots, by file name.
+pub fn plots(d: &ReportData) -> Vec<(String, String)> {
+    let size = Axis { label: "file size (MB)".into(), log: false };
+    let mut v = vec![
+        (
+            "pareto_size_kld.svg".to_string(),
+            svg::scatter(
+                "Size vs KL-divergence (held-out text)",
+                &size,
+                &Axis { label: "mean KLD vs base".into(), log: true },
+                &series_by_kind(&d.points, |p| p.kld),
+                900.0,
+                520.0,
+            ),
+        ),
+        (
+            "pareto_size_ppl.svg".to_string(),
+            svg::scatter(
+                "Size vs perplexity (held-out text)",
+                &size,
+                &Axis { label: "perplexity".into(), log: false },
+                &series_by_kind(&d.points, |p| p.ppl),
+                900.0,
+                520.0,
+            ),
+        ),
+    ];
+    let pm: Vec<(f64, f64, String)> =
+        d.points.iter().filter_map(|p| Some((p.predicted_kld?, p.kld?, p.name.clone()))).collect();
+    if !pm.is_empty() {
+        let title = match d.rank_correlation {
+            Some(r) => format!("Predicted vs measured KLD (rank correlation {r:.3})"),
+            None => "Predicted vs measured KLD".into(),
+        };
+        let lo = pm.iter().map(|p| p.0.min(p.1)).filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
+        let hi = pm.iter().map(|p| p.0.max(p.1)).fold(0.0, f64::max);
+        let mut series =
+            vec![Series { name: "candidates".into(), color: FIT_COLOR.into(), points: pm, line: false, markers: true }];
+        if lo.is_finite() && hi > lo {
+            series.push(Series {
+                name: "predicted = measured".into(),
+                color: "#999".into(),
+                points: vec![(lo, lo, String::new()), (hi, hi, String::new())],
+                line: true,
+                markers: false,
+            });
+        }
+        v.push((
+            "predicted_vs_measured.svg".to_string(),
+            svg::scatter(
+                &title,
+                &Axis { label: "predicted KLD".into(), log: true },
+                &Axis { label: "measured KLD".into(), log: true },
+                &series,
+                900.0,
+                520.0,
+            ),
+        ));
+    }
+    if let Some(h) = sensitivity_map(d) {
+        v.push(("sensitivity.svg".to_string(), h));
+    }
+    v
+}
+
+/// `(kind, layer)` of a tensor name; non-layer tensors get layer `None`.
+fn split_name(name: &str) -> (String, Option<usize>) {
+    if let Some(rest) = name.strip_prefix("blk.") {
+        if let Some((l, kind)) = rest.split_once('.') {
+            if let Ok(l) = l.parse() {
+                return (kind.trim_end_matches(".weight").to_string(), Some(l));
+            }
+        }
+    }
+    (name.trim_end_matches(".weight").to_string(), None)
+}
+
+fn layer_grid<T: Clone>(
+    names: &[&String],
+    value: impl Fn(&str) -> Option<T>,
+) -> (Vec<String>, Vec<String>, Vec<Vec<Option<T>>>) {
+    let mut kinds: Vec<String> = Vec::new();
+    let mut n_layer = 0;
+    let mut has_global = false;
+    for n in names {
+        let (k, l) = split_name(n);
+        match l {
+            Some(l) => {
+                n_layer = n_layer.max(l + 1);
+                if !kinds.contains(&k) {
+                    kinds.push(k);
+                }
+            }
+            None => has_global = true,
+        }
+    }
+    let mut cols: Vec<String> = (0..n_layer).map(|l| l.to_string()).collect();
+    if has_global {
+        cols.push("global".into());
+    }
+    let mut rows = kinds.clone();
+    let globals: Vec<String> = names.iter().filter(|n| split_name(n).1.is_none()).map(|n| split_name(n).0).collect();
+    rows.extend(globals.iter().cloned());
+    let vals = rows
+        .iter()
+        .map(|r| {
+            (0..cols.len())
+                .map(|c| {
+                    if c < n_layer && kinds.contains(r) {
+                        value(&format!("blk.{c}.{r}.weight"))
+                    } else if c == n_layer && globals.contains(r) {
+                        value(&format!("{r}.weight"))
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    (rows, cols, vals)
+}
+
+fn sensitivity_map(d: &ReportData) -> Option<String> {
+    if d.sensitivity.is_empty() {
+        return None;
+    }
+    // Damage at 4.5-bit Q4_0 (valid for every tensor), else the tensor's smallest candidate.
+    let names: Vec<&String> = d.sensitivity.keys().collect();
+    let (rows, cols, vals) = layer_grid(&names, |n| {
+        let m = d.sensitivity.get(n)?;
+        m.get("Q4_0").or_else(|| m.values().next()).copied()
+    });
+    Some(svg::heatmap(
+        "Sensitivity: predicted KLD when the tensor alone is Q4_0",
+        &rows,
+        &cols,
+        &vals,
+        None,
+        "predicted KLD",
+    ))
+}
+
+fn bpw_of(ty: &str) -> Option<f64> {
+    let t: crunch_core::GgmlType = ty.parse().ok()?;
+    Some(t.type_size() as f64 * 8.0 / t.block_size() as f64)
+}
+
+fn type_map(p: &Point) -> Option<String> {
+    if p.types.is_empty() {
+        return None;
+    }
+    let names: Vec<&String> = p.types.keys().filter(|n| n.ends_with(".weight") && !n.contains("norm")).collect();
+    let (rows, cols, vals) = layer_grid(&names, |n| p.types.get(n).and_then(|t| bpw_of(t)));
+    let (_, _, text) = layer_grid(&names, |n| p.types.get(n).cloned());
+    let text: Vec<Vec<String>> =
+        text.into_iter().map(|r| r.into_iter().map(|t| t.unwrap_or_default()).collect()).collect();
+    Some(svg::heatmap(&format!("Tensor types: {}", p.name), &rows, &cols, &vals, Some(&text), "bits per weight"))
+}
+
+/// The whole page.
+pub fn html(d: &ReportData) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>\
+         body{{font-family:sans-serif;margin:24px;color:#222}} table{{border-collapse:collapse;font-size:13px}}\
+         td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#f0f0f0}}\
+         td:first-child,th:first-child{{text-align:left}} tr.front td{{background:#eef8ee}}\
+         .plot{{margin:12px 0}} .maps{{display:flex;flex-wrap:wrap;gap:12px}} .maps svg{{max-width:100%}}\
+         </style></head><body>",
+        esc(&d.title)
+    );
+    let _ = write!(h, "<h1>{}</h1><p>{}</p>", esc(&d.title), esc(&d.subtitle));
+    if let Some(r) = d.rank_correlation {
+        let _ = write!(h, "<p>Rank correlation of predicted and measured KL-divergence: <b>{r:.3}</b></p>");
+    }
+    let plots = plots(d);
+    let _ = write!(h, "<h2>Pareto plots</h2>");
+    for (name, svg) in &plots {
+        if name.starts_with("pareto") || name.starts_with("predicted") {
+            let _ = write!(h, "<div class=\"plot\" id=\"{}\">{svg}</div>", esc(name.trim_end_matches(".svg")));
+        }
+    }
+    let _ = write!(
+        h,
+        "<h2>Metrics</h2><table><tr><th>model</th><th>kind</th><th>run</th><th>size (bytes)</th><th>bpw</th>\
+         <th>predicted KLD</th><th>KLD</th><th>PPL</th><th>same top %</th><th>tok/s</th><th>RAM est.</th><th>front</th></tr>"
+    );
+    let f = |v: Option<f64>, d: usize| v.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "-".into());
+    let mut pts: Vec<&Point> = d.points.iter().collect();
+    pts.sort_by_key(|p| p.file_bytes);
+    for p in &pts {
+        let _ = write!(
+            h,
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if p.pareto { "front" } else { "" },
+            esc(&p.name),
+            esc(&p.kind),
+            p.run_id.map(|i| i.to_string()).unwrap_or_default(),
+            p.file_bytes,
+            p.bpw,
+            f(p.predicted_kld, 5),
+            f(p.kld, 5),
+            f(p.ppl, 4),
+            f(p.top1.map(|t| t * 100.0), 2),
+            f(p.tokens_per_s, 1),
+            p.ram_bytes.map(crate::inspect::human_bytes).unwrap_or_else(|| "-".into()),
+            if p.pareto { "*" } else { "" }
+        );
+    }
+    h += "</table>";
+    if let Some(b) = d.base_ppl {
+        let _ = write!(h, "<p>Base model perplexity on the same text: {b:.4}</p>");
+    }
+    if let Some((_, s)) = plots.iter().find(|(n, _)| n == "sensitivity.svg") {
+        let _ = write!(h, "<h2>Sensitivity</h2><div class=\"plot\" id=\"sensitivity\">{s}</div>");
+    }
+    let maps: Vec<String> = pts.iter().filter_map(|p| type_map(p)).collect();
+    if !maps.is_empty() {
+        let _ = write!(h, "<h2>Per-tensor types</h2><div class=\"maps\">");
+        for m in maps {
+            h += &m;
+        }
+        h += "</div>";
+    }
+    h += "</body></html>\n";
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_has_the_parts() {
+        let mut types = BTreeMap::new();
+        types.insert("blk.0.attn_q.weight".to_string(), "Q4_0".to_string());
+        types.insert("blk.1.attn_q.weight".to_string(), "Q8_0".to_string());
+        types.insert("token_embd.weight".to_string(), "Q6_K".to_string());
+        let p = |name: &str, kind: &str, b: u64, k: f64, front: bool| Point {
+            name: name.into(),
+            kind: kind.into(),
+            file_bytes: b,
+            bpw: 4.5,
+            predicted_kld: Some(k * 0.9),
+            kld: Some(k),
+            ppl: Some(20.0 + k * 100.0),
+            pareto: front,
+            types: types.clone(),
+            ..Default::default()
+        };
+        let mut sens = BTreeMap::new();
+        sens.insert("blk.0.attn_q.weight".to_string(), BTreeMap::from([("Q4_0".to_string(), 1e-3)]));
+        let d = ReportData {
+            title: "t".into(),
+            subtitle: "s".into(),
+            points: vec![p("Q4_0", "quantize", 90_000_000, 0.05, false), p("fit", "fit", 89_000_000, 0.03, true)],
+            sensitivity: sens,
+            base_ppl: Some(20.0),
+            rank_correlation: Some(0.95),
+        };
+        let page = html(&d);
+        assert!(page.contains("id=\"pareto_size_kld\"") && page.contains("id=\"sensitivity\""));
+        assert!(page.contains("Tensor types: fit") && page.contains("0.950"));
+        assert!(!page.contains("<script"));
+        assert_eq!(plots(&d).len(), 4);
+    }
+}

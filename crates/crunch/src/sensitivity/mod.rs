@@ -1,0 +1,567 @@
+//! Sensitivity profile: for every quantizable tensor and every candidate type, how much damage that
+//! type does, as a predicted contribution to the KL-divergence of the model's next-token
+//! distribution from the base model's.
+//!
+//! Key decisions:
+//! - **Two measurements, one model.** The cheap one, for every (tensor, type): the relative
+//!   activation-weighted quantization error `r` (see [`damage`]), computed by really quantizing
+//!   the tensor with the type (and the method: RTN or importance-weighted). The expensive one, per
+//!   *group* of tensors (one kind of tensor in a band of consecutive layers): the measured
+//!   KL-divergence when only that group is quantized, on calibration text (a probe GGUF is
+//!   written and run). The group's scale `α = KLD / Σ r` (least squares over one or two probe
+//!   types) turns errors into predicted KLD: `kld(t, type) = α_group(t) · r_t(type)`.
+//! - **Additivity.** The predicted KLD of a whole plan is the sum over tensors; for small,
+//!   independent perturbations KLD is quadratic in them and the cross terms average out.
+//! - **Cached on disk** under a key made of the model's hash, the calibration text's hash, the
+//!   options and crunch's version: a second `fit` on the same model is instant.
+
+pub mod damage;
+pub mod reference;
+
+use crate::error::{Error, Result};
+use crate::progress::{Cancel, Progress};
+use crate::quantize::{self, rules, Ftype, QuantizeOptions};
+use crunch_core::gguf::GgufFile;
+use crunch_core::GgmlType;
+use crunch_model::LlamaModel;
+use reference::{mean_kld, model_err, scored_logits, Chunks};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Bumped whenever the profile's meaning or format changes (invalidates caches).
+pub const PROFILE_VERSION: u32 = 1;
+
+/// The GGUF types llama.cpp runs that fit chooses from (before block-size fallbacks).
+pub const CANDIDATE_TYPES: &[GgmlType] = &[
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+    GgmlType::F16,
+];
+
+/// How tensors are quantized (the same method must be used when the plan is written).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Round to nearest on the type's grid (llama.cpp without an imatrix).
+    Rtn,
+    /// Importance-weighted quantization with activation statistics from the calibration text.
+    Imatrix,
+    /// GPTQ (error feedback over columns).
+    Gptq,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Rtn => "rtn",
+            Method::Imatrix => "imatrix",
+            Method::Gptq => "gptq",
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "rtn" => Ok(Method::Rtn),
+            "imatrix" => Ok(Method::Imatrix),
+            "gptq" => Ok(Method::Gptq),
+            _ => Err(format!("unknown method {s:?}; known: rtn, imatrix, gptq")),
+        }
+    }
+}
+
+/// The candidate types for a row length: every candidate mapped through llama.cpp's block-size
+/// fallback, without duplicates, smallest first.
+pub fn candidates_for(row_len: u64, types: &[GgmlType]) -> Vec<GgmlType> {
+    let mut out: Vec<GgmlType> = Vec::new();
+    for &t in types {
+        if let Some(f) = rules::fallback(t, row_len) {
+            if row_len.is_multiple_of(f.block_size() as u64) && !out.contains(&f) {
+                out.push(f);
+            }
+        }
+    }
+    out.sort_by_key(|t| (t.type_size() * 1_000_000 / t.block_size(), t.name()));
+    out
+}
+
+/// What to measure, and on what.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SensitivityOptions {
+    pub method: Method,
+    /// Calibration chunk length in tokens.
+    pub ctx: usize,
+    /// Calibration chunks.
+    pub chunks: usize,
+    /// Consecutive layers measured together as one group per tensor kind.
+    pub band: usize,
+    /// Candidate types (before fallbacks).
+    pub types: Vec<String>,
+}
+
+impl Default for SensitivityOptions {
+    fn default() -> Self {
+        SensitivityOptions {
+            method: Method::Rtn,
+            ctx: 128,
+            chunks: 2,
+            band: 5,
+            types: CANDIDATE_TYPES.iter().map(|t| t.name().to_string()).collect(),
+        }
+    }
+}
+
+impl SensitivityOptions {
+    /// The candidate types, parsed.
+    ///
+    /// # Errors
+    /// Unknown type names, or types crunch cannot write.
+    pub fn candidate_types(&self) -> Result<Vec<GgmlType>> {
+        self.types
+            .iter()
+            .map(|s| {
+                let t: GgmlType =
+                    s.parse().map_err(|_| Error::Invalid(format!("candidate types: unknown tensor type {s:?}")))?;
+                if crunch_quant::kernels(t).is_none() {
+                    return Err(Error::Invalid(format!("candidate types: crunch cannot write {t}")));
+                }
+                Ok(t)
+            })
+            .collect()
+    }
+}
+
+/// One candidate type for one tensor.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Choice {
+    #[serde(with = "type_name")]
+    pub ty: GgmlType,
+    pub bytes: u64,
+    /// Relative activation-weighted quantization error.
+    pub rel_err: f64,
+    /// Predicted contribution to the KL-divergence.
+    pub kld: f64,
+}
+
+/// A quantizable tensor and its candidates (smallest first).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TensorProfile {
+    pub name: String,
+    pub group: String,
+    pub n_elements: u64,
+    pub row_len: u64,
+    #[serde(with = "type_name")]
+    pub src_type: GgmlType,
+    pub choices: Vec<Choice>,
+}
+
+impl TensorProfile {
+    pub fn choice(&self, ty: GgmlType) -> Option<&Choice> {
+        self.choices.iter().find(|c| c.ty == ty)
+    }
+}
+
+/// One probe measurement: a group quantized to one type, everything else left as in the base.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Probe {
+    #[serde(with = "type_name")]
+    pub ty: GgmlType,
+    /// Σ r over the group's tensors at that type.
+    pub sum_rel_err: f64,
+    /// Measured mean KL-divergence on the calibration text.
+    pub kld: f64,
+}
+
+/// A group of tensors measured together and its fitted scale.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GroupCalibration {
+    pub group: String,
+    pub tensors: Vec<String>,
+    pub probes: Vec<Probe>,
+    /// Predicted KLD per unit of relative error.
+    pub alpha: f64,
+}
+
+/// The whole profile.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Profile {
+    pub version: u32,
+    pub crunch_version: String,
+    pub model_sha256: String,
+    pub calibration_sha256: String,
+    pub options: SensitivityOptions,
+    pub tensors: Vec<TensorProfile>,
+    pub groups: Vec<GroupCalibration>,
+    /// Per-column activation mean squares of the linear layers on the calibration text (kept for
+    /// the `imatrix` method, which quantizes with them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub importance: BTreeMap<String, Vec<f32>>,
+    /// Calibration tokens evaluated per probe.
+    pub n_tokens: usize,
+    pub seconds: f64,
+}
+
+impl Profile {
+    /// The cache key for these inputs.
+    pub fn cache_key(model_sha256: &str, calibration_sha256: &str, opts: &SensitivityOptions) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let opts = serde_json::to_string(opts).unwrap_or_default();
+        for part in [model_sha256, calibration_sha256, &opts, env!("CARGO_PKG_VERSION"), &PROFILE_VERSION.to_string()] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        crunch_core::output::hex(&h.finalize())[..24].to_string()
+    }
+
+    /// Load a cached profile if one exists for these inputs.
+    pub fn load_cached(dir: &Path, key: &str) -> Option<Profile> {
+        let bytes = std::fs::read(dir.join(format!("{key}.json"))).ok()?;
+        let p: Profile = serde_json::from_slice(&bytes).ok()?;
+        (p.version == PROFILE_VERSION).then_some(p)
+    }
+
+    /// Store the profile in the cache (atomically).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn save_cached(&self, dir: &Path, key: &str) -> Result<PathBuf> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(format!("{key}.json"));
+        let bytes = serde_json::to_vec(self).map_err(|e| Error::Invalid(format!("profile: {e}")))?;
+        crunch_core::output::write_small_atomic(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+        Ok(path)
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorProfile> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+}
+
+/// The group a tensor is measured in: `kind@band` for layer tensors (`ffn_down@0-4`), the
+/// tensor's own name otherwise.
+pub fn group_of(name: &str, band: usize, n_layer: usize) -> String {
+    if let Some(rest) = name.strip_prefix("blk.") {
+        if let Some((layer, kind)) = rest.split_once('.') {
+            if let Ok(l) = layer.parse::<usize>() {
+                let band = band.max(1);
+                let lo = l / band * band;
+                let hi = (lo + band - 1).min(n_layer.saturating_sub(1).max(lo));
+                let kind = kind.trim_end_matches(".weight");
+                return format!("{kind}@{lo}-{hi}");
+            }
+        }
+    }
+    name.trim_end_matches(".weight").to_string()
+}
+
+/// Per-column mean squares of the activations entering each linear layer (an importance matrix
+/// collected on the calibration text during the base model's pass).
+#[derive(Default)]
+pub struct ActivationStats {
+    sums: BTreeMap<String, (Vec<f64>, usize)>,
+}
+
+impl ActivationStats {
+    pub fn observe(&mut self, name: &str, x: &[f32], n_tokens: usize) {
+        if n_tokens == 0 {
+            return;
+        }
+        let n_in = x.len() / n_tokens;
+        let e = self.sums.entry(name.to_string()).or_insert_with(|| (vec![0f64; n_in], 0));
+        if e.0.len() != n_in {
+            return;
+        }
+        for row in x.chunks_exact(n_in) {
+            for (s, &v) in e.0.iter_mut().zip(row) {
+                *s += (v as f64) * (v as f64);
+            }
+        }
+        e.1 += n_tokens;
+    }
+
+    /// Mean squares for `name`, if it was seen.
+    pub fn importance(&self, name: &str) -> Option<Vec<f32>> {
+        let (s, n) = self.sums.get(name)?;
+        Some(s.iter().map(|v| (v / (*n).max(1) as f64) as f32).collect())
+    }
+}
+
+/// The calibration inputs: the chunks the probes are evaluated on.
+pub struct Calibration {
+    pub chunks: Chunks,
+    pub sha256: String,
+}
+
+/// A plan writing `types` (by tensor name) and keeping every other tensor as it is.
+///
+/// # Errors
+/// A type that does not fit a tensor's rows.
+pub fn plan_with_types(file: &GgufFile, types: &BTreeMap<String, GgmlType>) -> Result<quantize::Plan> {
+    let main = types.values().max_by_key(|t| types.values().filter(|u| u == t).count()).copied();
+    let ftype = main.and_then(Ftype::for_type).unwrap_or(Ftype::Q8_0);
+    let mut opts = QuantizeOptions::new(ftype);
+    opts.pure = true;
+    opts.allow_requantize = true;
+    for t in file.tensors() {
+        if !rules::allows_quantization(&t.name, &t.dims, true) {
+            continue;
+        }
+        let ty = types.get(&t.name).copied().unwrap_or(t.ty);
+        let re = regex::Regex::new(&format!("^{}$", regex::escape(&t.name)))
+            .map_err(|e| Error::Invalid(format!("tensor {}: {e}", t.name)))?;
+        opts.tensor_types.push((re, ty));
+    }
+    let mut plan = quantize::build_plan(file.metadata(), file.tensors(), &opts)?;
+    // A type that needed a fallback is not what was asked for: refuse rather than write something else.
+    if let Some(t) = plan.tensors.iter().find(|t| t.wanted.is_some()) {
+        return Err(Error::Plan(format!(
+            "tensor {}: {} does not fit its rows of {}",
+            t.name,
+            t.wanted.map(|w| w.name()).unwrap_or("?"),
+            t.dims[0]
+        )));
+    }
+    plan.n_fallback = 0;
+    Ok(plan)
+}
+
+fn tensor_f32(file: &GgufFile, name: &str) -> Result<(Vec<f32>, u64)> {
+    let info = file.tensor(name).ok_or_else(|| Error::Invalid(format!("tensor {name} missing")))?;
+    let row_len = info.row_len();
+    let mut out = vec![0f32; info.n_elements() as usize];
+    let src = file.tensor_data(info);
+    if info.ty == GgmlType::F32 {
+        for (d, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+            *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+    } else {
+        crunch_quant::dequantize_rows(info.ty, src, row_len as usize, &mut out)
+            .map_err(|source| Error::Quant { tensor: name.to_string(), source })?;
+    }
+    Ok((out, row_len))
+}
+
+/// Where probe files go: a RAM-backed folder when there is one.
+pub fn default_work_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// Measure the profile of the model in `base_path`.
+///
+/// # Errors
+/// Model, I/O and quantization errors; cancellation.
+#[allow(clippy::too_many_arguments)]
+pub fn measure(
+    base_path: &Path,
+    model_sha256: &str,
+    calib: &Calibration,
+    opts: &SensitivityOptions,
+    work_dir: &Path,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<Profile> {
+    let t0 = std::time::Instant::now();
+    if opts.method == Method::Gptq {
+        return Err(Error::Invalid(
+            "method gptq: crunch's GPTQ is not available to fit yet; use --method rtn or imatrix".into(),
+        ));
+    }
+    let types = opts.candidate_types()?;
+    let file = Arc::new(GgufFile::open(base_path)?);
+    let model = LlamaModel::from_gguf(file.clone()).map_err(|e| model_err(base_path, e))?;
+    let n_layer = model.config.n_layer;
+
+    // 1. The base pass: reference distributions and activation statistics.
+    progress.start("sensitivity: base pass", calib.chunks.chunks.len() as u64);
+    let mut stats = ActivationStats::default();
+    let base = {
+        let mut obs = |n: &str, x: &[f32], t: usize| stats.observe(n, x, t);
+        scored_logits(&model, &calib.chunks, Some(&mut obs))?
+    };
+
+    // 2. Quantization error of every candidate type on every tensor.
+    let candidates: Vec<_> =
+        file.tensors().iter().filter(|t| rules::allows_quantization(&t.name, &t.dims, true)).cloned().collect();
+    let total: u64 = candidates.iter().map(|t| t.n_elements()).sum();
+    progress.start("sensitivity: quantization error per type", total);
+    let mut tensors = Vec::with_capacity(candidates.len());
+    let mut done = 0;
+    for info in &candidates {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let (data, row_len) = tensor_f32(&file, &info.name)?;
+        let imp = stats.importance(&info.name);
+        let quant_w = if opts.method == Method::Imatrix { imp.as_deref() } else { None };
+        let mut choices = Vec::new();
+        for ty in candidates_for(row_len, &types) {
+            let rel_err = damage::relative_error(&info.name, &data, row_len as usize, ty, quant_w, imp.as_deref())?;
+            let bytes = ty.tensor_size(row_len as usize, info.n_rows() as usize).unwrap_or(0) as u64;
+            choices.push(Choice { ty, bytes, rel_err, kld: 0.0 });
+        }
+        file.release_tensor(info);
+        done += info.n_elements();
+        progress.advance(done, &info.name);
+        tensors.push(TensorProfile {
+            name: info.name.clone(),
+            group: group_of(&info.name, opts.band, n_layer),
+            n_elements: info.n_elements(),
+            row_len,
+            src_type: info.ty,
+            choices,
+        });
+    }
+
+    // 3. Probes: one group at a time quantized, KL-divergence on the calibration text.
+    let mut group_names: Vec<String> = Vec::new();
+    for t in &tensors {
+        if !group_names.contains(&t.group) {
+            group_names.push(t.group.clone());
+        }
+    }
+    let importance = |name: &str| stats.importance(name);
+    let mut groups = Vec::new();
+    progress.start("sensitivity: probes", group_names.len() as u64);
+    for (gi, g) in group_names.iter().enumerate() {
+        let members: Vec<&TensorProfile> = tensors.iter().filter(|t| &t.group == g).collect();
+        let probe_types = probe_types(&members);
+        let mut probes = Vec::new();
+        for ty in probe_types {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let mut map = BTreeMap::new();
+            let mut sum_rel_err = 0.0;
+            for m in &members {
+                let c = m.choice(ty).or_else(|| m.choices.first()).expect("a tensor has at least one candidate");
+                map.insert(m.name.clone(), c.ty);
+                sum_rel_err += c.rel_err;
+            }
+            let plan = plan_with_types(&file, &map)?;
+            let tmp = work_dir.join(format!("crunch-probe-{}-{gi}-{}.gguf", std::process::id(), ty.name()));
+            let imp: Option<quantize::exec::ImportanceLookup> =
+                if opts.method == Method::Imatrix { Some(&importance) } else { None };
+            quantize::execute(&file, &plan, &tmp, imp, &crate::progress::NoProgress, cancel)?;
+            let res = (|| {
+                let m = LlamaModel::open(&tmp).map_err(|e| model_err(&tmp, e))?;
+                mean_kld(&m, &calib.chunks, &base)
+            })();
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(crunch_core::output::sidecar_path(&tmp));
+            let kld = res?;
+            tracing::info!("probe {g} @ {ty}: sum r = {sum_rel_err:.3e}, KLD = {kld:.3e}");
+            probes.push(Probe { ty, sum_rel_err, kld });
+        }
+        // Least squares through the origin: alpha = Σ kld·r / Σ r².
+        let (num, den) =
+            probes.iter().fold((0.0, 0.0), |(n, d), p| (n + p.kld * p.sum_rel_err, d + p.sum_rel_err.powi(2)));
+        let alpha = if den > 0.0 { (num / den).max(0.0) } else { 0.0 };
+        groups.push(GroupCalibration {
+            group: g.clone(),
+            tensors: members.iter().map(|m| m.name.clone()).collect(),
+            probes,
+            alpha,
+        });
+        progress.advance(gi as u64 + 1, g);
+    }
+    for t in &mut tensors {
+        let alpha = groups.iter().find(|g| g.group == t.group).map_or(0.0, |g| g.alpha);
+        for c in &mut t.choices {
+            c.kld = alpha * c.rel_err;
+        }
+    }
+    progress.finish("sensitivity profile ready");
+    let importance = if opts.method == Method::Imatrix {
+        tensors.iter().filter_map(|t| Some((t.name.clone(), stats.importance(&t.name)?))).collect()
+    } else {
+        BTreeMap::new()
+    };
+    Ok(Profile {
+        version: PROFILE_VERSION,
+        crunch_version: env!("CARGO_PKG_VERSION").to_string(),
+        model_sha256: model_sha256.to_string(),
+        calibration_sha256: calib.sha256.clone(),
+        options: opts.clone(),
+        tensors,
+        groups,
+        importance,
+        n_tokens: calib.chunks.chunks.iter().map(|c| c.len()).sum(),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The types a group is probed with: 4.5-bit Q4_0 (valid for any row of 32), plus the group's
+/// smallest candidate when that is much smaller (to see the low-bit end of the curve).
+fn probe_types(members: &[&TensorProfile]) -> Vec<GgmlType> {
+    let mut v = vec![GgmlType::Q4_0];
+    let smallest = members
+        .iter()
+        .filter_map(|m| m.choices.first())
+        .map(|c| c.ty)
+        .min_by_key(|t| t.type_size() * 1_000_000 / t.block_size());
+    if let Some(s) = smallest {
+        let bpw = s.type_size() as f64 * 8.0 / s.block_size() as f64;
+        if bpw < 4.0 && members.iter().all(|m| m.choice(s).is_some()) {
+            v.push(s);
+        }
+    }
+    v
+}
+
+mod type_name {
+    use crunch_core::GgmlType;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &GgmlType, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(t.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<GgmlType, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(|_| serde::de::Error::custom(format!("unknown tensor type {s:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_follow_block_sizes() {
+        let c576 = candidates_for(576, CANDIDATE_TYPES);
+        assert!(c576.iter().all(|t| 576 % t.block_size() == 0), "{c576:?}");
+        assert!(!c576.contains(&GgmlType::Q4_K) && c576.contains(&GgmlType::IQ4_NL));
+        let c1536 = candidates_for(1536, CANDIDATE_TYPES);
+        assert_eq!(c1536.first(), Some(&GgmlType::Q2_K));
+        assert_eq!(c1536.last(), Some(&GgmlType::F16));
+        assert_eq!(c1536.len(), CANDIDATE_TYPES.len());
+    }
+
+    #[test]
+    fn groups() {
+        assert_eq!(group_of("blk.7.ffn_down.weight", 5, 30), "ffn_down@5-9");
+        assert_eq!(group_of("blk.29.attn_q.weight", 4, 30), "attn_q@28-29");
+        assert_eq!(group_of("token_embd.weight", 5, 30), "token_embd");
+        assert_eq!(group_of("blk.3.attn_k.weight", 1, 30), "attn_k@3-3");
+    }
+}
