@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod awq;
 pub mod error;
 pub mod gptq;
 pub mod imatrix;

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod calibrate;
 pub mod convert;
 pub mod error;
 pub mod fit;

@@ -2,6 +2,7 @@
 
 mod convert;
 mod export;
+mod imatrix;
 mod bench;
 mod eval;
 mod fit;
@@ -30,6 +31,8 @@ struct Cli {
 enum Command {
     /// Quantize a GGUF model with llama.cpp's type names and presets (Q4_K_M, Q8_0, IQ4_XS…).
     Quantize(quantize::QuantizeArgs),
+    /// Importance matrix from calibration text, as llama-imatrix makes it (also merge, resume, statistics).
+    Imatrix(imatrix::ImatrixArgs),
     /// Convert a Hugging Face folder to GGUF (optionally quantizing in the same pass).
     Convert(convert::ConvertArgs),
     /// Write a GGUF model back as a Hugging Face folder (config, tokenizer, safetensors).
@@ -77,6 +80,7 @@ pub fn run() -> Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     match cli.command {
+        Command::Imatrix(a) => imatrix::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Export(a) => export::run(a),

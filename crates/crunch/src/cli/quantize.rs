@@ -1,10 +1,14 @@
 //! `crunch quantize`.
 
 use anyhow::{bail, Context, Result};
+use crunch::calibrate::{self, Method, MethodOptions};
 use crunch::inspect::human_bytes;
 use crunch::progress::TermProgress;
 use crunch::quantize::{self, Ftype, Plan, QuantizeOptions, Reason};
-use crunch_core::gguf::GgufFile;
+use crunch_calib::awq::AwqOptions;
+use crunch_calib::gptq::GptqOptions;
+use crunch_calib::text::{ChunkOptions, TextSource};
+use crunch_core::gguf::{GgufFile, Value};
 use crunch_core::GgmlType;
 use std::path::PathBuf;
 
@@ -51,6 +55,87 @@ pub struct QuantizeArgs {
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
+    /// Importance matrix (llama.cpp GGUF or legacy .dat, e.g. from `crunch imatrix` or
+    /// llama-imatrix): importance-weighted quantization of every tensor it covers.
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
+    /// Use the imatrix only for tensors whose name contains this (repeatable).
+    #[arg(long, value_name = "NAME")]
+    include_weights: Vec<String>,
+    /// Do not use the imatrix for tensors whose name contains this (repeatable).
+    #[arg(long, value_name = "NAME")]
+    exclude_weights: Vec<String>,
+    #[command(flatten)]
+    calib: CalibArgs,
+}
+
+/// Calibrated methods (GPTQ, AWQ) and their calibration text.
+#[derive(clap::Args)]
+pub struct CalibArgs {
+    /// Calibrated method(s): rtn (plain), gptq, awq, or awq,gptq.
+    #[arg(long, value_name = "METHOD", default_value = "rtn")]
+    method: String,
+    /// Calibration text file for GPTQ/AWQ (or random:N[:SEED] for N random vocabulary tokens).
+    #[arg(long, value_name = "FILE")]
+    text: Option<String>,
+    /// Calibration context (tokens per chunk).
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Calibration chunks (default 64).
+    #[arg(long, default_value_t = 64)]
+    chunks: usize,
+    /// Pick calibration chunks at random positions of the text with this seed (default: in order).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// GPTQ dampening, as a fraction of the mean of the Hessian's diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    damp: f32,
+    /// GPTQ columns per lazy update block.
+    #[arg(long, default_value_t = 128)]
+    gptq_block: usize,
+    /// GPTQ: quantize columns in order of decreasing Hessian diagonal (act-order).
+    #[arg(long)]
+    act_order: bool,
+    /// AWQ: grid points for the scale exponent alpha in [0, 1).
+    #[arg(long, default_value_t = 20)]
+    awq_grid: usize,
+}
+
+/// The imatrix for `--imatrix`, filtered by `--include-weights` / `--exclude-weights`, and the
+/// `quantize.imatrix.*` metadata llama-quantize writes with it.
+fn load_imatrix(a: &QuantizeArgs, input: &GgufFile) -> Result<Option<(crunch_calib::Imatrix, Vec<(String, Value)>)>> {
+    let Some(path) = &a.imatrix else { return Ok(None) };
+    let mut m = crunch_calib::Imatrix::load(path, 512).with_context(|| format!("reading {}", path.display()))?;
+    crunch::calibrate::imatrix::check_model(&m, input)?;
+    m.entries.retain(|name, _| !a.exclude_weights.iter().any(|x| name.contains(x.as_str())));
+    if !a.include_weights.is_empty() {
+        m.entries.retain(|name, _| a.include_weights.iter().any(|x| name.contains(x.as_str())));
+    }
+    let file: String = path.display().to_string().chars().take(127).collect();
+    let mut md = vec![("quantize.imatrix.file".to_string(), Value::string(file))];
+    if let Some(d) = m.datasets.first() {
+        md.push(("quantize.imatrix.dataset".into(), Value::string(d.chars().take(127).collect::<String>())));
+    }
+    md.push(("quantize.imatrix.entries_count".into(), Value::U32(m.entries.len() as u32)));
+    if m.chunk_count > 0 {
+        md.push(("quantize.imatrix.chunks_count".into(), Value::U32(m.chunk_count)));
+    }
+    Ok(Some((m, md)))
+}
+
+fn method_options(c: &CalibArgs) -> Result<Option<MethodOptions>> {
+    let Some(method) = Method::parse(&c.method)? else { return Ok(None) };
+    let text = c
+        .text
+        .as_deref()
+        .with_context(|| format!("--method {}: give calibration text with --text FILE (or random:N)", c.method))?;
+    Ok(Some(MethodOptions {
+        method,
+        text: TextSource::parse(text),
+        chunks: ChunkOptions { n_ctx: c.ctx, n_chunks: Some(c.chunks), skip: 0, shuffle_seed: c.seed },
+        gptq: GptqOptions { damp: c.damp, block: c.gptq_block, act_order: c.act_order, ..Default::default() },
+        awq: AwqOptions { grid: c.awq_grid, ..Default::default() },
+    }))
 }
 
 fn parse_type(s: &str, what: &str) -> Result<GgmlType> {
@@ -114,8 +199,10 @@ fn print_plan(plan: &Plan) {
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
     super::set_threads(a.threads)?;
-    let opts = options(&a)?;
+    let mut opts = options(&a)?;
     let input = GgufFile::open(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let imatrix = load_imatrix(&a, &input)?;
+    opts.has_imatrix = imatrix.as_ref().is_some_and(|(m, _)| !m.entries.is_empty());
     let plan = quantize::build_plan(input.metadata(), input.tensors(), &opts)
         .with_context(|| format!("planning {}", a.input.display()))?;
     if a.print_tensor_types {
@@ -139,7 +226,38 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     }
     let cancel = super::ctrl_c_cancel();
     let progress = TermProgress::new(a.quiet || a.json);
-    let report = quantize::execute(&input, &plan, &a.output, None, &progress, &cancel)
+    let method = method_options(&a.calib)?;
+    let scratch = PathBuf::from(format!("{}.calib-tmp", a.output.display()));
+    let calibrated = match &method {
+        Some(m) => Some(
+            calibrate::calibrate_model(
+                &a.input,
+                &plan,
+                imatrix.as_ref().map(|(m, _)| m),
+                m,
+                &scratch,
+                &progress,
+                &cancel,
+            )
+            .with_context(|| format!("calibrating {}", a.input.display()))?,
+        ),
+        None => None,
+    };
+    let importance = |name: &str| {
+        let base = imatrix.as_ref().and_then(|(m, _)| m.importance(name));
+        match &calibrated {
+            Some(c) => c.adjust_importance(name, base),
+            None => base,
+        }
+    };
+    let replace = |name: &str| calibrated.as_ref().map_or(Ok(None), |c| c.replacement(name));
+    let extra = imatrix.as_ref().map(|(_, md)| md.clone()).unwrap_or_default();
+    let exec = quantize::ExecOptions {
+        importance: Some(&importance),
+        replacements: calibrated.as_ref().map(|_| &replace as quantize::ReplacementLookup),
+        extra_metadata: &extra,
+    };
+    let report = quantize::execute_with(&input, &plan, &a.output, exec, &progress, &cancel)
         .with_context(|| format!("writing {}", a.output.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": plan, "result": report }))?);

@@ -13,6 +13,27 @@ use std::time::Instant;
 /// Importance weights per tensor name (one value per column).
 pub type ImportanceLookup<'a> = &'a (dyn Fn(&str) -> Option<Vec<f32>> + Sync);
 
+/// New contents for a tensor, from a calibrated method (GPTQ, AWQ).
+#[derive(Clone, Debug)]
+pub enum Replacement {
+    /// Data already in the planned destination type (e.g. GPTQ's packed blocks).
+    Bytes(Vec<u8>),
+    /// Modified weights (e.g. AWQ-scaled) to convert to the destination type as usual.
+    F32(Vec<f32>),
+}
+
+/// Replacement contents per tensor name (`None`: use the input's data).
+pub type ReplacementLookup<'a> = &'a (dyn Fn(&str) -> Result<Option<Replacement>> + Sync);
+
+/// What besides the plan shapes the output.
+#[derive(Clone, Copy, Default)]
+pub struct ExecOptions<'a> {
+    pub importance: Option<ImportanceLookup<'a>>,
+    pub replacements: Option<ReplacementLookup<'a>>,
+    /// Metadata appended after `general.file_type` (llama-quantize's `quantize.imatrix.*` keys).
+    pub extra_metadata: &'a [(String, Value)],
+}
+
 /// What a finished quantization reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct QuantizeReport {
@@ -75,8 +96,31 @@ pub fn execute(
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<QuantizeReport> {
+    execute_with(input, plan, output, ExecOptions { importance, ..Default::default() }, progress, cancel)
+}
+
+/// [`execute`] with calibrated replacements and extra metadata.
+///
+/// # Errors
+/// As [`execute`]; a tensor whose type needs an importance matrix and has none (as llama.cpp
+/// refuses); replacement data of the wrong size.
+pub fn execute_with(
+    input: &GgufFile,
+    plan: &Plan,
+    output: &Path,
+    opts: ExecOptions,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<QuantizeReport> {
     let t0 = Instant::now();
+    let importance = opts.importance;
     for t in &plan.tensors {
+        if t.converts() && t.requires_imatrix && importance.and_then(|f| f(&t.name)).is_none() {
+            return Err(Error::Plan(format!(
+                "tensor {}: {} needs an importance matrix (give --imatrix with an entry for it)",
+                t.name, t.dst_type
+            )));
+        }
         if t.converts() {
             for ty in [t.src_type, t.dst_type] {
                 if crunch_quant::kernels(ty).is_none() {
@@ -90,7 +134,10 @@ pub fn execute(
             }
         }
     }
-    let meta = output_metadata(input.metadata(), plan.ftype.code());
+    let mut meta = output_metadata(input.metadata(), plan.ftype.code());
+    for (k, v) in opts.extra_metadata {
+        meta.set(k, v.clone());
+    }
     let specs: Vec<TensorSpec> = plan
         .tensors
         .iter()
@@ -108,7 +155,34 @@ pub fn execute(
         let src = input.tensor_data(info);
         buf.clear();
         let imp = if t.converts() { importance.and_then(|f| f(&t.name)) } else { None };
-        convert_tensor(&t.name, src, t.src_type, t.dst_type, t.dims[0] as usize, imp.as_deref(), &mut buf)?;
+        let replacement = match opts.replacements {
+            Some(r) => r(&t.name)?,
+            None => None,
+        };
+        match replacement {
+            None => convert_tensor(&t.name, src, t.src_type, t.dst_type, t.dims[0] as usize, imp.as_deref(), &mut buf)?,
+            Some(Replacement::Bytes(b)) => buf = b,
+            Some(Replacement::F32(v)) => {
+                if v.len() as u64 != t.n_elements() {
+                    return Err(Error::Invalid(format!(
+                        "tensor {}: replacement has {} values, the tensor {}",
+                        t.name,
+                        v.len(),
+                        t.n_elements()
+                    )));
+                }
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                convert_tensor(
+                    &t.name,
+                    &bytes,
+                    GgmlType::F32,
+                    t.dst_type,
+                    t.dims[0] as usize,
+                    imp.as_deref(),
+                    &mut buf,
+                )?;
+            }
+        }
         writer.write_tensor(&t.name, &buf)?;
         input.release_tensor(info);
         done += t.src_bytes;

@@ -6,6 +6,9 @@ pub mod ftype;
 pub mod plan;
 pub mod rules;
 
-pub use exec::{convert_tensor, execute, output_metadata, QuantizeReport};
+pub use exec::{
+    convert_tensor, execute, execute_with, output_metadata, ExecOptions, ImportanceLookup, QuantizeReport, Replacement,
+    ReplacementLookup,
+};
 pub use ftype::Ftype;
 pub use plan::{build as build_plan, Plan, QuantizeOptions, Reason, TensorPlan};

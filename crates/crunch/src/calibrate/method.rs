@@ -1,0 +1,270 @@
+//! `crunch quantize --method gptq|awq|awq,gptq`: run the calibrated methods block by block and
+//! keep their results (packed GPTQ tensors, AWQ-rescaled weights and norms) in a scratch folder
+//! beside the output until the quantizer writes the GGUF.
+
+use super::calib_err;
+use crate::error::{Error, Result};
+use crate::progress::{Cancel, Progress};
+use crate::quantize::{Plan, Replacement};
+use crunch_calib::awq::{self, AwqOptions};
+use crunch_calib::gptq::{self, GptqOptions};
+use crunch_calib::runner::{Group, Layer, Runner};
+use crunch_calib::text::{self, ChunkOptions, TextSource};
+use crunch_calib::{linalg, Imatrix};
+use crunch_core::gguf::GgufFile;
+use crunch_core::GgmlType;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Which calibrated methods run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Method {
+    pub awq: bool,
+    pub gptq: bool,
+}
+
+impl Method {
+    /// `rtn` (none), `gptq`, `awq`, `awq,gptq` / `awq+gptq`.
+    ///
+    /// # Errors
+    /// Unknown names.
+    pub fn parse(s: &str) -> Result<Option<Method>> {
+        let mut m = Method { awq: false, gptq: false };
+        for part in s.split([',', '+']).map(|p| p.trim().to_ascii_lowercase()) {
+            match part.as_str() {
+                "gptq" => m.gptq = true,
+                "awq" => m.awq = true,
+                "rtn" | "none" | "" => {}
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "--method: unknown method {other:?} (rtn, gptq, awq, awq,gptq)"
+                    )))
+                }
+            }
+        }
+        Ok((m.awq || m.gptq).then_some(m))
+    }
+}
+
+/// Everything a calibrated run needs besides the model and the plan.
+#[derive(Clone, Debug)]
+pub struct MethodOptions {
+    pub method: Method,
+    pub text: TextSource,
+    pub chunks: ChunkOptions,
+    pub gptq: GptqOptions,
+    pub awq: AwqOptions,
+}
+
+/// What happened to one tensor.
+#[derive(Clone, Debug, Serialize)]
+pub struct TensorNote {
+    pub name: String,
+    pub what: String,
+}
+
+/// Results waiting to be written: files in a scratch folder (removed on drop).
+pub struct CalibratedTensors {
+    dir: PathBuf,
+    stored: BTreeMap<String, (PathBuf, bool)>,
+    /// AWQ column scales per weight (an imatrix made before scaling is divided by their squares).
+    pub scales: BTreeMap<String, Vec<f32>>,
+    pub notes: Vec<TensorNote>,
+    pub seconds: f64,
+}
+
+impl Drop for CalibratedTensors {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl CalibratedTensors {
+    fn store(&mut self, name: &str, bytes: &[u8], packed: bool) -> Result<()> {
+        let path = self.dir.join(format!("{}.bin", name.replace(['/', '\\'], "_")));
+        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        self.stored.insert(name.to_string(), (path, packed));
+        Ok(())
+    }
+
+    fn store_f32(&mut self, name: &str, v: &[f32]) -> Result<()> {
+        let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.store(name, &b, false)
+    }
+
+    /// The replacement for `name`, if a method produced one.
+    ///
+    /// # Errors
+    /// The scratch file cannot be read.
+    pub fn replacement(&self, name: &str) -> Result<Option<Replacement>> {
+        let Some((path, packed)) = self.stored.get(name) else { return Ok(None) };
+        let b = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Ok(Some(if *packed {
+            Replacement::Bytes(b)
+        } else {
+            Replacement::F32(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        }))
+    }
+
+    /// `importance` adjusted for AWQ's scaling of `name`'s input columns.
+    pub fn adjust_importance(&self, name: &str, importance: Option<Vec<f32>>) -> Option<Vec<f32>> {
+        match (importance, self.scales.get(name)) {
+            (Some(mut v), Some(s)) if v.len() == s.len() => {
+                v.iter_mut().zip(s).for_each(|(x, f)| *x /= f * f);
+                Some(v)
+            }
+            (v, _) => v,
+        }
+    }
+}
+
+fn gqa(r: &Runner) -> (usize, usize, usize) {
+    (r.config.n_head, r.config.n_head_kv, r.config.head_dim)
+}
+
+/// Run the calibrated methods over `model_path` for `plan`; results go to `scratch` (created).
+///
+/// # Errors
+/// Text shorter than one context, a model without linear layers, Hessians that stay indefinite,
+/// I/O errors, cancellation.
+pub fn calibrate_model(
+    model_path: &Path,
+    plan: &Plan,
+    imatrix: Option<&Imatrix>,
+    opts: &MethodOptions,
+    scratch: &Path,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<CalibratedTensors> {
+    let t0 = Instant::now();
+    let file = Arc::new(GgufFile::open(model_path)?);
+    let runner = Runner::new(file.clone()).map_err(calib_err)?;
+    let tok = crunch_model::tokenizer::Tokenizer::from_gguf(&file)?;
+    let chunks = text::load_chunks(&opts.text, &tok, opts.chunks).map_err(calib_err)?;
+    let n_ctx = chunks.n_ctx;
+    std::fs::create_dir_all(scratch).map_err(|e| Error::io(scratch, e))?;
+    let mut out = CalibratedTensors {
+        dir: scratch.to_path_buf(),
+        stored: BTreeMap::new(),
+        scales: BTreeMap::new(),
+        notes: Vec::new(),
+        seconds: 0.0,
+    };
+    let types: BTreeMap<&str, GgmlType> =
+        plan.tensors.iter().filter(|t| t.converts()).map(|t| (t.name.as_str(), t.dst_type)).collect();
+    let mut x = runner.embed(&chunks.chunks).map_err(calib_err)?;
+    let n_layer = runner.config.n_layer;
+    progress.start("calibrate", n_layer as u64);
+    tracing::info!(chunks = chunks.chunks.len(), n_ctx, "calibrating {} blocks", n_layer);
+    for i in 0..n_layer {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let mut layer = runner.load_layer(i).map_err(calib_err)?;
+        let mut changed: Vec<String> = Vec::new();
+        if opts.method.awq {
+            let mut xa = x.clone();
+            let g = gqa(&runner);
+            let mut hook = |grp: Group, l: &mut Layer, input: &mut [f32]| -> crunch_calib::Result<()> {
+                let n_in = l.group_mut(grp)[0].n_in;
+                let weights: Vec<(Vec<f32>, String)> =
+                    l.group_mut(grp).iter().map(|lin| (lin.w.clone(), lin.name.clone())).collect();
+                let imps: Vec<Option<Vec<f32>>> =
+                    weights.iter().map(|(_, n)| imatrix.and_then(|m| m.importance(n))).collect();
+                let targets: Vec<(&[f32], awq::Target)> = weights
+                    .iter()
+                    .zip(&imps)
+                    .filter_map(|((w, n), imp)| {
+                        types.get(n.as_str()).map(|&ty| (&w[..], awq::Target { ty, importance: imp.as_deref() }))
+                    })
+                    .collect();
+                if targets.is_empty() {
+                    return Ok(());
+                }
+                let tie = (grp == Group::Out).then_some(g);
+                let choice = awq::search(input, n_in, &targets, tie, opts.awq)?;
+                if choice.alpha.is_some() {
+                    for (_, name) in &weights {
+                        out.scales.insert(name.clone(), choice.scales.clone());
+                    }
+                    changed.extend(awq::apply(l, grp, &choice.scales, input, g));
+                }
+                out.notes.push(TensorNote {
+                    name: weights[0].1.clone(),
+                    what: format!(
+                        "AWQ {:?}: alpha {}, output error {:.4e} -> {:.4e}",
+                        grp,
+                        choice.alpha.map_or("none".into(), |a| format!("{a:.2}")),
+                        choice.loss_unscaled,
+                        choice.loss
+                    ),
+                });
+                Ok(())
+            };
+            runner.forward_layer(&mut layer, &mut xa, n_ctx, &mut hook).map_err(calib_err)?;
+            if !opts.method.gptq {
+                x = xa;
+            }
+        }
+        let mut quantized: Vec<String> = Vec::new();
+        if opts.method.gptq {
+            let mut hook = |grp: Group, l: &mut Layer, input: &mut [f32]| -> crunch_calib::Result<()> {
+                let n_in = l.group_mut(grp)[0].n_in;
+                let mut h = vec![0f32; n_in * n_in];
+                linalg::add_xtx(&mut h, input, n_in);
+                let n_tok = (input.len() / n_in) as f32;
+                let diag: Vec<f32> = (0..n_in).map(|c| h[c * n_in + c] / n_tok).collect();
+                for lin in l.group_mut(grp) {
+                    let Some(&ty) = types.get(lin.name.as_str()) else { continue };
+                    if !gptq::supports(ty) {
+                        out.notes.push(TensorNote {
+                            name: lin.name.clone(),
+                            what: format!("GPTQ has no grid for {ty}; round-to-nearest"),
+                        });
+                        continue;
+                    }
+                    let user = imatrix.and_then(|m| m.importance(&lin.name)).map(|v| match out.scales.get(&lin.name) {
+                        Some(s) => v.iter().zip(s).map(|(x, f)| x / (f * f)).collect(),
+                        None => v,
+                    });
+                    let imp = user.unwrap_or_else(|| diag.clone());
+                    let r = gptq::quantize(&lin.name, &lin.w, n_in, &h, ty, Some(&imp), opts.gptq)?;
+                    lin.w = r.weights;
+                    quantized.push(lin.name.clone());
+                    out.notes.push(TensorNote {
+                        name: lin.name.clone(),
+                        what: format!("GPTQ {ty}: loss {:.4e}, dampening {}", r.loss, r.damp),
+                    });
+                    let path = out.dir.join(format!("{}.bin", lin.name));
+                    std::fs::write(&path, &r.bytes).map_err(|e| crunch_calib::CalibError::io(&path, e))?;
+                    out.stored.insert(lin.name.clone(), (path, true));
+                }
+                Ok(())
+            };
+            runner.forward_layer(&mut layer, &mut x, n_ctx, &mut hook).map_err(calib_err)?;
+        }
+        // AWQ-changed tensors GPTQ did not pack: keep their new f32 values.
+        changed.sort();
+        changed.dedup();
+        for name in changed.iter().filter(|n| !quantized.contains(n)) {
+            let v = if *name == layer.attn_norm_name() {
+                layer.attn_norm.clone()
+            } else if *name == layer.ffn_norm_name() {
+                layer.ffn_norm.clone()
+            } else {
+                match layer.linears().iter().find(|l| &l.name == name) {
+                    Some(l) => l.w.clone(),
+                    None => continue,
+                }
+            };
+            out.store_f32(name, &v)?;
+        }
+        progress.advance((i + 1) as u64, &format!("block {}/{n_layer}", i + 1));
+    }
+    out.seconds = t0.elapsed().as_secs_f64();
+    progress.finish(&format!("calibrated {n_layer} blocks in {:.1} s", out.seconds));
+    Ok(out)
+}

@@ -1,0 +1,17 @@
+//! Calibration jobs: `crunch imatrix` (importance matrices as llama-imatrix makes them) and the
+//! calibrated quantization methods behind `crunch quantize --imatrix / --method gptq|awq`.
+//! The algorithms live in `crunch-calib`; this module opens files, reports progress and
+//! handles cancellation.
+
+pub mod imatrix;
+pub mod method;
+
+pub use imatrix::{run_imatrix, ImatrixJob, ImatrixReport};
+pub use method::{calibrate_model, CalibratedTensors, Method, MethodOptions};
+
+use crate::error::Error;
+
+/// Wrap a calibration error.
+pub(crate) fn calib_err(e: crunch_calib::CalibError) -> Error {
+    Error::Invalid(e.to_string())
+}
