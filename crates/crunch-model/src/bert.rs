@@ -658,19 +658,29 @@ impl BertModel {
     /// [`BertModel::embed_ids`] over any number of sequences, in batches of about [`BATCH_TOKENS`].
     pub fn embed_batched(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(seqs.len());
-        let mut i = 0;
-        while i < seqs.len() {
-            let mut j = i;
-            let mut n = 0;
-            while j < seqs.len() && (j == i || n + seqs[j].len() <= BATCH_TOKENS) {
-                n += seqs[j].len();
-                j += 1;
-            }
-            out.extend(self.embed_ids(&seqs[i..j])?);
-            i = j;
+        for r in batch_ranges(seqs, BATCH_TOKENS) {
+            out.extend(self.embed_ids(&seqs[r])?);
         }
         Ok(out)
     }
+}
+
+/// Consecutive groups of sequences of at most `max_tokens` tokens each (a longer sequence forms a
+/// group of its own).
+pub fn batch_ranges(seqs: &[&[u32]], max_tokens: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < seqs.len() {
+        let mut j = i;
+        let mut n = 0;
+        while j < seqs.len() && (j == i || n + seqs[j].len() <= max_tokens) {
+            n += seqs[j].len();
+            j += 1;
+        }
+        out.push(i..j);
+        i = j;
+    }
+    out
 }
 
 /// Row-wise LayerNorm in place: `(x - mean) / sqrt(var + eps) * w + b`, statistics in f64.

@@ -21,6 +21,8 @@ pub enum EvalCommand {
     Compare(CompareArgs),
     /// Multiple-choice accuracy (HellaSwag-style) from a JSONL task file.
     Choice(ChoiceArgs),
+    /// Cosine similarity of BASE's and QUANT's sentence embeddings (BERT encoders) per text line.
+    Embed(super::embed::EvalEmbedArgs),
 }
 
 /// Options every eval shares.
@@ -119,6 +121,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         EvalCommand::Perplexity(a) => perplexity(a),
         EvalCommand::Compare(a) => compare(a),
         EvalCommand::Choice(a) => choice(a),
+        EvalCommand::Embed(a) => super::embed::eval_embed(a),
     }
 }
 

@@ -4,6 +4,7 @@ mod convert;
 mod export;
 mod imatrix;
 mod bench;
+mod embed;
 mod eval;
 mod fit;
 mod quantize;
@@ -43,6 +44,8 @@ enum Command {
     Run(run::RunArgs),
     /// Prompt-processing and generation speed and peak memory.
     Bench(bench::BenchArgs),
+    /// Sentence embeddings of each line of a text with a BERT encoder, as JSONL.
+    Embed(embed::EmbedArgs),
     /// Show a model file's metadata and tensors (GGUF or safetensors).
     Inspect(InspectArgs),
     /// Check a file against its `.sha256` sidecar.
@@ -87,6 +90,7 @@ pub fn run() -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Embed(a) => embed::run(a),
         Command::Inspect(a) => inspect(a),
         Command::Verify(a) => verify(a),
         Command::Fit(a) => fit::run(a),

@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod choice;
 pub mod compare;
+pub mod embed;
 pub mod perplexity;
 pub mod run;
 
