@@ -229,7 +229,7 @@ fn fit(
     a: &FitArgs,
     target: Target,
     output: Option<&Path>,
-    mut rec: Option<&mut Recorder>,
+    rec: Option<&mut Recorder>,
 ) -> Result<Vec<(&'static str, f64)>> {
     let cancel = super::ctrl_c_cancel();
     let mut session = a.common.session(&a.model, rec.as_ref().and_then(|r| r.registry()), a.json, &cancel)?;
@@ -297,7 +297,7 @@ fn fit(
             ("tokens_per_s", m.tokens_per_s),
         ]);
     }
-    if let Some(r) = rec.as_deref_mut() {
+    if let Some(r) = rec {
         r.output(output);
         let klds = fp.tensor_kld.clone();
         r.plan(&fp.plan, Some(&|n: &str| klds.get(n).copied()));

@@ -47,6 +47,9 @@ pub(crate) fn file_sha256(reg: Option<&Registry>, path: &Path) -> Result<String>
     Ok(h)
 }
 
+/// Predicted KLD of a tensor by name, where known.
+pub(crate) type PredictedKld<'a> = &'a dyn Fn(&str) -> Option<f64>;
+
 /// A run being recorded, or nothing when the registry is off or unusable.
 pub(crate) struct Recorder {
     reg: Option<Registry>,
@@ -121,7 +124,7 @@ impl Recorder {
     }
 
     /// Record a quantization plan (per-tensor types), with predicted KLD where known.
-    pub(crate) fn plan(&mut self, plan: &crunch::quantize::Plan, predicted: Option<&dyn Fn(&str) -> Option<f64>>) {
+    pub(crate) fn plan(&mut self, plan: &crunch::quantize::Plan, predicted: Option<PredictedKld<'_>>) {
         if let Some(run) = &mut self.run {
             let t: Vec<TensorChoice> = plan
                 .tensors

@@ -225,17 +225,14 @@ pub fn solve(file: &GgufFile, profile: &Profile, target: Target) -> Result<FitPl
     let file_bytes = file_size(file, &plan)?;
     let tensor_kld: BTreeMap<String, f64> =
         profile.tensors.iter().zip(&sol.choice).map(|(t, &k)| (t.name.clone(), t.choices[k].kld)).collect();
-    let ram = match ram_est {
-        Some((kv, compute, ctx)) => Some(ram::RamEstimate {
-            weights: file_bytes,
-            kv_cache: kv,
-            compute,
-            overhead: ram::OVERHEAD_BYTES,
-            total: file_bytes + kv + compute + ram::OVERHEAD_BYTES,
-            n_ctx: ctx,
-        }),
-        None => None,
-    };
+    let ram = ram_est.map(|(kv, compute, ctx)| ram::RamEstimate {
+        weights: file_bytes,
+        kv_cache: kv,
+        compute,
+        overhead: ram::OVERHEAD_BYTES,
+        total: file_bytes + kv + compute + ram::OVERHEAD_BYTES,
+        n_ctx: ctx,
+    });
     Ok(FitPlan {
         target,
         types: types.iter().map(|(k, v)| (k.clone(), v.name().to_string())).collect(),

@@ -228,7 +228,7 @@ pub fn heatmap(
     let lo = pos.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = pos.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let norm = |v: f64| {
-        if !(v > 0.0) || !lo.is_finite() || hi <= lo {
+        if v.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || !lo.is_finite() || hi <= lo {
             0.0
         } else {
             (v.ln() - lo.ln()) / (hi.ln() - lo.ln())
@@ -253,14 +253,14 @@ pub fn heatmap(
     for (i, r) in rows.iter().enumerate() {
         let y = mt + ch * i as f64;
         let _ = write!(svg, r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#, ml - 6.0, y + 13.0, esc(r));
-        for j in 0..cols.len() {
+        for (j, col) in cols.iter().enumerate() {
             let x = ml + cw * j as f64;
             let v = values.get(i).and_then(|row| row.get(j)).copied().flatten();
             let fill = match v {
                 Some(v) => heat_color(norm(v)),
                 None => "#eee".into(),
             };
-            let tip = v.map(|v| format!("{r} / {}: {v:.3e}", cols[j])).unwrap_or_default();
+            let tip = v.map(|v| format!("{r} / {col}: {v:.3e}")).unwrap_or_default();
             let _ = write!(
                 svg,
                 r##"<rect x="{x:.1}" y="{y:.1}" width="{cw}" height="{ch}" fill="{fill}" stroke="#fff"><title>{}</title></rect>"##,

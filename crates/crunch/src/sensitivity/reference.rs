@@ -65,21 +65,20 @@ pub(crate) fn model_err(path: &Path, e: crunch_model::ModelError) -> Error {
 pub fn scored_logits(
     model: &LlamaModel,
     chunks: &Chunks,
-    mut observe: Option<&mut dyn FnMut(&str, &[f32], usize)>,
+    mut observe: Option<&mut dyn crunch_model::Observer>,
 ) -> Result<Vec<Vec<f32>>> {
     let path = model.file().path.clone();
     let mut out = Vec::with_capacity(chunks.chunks.len());
     for c in &chunks.chunks {
         let mut cache = model.new_cache(c.len());
-        let logits = match observe.as_mut() {
+        let mut logits = match observe.as_mut() {
             Some(o) => {
-                let mut f = |n: &str, x: &[f32], t: usize| o(n, x, t);
+                let mut f = |n: &str, x: &[f32], t: usize| o.observe(n, x, t);
                 model.forward_with(c, &mut cache, chunks.first, Some(&mut f))
             }
             None => model.forward_with(c, &mut cache, chunks.first, None),
         }
         .map_err(|e| model_err(&path, e))?;
-        let mut logits = logits;
         logits.truncate(chunks.n_scored() * model.config.n_vocab);
         out.push(logits);
     }
