@@ -548,6 +548,16 @@ pub fn execute(plan: &ConvertPlan, output: &Path, progress: &dyn Progress, cance
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::Plan("the quantization plan names a tensor the conversion does not have".into()))?,
     };
+    if let Some(p) = &plan.quant {
+        if let Some(t) = p.tensors.iter().find(|t| t.converts() && t.requires_imatrix) {
+            return Err(Error::Plan(format!(
+                "tensor {}: {} needs an importance matrix; convert to {} first, then run `crunch quantize --imatrix`",
+                t.name,
+                t.dst_type,
+                plan.base_ftype.name().to_lowercase()
+            )));
+        }
+    }
     for (t, ty) in &order {
         if crunch_quant::kernels(*ty).is_none() {
             return Err(Error::Plan(format!("tensor {}: crunch cannot write {ty} yet", t.gguf_name)));

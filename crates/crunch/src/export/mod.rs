@@ -85,12 +85,6 @@ fn write_file(dir: &Path, name: &str, bytes: &[u8], files: &mut Vec<(String, Str
     Ok(())
 }
 
-fn write_json(dir: &Path, name: &str, v: &Json, files: &mut Vec<(String, String)>) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(v).map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
-    text.push('\n');
-    write_file(dir, name, text.as_bytes(), files)
-}
-
 /// The model card front matter for `general.*` (the keys `crunch convert` and llama.cpp read back).
 fn model_card(md: &Metadata, source: &Path, dropped: &mut Vec<String>) -> String {
     let mut entries: Vec<(String, CardValue)> = Vec::new();
@@ -242,6 +236,57 @@ pub fn export(
     // Check the tokenizer can be written before any tensor is.
     let tokenizer_json = tok.tokenizer_json()?;
 
+    // Everything but the tensors is prepared first: a problem there stops the export before a byte is written.
+    let names: Vec<&str> = input.tensors().iter().map(|t| t.name.as_str()).collect();
+    let mut config = params::hf_config(arch, md, &names, torch_dtype)?;
+    for (k, id) in tok.config_ids() {
+        config.entry(k).or_insert(json!(id));
+    }
+    let mut side: Vec<(String, Vec<u8>)> = Vec::new();
+    let json_bytes = |v: &Json| -> Result<Vec<u8>> {
+        let mut t = serde_json::to_string_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?;
+        t.push('\n');
+        Ok(t.into_bytes())
+    };
+    side.push(("config.json".into(), json_bytes(&Json::Object(config))?));
+    side.push(("generation_config.json".into(), json_bytes(&generation_config(md, &tok))?));
+    side.push(("tokenizer.json".into(), json_bytes(&tokenizer_json)?));
+    let (tc, stm) = tok.configs(md.get_u64(&key("context_length")));
+    side.push(("tokenizer_config.json".into(), json_bytes(&tc)?));
+    side.push(("special_tokens_map.json".into(), json_bytes(&stm)?));
+    if let Some(spm) = tok.spm_model() {
+        side.push(("tokenizer.model".into(), spm.to_bytes()));
+    }
+    if let Some(p) = md.get_u64(&key("pooling_type")) {
+        let mode = match p as u32 {
+            params::pooling::MEAN => "pooling_mode_mean_tokens",
+            params::pooling::CLS => "pooling_mode_cls_token",
+            params::pooling::LAST => "pooling_mode_lasttoken",
+            _ => "",
+        };
+        if !mode.is_empty() {
+            let modules = json!([
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}
+            ]);
+            side.push(("modules.json".into(), json_bytes(&modules)?));
+            let mut pc = Map::new();
+            pc.insert("word_embedding_dimension".into(), json!(md.get_u64(&key("embedding_length"))));
+            for m in [
+                "pooling_mode_cls_token",
+                "pooling_mode_mean_tokens",
+                "pooling_mode_max_tokens",
+                "pooling_mode_mean_sqrt_len_tokens",
+                "pooling_mode_lasttoken",
+            ] {
+                pc.insert(m.into(), json!(m == mode));
+            }
+            side.push(("1_Pooling/config.json".into(), json_bytes(&Json::Object(pc))?));
+        }
+    }
+    let mut dropped = Vec::new();
+    side.push(("README.md".into(), model_card(md, &input.path, &mut dropped).into_bytes()));
+
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let specs: Vec<TensorSpec> = planned
         .iter()
@@ -279,51 +324,9 @@ pub fn export(
         return Err(Error::Cancelled);
     }
     let mut files = Vec::new();
-    // The side files go first, so a failure there still removes the shards (writer dropped).
-    let names: Vec<&str> = input.tensors().iter().map(|t| t.name.as_str()).collect();
-    let mut config = params::hf_config(arch, md, &names, torch_dtype)?;
-    for (k, id) in tok.config_ids() {
-        config.entry(k).or_insert(json!(id));
+    for (name, bytes) in &side {
+        write_file(dir, name, bytes, &mut files)?;
     }
-    let mut dropped = Vec::new();
-    write_json(dir, "config.json", &Json::Object(config), &mut files)?;
-    write_json(dir, "generation_config.json", &generation_config(md, &tok), &mut files)?;
-    write_json(dir, "tokenizer.json", &tokenizer_json, &mut files)?;
-    let (tc, stm) = tok.configs(md.get_u64(&key("context_length")));
-    write_json(dir, "tokenizer_config.json", &tc, &mut files)?;
-    write_json(dir, "special_tokens_map.json", &stm, &mut files)?;
-    if let Some(spm) = tok.spm_model() {
-        write_file(dir, "tokenizer.model", &spm.to_bytes(), &mut files)?;
-    }
-    if let Some(p) = md.get_u64(&key("pooling_type")) {
-        let mode = match p as u32 {
-            params::pooling::MEAN => "pooling_mode_mean_tokens",
-            params::pooling::CLS => "pooling_mode_cls_token",
-            params::pooling::LAST => "pooling_mode_lasttoken",
-            _ => "",
-        };
-        if !mode.is_empty() {
-            let modules = json!([
-                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}
-            ]);
-            write_json(dir, "modules.json", &modules, &mut files)?;
-            let mut pc = Map::new();
-            pc.insert("word_embedding_dimension".into(), json!(md.get_u64(&key("embedding_length"))));
-            for m in [
-                "pooling_mode_cls_token",
-                "pooling_mode_mean_tokens",
-                "pooling_mode_max_tokens",
-                "pooling_mode_mean_sqrt_len_tokens",
-                "pooling_mode_lasttoken",
-            ] {
-                pc.insert(m.into(), json!(m == mode));
-            }
-            write_json(dir, "1_Pooling/config.json", &Json::Object(pc), &mut files)?;
-        }
-    }
-    let card = model_card(md, &input.path, &mut dropped);
-    write_file(dir, "README.md", card.as_bytes(), &mut files)?;
     let out = writer.finish()?;
     for (path, sha) in out.shards.iter().chain(out.index.iter()) {
         files.push((path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), sha.clone()));
