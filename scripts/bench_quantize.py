@@ -2,7 +2,9 @@
 """Quantize throughput: crunch next to llama.cpp's quantizer on a 7B-shaped Llama F16 model.
 
   ~/.cache/crunch/llama-venv/bin/python scripts/bench_quantize.py --crunch target/release/crunch \
-      [--layers 32] [--presets Q8_0,Q4_0,Q4_K_M,Q6_K] [--threads 2] [--no-drop-caches]
+      [--layers 32] [--presets Q8_0,Q4_0,Q4_K_M,Q6_K] [--threads 2] [--no-drop-caches] [--keep-input]
+  ~/.cache/crunch/llama-venv/bin/python scripts/bench_quantize.py --kernels
+      (llama.cpp's row quantizers alone, 1 thread; crunch's: cargo bench -p crunch-quant --bench quantize)
 
 The first run writes a synthetic 7B-shaped Llama F16 GGUF to ~/.cache/crunch/bench (hidden 4096,
 ffn 11008, 32 heads, 32 kv heads, vocab 32000, untied output; `--layers` transformer blocks, 32 for
@@ -17,8 +19,10 @@ a subprocess) and `crunch quantize --threads N -q` each quantize the file once. 
 (`sync; echo 3 > /proc/sys/vm/drop_caches`, needs root), so each tool reads its input cold from
 disk; `--no-drop-caches` runs each tool once first as a warm-up instead.
 
-Prints input MB/s (F16 file bytes / wall seconds), the crunch / llama.cpp ratio, peak RSS of each,
-and the largest tensor's f32 size for reference.
+Prints input MB/s (F16 file bytes / wall seconds), the crunch / llama.cpp ratio, the CPU time
+(user + system) of each (a steadier comparison when other work shares the machine), peak RSS of
+each, and the largest tensor's f32 size for reference. `--keep-input` keeps the generated model for
+later runs; by default it is deleted at the end, as the 32-layer file takes 13.5 GB.
 """
 import argparse
 import os
@@ -157,14 +161,20 @@ sys.exit(rc)
 
 
 def timed(cmd):
-    """Run `cmd` under /usr/bin/time -v: (wall seconds, peak RSS bytes)."""
+    """Run `cmd` under /usr/bin/time -v: (wall seconds, peak RSS bytes, CPU seconds user + system)."""
     t = time.time()
     r = subprocess.run(["/usr/bin/time", "-v"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.time() - t
     if r.returncode != 0:
         sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-2000:]}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1)) * 1024
-    return wall, rss
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([0-9.]+)", r.stderr).group(1)) for k in ("User", "System"))
+    return wall, rss, cpu
+
+
+def load_average():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
 
 
 def drop_caches():
@@ -173,14 +183,46 @@ def drop_caches():
         f.write("3\n")
 
 
+KERNEL_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K", "IQ4_NL", "IQ4_XS"]
+
+
+def bench_kernels():
+    """llama.cpp's row quantizers alone, one thread, on 512 rows of 4096 (the counterpart of
+    `cargo bench -p crunch-quant --bench quantize`, which also includes crunch's f16 -> f32 step).
+    Timed in thread CPU seconds, so the figures hold on a busy machine."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from compare_quant_bytes import TYPES, libggml, ptr
+    lib = libggml()
+    rng = np.random.default_rng(7)
+    rows, cols = 512, 4096
+    x = rng.standard_normal((rows, cols), dtype=np.float32) * (0.02 * (0.5 + rng.random((rows, 1), dtype=np.float32)))
+    x = np.ascontiguousarray(x.astype(np.float16).astype(np.float32))
+    for ty in KERNEL_TYPES:
+        t = TYPES[ty]
+        out = np.zeros(lib.ggml_row_size(t, cols) * rows, dtype=np.uint8)
+        passes, t0 = 0, time.thread_time()
+        while passes == 0 or time.thread_time() - t0 < 0.5:
+            lib.ggml_quantize_chunk(t, ptr(x), ptr(out), 0, rows, cols, None)
+            passes += 1
+        best = (time.thread_time() - t0) / passes
+        print(f"{ty:>7}: {rows * cols * 2 / 1e6 / best:8.1f} MB/s of f16 input (llama.cpp, 1 thread, per CPU second,"
+              " quantize only)")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--crunch", required=True)
+    ap.add_argument("--kernels", action="store_true", help="only time llama.cpp's row quantizers (1 thread)")
+    ap.add_argument("--crunch")
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-drop-caches", action="store_true")
+    ap.add_argument("--keep-input", action="store_true")
     a = ap.parse_args()
+    if a.kernels:
+        return bench_kernels()
+    if not a.crunch:
+        ap.error("--crunch PATH is required")
     os.makedirs(BENCH_DIR, exist_ok=True)
     src = os.path.join(BENCH_DIR, f"llama7b-shape-{a.layers}l-f16.gguf")
     if not os.path.exists(src):
@@ -202,20 +244,28 @@ def main():
                 drop_caches()
             else:
                 timed(cmd)
+            load = load_average()
             res[tool] = timed(cmd)
             out_mb = os.path.getsize(out) / 1e6
             os.remove(out)
-            wall, rss = res[tool]
-            print(f"  {name:7} {tool:9} {wall:7.1f} s {size / 1e6 / wall:8.1f} MB/s  peak RSS {rss / 1e6:7.0f} MB"
-                  f"  output {out_mb:.0f} MB", flush=True)
+            for extra in (out + ".sha256",):
+                if os.path.exists(extra):
+                    os.remove(extra)
+            wall, rss, cpu = res[tool]
+            print(f"  {name:7} {tool:9} {wall:7.1f} s {size / 1e6 / wall:8.1f} MB/s  CPU {cpu:7.1f} s"
+                  f"  peak RSS {rss / 1e6:7.0f} MB  output {out_mb:.0f} MB  (load average before: {load:.1f})",
+                  flush=True)
         rows.append((name, res))
     print()
-    print(f"| preset | llama.cpp MB/s | crunch MB/s | crunch / llama.cpp | llama.cpp peak RSS | crunch peak RSS |")
-    print(f"|---|---:|---:|---:|---:|---:|")
+    print("| preset | llama.cpp MB/s | crunch MB/s | crunch / llama.cpp (wall) | llama.cpp CPU s | crunch CPU s "
+          "| CPU ratio | llama.cpp peak RSS | crunch peak RSS |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, res in rows:
-        (lw, lr), (cw, cr) = res["llama.cpp"], res["crunch"]
-        print(f"| {name} | {size / 1e6 / lw:.1f} | {size / 1e6 / cw:.1f} | {lw / cw:.2f}x | {lr / 1e6:.0f} MB "
-              f"| {cr / 1e6:.0f} MB |")
+        (lw, lr, lc), (cw, cr, cc) = res["llama.cpp"], res["crunch"]
+        print(f"| {name} | {size / 1e6 / lw:.1f} | {size / 1e6 / cw:.1f} | {lw / cw:.2f}x | {lc:.1f} | {cc:.1f} "
+              f"| {lc / cc:.2f}x | {lr / 1e6:.0f} MB | {cr / 1e6:.0f} MB |")
+    if not a.keep_input:
+        os.remove(src)
 
 
 if __name__ == "__main__":
