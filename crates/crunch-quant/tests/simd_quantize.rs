@@ -1,11 +1,11 @@
 //! The SIMD quantization paths against their scalar references (same bytes, same bits): the F16C
-//! f16 <-> f32 conversions, the AVX2 Q8_0 and Q4_0 quantizers, and the fused `convert_rows` against
+//! f16 <-> f32 conversions, the AVX2 Q8_0, Q4_0 and Q4_1 quantizers, and the fused `convert_rows` against
 //! dequantize-then-quantize. On a CPU without those features both sides run the scalar code and the
 //! tests still pass trivially.
 
 use crunch_core::GgmlType;
 use crunch_quant::float::{dequantize_f16_scalar, quantize_f16_scalar};
-use crunch_quant::legacy::{q4_0, q8_0};
+use crunch_quant::legacy::{q4_0, q4_1, q8_0};
 use crunch_quant::{convert_rows, dequantize_rows, kernels, quantize_rows, QuantError};
 use crunch_testkit::{realistic_importance, realistic_weights, Rng};
 
@@ -83,6 +83,17 @@ fn stress_blocks() -> Vec<f32> {
         _ => -0.25,
     }));
     x.extend([0.0f32; 32]);
+    // zero as the minimum or maximum, with both signs in either order
+    x.extend((0..32).map(|i| match i {
+        2 => -0.0,
+        6 => 0.0,
+        _ => 0.5 + i as f32 * 0.01,
+    }));
+    x.extend((0..32).map(|i| match i {
+        2 => 0.0,
+        6 => -0.0,
+        _ => -0.5 - i as f32 * 0.01,
+    }));
     x.extend((0..32).map(|i| if i % 2 == 0 { -0.0 } else { 0.0 }));
     for scale in [1e-38f32, 1e-40, 3e-42, 1.4e-45, 1e30, 3e38] {
         x.extend((0..32).map(|_| rng.normal() * scale));
@@ -95,10 +106,14 @@ fn stress_blocks() -> Vec<f32> {
 }
 
 #[test]
-fn avx2_q8_0_and_q4_0_quantizers_match_scalar() {
+fn avx2_q8_0_q4_0_q4_1_quantizers_match_scalar() {
     let x = stress_blocks();
     type Scalar = fn(&[f32], &mut [u8]);
-    for (ty, scalar) in [(GgmlType::Q8_0, q8_0::quantize_scalar as Scalar), (GgmlType::Q4_0, q4_0::quantize_scalar)] {
+    for (ty, scalar) in [
+        (GgmlType::Q8_0, q8_0::quantize_scalar as Scalar),
+        (GgmlType::Q4_0, q4_0::quantize_scalar),
+        (GgmlType::Q4_1, q4_1::quantize_scalar),
+    ] {
         let n = ty.row_size(x.len()).unwrap();
         let (mut fast, mut slow) = (vec![0u8; n], vec![0u8; n]);
         (kernels(ty).unwrap().quantize)(&x, None, &mut fast);

@@ -54,13 +54,27 @@ pub fn quantize(src: &[f32], weights: Option<&[f32]>, dst: &mut [u8]) {
     fill_blocks(dst, |out: &mut [BlockQ4_1]| match usable_weights(src, weights) {
         Some(w) => quantize_weighted(src, w, out),
         None => {
-            for (b, x) in out.iter_mut().zip(src.chunks_exact(QK)) {
-                if let Ok(x) = x.try_into() {
-                    *b = quantize_block(x);
-                }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 was detected on this CPU just above.
+                return unsafe { super::quantize_avx2::quantize_q4_1(src, out) };
             }
+            quantize_blocks_scalar(src, out)
         }
     });
+}
+
+/// The scalar reference of [`quantize`] without importance weights, block by block.
+pub fn quantize_scalar(src: &[f32], dst: &mut [u8]) {
+    fill_blocks(dst, |out: &mut [BlockQ4_1]| quantize_blocks_scalar(src, out));
+}
+
+fn quantize_blocks_scalar(src: &[f32], out: &mut [BlockQ4_1]) {
+    for (b, x) in out.iter_mut().zip(src.chunks_exact(QK)) {
+        if let Ok(x) = x.try_into() {
+            *b = quantize_block(x);
+        }
+    }
 }
 
 /// llama.cpp's `quantize_row_q4_1_impl` with weights.

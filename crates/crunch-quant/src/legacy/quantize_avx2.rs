@@ -1,7 +1,8 @@
-//! AVX2 versions of the two reference quantizers that dominate `crunch quantize` to Q8_0 and Q4_0.
+//! AVX2 versions of the reference quantizers of Q8_0, Q4_0 and Q4_1 (no importance weights).
 //!
 //! Each block is quantized with the very float operations of the scalar reference
-//! ([`super::q8_0::quantize_block`], [`super::q4_0::quantize_block`]), eight lanes at a time: the
+//! ([`super::q8_0::quantize_block`], [`super::q4_0::quantize_block`],
+//! [`super::q4_1::quantize_block`]), eight lanes at a time: the
 //! same multiply, the same add, no FMA, and exact emulations of `roundf` (round half away from zero)
 //! and of truncation. The block maximum is order independent, so it is taken with vector `max`. A
 //! block whose maximum is not finite or whose inverse scale overflows (NaN, infinities, subnormal
@@ -9,6 +10,7 @@
 //! always equal the scalar reference's (tested on random, real and degenerate blocks).
 
 use super::q4_0::{self, BlockQ4_0};
+use super::q4_1::{self, BlockQ4_1};
 use super::q8_0::{self, BlockQ8_0};
 use super::{inverse_or_zero, QK};
 use half::f16;
@@ -69,6 +71,36 @@ fn round_half_away(x: __m256) -> __m256 {
     _mm256_add_ps(t, _mm256_and_ps(up, step))
 }
 
+/// Pack 32 codes (element order, low 4 bits used) as nibbles: element `j` low, `j + 16` high.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn pack_nibbles(q: [__m256i; 4]) -> [u8; QK / 2] {
+    let bytes = pack_i32_to_i8(q);
+    // low 4 bits of each code, as the scalar `pack_nibbles` (codes can leave 0..=15 only when a
+    // subnormal scale loses precision)
+    let lo = _mm_and_si128(_mm256_castsi256_si128(bytes), _mm_set1_epi8(0x0f));
+    let hi = _mm_and_si128(_mm_slli_epi16::<4>(_mm256_extracti128_si256::<1>(bytes)), _mm_set1_epi8(0xf0u8 as i8));
+    let mut qs = [0u8; QK / 2];
+    // SAFETY: `qs` is 16 writable bytes; `storeu` accepts any alignment.
+    unsafe { _mm_storeu_si128(qs.as_mut_ptr().cast(), _mm_or_si128(lo, hi)) };
+    qs
+}
+
+/// Horizontal minimum and maximum of one block (no NaN lanes).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn min_max(v: &[__m256; 4]) -> (f32, f32) {
+    let lo = _mm256_min_ps(_mm256_min_ps(v[0], v[1]), _mm256_min_ps(v[2], v[3]));
+    let hi = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
+    let lo = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps::<1>(lo));
+    let hi = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps::<1>(hi));
+    let lo = _mm_min_ps(lo, _mm_movehl_ps(lo, lo));
+    let hi = _mm_max_ps(hi, _mm_movehl_ps(hi, hi));
+    let lo = _mm_min_ss(lo, _mm_shuffle_ps::<0b01>(lo, lo));
+    let hi = _mm_max_ss(hi, _mm_shuffle_ps::<0b01>(hi, hi));
+    (_mm_cvtss_f32(lo), _mm_cvtss_f32(hi))
+}
+
 /// Q8_0 blocks of `src` (whole blocks only) into `out`.
 #[target_feature(enable = "avx2")]
 pub(crate) fn quantize_q8_0(src: &[f32], out: &mut [BlockQ8_0]) {
@@ -124,16 +156,37 @@ pub(crate) fn quantize_q4_0(src: &[f32], out: &mut [BlockQ4_0]) {
         let (idv, half) = (_mm256_set1_ps(id), _mm256_set1_ps(8.5));
         let fifteen = _mm256_set1_epi32(15);
         let q = v.map(|x| _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(x, idv), half)), fifteen));
-        let bytes = pack_i32_to_i8(q);
-        let lo = _mm256_castsi256_si128(bytes);
-        let hi = _mm256_extracti128_si256::<1>(bytes);
-        let mut qs = [0u8; QK / 2];
-        // low 4 bits of each code, as the scalar `pack_nibbles` (codes can leave 0..=15 only when a
-        // subnormal scale loses precision)
-        let lo = _mm_and_si128(lo, _mm_set1_epi8(0x0f));
-        let hi = _mm_and_si128(_mm_slli_epi16::<4>(hi), _mm_set1_epi8(0xf0u8 as i8));
-        // SAFETY: `qs` is 16 writable bytes; `storeu` accepts any alignment.
-        unsafe { _mm_storeu_si128(qs.as_mut_ptr().cast(), _mm_or_si128(lo, hi)) };
+        let qs = pack_nibbles(q);
         *b = BlockQ4_0 { d: f16::from_f32(d), qs };
+    }
+}
+
+/// Q4_1 blocks of `src` (whole blocks only, no importance weights) into `out`.
+#[target_feature(enable = "avx2")]
+pub(crate) fn quantize_q4_1(src: &[f32], out: &mut [BlockQ4_1]) {
+    for (b, x) in out.iter_mut().zip(src.chunks_exact(QK)) {
+        let x: &[f32; QK] = x.try_into().expect("whole block");
+        let v = load_block(x);
+        let nan = _mm256_or_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(v[0], v[1]), _mm256_cmp_ps::<_CMP_UNORD_Q>(v[2], v[3]));
+        let (min, max) = min_max(&v);
+        // A zero extreme goes to the scalar code: which signed zero it keeps depends on element
+        // order, and the sign of `min` is stored.
+        if _mm256_movemask_ps(nan) != 0 || !min.is_finite() || !max.is_finite() || min == 0.0 || max == 0.0 {
+            *b = q4_1::quantize_block(x);
+            continue;
+        }
+        let d = (max - min) / 15.0;
+        let id = inverse_or_zero(d);
+        if !d.is_finite() || !id.is_finite() {
+            *b = q4_1::quantize_block(x);
+            continue;
+        }
+        let (minv, idv, half) = (_mm256_set1_ps(min), _mm256_set1_ps(id), _mm256_set1_ps(0.5));
+        let fifteen = _mm256_set1_epi32(15);
+        let q = v.map(|x| {
+            let y = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(x, minv), idv), half);
+            _mm256_min_epi32(_mm256_cvttps_epi32(y), fifteen)
+        });
+        *b = BlockQ4_1 { d: f16::from_f32(d), m: f16::from_f32(min), qs: pack_nibbles(q) };
     }
 }
