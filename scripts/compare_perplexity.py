@@ -1,37 +1,43 @@
 #!/usr/bin/env python3
-"""Compare crunch's perplexity with llama.cpp's on the same GGUF model and text.
+"""Perplexity and prompt-processing speed of crunch vs llama.cpp on the same GGUF models and text.
 
-  compare_perplexity.py MODEL.gguf TEXT [--ctx 512] [--chunks N] [--threads 2] [--crunch-bin PATH]
+  compare_perplexity.py TEXT MODEL.gguf [MODEL.gguf ...] [--ctx 512] [--chunks N] [--threads 2]
+                        [--crunch PATH] [--json OUT] [--tolerance 0.5]
 
-Run with the llama.cpp venv (/root/.cache/crunch/llama-venv/bin/python: llama_cpp + numpy).
+Run with the llama.cpp venv ($CRUNCH_CACHE/llama-venv/bin/python: llama_cpp + numpy).
 
-The llama.cpp side follows tools/perplexity/perplexity.cpp: tokenize the whole text with special
-tokens added and none parsed, cut it into len/ctx chunks, put BOS first in each chunk when the
-vocabulary adds BOS, evaluate each chunk from an empty KV cache with logits for every position,
-and score positions ctx/2 .. ctx-2 (each predicting the next token) with llama.cpp's log-softmax
-(max in f32, sum of expf in f64). The crunch side runs
-`cargo run --release -p crunch-model --example perplexity -- MODEL TEXT --ctx N --chunks N --json`
-(or the binary given with --crunch-bin) and reads its last line.
+For each model, in the same run and one after the other (never concurrently):
+- llama.cpp, in a child process, following tools/perplexity/perplexity.cpp: tokenize the whole text with
+  special tokens added, cut it into len/ctx chunks, put BOS first in each chunk when the vocabulary adds
+  BOS, evaluate each chunk from an empty KV cache in one llama_decode batch (n_batch = n_ubatch = ctx)
+  asking for logits from position ctx/2 on (as llama-perplexity does), and score positions ctx/2 .. ctx-2 with llama.cpp's log-softmax (max in
+  f32, sum of expf in f64). Tokens/s = evaluated tokens / evaluation time; peak RSS of the child.
+- crunch: `crunch eval perplexity MODEL --text TEXT --ctx N --chunks N --threads T --json`.
+Prints both perplexities, their difference in percent, both speeds and peak memory; exits 1 if a
+difference exceeds --tolerance percent.
 """
 import argparse
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import llama_cpp
-
 REPO = Path(__file__).resolve().parent.parent
 
 
-def llama_cpp_perplexity(model, text, n_ctx, n_chunks, threads):
-    llm = llama_cpp.Llama(
-        model_path=str(model), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, n_threads=threads, verbose=False
-    )
+def llama_cpp_worker(model, text_path, n_ctx, n_chunks, threads):
+    import numpy as np
+    import llama_cpp
+
+    text = Path(text_path).read_text(encoding="utf-8")
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+                          n_threads=threads, n_threads_batch=threads, verbose=False)
+    ctx = llm.ctx
+    n_vocab = llm.n_vocab()
     add_bos = bool(llm._model.add_bos_token())
     bos = llm.token_bos()
     tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
@@ -42,16 +48,28 @@ def llama_cpp_perplexity(model, text, n_ctx, n_chunks, threads):
     nll = nll2 = 0.0
     count = 0
     per_chunk = []
-    t0 = time.time()
+    t_eval = 0.0
+    batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
     for i in range(n_chunk):
         start = i * n_ctx
         chunk = list(tokens[start:start + n_ctx])
         if add_bos:
             chunk[0] = bos
-        llm.reset()
-        llm.eval(chunk)
-        logits = np.asarray(llm.scores[:n_ctx], dtype=np.float32)
-        rows = logits[first:n_ctx - 1]
+        # one batch, logits only from the first scored position on (as llama-perplexity asks)
+        batch.n_tokens = n_ctx
+        for j, t in enumerate(chunk):
+            batch.token[j] = t
+            batch.pos[j] = j
+            batch.n_seq_id[j] = 1
+            batch.seq_id[j][0] = 0
+            batch.logits[j] = 1 if j >= first else 0
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        t0 = time.time()
+        if llama_cpp.llama_decode(ctx, batch) != 0:
+            sys.exit("llama_decode failed")
+        t_eval += time.time() - t0
+        out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(n_ctx - first, n_vocab))
+        rows = out[:n_ctx - 1 - first]
         targets = np.asarray(tokens[start + first + 1:start + n_ctx])
         mx = rows.max(axis=1)
         sum_exp = np.exp(rows - mx[:, None]).astype(np.float64).sum(axis=1)
@@ -63,67 +81,82 @@ def llama_cpp_perplexity(model, text, n_ctx, n_chunks, threads):
         per_chunk.append(float(v.mean()))
         print(f"[{i + 1}]{math.exp(nll / count):.4f},", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    secs = time.time() - t0
     mean = nll / count
     ppl = math.exp(mean)
     var = nll2 / count - mean * mean
     err = math.sqrt(var / (count - 1)) * ppl if var > 0 else 0.0
-    return {
-        "ppl": ppl,
-        "ppl_err": err,
-        "nll": mean,
-        "count": count,
-        "n_tokens": len(tokens),
-        "chunk_nll": per_chunk,
-        "tokens_per_second": n_chunk * n_ctx / secs,
-    }
+    print(json.dumps({
+        "ppl": ppl, "ppl_err": err, "nll": mean, "count": count, "n_tokens": len(tokens), "n_chunks": n_chunk,
+        "chunk_nll": per_chunk, "seconds": t_eval, "tokens_per_second": n_chunk * n_ctx / t_eval,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }))
 
 
-def crunch_perplexity(model, text_path, n_ctx, n_chunks, crunch_bin):
-    args = [str(model), str(text_path), "--ctx", str(n_ctx), "--json"]
+def llama_cpp_perplexity(model, text, n_ctx, n_chunks, threads):
+    cmd = [sys.executable, __file__, "--worker", str(model), str(text), "--ctx", str(n_ctx),
+           "--chunks", str(n_chunks or 0), "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"llama.cpp worker failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def crunch_perplexity(crunch, model, text, n_ctx, n_chunks, threads):
+    cmd = [crunch, "eval", "perplexity", str(model), "--text", str(text), "--ctx", str(n_ctx),
+           "--threads", str(threads), "--json"]
     if n_chunks:
-        args += ["--chunks", str(n_chunks)]
-    if crunch_bin:
-        cmd = [crunch_bin] + args
-    else:
-        cmd = ["cargo", "run", "--quiet", "--release", "-p", "crunch-model", "--example", "perplexity", "--"] + args
-    env = dict(os.environ)
-    env.setdefault("CARGO_TARGET_DIR", "/root/.cache/crunch/target-model")
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        cmd += ["--chunks", str(n_chunks)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"crunch failed:\n{out.stderr}")
-    sys.stderr.write(out.stderr)
-    lines = out.stdout.strip().splitlines()
-    for line in lines[:-1]:
-        print("crunch:", line)
-    return json.loads(lines[-1])
+    r = json.loads(out.stdout)
+    r["chunk_nll"] = [c["nll"] / c["count"] for c in r["chunks"]]
+    return r
+
+
+def mib(b):
+    return f"{b / 2**20:.0f} MiB" if b else "?"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model")
     ap.add_argument("text")
+    ap.add_argument("models", nargs="+")
     ap.add_argument("--ctx", type=int, default=512)
-    ap.add_argument("--chunks", type=int, default=4)
+    ap.add_argument("--chunks", type=int, default=0, help="0 = all chunks of the text")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--crunch-bin")
+    ap.add_argument("--crunch", default=str(Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release/crunch"))
+    ap.add_argument("--json", help="write all results to this file")
     ap.add_argument("--tolerance", type=float, default=0.5, help="allowed PPL difference in percent")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    text = Path(a.text).read_text(encoding="utf-8")
-    ref = llama_cpp_perplexity(a.model, text, a.ctx, a.chunks, a.threads)
-    print(f"llama.cpp: Final estimate: PPL = {ref['ppl']:.4f} +/- {ref['ppl_err']:.5f} "
-          f"({ref['count']} scored, {ref['tokens_per_second']:.1f} tokens/s)")
-    ours = crunch_perplexity(a.model, a.text, a.ctx, a.chunks, a.crunch_bin)
-    print(f"crunch:    Final estimate: PPL = {ours['ppl']:.4f} +/- {ours['ppl_err']:.5f} "
-          f"({ours['count']} scored, {ours['tokens_per_second']:.1f} tokens/s)")
-    if ours["n_tokens"] != ref["n_tokens"] or ours["count"] != ref["count"]:
-        sys.exit(f"token counts differ: llama.cpp {ref['n_tokens']}/{ref['count']}, "
-                 f"crunch {ours['n_tokens']}/{ours['count']}")
-    for i, (r, o) in enumerate(zip(ref["chunk_nll"], ours["chunk_nll"])):
-        print(f"  chunk {i + 1}: mean NLL llama.cpp {r:.5f}  crunch {o:.5f}  diff {o - r:+.5f}")
-    rel = 100.0 * (ours["ppl"] - ref["ppl"]) / ref["ppl"]
-    print(f"difference: {rel:+.3f}% (tolerance {a.tolerance}%)")
-    sys.exit(0 if abs(rel) <= a.tolerance else 1)
+    if a.worker:
+        # argv: --worker MODEL TEXT (parsed as text=MODEL, models=[TEXT])
+        return llama_cpp_worker(a.text, a.models[0], a.ctx, a.chunks, a.threads)
+    results = []
+    ok = True
+    for model in a.models:
+        name = Path(model).name
+        ref = llama_cpp_perplexity(model, a.text, a.ctx, a.chunks, a.threads)
+        ours = crunch_perplexity(a.crunch, model, a.text, a.ctx, a.chunks, a.threads)
+        if ours["n_tokens"] != ref["n_tokens"] or ours["count"] != ref["count"]:
+            print(f"{name}: token counts differ: llama.cpp {ref['n_tokens']}/{ref['count']}, "
+                  f"crunch {ours['n_tokens']}/{ours['count']}")
+            ok = False
+        rel = 100.0 * (ours["ppl"] - ref["ppl"]) / ref["ppl"]
+        ok &= abs(rel) <= a.tolerance
+        print(f"{name}: {ref['n_chunks']} chunks of {a.ctx}, {ref['count']} scored, {a.threads} threads")
+        print(f"  llama.cpp  PPL = {ref['ppl']:.4f} +/- {ref['ppl_err']:.5f}  {ref['tokens_per_second']:8.1f} tokens/s"
+              f"  peak RSS {mib(ref['peak_rss_bytes'])}")
+        print(f"  crunch     PPL = {ours['ppl']:.4f} +/- {ours['ppl_err']:.5f}  {ours['tokens_per_second']:8.1f} tokens/s"
+              f"  peak RSS {mib(ours.get('peak_rss_bytes'))}")
+        print(f"  difference {rel:+.3f}% (tolerance {a.tolerance}%), speed ratio crunch/llama.cpp "
+              f"{ours['tokens_per_second'] / ref['tokens_per_second']:.2f}", flush=True)
+        results.append({"model": name, "ctx": a.ctx, "threads": a.threads, "llama_cpp": ref,
+                        "crunch": {k: v for k, v in ours.items() if k != "chunks"}, "ppl_diff_pct": rel})
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ pub struct AttnShape {
 /// Scores are scaled by `1 / sqrt(head_dim)` and soft-maxed in f32. Returns `n_tokens × (n_head *
 /// head_dim)`.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], pos0: usize, n_tokens: usize, s: AttnShape) -> Vec<f32> {
+    if n_tokens >= GEMM_MIN_TOKENS && s.head_dim > 0 && s.n_head_kv > 0 {
+        return attention_gemm(q, k, v, pos0, n_tokens, s);
+    }
     let d = s.head_dim;
     let q_row = s.n_head * d;
     let kv_row = s.n_head_kv * d;
@@ -57,6 +60,73 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], pos0: usize, n_tokens: usize, 
             }
         }
     });
+    out
+}
+
+/// From this many queries on, each head's scores and outputs are two blocked matrix products.
+const GEMM_MIN_TOKENS: usize = 8;
+
+/// [`attention`] as matrix products per head (prompt processing): `S = Q Kᵀ` over all cached
+/// positions, causal mask and softmax per row, `O = P V`. Heads run in parallel.
+fn attention_gemm(q: &[f32], k: &[f32], v: &[f32], pos0: usize, n: usize, s: AttnShape) -> Vec<f32> {
+    use crunch_quant::tiled::gemm_f32_panel;
+    let d = s.head_dim;
+    let q_row = s.n_head * d;
+    let kv_row = s.n_head_kv * d;
+    let group = (s.n_head / s.n_head_kv).max(1);
+    let n_kv = pos0 + n;
+    let scale = 1.0 / (d as f32).sqrt();
+    let heads: Vec<Vec<f32>> = (0..s.n_head)
+        .into_par_iter()
+        .map(|h| {
+            let kvh = h / group;
+            let gather = |src: &[f32], rows: usize, stride: usize, off: usize| -> Vec<f32> {
+                let mut out = Vec::with_capacity(rows * d);
+                for r in 0..rows {
+                    out.extend_from_slice(&src[r * stride + off..r * stride + off + d]);
+                }
+                out
+            };
+            let qh = gather(q, n, q_row, h * d);
+            let kh = gather(k, n_kv, kv_row, kvh * d);
+            // scores: row t = query t against every key
+            let mut p = vec![0f32; n * n_kv];
+            gemm_f32_panel(&qh, n, d, &kh, n_kv, &mut p);
+            for (t, row) in p.chunks_exact_mut(n_kv).enumerate() {
+                let visible = pos0 + t + 1;
+                let mut max = f32::NEG_INFINITY;
+                for sc in row[..visible].iter_mut() {
+                    *sc *= scale;
+                    max = max.max(*sc);
+                }
+                let mut sum = 0f32;
+                for sc in row[..visible].iter_mut() {
+                    *sc = (*sc - max).exp();
+                    sum += *sc;
+                }
+                let inv = 1.0 / sum;
+                row[..visible].iter_mut().for_each(|x| *x *= inv);
+                row[visible..].fill(0.0);
+            }
+            // Vᵀ of this head: d rows of n_kv
+            let mut vt = vec![0f32; d * n_kv];
+            for j in 0..n_kv {
+                let vj = &v[j * kv_row + kvh * d..j * kv_row + (kvh + 1) * d];
+                for (i, &x) in vj.iter().enumerate() {
+                    vt[i * n_kv + j] = x;
+                }
+            }
+            let mut o = vec![0f32; n * d];
+            gemm_f32_panel(&p, n, n_kv, &vt, d, &mut o);
+            o
+        })
+        .collect();
+    let mut out = vec![0f32; n * q_row];
+    for (h, o) in heads.iter().enumerate() {
+        for t in 0..n {
+            out[t * q_row + h * d..t * q_row + (h + 1) * d].copy_from_slice(&o[t * d..(t + 1) * d]);
+        }
+    }
     out
 }
 
@@ -105,7 +175,7 @@ mod tests {
     #[test]
     fn matches_naive_causal_gqa() {
         let s = AttnShape { n_head: 6, n_head_kv: 2, head_dim: 8 };
-        for (pos0, n) in [(0, 5), (3, 4), (10, 1)] {
+        for (pos0, n) in [(0, 5), (3, 4), (10, 1), (0, 12), (7, 9)] {
             let total = pos0 + n;
             let q = rand(n * 6 * 8, 1 + pos0 as u64);
             let k = rand(total * 2 * 8, 2);
@@ -114,6 +184,22 @@ mod tests {
             let want = naive(&q, &k, &v, pos0, n, s);
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - w).abs() < 1e-4, "pos0 {pos0}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_path_matches_naive_at_model_shape() {
+        let s = AttnShape { n_head: 9, n_head_kv: 3, head_dim: 64 };
+        for (pos0, n) in [(0, 13), (5, 20)] {
+            let total = pos0 + n;
+            let q = rand(n * 9 * 64, 11);
+            let k = rand(total * 3 * 64, 12);
+            let v = rand(total * 3 * 64, 13);
+            let got = attention(&q, &k, &v, pos0, n, s);
+            let want = naive(&q, &k, &v, pos0, n, s);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-3, "pos0 {pos0}: {g} vs {w}");
             }
         }
     }

@@ -103,12 +103,7 @@ pub fn top_k_logprobs(logits: &[f32], k: usize) -> (Vec<u32>, Vec<f32>, f32) {
     for &i in &idx {
         in_top[i as usize] = true;
     }
-    let rest: f64 = logits
-        .iter()
-        .zip(&in_top)
-        .filter(|(_, &t)| !t)
-        .map(|(&l, _)| ((l - max) as f64 - lz).exp())
-        .sum();
+    let rest: f64 = logits.iter().zip(&in_top).filter(|(_, &t)| !t).map(|(&l, _)| ((l - max) as f64 - lz).exp()).sum();
     let log_rest = if rest > 0.0 { rest.ln() as f32 } else { f32::NEG_INFINITY };
     (idx, logp, log_rest)
 }
@@ -256,7 +251,8 @@ impl BaseLogits {
             return Err(bad(format!("version {version}, this crunch reads version {VERSION}")));
         }
         let hlen = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
-        let hend = 16usize.checked_add(hlen).filter(|&e| e <= bytes.len()).ok_or_else(|| bad("truncated header".into()))?;
+        let hend =
+            16usize.checked_add(hlen).filter(|&e| e <= bytes.len()).ok_or_else(|| bad("truncated header".into()))?;
         let h: Header = serde_json::from_slice(&bytes[16..hend]).map_err(|e| bad(format!("header: {e}")))?;
         let n_tok = h.n_chunks.checked_mul(h.n_ctx);
         let n_pk = h.n_positions.checked_mul(h.top_k);

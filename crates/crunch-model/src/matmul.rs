@@ -9,6 +9,10 @@
 //!
 //! Work is spread over blocks of output rows with rayon, so each weight row is read once per call
 //! whatever the number of tokens; the result is computed transposed and turned around at the end.
+//! From a few tokens on (prompt processing), quantized weights go through
+//! `crunch_quant::tiled` (a panel of rows unpacked once, then AVX2 tiles of rows × tokens) and
+//! float weights through a blocked f32 GEMM on panels of rows; a single token (generation) uses
+//! one `vec_dot` per row.
 
 use crunch_core::GgmlType;
 use rayon::prelude::*;
@@ -76,6 +80,10 @@ fn unsupported(w: &WeightView, what: &'static str) -> ModelError {
 
 /// Output rows per parallel task.
 const ROW_BLOCK: usize = 16;
+/// From this many tokens on, weights are unpacked once per call and multiplied by tiles of tokens.
+const TILED_MIN_TOKENS: usize = 4;
+/// Weight rows per parallel task in the f32 GEMM path.
+const GEMM_PANEL: usize = 64;
 
 /// `y = x Wᵀ`: `x` is `n_tokens × n_in`, the result `n_tokens × n_out`, row-major.
 pub fn matmul(x: &[f32], n_tokens: usize, w: &WeightView, mode: MatmulMode) -> Result<Vec<f32>> {
@@ -97,7 +105,12 @@ pub fn matmul(x: &[f32], n_tokens: usize, w: &WeightView, mode: MatmulMode) -> R
         _ => None,
     };
     let mut yt = vec![0f32; n_tokens * w.n_out];
-    if let Some(dot) = quantized_dot {
+    if quantized_dot.is_some()
+        && n_tokens >= TILED_MIN_TOKENS
+        && crunch_quant::tiled::matmul_quant(w.ty, w.data, w.n_in, w.n_out, x, n_tokens, &mut yt)
+    {
+        // done: several tokens per weight-row read
+    } else if let Some(dot) = quantized_dot {
         // Activations in the dot type, once.
         let dk = crunch_quant::kernels(k.dot_type).ok_or_else(|| unsupported(w, "activation quantization"))?;
         let xrb = k.dot_type.row_size(w.n_in).ok_or_else(|| unsupported(w, "activation quantization"))?;
@@ -125,6 +138,17 @@ pub fn matmul(x: &[f32], n_tokens: usize, w: &WeightView, mode: MatmulMode) -> R
             x
         };
         let n_in = w.n_in;
+        if n_tokens >= TILED_MIN_TOKENS {
+            // A panel of weight rows in f32, multiplied by all tokens with a blocked GEMM.
+            yt.par_chunks_mut(GEMM_PANEL * n_tokens).enumerate().for_each(|(b, out)| {
+                let r0 = b * GEMM_PANEL;
+                let rows = out.len() / n_tokens;
+                let mut wf = vec![0f32; rows * n_in];
+                (k.dequantize)(&w.data[r0 * rb..(r0 + rows) * rb], &mut wf);
+                crunch_quant::tiled::gemm_f32_panel(&wf, rows, n_in, xs, n_tokens, out);
+            });
+            return Ok(transpose(yt, n_tokens, w.n_out));
+        }
         yt.par_chunks_mut(ROW_BLOCK * n_tokens).enumerate().for_each(|(b, out)| {
             let r0 = b * ROW_BLOCK;
             let rows = out.len() / n_tokens;
@@ -153,17 +177,28 @@ pub fn matmul(x: &[f32], n_tokens: usize, w: &WeightView, mode: MatmulMode) -> R
             }
         });
     }
+    Ok(transpose(yt, n_tokens, w.n_out))
+}
+
+/// `n_out × n_tokens` to `n_tokens × n_out`.
+fn transpose(yt: Vec<f32>, n_tokens: usize, n_out: usize) -> Vec<f32> {
     if n_tokens == 1 {
-        return Ok(yt);
+        return yt;
     }
-    let n_out = w.n_out;
+    // Blocks of tokens: each output row of `yt` is read as one short contiguous run per block.
+    const TB: usize = 16;
     let mut y = vec![0f32; n_tokens * n_out];
-    y.par_chunks_mut(n_out).enumerate().for_each(|(t, row)| {
-        for (r, v) in row.iter_mut().enumerate() {
-            *v = yt[r * n_tokens + t];
+    y.par_chunks_mut(TB * n_out).enumerate().for_each(|(b, rows)| {
+        let t0 = b * TB;
+        let nt = rows.len() / n_out;
+        for r in 0..n_out {
+            let src = &yt[r * n_tokens + t0..r * n_tokens + t0 + nt];
+            for (j, &v) in src.iter().enumerate() {
+                rows[j * n_out + r] = v;
+            }
         }
     });
-    Ok(y)
+    y
 }
 
 /// Round `x` through `ty` (quantize then dequantize each row); `None` if `ty` has no kernels.

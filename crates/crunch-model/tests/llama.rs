@@ -50,13 +50,30 @@ fn batch_equals_incremental() {
     let all = m.forward(&ids, &mut cache).unwrap();
     assert_eq!(all.len(), ids.len() * n_vocab);
     assert_eq!(cache.len(), ids.len());
+    // One token at a time takes the vec_dot kernels, a batch the tiled ones: the integer products
+    // are equal, the float scaling order differs. In exact mode (f32 only) the logits agree closely.
+    let mut exact = LlamaModel::from_gguf(m.file().clone()).unwrap();
+    exact.mode = MatmulMode::Exact;
+    let all_exact = exact.forward(&ids, &mut exact.new_cache(64)).unwrap();
+    let mut cache = exact.new_cache(64);
+    for (t, &id) in ids.iter().enumerate() {
+        let one = exact.forward(&[id], &mut cache).unwrap();
+        let want = &all_exact[t * n_vocab..(t + 1) * n_vocab];
+        let diff = one.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        eprintln!("exact token {t}: max logit difference {diff}");
+        assert!(diff < 0.05, "exact mode, token {t}: max logit difference {diff}");
+    }
+    // Natively, rounding-order differences move some activations across a Q8 rounding boundary,
+    // so the two paths differ by activation-quantization noise: bound it as a KL-divergence.
     let mut cache = m.new_cache(64);
+    let mut klds = Vec::new();
     for (t, &id) in ids.iter().enumerate() {
         let one = m.forward(&[id], &mut cache).unwrap();
-        let want = &all[t * n_vocab..(t + 1) * n_vocab];
-        let diff = one.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(diff < 1e-3, "token {t}: max logit difference {diff}");
+        klds.push(crunch_model::kld::kld_full(&all[t * n_vocab..(t + 1) * n_vocab], &one));
     }
+    let mean = klds.iter().sum::<f64>() / klds.len() as f64;
+    eprintln!("native batch vs one by one: KLD per token {klds:.4?}");
+    assert!(mean < 0.01 && klds.iter().all(|&k| k < 0.05), "KLD {klds:?}");
     // The model knows its geography: greedy next token after "...Italy is" is " Rome".
     let last = &all[(ids.len() - 1) * n_vocab..];
     let best = (0..n_vocab).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap();
@@ -87,4 +104,51 @@ fn errors_not_panics() {
     let tok = Tokenizer::from_gguf(m.file()).unwrap();
     let short = PerplexityOptions { n_ctx: 128, n_chunks: None };
     assert!(perplexity(m, &tok, "too short", short, |_| {}).is_err());
+}
+
+/// The observer sees every linear layer's input, in `linear_names` order, with the layer's width.
+#[test]
+fn observer_sees_every_linear_input() {
+    let m = model();
+    let ids = [504u32, 3458, 282, 4649, 314, 7];
+    let mut seen: Vec<(String, usize, usize)> = Vec::new();
+    let mut obs = |name: &str, input: &[f32], n: usize| {
+        assert!(input.iter().all(|v| v.is_finite()));
+        seen.push((name.to_string(), input.len() / n, n));
+    };
+    let logits = m.forward_observed(&ids, &mut obs).unwrap();
+    assert_eq!(logits.len(), ids.len() * m.config.n_vocab);
+    let names: Vec<String> = seen.iter().map(|s| s.0.clone()).collect();
+    assert_eq!(names, m.linear_names());
+    for (name, n_in, n) in &seen {
+        assert_eq!(*n, ids.len(), "{name}");
+        let want = if name.ends_with("ffn_down.weight") { m.config.n_ff } else { m.config.n_embd };
+        assert_eq!(*n_in, want, "{name}");
+    }
+    // The observed pass computes the same logits as a plain one.
+    let plain = m.forward(&ids, &mut m.new_cache(ids.len())).unwrap();
+    assert_eq!(plain, logits);
+}
+
+/// Several tokens at once (tiled kernels) give each token's single-token (vec_dot) product.
+#[test]
+fn tiled_matmul_equals_per_token_on_real_weights() {
+    use crunch_model::matmul::{matmul, WeightView};
+    let m = model();
+    let f = m.file();
+    let mut rng = crunch_testkit::Rng::new(9);
+    for name in ["blk.0.attn_q.weight", "blk.0.ffn_down.weight", "token_embd.weight"] {
+        let info = f.tensor(name).unwrap();
+        let (n_in, n_out) = (info.dims[0] as usize, info.dims[1] as usize);
+        let w = WeightView { name, ty: info.ty, n_in, n_out, data: f.tensor_data(info) };
+        let n = 6;
+        let x: Vec<f32> = (0..n * n_in).map(|_| rng.normal()).collect();
+        let all = matmul(&x, n, &w, MatmulMode::Native).unwrap();
+        for t in 0..n {
+            let one = matmul(&x[t * n_in..(t + 1) * n_in], 1, &w, MatmulMode::Native).unwrap();
+            let got = &all[t * n_out..(t + 1) * n_out];
+            let diff = one.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-3, "{name} token {t}: max difference {diff}");
+        }
+    }
 }

@@ -20,6 +20,7 @@ pub mod kquants;
 pub mod legacy;
 pub mod rows;
 pub mod ternary;
+pub mod tiled;
 
 pub use rows::{convert_rows, dequantize_rows, quantize_rows, QuantError};
 

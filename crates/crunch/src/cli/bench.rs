@@ -58,7 +58,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         );
     }
     if let Some(b) = r.peak_rss_bytes {
-        println!("peak RSS {} (model file {}), load {:.2} s", human_bytes(b), human_bytes(r.file_bytes), r.load_seconds);
+        println!(
+            "peak RSS {} (model file {}), load {:.2} s",
+            human_bytes(b),
+            human_bytes(r.file_bytes),
+            r.load_seconds
+        );
     }
     Ok(())
 }

@@ -129,8 +129,12 @@ fn perplexity(a: PerplexityArgs) -> Result<()> {
     super::set_threads(a.common.threads)?;
     let opts = EvalOptions { ctx: a.ctx, chunks: a.chunks, exact: a.common.exact };
     let progress = Lines { quiet: a.common.quiet || a.common.json };
+    let params = serde_json::json!({ "ctx": a.ctx, "chunks": a.chunks, "exact": a.common.exact });
+    let inputs = [("model", a.model.as_path()), ("text", a.text.as_path())];
+    let rec = super::runs::Recorder::start("eval", None, Some("perplexity".into()), params, &inputs);
     let r = eval::perplexity(&a.model, &a.text, &opts, &progress, &super::ctrl_c_cancel())
-        .with_context(|| format!("perplexity of {}", a.model.display()))?;
+        .with_context(|| format!("perplexity of {}", a.model.display()));
+    let r = rec.close(r, |r| vec![("ppl", r.ppl), ("ppl_err", r.ppl_err), ("seconds", r.seconds)])?;
     if a.common.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -167,10 +171,8 @@ fn print_compare(r: &CompareReport) {
 
 fn compare(a: CompareArgs) -> Result<()> {
     super::set_threads(a.common.threads)?;
-    let opts = CompareOptions {
-        eval: EvalOptions { ctx: a.ctx, chunks: a.chunks, exact: a.common.exact },
-        top_k: a.top_k,
-    };
+    let opts =
+        CompareOptions { eval: EvalOptions { ctx: a.ctx, chunks: a.chunks, exact: a.common.exact }, top_k: a.top_k };
     let progress = Lines { quiet: a.common.quiet || a.common.json };
     let cancel = super::ctrl_c_cancel();
     let (base, quants) = match &a.base_logits {
@@ -204,10 +206,15 @@ fn compare(a: CompareArgs) -> Result<()> {
     }
     let mut reports = Vec::new();
     for q in quants {
+        let params = serde_json::json!({ "base": base.model, "ctx": base.n_ctx, "chunks": base.n_chunks, "top_k": base.top_k });
+        let rec = super::runs::Recorder::start("eval", None, Some("compare".into()), params, &[("model", q.as_path())]);
         let loaded = eval::open_model(q, a.common.exact)?;
         let t0 = std::time::Instant::now();
         let stats = eval::compare_with(&base, &loaded.model, &progress, &cancel)
-            .with_context(|| format!("comparing {}", q.display()))?;
+            .with_context(|| format!("comparing {}", q.display()));
+        let stats = rec.close(stats, |s| {
+            vec![("kld", s.kld.mean), ("kld_p99", s.kld.p99), ("top1", s.same_top_pct), ("ppl", s.ppl_quant)]
+        })?;
         let seconds = t0.elapsed().as_secs_f64();
         let r = CompareReport {
             base: base.model.clone(),
@@ -242,7 +249,10 @@ fn choice(a: ChoiceArgs) -> Result<()> {
     } else {
         println!("{} tasks, chance {:.2}%", r.n_tasks, r.chance_pct);
         for (name, acc) in [("acc", r.acc), ("acc_norm", r.acc_norm)] {
-            println!("{name:<9}: {:.2}% [{:.2}%, {:.2}%] ({} of {})", acc.pct, acc.ci_low, acc.ci_high, acc.correct, acc.total);
+            println!(
+                "{name:<9}: {:.2}% [{:.2}%, {:.2}%] ({} of {})",
+                acc.pct, acc.ci_low, acc.ci_high, acc.correct, acc.total
+            );
         }
         println!("{:.2} s", r.seconds);
     }

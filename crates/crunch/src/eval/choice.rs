@@ -111,15 +111,15 @@ pub fn choice(
     progress.start("tasks", tasks.len() as u64);
     for (i, t) in tasks.iter().enumerate() {
         check_cancel(cancel)?;
-        let s = score_task(&loaded.model, &loaded.tokenizer, t, &mut cache)
-            .map_err(model_err(format!("{} task {}", tasks_path.display(), i + 1)))?;
+        let s = score_task(&loaded.model, &loaded.tokenizer, t, &mut cache).map_err(model_err(format!(
+            "{} task {}",
+            tasks_path.display(),
+            i + 1
+        )))?;
         acc += (s.pred == t.label) as usize;
         acc_norm += (s.pred_norm == t.label) as usize;
         let a = Accuracy::new(acc_norm, i + 1);
-        progress.advance(
-            i as u64 + 1,
-            &format!("{}\t{:.8}%\t[{:.4}%, {:.4}%]", i + 1, a.pct, a.ci_low, a.ci_high),
-        );
+        progress.advance(i as u64 + 1, &format!("{}\t{:.8}%\t[{:.4}%, {:.4}%]", i + 1, a.pct, a.ci_low, a.ci_high));
         scores.push(s);
     }
     let n = tasks.len();

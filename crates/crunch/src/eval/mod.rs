@@ -59,7 +59,7 @@ pub fn open_model(path: &Path, exact: bool) -> Result<Loaded> {
         model.mode = MatmulMode::Exact;
     }
     let tokenizer = Tokenizer::from_gguf(model.file())
-        .map_err(|e| ModelError::from(e))
+        .map_err(ModelError::from)
         .map_err(model_err(format!("{}: tokenizer", path.display())))?;
     Ok(Loaded { model, tokenizer })
 }

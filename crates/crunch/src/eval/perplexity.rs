@@ -63,11 +63,7 @@ impl PerplexityReport {
 
 /// Tokenize as llama-perplexity does (special tokens added) and pick the BOS to put first in each
 /// chunk, if the vocabulary adds one.
-pub(crate) fn tokenize_for_eval(
-    loaded: &super::Loaded,
-    text: &str,
-    what: &Path,
-) -> Result<(Vec<u32>, Option<u32>)> {
+pub(crate) fn tokenize_for_eval(loaded: &super::Loaded, text: &str, what: &Path) -> Result<(Vec<u32>, Option<u32>)> {
     let tok = &loaded.tokenizer;
     let err = model_err(what.display());
     if tok.add_eos() {
@@ -75,7 +71,9 @@ pub(crate) fn tokenize_for_eval(
     }
     let tokens = tok.encode(text, true).map_err(|e| err(e.into()))?;
     let bos = if tok.add_bos() {
-        Some(tok.bos().ok_or_else(|| model_err(what.display())(ModelError::Input("the vocabulary adds BOS but has none".into())))?)
+        Some(tok.bos().ok_or_else(|| {
+            model_err(what.display())(ModelError::Input("the vocabulary adds BOS but has none".into()))
+        })?)
     } else {
         None
     };
