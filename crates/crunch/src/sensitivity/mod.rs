@@ -21,6 +21,7 @@ pub mod reference;
 use crate::error::{Error, Result};
 use crate::progress::{Cancel, Progress};
 use crate::quantize::{self, rules, Ftype, QuantizeOptions};
+use crunch_calib::imatrix::{CollectOptions, Collector};
 use crunch_core::gguf::GgufFile;
 use crunch_core::GgmlType;
 use crunch_model::LlamaModel;
@@ -269,38 +270,6 @@ pub fn group_of(name: &str, band: usize, n_layer: usize) -> String {
     name.trim_end_matches(".weight").to_string()
 }
 
-/// Per-column mean squares of the activations entering each linear layer (an importance matrix
-/// collected on the calibration text during the base model's pass).
-#[derive(Default)]
-pub struct ActivationStats {
-    sums: BTreeMap<String, (Vec<f64>, usize)>,
-}
-
-impl ActivationStats {
-    pub fn observe(&mut self, name: &str, x: &[f32], n_tokens: usize) {
-        if n_tokens == 0 {
-            return;
-        }
-        let n_in = x.len() / n_tokens;
-        let e = self.sums.entry(name.to_string()).or_insert_with(|| (vec![0f64; n_in], 0));
-        if e.0.len() != n_in {
-            return;
-        }
-        for row in x.chunks_exact(n_in) {
-            for (s, &v) in e.0.iter_mut().zip(row) {
-                *s += (v as f64) * (v as f64);
-            }
-        }
-        e.1 += n_tokens;
-    }
-
-    /// Mean squares for `name`, if it was seen.
-    pub fn importance(&self, name: &str) -> Option<Vec<f32>> {
-        let (s, n) = self.sums.get(name)?;
-        Some(s.iter().map(|v| (v / (*n).max(1) as f64) as f32).collect())
-    }
-}
-
 /// The calibration inputs: the chunks the probes are evaluated on.
 pub struct Calibration {
     pub chunks: Chunks,
@@ -393,11 +362,21 @@ pub fn measure(
 
     // 1. The base pass: reference distributions and activation statistics.
     progress.start("sensitivity: base pass", calib.chunks.chunks.len() as u64);
-    let mut stats = ActivationStats::default();
+    // Activation statistics: an importance matrix as `crunch imatrix` collects it.
+    let mut collector = Collector::new(CollectOptions { process_output: true });
+    let mut collect_err = None;
     let base = {
-        let mut obs = |n: &str, x: &[f32], t: usize| stats.observe(n, x, t);
+        let mut obs = |n: &str, x: &[f32], t: usize| {
+            if collect_err.is_none() {
+                collect_err = collector.observe(n, x, t).err();
+            }
+        };
         scored_logits(&model, &calib.chunks, Some(&mut obs))?
     };
+    if let Some(e) = collect_err {
+        return Err(crate::calibrate::calib_err(e));
+    }
+    let stats = collector.to_imatrix(Vec::new(), opts.ctx as u32);
 
     // 2. Quantization error of every candidate type on every tensor.
     let candidates: Vec<_> =
