@@ -122,8 +122,22 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     }
     let cancel = super::ctrl_c_cancel();
     let progress = TermProgress::new(a.quiet || a.json);
-    let report = convert::execute(&plan, &a.output, &progress, &cancel)
-        .with_context(|| format!("writing {}", a.output.display()))?;
+    let params = serde_json::json!({ "type": plan.ftype.name(), "pre": a.pre, "name": a.name });
+    let rec = super::runs::Recorder::start(
+        "convert",
+        None,
+        Some(plan.ftype.name().to_string()),
+        params,
+        &[("model", &a.input)],
+    );
+    let res = convert::execute(&plan, &a.output, &progress, &cancel)
+        .with_context(|| format!("writing {}", a.output.display()));
+    if res.is_ok() {
+        rec.output(&a.output);
+    }
+    let report = rec.close(res, |r| {
+        vec![("file_bytes", r.file_bytes as f64), ("seconds", r.seconds), ("peak_rss_bytes", r.peak_rss_bytes as f64)]
+    })?;
     if a.json {
         let j = serde_json::json!({"tokenizer": plan.vocab, "result": report});
         println!("{}", serde_json::to_string_pretty(&j)?);

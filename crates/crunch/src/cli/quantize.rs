@@ -257,8 +257,17 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         replacements: calibrated.as_ref().map(|_| &replace as quantize::ReplacementLookup),
         extra_metadata: &extra,
     };
-    let report = quantize::execute_with(&input, &plan, &a.output, exec, &progress, &cancel)
-        .with_context(|| format!("writing {}", a.output.display()))?;
+    let params = serde_json::json!({ "type": a.ftype, "method": a.calib.method, "pure": a.pure,
+                                      "tensor_type": a.tensor_type, "imatrix": a.imatrix });
+    let mut rec = super::runs::Recorder::start("quantize", None, Some(a.ftype.clone()), params, &[("model", &a.input)]);
+    let res = quantize::execute_with(&input, &plan, &a.output, exec, &progress, &cancel)
+        .with_context(|| format!("writing {}", a.output.display()));
+    if res.is_ok() {
+        rec.output(&a.output);
+        rec.plan(&plan, None);
+    }
+    let report =
+        rec.close(res, |r| vec![("file_bytes", r.file_bytes as f64), ("bpw", r.bpw), ("seconds", r.seconds)])?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": plan, "result": report }))?);
     } else if !a.quiet {
