@@ -17,10 +17,12 @@
   check_export_python.py llama-tokens GGUF --text FILE --out IDS.json    (llama-venv: llama_cpp)
       llama.cpp's token ids for the whole text (vocab only, no BOS, special tokens not parsed).
 
-  check_export_python.py minilm-llama GGUF MODEL_DIR --text FILE [--lines N] [--ref-python PY]
-      (llama-venv) Sentence embeddings of the first N non-empty lines from llama.cpp
-      (llama_cpp.Llama(embedding=True), the GGUF's own mean pooling) against the numpy reference
-      of scripts/minilm_reference.py run with the oracle venv's python; prints min/mean cosine.
+  check_export_python.py minilm-llama GGUF --text FILE [--crunch-jsonl FILE] [--model-dir DIR --lines N]
+      (llama-venv) Sentence embeddings from llama.cpp (llama_cpp.Llama(embedding=True), the GGUF's
+      own pooling) against crunch's (`crunch embed GGUF -f TEXT -o FILE`, JSONL) and/or the numpy
+      reference of scripts/minilm_reference.py over the Hugging Face folder (run with the oracle
+      venv's python; lines sentence-transformers truncates are skipped); min/mean cosine as JSON,
+      exit 1 below 0.999.
 """
 import argparse
 import json
@@ -164,32 +166,43 @@ def cmd_minilm_llama(a):
     import numpy as np
     import llama_cpp
 
-    ref_py = a.ref_python or str(Path.home() / ".cache/crunch/venv/bin/python")
-    with tempfile.TemporaryDirectory() as tmp:
-        ref_json = Path(tmp) / "ref.json"
-        subprocess.run([ref_py, str(HERE / "minilm_reference.py"), "embed", a.model_dir, a.text, str(ref_json),
-                        "--max-lines", str(a.lines)], check=True)
-        ref = json.loads(ref_json.read_text())
-    # sentence-transformers truncates to max_seq_length; llama.cpp embeds the whole line. Lines
-    # that long are compared on nothing (reported), all others must tokenize identically.
-    st_cfg = Path(a.model_dir) / "sentence_bert_config.json"
-    max_len = json.loads(st_cfg.read_text()).get("max_seq_length", 512) if st_cfg.is_file() else 512
     llm = llama_cpp.Llama(model_path=a.gguf, embedding=True, n_ctx=512, n_batch=512, verbose=False)
-    cos, ids_differ, truncated = [], [], 0
-    for line, ref_ids, ref_emb in zip(ref["lines"], ref["ids"], ref["embeddings"]):
-        if len(ref_ids) >= max_len:
-            truncated += 1
-            continue
-        ids = llm.tokenize(line.encode("utf-8"), add_bos=True, special=False)
-        if ids != ref_ids:
-            ids_differ.append(line[:80])
-        e = np.asarray(llm.embed(line), dtype=np.float64)
-        r = np.asarray(ref_emb, dtype=np.float64)
-        cos.append(float(e @ r / (np.linalg.norm(e) * np.linalg.norm(r))))
-    out = {"lines": len(cos), "skipped_truncated_by_sentence_transformers": truncated,
-           "min_cosine": min(cos), "mean_cosine": sum(cos) / len(cos), "token_ids_differ": ids_differ}
+
+    def cosine(x, y):
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+    out = {}
+    if a.crunch_jsonl:
+        # crunch's own BERT forward pass on the same GGUF (`crunch embed GGUF -f TEXT -o FILE`).
+        recs = [json.loads(l) for l in Path(a.crunch_jsonl).read_text().splitlines() if l.strip()]
+        cos = [cosine(llm.embed(r["text"]), r["embedding"]) for r in recs]
+        out["crunch"] = {"lines": len(cos), "min_cosine": min(cos), "mean_cosine": sum(cos) / len(cos)}
+    if a.model_dir:
+        ref_py = a.ref_python or str(Path.home() / ".cache/crunch/venv/bin/python")
+        with tempfile.TemporaryDirectory() as tmp:
+            ref_json = Path(tmp) / "ref.json"
+            subprocess.run([ref_py, str(HERE / "minilm_reference.py"), "embed", a.model_dir, a.text, str(ref_json),
+                            "--max-lines", str(a.lines)], check=True)
+            ref = json.loads(ref_json.read_text())
+        # sentence-transformers truncates to max_seq_length; llama.cpp embeds the whole line. Lines
+        # that long are skipped (counted), all others must tokenize identically.
+        st_cfg = Path(a.model_dir) / "sentence_bert_config.json"
+        max_len = json.loads(st_cfg.read_text()).get("max_seq_length", 512) if st_cfg.is_file() else 512
+        cos, ids_differ, truncated = [], [], 0
+        for line, ref_ids, ref_emb in zip(ref["lines"], ref["ids"], ref["embeddings"]):
+            if len(ref_ids) >= max_len:
+                truncated += 1
+                continue
+            if llm.tokenize(line.encode("utf-8"), add_bos=True, special=False) != ref_ids:
+                ids_differ.append(line[:80])
+            cos.append(cosine(llm.embed(line), ref_emb))
+        out["numpy_reference"] = {"lines": len(cos), "skipped_truncated_by_sentence_transformers": truncated,
+                                  "min_cosine": min(cos), "mean_cosine": sum(cos) / len(cos),
+                                  "token_ids_differ": ids_differ}
     print(json.dumps(out, indent=1))
-    sys.exit(0 if out["min_cosine"] >= 0.999 and not ids_differ else 1)
+    ok = all(v["min_cosine"] >= 0.999 for v in out.values()) and not out.get("numpy_reference", {}).get("token_ids_differ")
+    sys.exit(0 if ok and out else 1)
 
 
 def main():
@@ -211,7 +224,8 @@ def main():
     t.add_argument("--out", required=True)
     b = sub.add_parser("minilm-llama")
     b.add_argument("gguf")
-    b.add_argument("model_dir")
+    b.add_argument("--model-dir", help="Hugging Face folder: compare with scripts/minilm_reference.py (numpy)")
+    b.add_argument("--crunch-jsonl", help="output of `crunch embed GGUF -f TEXT -o FILE`: compare with crunch")
     b.add_argument("--text", required=True)
     b.add_argument("--lines", type=int, default=64)
     b.add_argument("--ref-python")

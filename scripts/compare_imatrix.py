@@ -13,6 +13,7 @@ imatrix layout (general.type=imatrix, imatrix.* keys, NAME.in_sum2 / NAME.counts
   $P scripts/compare_imatrix.py collect MODEL.gguf TEXT -o llama.imatrix.gguf --ctx 512 --chunks 16
   $P scripts/compare_imatrix.py compare crunch.imatrix.gguf llama.imatrix.gguf [--tol 0.01]
   $P scripts/compare_imatrix.py quantize MODEL.gguf OUT.gguf Q4_K_M --imatrix FILE
+  $P scripts/compare_imatrix.py same-tensors crunch.gguf llama.gguf
 
 `compare` prints, per tensor, the relative L2 difference of the per-column mean squared
 activations and the largest per-column relative difference, and exits non-zero when a tensor's
@@ -239,6 +240,18 @@ def quantize(a):
     print(f"{a.output}: {a.type} with {len(means)} imatrix entries in {time.time() - t:.1f} s")
 
 
+def same_tensors(a):
+    from gguf import GGUFReader
+    ra, rb = GGUFReader(a.a), GGUFReader(a.b)
+    ta = {t.name: (t.tensor_type.name, bytes(np.asarray(t.data).view(np.uint8).ravel())) for t in ra.tensors}
+    tb = {t.name: (t.tensor_type.name, bytes(np.asarray(t.data).view(np.uint8).ravel())) for t in rb.tensors}
+    diff = [k for k in ta if k not in tb or ta[k] != tb[k]] + [k for k in tb if k not in ta]
+    print(f"{len(ta) - len(diff)}/{len(ta)} tensors identical (type and bytes)")
+    for k in diff[:10]:
+        print(f"  differs: {k} {ta.get(k, ('-',))[0]} vs {tb.get(k, ('-',))[0]}")
+    return 0 if not diff else 1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -261,7 +274,12 @@ def main():
     q.add_argument("type")
     q.add_argument("--imatrix", required=True)
     q.add_argument("--threads", type=int, default=2)
+    d = sub.add_parser("same-tensors", help="are two GGUF files' tensors identical (types and bytes)?")
+    d.add_argument("a")
+    d.add_argument("b")
     a = ap.parse_args()
+    if a.cmd == "same-tensors":
+        sys.exit(same_tensors(a))
     if a.cmd == "collect":
         collect(a)
     elif a.cmd == "compare":

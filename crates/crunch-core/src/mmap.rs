@@ -32,6 +32,17 @@ impl Mapped {
         self.map.as_deref().unwrap_or(&[])
     }
 
+    /// Ask the kernel to start reading `[offset, offset + len)` in the background, so a job that
+    /// works on one part of the file while the next is read overlaps computation and I/O.
+    /// Advisory: errors are ignored.
+    pub fn prefetch(&self, offset: usize, len: usize) {
+        let Some(map) = &self.map else { return };
+        let end = offset.saturating_add(len).min(map.len());
+        if end > offset {
+            let _ = map.advise_range(memmap2::Advice::WillNeed, offset, end - offset);
+        }
+    }
+
     /// Tell the kernel the pages of `[offset, offset + len)` are no longer needed, so a job that
     /// streams through a large file keeps its resident memory near one tensor, not the file.
     /// Later reads of the range still see the file's contents (read back from disk).

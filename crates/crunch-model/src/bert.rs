@@ -26,6 +26,7 @@ use serde_json::Value as Json;
 
 use crate::error::{ModelError, Result};
 use crate::matmul::{dot_f32, matmul, MatmulMode, WeightView};
+use crate::ops::{add_assign, add_bias};
 use crate::store::{StoreFormat, TensorStore};
 use crate::tokenizer::Tokenizer;
 
@@ -520,7 +521,7 @@ impl BertModel {
         let w = self.matrix(name, n_in, n_out)?;
         let mut y = matmul(x, n_tok, &w, self.mode)?;
         if let Some(b) = bias {
-            y.par_chunks_mut(n_out).for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+            add_bias(&mut y, b);
         }
         Ok(y)
     }
@@ -587,7 +588,7 @@ impl BertModel {
                     v[t * e..(t + 1) * e].copy_from_slice(&row[2 * e..]);
                 }
                 for (m, b) in [(&mut q, &l.bq), (&mut k, &l.bk), (&mut v, &l.bv)] {
-                    m.par_chunks_mut(e).for_each(|r| r.iter_mut().zip(b.iter()).for_each(|(a, b)| *a += b));
+                    add_bias(m, b);
                 }
                 (q, k, v)
             } else {
@@ -599,13 +600,13 @@ impl BertModel {
             };
             let a = bidirectional_attention(&q, &k, &v, &ranges, c.n_head, e / c.n_head);
             let mut o = self.linear(&a, n_tok, &nm(Part::AttnOut, false), e, e, l.bo.as_deref())?;
-            add_rows(&mut o, &x);
+            add_assign(&mut o, &x);
             layer_norm(&mut o, &l.attn_norm.0, &l.attn_norm.1, c.norm_eps);
             x = o;
             let mut h = self.linear(&x, n_tok, &nm(Part::Up, false), e, n_ff, l.b_up.as_deref())?;
             gelu_in_place(&mut h, c.gelu);
             let mut d = self.linear(&h, n_tok, &nm(Part::Down, false), n_ff, e, l.b_down.as_deref())?;
-            add_rows(&mut d, &x);
+            add_assign(&mut d, &x);
             layer_norm(&mut d, &l.out_norm.0, &l.out_norm.1, c.norm_eps);
             x = d;
         }
@@ -713,10 +714,6 @@ pub fn gelu(x: f32, kind: Gelu) -> f32 {
 
 fn gelu_in_place(x: &mut [f32], kind: Gelu) {
     x.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = gelu(*v, kind)));
-}
-
-fn add_rows(x: &mut [f32], y: &[f32]) {
-    x.par_chunks_mut(4096).zip(y.par_chunks(4096)).for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
 }
 
 /// Softmax attention of every token over all tokens of its own sequence (no causal mask).

@@ -25,5 +25,5 @@ pub use error::{ModelError, Result};
 pub use kv_cache::KvCache;
 pub use llama::{LlamaModel, Observer};
 pub use matmul::MatmulMode;
-pub use store::{StoreFormat, TensorStore};
 pub use perplexity::{perplexity, perplexity_tokens, ChunkLayout, PerplexityOptions, PerplexityResult};
+pub use store::{StoreFormat, TensorStore};

@@ -226,7 +226,9 @@ fn quantize_acts(x: &[f32], n_tokens: usize, n_pad: usize, n_in: usize, dot_type
         d32: vec![0.0; n_pad * n_in / 32],
         sum16: vec![0.0; n_pad * n_in / 16],
     };
-    let (block_bytes, elems, d_at, q_at): (usize, usize, fn(&[u8]) -> f32, usize) = match dot_type {
+    /// Block bytes, values per block, where the scale is read from, offset of the codes.
+    type ActLayout = (usize, usize, fn(&[u8]) -> f32, usize);
+    let (block_bytes, elems, d_at, q_at): ActLayout = match dot_type {
         GgmlType::Q8_0 => (34, 32, |b| h(b, 0), 2),
         GgmlType::Q8_1 => (36, 32, |b| h(b, 0), 4),
         GgmlType::Q8_K => (292, 256, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]), 4),
@@ -321,7 +323,11 @@ pub fn matmul_quant(
     let Some(k) = crate::kernels(ty) else {
         return false;
     };
-    if n_in % dec.elems != 0 || n_in % 32 != 0 || x.len() != n_tokens * n_in || yt.len() != n_out * n_tokens {
+    if !n_in.is_multiple_of(dec.elems)
+        || !n_in.is_multiple_of(32)
+        || x.len() != n_tokens * n_in
+        || yt.len() != n_out * n_tokens
+    {
         return false;
     }
     let row_bytes = n_in / dec.elems * dec.bytes;
@@ -384,7 +390,7 @@ fn tile_product(
     signed: bool,
 ) -> [[f32; RN]; RM] {
     let n = xs[0].len();
-    assert!(n % 32 == 0);
+    assert!(n.is_multiple_of(32));
     assert!(codes.iter().all(|c| c.len() == n) && scales.iter().all(|s| s.len() == n / 4));
     assert!(xs.iter().all(|x| x.len() == n) && ds.iter().all(|d| d.len() == n / 32));
     #[cfg(target_arch = "x86_64")]

@@ -8,9 +8,9 @@
 pub mod calibrate;
 pub mod convert;
 pub mod error;
-pub mod fit;
 pub mod eval;
 pub mod export;
+pub mod fit;
 pub mod inspect;
 pub mod memory;
 pub mod progress;

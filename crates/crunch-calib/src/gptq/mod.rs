@@ -71,7 +71,7 @@ pub fn quantize(
     let g = type_grid(ty).ok_or_else(|| CalibError::Invalid(format!("{name}: GPTQ cannot round onto {ty}")))?;
     let k = crunch_quant::kernels(ty).ok_or_else(|| CalibError::Invalid(format!("{name}: no kernels for {ty}")))?;
     let bs = ty.block_size();
-    if n_in == 0 || !n_in.is_multiple_of(bs) || w.len() % n_in != 0 || h.len() != n_in * n_in {
+    if n_in == 0 || !n_in.is_multiple_of(bs) || !w.len().is_multiple_of(n_in) || h.len() != n_in * n_in {
         return Err(CalibError::Invalid(format!(
             "{name}: {} weights, rows of {n_in}, Hessian of {} values, {ty} blocks of {bs}",
             w.len(),

@@ -45,7 +45,9 @@ pub fn read(path: &Path) -> Result<Imatrix> {
             format!("missing imatrix metadata ({KEY_DATASETS}, {KEY_CHUNK_COUNT}, {KEY_CHUNK_SIZE}); is it an imatrix file?"),
         ));
     };
-    let mut parts: BTreeMap<String, (Option<Vec<f32>>, Option<Vec<f32>>)> = BTreeMap::new();
+    /// Per tensor: its `in_sum2` and `counts` arrays, as they are found.
+    type Parts = BTreeMap<String, (Option<Vec<f32>>, Option<Vec<f32>>)>;
+    let mut parts: Parts = BTreeMap::new();
     for t in file.tensors() {
         let (base, is_sums) = if let Some(b) = t.name.strip_suffix(".in_sum2") {
             (b, true)

@@ -366,6 +366,15 @@ impl SafetensorsModel {
         decode_f32(info, data)
     }
 
+    /// Start reading tensor `name` from disk in the background (see [`Mapped::prefetch`]).
+    pub fn prefetch_tensor(&self, name: &str) {
+        if let Some(&i) = self.by_name.get(name) {
+            let t = &self.tensors[i];
+            let shard = &self.shards[t.shard];
+            shard.map.prefetch((shard.data_start + t.data_offsets.0) as usize, t.n_bytes() as usize);
+        }
+    }
+
     /// Drop the pages of tensor `name` from memory once it has been processed, so streaming through
     /// a large checkpoint keeps resident memory near one tensor (see [`Mapped::release`]).
     pub fn release_tensor(&self, name: &str) {

@@ -108,7 +108,7 @@ pub fn run_imatrix(job: &ImatrixJob, progress: &dyn Progress, cancel: &Cancel) -
     imatrix::collect(&model, &chunks, &mut collector, |i, c| {
         done = i + 1;
         progress.advance((done * job.n_ctx) as u64, &format!("chunk {}/{total}", done));
-        if job.save_every > 0 && done % job.save_every == 0 && done < total {
+        if job.save_every > 0 && done.is_multiple_of(job.save_every) && done < total {
             c.to_imatrix(datasets.clone(), cs).save(&job.output, job.format)?;
         }
         cancelled = cancel.is_cancelled();

@@ -206,7 +206,8 @@ fn compare(a: CompareArgs) -> Result<()> {
     }
     let mut reports = Vec::new();
     for q in quants {
-        let params = serde_json::json!({ "base": base.model, "ctx": base.n_ctx, "chunks": base.n_chunks, "top_k": base.top_k });
+        let params =
+            serde_json::json!({ "base": base.model, "ctx": base.n_ctx, "chunks": base.n_chunks, "top_k": base.top_k });
         let rec = super::runs::Recorder::start("eval", None, Some("compare".into()), params, &[("model", q.as_path())]);
         let loaded = eval::open_model(q, a.common.exact)?;
         let t0 = std::time::Instant::now();

@@ -1,12 +1,12 @@
 //! Command-line front end: clap definitions and one small function per subcommand.
 
-mod convert;
-mod export;
-mod imatrix;
 mod bench;
+mod convert;
 mod embed;
 mod eval;
+mod export;
 mod fit;
+mod imatrix;
 mod quantize;
 mod report;
 mod run;

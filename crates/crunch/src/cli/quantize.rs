@@ -101,9 +101,12 @@ pub struct CalibArgs {
     awq_grid: usize,
 }
 
+/// An importance matrix and the metadata that records it in the output.
+type LoadedImatrix = (crunch_calib::Imatrix, Vec<(String, Value)>);
+
 /// The imatrix for `--imatrix`, filtered by `--include-weights` / `--exclude-weights`, and the
 /// `quantize.imatrix.*` metadata llama-quantize writes with it.
-fn load_imatrix(a: &QuantizeArgs, input: &GgufFile) -> Result<Option<(crunch_calib::Imatrix, Vec<(String, Value)>)>> {
+fn load_imatrix(a: &QuantizeArgs, input: &GgufFile) -> Result<Option<LoadedImatrix>> {
     let Some(path) = &a.imatrix else { return Ok(None) };
     let mut m = crunch_calib::Imatrix::load(path, 512).with_context(|| format!("reading {}", path.display()))?;
     crunch::calibrate::imatrix::check_model(&m, input)?;

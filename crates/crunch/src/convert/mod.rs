@@ -568,32 +568,70 @@ pub fn execute(plan: &ConvertPlan, output: &Path, progress: &dyn Progress, cance
     let mut writer = GgufWriter::create(output, plan.metadata.clone(), &specs)?;
     let total = plan.src_bytes();
     progress.start("convert", total);
-    let mut done = 0u64;
-    let mut buf = Vec::new();
-    for (t, ty) in order {
-        if cancel.is_cancelled() {
-            return Err(Error::Cancelled);
+    // Two stages overlap: this thread converts tensor i+1 (its pages prefetched) while a writer
+    // thread writes tensor i; a rendezvous channel keeps at most two tensors in memory.
+    let sha256 = std::thread::scope(|scope| -> Result<String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Cow<[u8]>)>(0);
+        let order_ref = &order;
+        let anon_ref = &anon;
+        let handle = scope.spawn(move || -> Result<String> {
+            let mut done = 0u64;
+            for (i, data) in rx {
+                let (t, ty) = order_ref[i];
+                writer.write_tensor(&t.gguf_name, &data)?;
+                anon_ref.sample();
+                drop(data);
+                if !t.hf_name.is_empty() {
+                    plan.model.release_tensor(&t.hf_name);
+                }
+                done += t.hf_shape.iter().product::<u64>() * t.src_type.type_size() as u64;
+                progress.advance(done, &format!("{} -> {} {}", t.hf_name, t.gguf_name, ty));
+            }
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            Ok(writer.finish()?)
+        });
+        let mut failed = None;
+        for (i, &(t, ty)) in order.iter().enumerate() {
+            if cancel.is_cancelled() {
+                failed = Some(Error::Cancelled);
+                break;
+            }
+            if let Some((next, _)) = order.get(i + 1) {
+                if !next.hf_name.is_empty() {
+                    plan.model.prefetch_tensor(&next.hf_name);
+                }
+            }
+            let data = match plan.base_bytes(t) {
+                Ok(base) if ty == t.base_type => Ok(base),
+                Ok(base) => {
+                    let mut buf = Vec::new();
+                    quantize::convert_tensor(&t.gguf_name, &base, t.base_type, ty, t.dims[0] as usize, None, &mut buf)
+                        .map(|()| Cow::Owned(buf))
+                }
+                Err(e) => Err(e),
+            };
+            match data {
+                Ok(d) => {
+                    anon.sample();
+                    if tx.send((i, d)).is_err() {
+                        break; // the writer stopped on an error, reported by join below
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
-        let base = plan.base_bytes(t)?;
-        if ty == t.base_type {
-            writer.write_tensor(&t.gguf_name, &base)?;
-        } else {
-            buf.clear();
-            quantize::convert_tensor(&t.gguf_name, &base, t.base_type, ty, t.dims[0] as usize, None, &mut buf)?;
-            writer.write_tensor(&t.gguf_name, &buf)?;
+        drop(tx);
+        let written = handle.join().map_err(|_| Error::Invalid("the writer thread panicked".into()))?;
+        match failed {
+            Some(e) => Err(e),
+            None => written,
         }
-        anon.sample();
-        drop(base);
-        if !t.hf_name.is_empty() {
-            plan.model.release_tensor(&t.hf_name);
-        }
-        done += t.hf_shape.iter().product::<u64>() * t.src_type.type_size() as u64;
-        progress.advance(done, &format!("{} -> {} {}", t.hf_name, t.gguf_name, ty));
-    }
-    if cancel.is_cancelled() {
-        return Err(Error::Cancelled);
-    }
-    let sha256 = writer.finish()?;
+    })?;
     let file_bytes = std::fs::metadata(output).map_err(|e| Error::io(output, e))?.len();
     let seconds = t0.elapsed().as_secs_f64();
     progress.finish(&format!("wrote {}", output.display()));

@@ -248,6 +248,16 @@ pub fn validate(file: &RecipeFile, source: &str) -> Result<Vec<Recipe>> {
 }
 
 /// A readable name for an unnamed recipe.
+/// A size as written in a recipe when it is a whole number of a unit (`1MB`, `4GiB`), else rounded.
+fn size_label(b: u64) -> String {
+    const UNITS: [(u64, &str); 6] =
+        [(1 << 30, "GiB"), (1_000_000_000, "GB"), (1 << 20, "MiB"), (1_000_000, "MB"), (1 << 10, "KiB"), (1_000, "kB")];
+    match UNITS.iter().find(|(u, _)| b > 0 && b.is_multiple_of(*u)) {
+        Some((u, name)) => format!("{}{name}", b / u),
+        None => crate::inspect::human_bytes(b).replace(' ', ""),
+    }
+}
+
 pub fn default_name(kind: &RecipeKind, method: Method) -> String {
     let m = if method == Method::Rtn { String::new() } else { format!("+{}", method.name()) };
     match kind {
@@ -255,12 +265,12 @@ pub fn default_name(kind: &RecipeKind, method: Method) -> String {
         RecipeKind::Preset { ftype, .. } => format!("{}-custom{m}", ftype.name()),
         RecipeKind::FitSizeOf { ftype } => format!("fit-size-of-{}{m}", ftype.name()),
         RecipeKind::Fit(Target::MaxSize(b)) => {
-            format!("fit-size-{}{m}", crate::inspect::human_bytes(*b).replace(' ', ""))
+            format!("fit-size-{}{m}", size_label(*b))
         }
         RecipeKind::Fit(Target::MaxBpw(b)) => format!("fit-bpw-{b}{m}"),
         RecipeKind::Fit(Target::MaxKld(k)) => format!("fit-kld-{k}{m}"),
         RecipeKind::Fit(Target::MaxRam { bytes, ctx }) => {
-            format!("fit-ram-{}-ctx{ctx}{m}", crate::inspect::human_bytes(*bytes).replace(' ', ""))
+            format!("fit-ram-{}-ctx{ctx}{m}", size_label(*bytes))
         }
     }
 }
