@@ -46,6 +46,20 @@ fn has_avx2() -> bool {
     }
 }
 
+/// Whether the AVX-512 VNNI tile kernel can be used (and `CRUNCH_NO_VNNI` is not set, to
+/// measure or test the AVX2 kernel on such CPUs).
+#[cfg(target_arch = "x86_64")]
+fn use_vnni() -> bool {
+    use std::sync::OnceLock;
+    static V: OnceLock<bool> = OnceLock::new();
+    *V.get_or_init(|| {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni")
+            && std::env::var_os("CRUNCH_NO_VNNI").is_none()
+    })
+}
+
 /// Unpack one block: codes (one per element), scale and bias per 16 elements.
 type DecodeFn = fn(block: &[u8], codes: &mut [u8], scales: &mut [f32], biases: &mut [f32]);
 
@@ -500,6 +514,15 @@ fn tile_scalar(ti: &TileIn, signed: bool, sh: Shape) -> [[f32; TR]; RN] {
 }
 
 fn tile_product(ti: &TileIn, signed: bool, sh: Shape) -> [[f32; TR]; RN] {
+    #[cfg(target_arch = "x86_64")]
+    let vnni = use_vnni();
+    #[cfg(not(target_arch = "x86_64"))]
+    let vnni = false;
+    tile_product_with(ti, signed, sh, vnni)
+}
+
+/// [`tile_product`] with the AVX-512 VNNI kernel (`vnni`, if the CPU has it) or the AVX2 one.
+fn tile_product_with(ti: &TileIn, signed: bool, sh: Shape, vnni: bool) -> [[f32; TR]; RN] {
     let n = ti.xs[0].len();
     let ns = n / sh.sub;
     assert!(n.is_multiple_of(32) && n.is_multiple_of(sh.sub));
@@ -511,6 +534,17 @@ fn tile_product(ti: &TileIn, signed: bool, sh: Shape) -> [[f32; TR]; RN] {
     {
         // SAFETY: callers reach this only after `has_avx2()` confirmed AVX2 and FMA; slice lengths
         // were checked just above, and the kernels read within them.
+        if vnni && use_vnni() {
+            // SAFETY: as above, and `use_vnni()` confirmed AVX-512F/VL and VNNI.
+            return unsafe {
+                match (signed, sh.sub) {
+                    (true, _) => vnni::tile::<true, 32>(ti),
+                    (false, 32) => vnni::tile::<false, 32>(ti),
+                    (false, 16) => vnni::tile::<false, 16>(ti),
+                    _ => tile_scalar(ti, signed, sh),
+                }
+            };
+        }
         unsafe {
             match (signed, sh.sub, sh.group) {
                 (true, _, _) => avx2::tile::<true, 32, 1>(ti),
@@ -524,6 +558,7 @@ fn tile_product(ti: &TileIn, signed: bool, sh: Shape) -> [[f32; TR]; RN] {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = vnni;
         tile_scalar(ti, signed, sh)
     }
 }
@@ -569,6 +604,63 @@ mod avx2 {
                 }
                 for j in 0..RN {
                     isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(p16[j], ones));
+                }
+            }
+            // SAFETY: s < n / SUBL sub-blocks: TR scales and biases at s * TR; one activation
+            // scale per 32 and one sum per sub-block.
+            let sc = unsafe { _mm256_loadu_ps(ti.scales.as_ptr().add(s * TR)) };
+            let bias = if SIGNED { sc } else { unsafe { _mm256_loadu_ps(ti.biases.as_ptr().add(s * TR)) } };
+            for j in 0..RN {
+                let dx = unsafe { _mm256_broadcast_ss(ti.ds[j].get_unchecked(s * SUBL / 32)) };
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(sc, dx), acc[j]);
+                if !SIGNED {
+                    let sm = unsafe { _mm256_broadcast_ss(ti.sums[j].get_unchecked(s)) };
+                    acc[j] = _mm256_fmadd_ps(bias, sm, acc[j]);
+                }
+            }
+        }
+        let mut out = [[0f32; TR]; RN];
+        for j in 0..RN {
+            // SAFETY: `out[j]` holds TR = 8 floats.
+            unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) };
+        }
+        out
+    }
+}
+
+/// The tile kernel with AVX-512 VNNI (256-bit): `vpdpbusd` multiplies and sums 4 byte pairs into
+/// 32-bit lanes directly, so no 16-bit grouping is needed.
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::{TileIn, RN, TR};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX2, FMA, AVX-512F/VL and AVX-512 VNNI must be available; `ti` has the lengths
+    /// [`super::tile_product`] checks, for sub-blocks of `SUBL` elements.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+    pub(super) unsafe fn tile<const SIGNED: bool, const SUBL: usize>(ti: &TileIn) -> [[f32; TR]; RN] {
+        let n = ti.xs[0].len();
+        let mut acc = [_mm256_setzero_ps(); RN];
+        let steps = SUBL / 4;
+        let cp = ti.codes.as_ptr();
+        let ap = ti.abs.as_ptr();
+        for s in 0..n / SUBL {
+            let mut isum = [_mm256_setzero_si256(); RN];
+            for q in 0..steps {
+                let k = s * steps + q;
+                // SAFETY: k < n / 4, so the 32 bytes at k * 32 are inside the tile's TR * n
+                // codes; the 4 activation bytes at 4k are inside each token's n.
+                let w = unsafe { _mm256_loadu_si256(cp.add(k * 32).cast()) };
+                let wabs = if SIGNED { unsafe { _mm256_loadu_si256(ap.add(k * 32).cast()) } } else { w };
+                for j in 0..RN {
+                    let xv = unsafe { (ti.xs[j].as_ptr().add(4 * k) as *const i32).read_unaligned() };
+                    let xb = _mm256_set1_epi32(xv);
+                    isum[j] = if SIGNED {
+                        _mm256_dpbusd_epi32(isum[j], wabs, _mm256_sign_epi8(xb, w))
+                    } else {
+                        _mm256_dpbusd_epi32(isum[j], w, xb)
+                    };
                 }
             }
             // SAFETY: s < n / SUBL sub-blocks: TR scales and biases at s * TR; one activation
@@ -772,15 +864,17 @@ mod tests {
                 ds: std::array::from_fn(|j| &ds[j][..]),
                 sums: std::array::from_fn(|j| &sums[j][..]),
             };
-            let got = tile_product(&ti, signed, sh);
             let want = tile_scalar(&ti, signed, sh);
-            for j in 0..RN {
-                for l in 0..TR {
-                    let (g, w) = (got[j][l], want[j][l]);
-                    assert!(
-                        (g - w).abs() <= 1e-3 * (1.0 + w.abs()),
-                        "signed {signed} sub {sub} group {group}: {g} vs {w}"
-                    );
+            for vnni in [false, true] {
+                let got = tile_product_with(&ti, signed, sh, vnni);
+                for j in 0..RN {
+                    for l in 0..TR {
+                        let (g, w) = (got[j][l], want[j][l]);
+                        assert!(
+                            (g - w).abs() <= 1e-3 * (1.0 + w.abs()),
+                            "vnni {vnni} signed {signed} sub {sub} group {group}: {g} vs {w}"
+                        );
+                    }
                 }
             }
         }
