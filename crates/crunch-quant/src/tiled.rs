@@ -387,7 +387,17 @@ impl SharedOut {
     unsafe fn set(self, t: usize, r: usize, v: &[f32]) {
         debug_assert!(t < self.n_tokens && r + v.len() <= self.n_out);
         // SAFETY: in bounds by the caller's contract; no concurrent writer of these elements.
-        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(t * self.n_out + r), v.len()) }
+        let dst = unsafe { self.ptr.add(t * self.n_out + r) };
+        if let Ok(full) = <&[f32; TR]>::try_from(v) {
+            // a whole tile row: a fixed-size copy the compiler inlines (no memcpy call)
+            // SAFETY: as above, TR elements from `dst`.
+            unsafe { dst.cast::<[f32; TR]>().write_unaligned(*full) };
+        } else {
+            for (i, &x) in v.iter().enumerate() {
+                // SAFETY: as above, i < v.len().
+                unsafe { dst.add(i).write(x) };
+            }
+        }
     }
 }
 
@@ -740,6 +750,78 @@ pub fn matmul_f32_panels(
     });
 }
 
+/// A strided matrix view for [`gemm_f32_strided`]: element `(i, j)` at `i * rs + j * cs`.
+#[derive(Clone, Copy, Debug)]
+pub struct Strides {
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// `dst = lhs · rhs` for an `m × k` `lhs` and a `k × n` `rhs`, all three strided views of slices
+/// (single-threaded blocked GEMM). Panics if a view reaches outside its slice or if two `dst`
+/// elements would share a place.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    ds: Strides,
+    lhs: &[f32],
+    ls: Strides,
+    rhs: &[f32],
+    rs: Strides,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, cols: usize, s: Strides| (rows - 1) * s.rs + (cols - 1) * s.cs;
+    assert!(last(m, n, ds) < dst.len(), "gemm destination view out of bounds");
+    assert!(
+        (ds.cs >= 1 && ds.rs >= n * ds.cs)
+            || (ds.rs >= 1 && ds.cs >= m * ds.rs)
+            || (m == 1 && ds.cs >= 1)
+            || (n == 1 && ds.rs >= 1),
+        "gemm destination elements overlap"
+    );
+    if k == 0 {
+        for i in 0..m {
+            for j in 0..n {
+                dst[i * ds.rs + j * ds.cs] = 0.0;
+            }
+        }
+        return;
+    }
+    assert!(last(m, k, ls) < lhs.len(), "gemm lhs view out of bounds");
+    assert!(last(k, n, rs) < rhs.len(), "gemm rhs view out of bounds");
+    // SAFETY: every element addressed by the three views is inside its slice (asserted above),
+    // distinct destination elements are distinct places, and `dst` is borrowed mutably (no alias
+    // with `lhs` or `rhs`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            ds.cs as isize,
+            ds.rs as isize,
+            false,
+            lhs.as_ptr(),
+            ls.cs as isize,
+            ls.rs as isize,
+            rhs.as_ptr(),
+            rs.cs as isize,
+            rs.rs as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// `out = W xᵀ` in f32 for `rows` weight rows `w` (row-major, `n_in` each) and `n_tokens`
 /// activation rows `x`: `out` is `rows × n_tokens`. Single-threaded (callers split the rows).
 pub fn gemm_f32_panel(w: &[f32], rows: usize, n_in: usize, x: &[f32], n_tokens: usize, out: &mut [f32]) {
@@ -893,6 +975,23 @@ mod tests {
             for t in 0..n_tok {
                 let want: f32 = (0..n_in).map(|k| w[r * n_in + k] * x[t * n_in + k]).sum();
                 assert!((y[t * n_out + r] - want).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn strided_gemm_matches_naive() {
+        // dst (3 × 4) inside a wider buffer, lhs transposed view, rhs with a row stride of 7
+        let (m, n, k) = (3, 4, 5);
+        let lhs = rand(k * m, 11); // element (i, p) at p * m + i
+        let rhs = rand(k * 7, 12); // element (p, j) at p * 7 + j
+        let mut dst = vec![0f32; m * 10];
+        let ds = Strides { rs: 10, cs: 1 };
+        gemm_f32_strided(m, n, k, &mut dst, ds, &lhs, Strides { rs: 1, cs: m }, &rhs, Strides { rs: 7, cs: 1 });
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|p| lhs[p * m + i] * rhs[p * 7 + j]).sum();
+                assert!((dst[i * 10 + j] - want).abs() < 1e-5);
             }
         }
     }
