@@ -84,7 +84,7 @@ const ROW_BLOCK: usize = 16;
 /// From this many tokens on, weights are unpacked once per call and multiplied by tiles of tokens.
 const TILED_MIN_TOKENS: usize = 4;
 /// Weight rows per parallel task in the f32 GEMM path.
-const GEMM_PANEL: usize = 64;
+const GEMM_PANEL: usize = 32;
 
 /// `y = x Wᵀ`: `x` is `n_tokens × n_in`, the result `n_tokens × n_out`, row-major.
 pub fn matmul(x: &[f32], n_tokens: usize, w: &WeightView, mode: MatmulMode) -> Result<Vec<f32>> {
