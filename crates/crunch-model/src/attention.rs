@@ -65,35 +65,48 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], pos0: usize, n_tokens: usize, 
 
 /// From this many queries on, each head's scores and outputs are two blocked matrix products.
 const GEMM_MIN_TOKENS: usize = 8;
+/// Queries per parallel task in [`attention_gemm`].
+const QUERY_BLOCK: usize = 32;
 
-/// [`attention`] as matrix products per head (prompt processing): `S = Q Kᵀ` over all cached
-/// positions, causal mask and softmax per row, `O = P V`. Heads run in parallel.
+/// [`attention`] as matrix products (prompt processing), by blocks of queries in parallel: for
+/// each head, `S = Q Kᵀ` over the positions the block's last query sees (the causal part only),
+/// mask and softmax per row, `O = P V`, read from and written to the row-major buffers in place.
 fn attention_gemm(q: &[f32], k: &[f32], v: &[f32], pos0: usize, n: usize, s: AttnShape) -> Vec<f32> {
-    use crunch_quant::tiled::gemm_f32_panel;
+    use crunch_quant::tiled::{gemm_f32_strided, Strides};
     let d = s.head_dim;
     let q_row = s.n_head * d;
     let kv_row = s.n_head_kv * d;
     let group = (s.n_head / s.n_head_kv).max(1);
-    let n_kv = pos0 + n;
     let scale = 1.0 / (d as f32).sqrt();
-    let heads: Vec<Vec<f32>> = (0..s.n_head)
-        .into_par_iter()
-        .map(|h| {
+    let mut out = vec![0f32; n * q_row];
+    // Later blocks see more keys: hand them out first so the tail of the work is the cheap part.
+    let mut blocks: Vec<(usize, &mut [f32])> = out.chunks_mut(QUERY_BLOCK * q_row).enumerate().collect();
+    blocks.reverse();
+    blocks.into_par_iter().for_each(|(b, ob)| {
+        let t0 = b * QUERY_BLOCK;
+        let nq = ob.len() / q_row;
+        let n_vis = pos0 + t0 + nq;
+        let mut p = vec![0f32; nq * n_vis];
+        for h in 0..s.n_head {
             let kvh = h / group;
-            let gather = |src: &[f32], rows: usize, stride: usize, off: usize| -> Vec<f32> {
-                let mut out = Vec::with_capacity(rows * d);
-                for r in 0..rows {
-                    out.extend_from_slice(&src[r * stride + off..r * stride + off + d]);
-                }
-                out
-            };
-            let qh = gather(q, n, q_row, h * d);
-            let kh = gather(k, n_kv, kv_row, kvh * d);
-            // scores: row t = query t against every key
-            let mut p = vec![0f32; n * n_kv];
-            gemm_f32_panel(&qh, n, d, &kh, n_kv, &mut p);
-            for (t, row) in p.chunks_exact_mut(n_kv).enumerate() {
-                let visible = pos0 + t + 1;
+            let qh = &q[t0 * q_row + h * d..];
+            let kh = &k[kvh * d..];
+            let vh = &v[kvh * d..];
+            // scores: row t = query t0 + t against keys 0..n_vis
+            let ps = Strides { rs: n_vis, cs: 1 };
+            gemm_f32_strided(
+                nq,
+                n_vis,
+                d,
+                &mut p,
+                ps,
+                qh,
+                Strides { rs: q_row, cs: 1 },
+                kh,
+                Strides { rs: 1, cs: kv_row },
+            );
+            for (t, row) in p.chunks_exact_mut(n_vis).enumerate() {
+                let visible = pos0 + t0 + t + 1;
                 let mut max = f32::NEG_INFINITY;
                 for sc in row[..visible].iter_mut() {
                     *sc *= scale;
@@ -108,25 +121,10 @@ fn attention_gemm(q: &[f32], k: &[f32], v: &[f32], pos0: usize, n: usize, s: Att
                 row[..visible].iter_mut().for_each(|x| *x *= inv);
                 row[visible..].fill(0.0);
             }
-            // Vᵀ of this head: d rows of n_kv
-            let mut vt = vec![0f32; d * n_kv];
-            for j in 0..n_kv {
-                let vj = &v[j * kv_row + kvh * d..j * kv_row + (kvh + 1) * d];
-                for (i, &x) in vj.iter().enumerate() {
-                    vt[i * n_kv + j] = x;
-                }
-            }
-            let mut o = vec![0f32; n * d];
-            gemm_f32_panel(&p, n, n_kv, &vt, d, &mut o);
-            o
-        })
-        .collect();
-    let mut out = vec![0f32; n * q_row];
-    for (h, o) in heads.iter().enumerate() {
-        for t in 0..n {
-            out[t * q_row + h * d..t * q_row + (h + 1) * d].copy_from_slice(&o[t * d..(t + 1) * d]);
+            let os = Strides { rs: q_row, cs: 1 };
+            gemm_f32_strided(nq, d, n_vis, &mut ob[h * d..], os, &p, ps, vh, Strides { rs: kv_row, cs: 1 });
         }
-    }
+    });
     out
 }
 
@@ -191,7 +189,7 @@ mod tests {
     #[test]
     fn gemm_path_matches_naive_at_model_shape() {
         let s = AttnShape { n_head: 9, n_head_kv: 3, head_dim: 64 };
-        for (pos0, n) in [(0, 13), (5, 20)] {
+        for (pos0, n) in [(0, 13), (5, 20), (0, 70), (9, 41)] {
             let total = pos0 + n;
             let q = rand(n * 9 * 64, 11);
             let k = rand(total * 3 * 64, 12);

@@ -215,6 +215,7 @@ impl LlamaModel {
             }
             matmul(input, input.len() / w.n_in, &w.view(f), mode)
         };
+        let angles = self.rope.angles_rows(pos0, n);
         for (li, l) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &l.attn_norm, c.rms_eps);
             let mut q = lin(&l.wq, &h, &mut observe)?;
@@ -225,8 +226,8 @@ impl LlamaModel {
                     add_bias(t, b);
                 }
             }
-            self.rope.apply_rows(&mut q, c.n_head * c.head_dim, pos0);
-            self.rope.apply_rows(&mut k, kv, pos0);
+            self.rope.apply_rows_with(&mut q, c.n_head * c.head_dim, &angles);
+            self.rope.apply_rows_with(&mut k, kv, &angles);
             let (kc, vc) = (&mut cache.k[li], &mut cache.v[li]);
             kc[pos0 * kv..(pos0 + n) * kv].copy_from_slice(&k);
             vc[pos0 * kv..(pos0 + n) * kv].copy_from_slice(&v);

@@ -8,7 +8,8 @@
 //! the whole matrix) and multiplies in f32 with the activations untouched.
 //!
 //! Work is spread over blocks of output rows with rayon, so each weight row is read once per call
-//! whatever the number of tokens; the result is computed transposed and turned around at the end.
+//! whatever the number of tokens; the per-token paths compute the result transposed and turn it
+//! around at the end, the tiled and GEMM paths write it token-major in place.
 //! From a few tokens on (prompt processing), quantized weights go through
 //! `crunch_quant::tiled` (a panel of rows unpacked once, then AVX2 tiles of rows × tokens) and
 //! float weights through a blocked f32 GEMM on panels of rows; a single token (generation) uses
@@ -83,7 +84,7 @@ const ROW_BLOCK: usize = 16;
 /// From this many tokens on, weights are unpacked once per call and multiplied by tiles of tokens.
 const TILED_MIN_TOKENS: usize = 4;
 /// Weight rows per parallel task in the f32 GEMM path.
-const GEMM_PANEL: usize = 64;
+const GEMM_PANEL: usize = 32;
 
 /// `y = x Wᵀ`: `x` is `n_tokens × n_in`, the result `n_tokens × n_out`, row-major.
 pub fn matmul(x: &[f32], n_tokens: usize, w: &WeightView, mode: MatmulMode) -> Result<Vec<f32>> {
@@ -109,7 +110,8 @@ pub fn matmul(x: &[f32], n_tokens: usize, w: &WeightView, mode: MatmulMode) -> R
         && n_tokens >= TILED_MIN_TOKENS
         && crunch_quant::tiled::matmul_quant(w.ty, w.data, w.n_in, w.n_out, x, n_tokens, &mut yt)
     {
-        // done: several tokens per weight-row read
+        // several tokens per weight-row read; the result is already token-major
+        return Ok(yt);
     } else if let Some(dot) = quantized_dot {
         // Activations in the dot type, once.
         let dk = crunch_quant::kernels(k.dot_type).ok_or_else(|| unsupported(w, "activation quantization"))?;
@@ -140,14 +142,12 @@ pub fn matmul(x: &[f32], n_tokens: usize, w: &WeightView, mode: MatmulMode) -> R
         let n_in = w.n_in;
         if n_tokens >= TILED_MIN_TOKENS {
             // A panel of weight rows in f32, multiplied by all tokens with a blocked GEMM.
-            yt.par_chunks_mut(GEMM_PANEL * n_tokens).enumerate().for_each(|(b, out)| {
-                let r0 = b * GEMM_PANEL;
-                let rows = out.len() / n_tokens;
-                let mut wf = vec![0f32; rows * n_in];
-                (k.dequantize)(&w.data[r0 * rb..(r0 + rows) * rb], &mut wf);
-                crunch_quant::tiled::gemm_f32_panel(&wf, rows, n_in, xs, n_tokens, out);
-            });
-            return Ok(transpose(yt, n_tokens, w.n_out));
+            let fill = |r0: usize, wf: &mut [f32]| {
+                let rows = wf.len() / n_in;
+                (k.dequantize)(&w.data[r0 * rb..(r0 + rows) * rb], wf);
+            };
+            crunch_quant::tiled::matmul_f32_panels(w.n_out, n_in, xs, n_tokens, &mut yt, GEMM_PANEL, &fill);
+            return Ok(yt);
         }
         yt.par_chunks_mut(ROW_BLOCK * n_tokens).enumerate().for_each(|(b, out)| {
             let r0 = b * ROW_BLOCK;

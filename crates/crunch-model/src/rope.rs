@@ -54,6 +54,19 @@ impl Rope {
             self.apply(row, &angles);
         });
     }
+
+    /// The angles of `n` consecutive positions from `pos0` (for [`Rope::apply_rows_with`]).
+    pub fn angles_rows(&self, pos0: usize, n: usize) -> Vec<Vec<(f32, f32)>> {
+        use rayon::prelude::*;
+        (pos0..pos0 + n).into_par_iter().map(|p| self.angles(p)).collect()
+    }
+
+    /// [`Rope::apply_rows`] with the angles of each row's position precomputed (row `t` uses
+    /// `angles[t]`), so that the layers of one forward pass share them.
+    pub fn apply_rows_with(&self, x: &mut [f32], row_len: usize, angles: &[Vec<(f32, f32)>]) {
+        use rayon::prelude::*;
+        x.par_chunks_mut(row_len).zip(angles.par_iter()).for_each(|(row, a)| self.apply(row, a));
+    }
 }
 
 #[cfg(test)]
@@ -95,6 +108,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn precomputed_angles_equal_per_row() {
+        let rope = Rope { mode: RopeMode::Neox, n_rot: 8, head_dim: 8, freq_base: 10000.0, freq_factors: None };
+        let x: Vec<f32> = (0..5 * 16).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (mut a, mut b) = (x.clone(), x);
+        rope.apply_rows(&mut a, 16, 3);
+        rope.apply_rows_with(&mut b, 16, &rope.angles_rows(3, 5));
+        assert_eq!(a, b);
     }
 
     #[test]

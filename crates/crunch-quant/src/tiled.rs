@@ -2,13 +2,16 @@
 //! rows at once, each weight read once per tile of tokens instead of once per token.
 //!
 //! Key decision: a panel of weight rows is first unpacked to one integer code per weight plus, per
-//! 16 weights, a float `scale` and `bias` (`w = scale * code + bias`; every legacy and k-quant
-//! format has this form). Activations are quantized to the weight type's dot type exactly as
-//! [`crate::Kernels::quantize`] does for `vec_dot` (Q8_0 / Q8_1 / Q8_K, as llama.cpp does), then a
-//! tile of 4 weight rows × 2 tokens is computed with AVX2 byte products (`maddubs`). The integer
-//! products are the same as the vec_dot kernels'; only the order in which float scales are applied
-//! differs, which changes results in the last bits. The bias part is a short f32 dot product over
-//! the per-16 sums of the activations.
+//! sub-block of 16 or 32 weights, a float `scale` and `bias` (`w = scale * code + bias`; every
+//! legacy and k-quant format has this form), interleaved by tiles of 8 rows so that one AVX2
+//! vector holds 4 consecutive codes of each of the 8 rows. Activations are quantized to the weight
+//! type's dot type exactly as [`crate::Kernels::quantize`] does for `vec_dot` (Q8_0 / Q8_1 / Q8_K,
+//! as llama.cpp does). A tile of 8 rows × 4 tokens then multiplies each code vector by 4 broadcast
+//! activation bytes (`maddubs`), sums a sub-block's products in integers (16-bit as long as they
+//! cannot overflow, then 32-bit), and applies the float scales once per sub-block for all 8 rows
+//! at once. The integer products are the same as the vec_dot kernels'; only the order in which
+//! float scales are applied differs, which changes results in the last bits. The bias part adds
+//! `bias · (scaled activation sum of the sub-block)` per sub-block.
 //!
 //! F32 weights go through the `gemm` crate.
 
@@ -22,10 +25,10 @@ use crate::kquants::{read_blocks, unpack_scale_min_k4};
 
 /// Sub-block length sharing one scale and bias.
 const SUB: usize = 16;
-/// Weight rows per tile.
-const RM: usize = 4;
+/// Weight rows per tile (one f32 vector of outputs).
+const TR: usize = 8;
 /// Tokens per tile.
-const RN: usize = 2;
+const RN: usize = 4;
 
 /// Whether [`matmul_quant`] handles `ty` on this CPU.
 pub fn supports(ty: GgmlType) -> bool {
@@ -41,6 +44,20 @@ fn has_avx2() -> bool {
     {
         false
     }
+}
+
+/// Whether the AVX-512 VNNI tile kernel can be used (and `CRUNCH_NO_VNNI` is not set, to
+/// measure or test the AVX2 kernel on such CPUs).
+#[cfg(target_arch = "x86_64")]
+fn use_vnni() -> bool {
+    use std::sync::OnceLock;
+    static V: OnceLock<bool> = OnceLock::new();
+    *V.get_or_init(|| {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni")
+            && std::env::var_os("CRUNCH_NO_VNNI").is_none()
+    })
 }
 
 /// Unpack one block: codes (one per element), scale and bias per 16 elements.
@@ -265,47 +282,130 @@ fn quantize_acts(x: &[f32], n_tokens: usize, n_pad: usize, n_in: usize, dot_type
     Some(acts)
 }
 
-/// Unpacked weight rows: codes, scales expanded to 8 per 32 elements (lanes 0-3 the first 16,
-/// 4-7 the second), biases per 16.
-struct Panel {
-    rows: usize,
-    codes: Vec<u8>,
-    scales: Vec<f32>,
-    biases: Vec<f32>,
-    has_bias: bool,
+/// How a type's codes are multiplied: sub-block length sharing one scale and bias (16 or 32),
+/// and how many byte-pair products may be summed in 16 bits before widening (from the largest
+/// code: `2 · group · max_code · 127 < 2^15`); signed codes use the sign trick instead.
+#[derive(Clone, Copy)]
+struct Shape {
+    sub: usize,
+    group: usize,
 }
 
-fn unpack_panel(dec: &Decoder, w: &[u8], row_bytes: usize, n_in: usize, rows: usize) -> Panel {
-    let padded = rows.div_ceil(RM) * RM;
+fn shape(ty: GgmlType) -> Shape {
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => Shape { sub: 32, group: 8 },
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => Shape { sub: 32, group: 4 },
+        GgmlType::Q6_K => Shape { sub: 16, group: 2 },
+        GgmlType::Q3_K | GgmlType::Q2_K => Shape { sub: 16, group: 4 },
+        // signed codes (Q8_0, IQ4_NL): one product per widening
+        _ => Shape { sub: 32, group: 1 },
+    }
+}
+
+/// Unpacked weight rows, interleaved by tiles of [`TR`] rows: for each step of 4 elements, the 4
+/// codes of each of the tile's rows (32 bytes), so that one vector holds 4 products' worth of
+/// every row; per sub-block the tile's 8 scales and 8 biases. Signed types also keep `|code|`.
+struct Panel {
+    tiles: usize,
+    codes: Vec<u8>,
+    abs: Vec<u8>,
+    scales: Vec<f32>,
+    biases: Vec<f32>,
+}
+
+fn unpack_panel(dec: &Decoder, sh: Shape, w: &[u8], row_bytes: usize, n_in: usize, rows: usize) -> Panel {
+    let tiles = rows.div_ceil(TR);
+    let ns = n_in / sh.sub;
     let mut p = Panel {
-        rows: padded,
-        codes: vec![0; padded * n_in],
-        scales: vec![0.0; padded * n_in / 4],
-        biases: vec![0.0; padded * n_in / SUB],
-        has_bias: false,
+        tiles,
+        codes: vec![0; tiles * TR * n_in],
+        abs: if dec.signed { vec![0; tiles * TR * n_in] } else { Vec::new() },
+        scales: vec![0.0; tiles * TR * ns],
+        biases: vec![0.0; tiles * TR * ns],
     };
-    let per_block = dec.elems / SUB;
-    let mut s = vec![0f32; per_block];
-    let mut z = vec![0f32; per_block];
+    let mut codes = vec![0u8; n_in];
+    let mut s16 = vec![0f32; n_in / SUB];
+    let mut z16 = vec![0f32; n_in / SUB];
+    let per16 = sh.sub / SUB;
     for r in 0..rows {
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
         for (bi, blk) in row.chunks_exact(dec.bytes).enumerate() {
             let e0 = bi * dec.elems;
-            (dec.decode)(blk, &mut p.codes[r * n_in + e0..r * n_in + e0 + dec.elems], &mut s, &mut z);
-            let sc = &mut p.scales[(r * n_in + e0) / 4..(r * n_in + e0 + dec.elems) / 4];
-            for (pair, out) in sc.chunks_exact_mut(8).enumerate() {
-                out[..4].fill(s[2 * pair]);
-                out[4..].fill(s[2 * pair + 1]);
+            let (s0, s1) = (e0 / SUB, (e0 + dec.elems) / SUB);
+            (dec.decode)(blk, &mut codes[e0..e0 + dec.elems], &mut s16[s0..s1], &mut z16[s0..s1]);
+        }
+        let (t, lane) = (r / TR, r % TR);
+        let base = t * TR * n_in;
+        for k in 0..n_in / 4 {
+            let o = base + k * 4 * TR + lane * 4;
+            p.codes[o..o + 4].copy_from_slice(&codes[4 * k..4 * k + 4]);
+            if dec.signed {
+                for b in 0..4 {
+                    p.abs[o + b] = (codes[4 * k + b] as i8).unsigned_abs();
+                }
             }
-            p.biases[(r * n_in + e0) / SUB..(r * n_in + e0 + dec.elems) / SUB].copy_from_slice(&z);
+        }
+        for s in 0..ns {
+            p.scales[(t * ns + s) * TR + lane] = s16[s * per16];
+            p.biases[(t * ns + s) * TR + lane] = z16[s * per16];
         }
     }
-    p.has_bias = p.biases.iter().any(|&b| b != 0.0);
     p
 }
 
-/// `yt = W xᵀ` for a quantized weight `w` (`n_out` rows of `n_in`, GGUF layout) and `n_tokens`
-/// activation rows `x`: `yt` is `n_out × n_tokens` (transposed). Returns `false`, leaving `yt`
+/// Output `n_tokens × n_out` (row-major) shared by tasks that each write their own set of
+/// columns.
+#[derive(Clone, Copy)]
+struct SharedOut {
+    ptr: *mut f32,
+    n_tokens: usize,
+    n_out: usize,
+}
+
+// SAFETY: tasks only write disjoint elements (their own output columns) through `SharedOut`, and
+// the buffer outlives every task (the parallel loops that use it are joined before it is released).
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn new(y: &mut [f32], n_tokens: usize, n_out: usize) -> Self {
+        assert_eq!(y.len(), n_tokens * n_out, "output size");
+        SharedOut { ptr: y.as_mut_ptr(), n_tokens, n_out }
+    }
+
+    /// Where column `r0` of token 0 is.
+    fn column(self, r0: usize) -> *mut f32 {
+        self.ptr.wrapping_add(r0)
+    }
+
+    /// Store `v` at `(token t, columns r..r + v.len())`.
+    ///
+    /// # Safety
+    /// `t < n_tokens`, `r + v.len() <= n_out`, and no other task writes these columns.
+    #[inline(always)]
+    unsafe fn set(self, t: usize, r: usize, v: &[f32]) {
+        debug_assert!(t < self.n_tokens && r + v.len() <= self.n_out);
+        // SAFETY: in bounds by the caller's contract; no concurrent writer of these elements.
+        let dst = unsafe { self.ptr.add(t * self.n_out + r) };
+        if let Ok(full) = <&[f32; TR]>::try_from(v) {
+            // a whole tile row: a fixed-size copy the compiler inlines (no memcpy call)
+            // SAFETY: as above, TR elements from `dst`.
+            unsafe { dst.cast::<[f32; TR]>().write_unaligned(*full) };
+        } else {
+            for (i, &x) in v.iter().enumerate() {
+                // SAFETY: as above, i < v.len().
+                unsafe { dst.add(i).write(x) };
+            }
+        }
+    }
+}
+
+/// Weight rows per parallel task in [`matmul_quant`].
+const PANEL: usize = 32;
+
+/// `y = x Wᵀ` for a quantized weight `w` (`n_out` rows of `n_in`, GGUF layout) and `n_tokens`
+/// activation rows `x`: `y` is `n_tokens × n_out`, row-major. Returns `false`, leaving `y`
 /// untouched, when the type or CPU is not supported or `n_in` is not a whole number of blocks.
 pub fn matmul_quant(
     ty: GgmlType,
@@ -314,7 +414,7 @@ pub fn matmul_quant(
     n_out: usize,
     x: &[f32],
     n_tokens: usize,
-    yt: &mut [f32],
+    y: &mut [f32],
 ) -> bool {
     use rayon::prelude::*;
     let Some(dec) = decoder(ty).filter(|_| has_avx2()) else {
@@ -326,7 +426,7 @@ pub fn matmul_quant(
     if !n_in.is_multiple_of(dec.elems)
         || !n_in.is_multiple_of(32)
         || x.len() != n_tokens * n_in
-        || yt.len() != n_out * n_tokens
+        || y.len() != n_out * n_tokens
     {
         return false;
     }
@@ -334,140 +434,391 @@ pub fn matmul_quant(
     if w.len() != row_bytes * n_out {
         return false;
     }
+    let sh = shape(ty);
     let n_pad = n_tokens.div_ceil(RN) * RN;
-    let Some(acts) = quantize_acts(x, n_tokens, n_pad, n_in, k.dot_type) else {
+    let Some(mut acts) = quantize_acts(x, n_tokens, n_pad, n_in, k.dot_type) else {
         return false;
     };
-    const PANEL: usize = 16;
-    yt.par_chunks_mut(PANEL * n_tokens).enumerate().for_each(|(pi, out)| {
+    if sh.sub == 32 {
+        // biases are per 32 (both halves equal): the activation sum of each 32
+        acts.sum16 = acts.sum16.chunks_exact(2).map(|p| p[0] + p[1]).collect();
+    }
+    let out = SharedOut::new(y, n_tokens, n_out);
+    (0..n_out.div_ceil(PANEL)).into_par_iter().for_each(|pi| {
         let r0 = pi * PANEL;
-        let rows = out.len() / n_tokens;
-        let panel = unpack_panel(&dec, &w[r0 * row_bytes..(r0 + rows) * row_bytes], row_bytes, n_in, rows);
-        panel_product(&panel, &acts, dec.signed, n_tokens, out);
+        let rows = PANEL.min(n_out - r0);
+        let panel = unpack_panel(&dec, sh, &w[r0 * row_bytes..(r0 + rows) * row_bytes], row_bytes, n_in, rows);
+        panel_product(&panel, &acts, dec.signed, sh, out, r0, rows);
     });
     true
 }
 
-fn panel_product(p: &Panel, a: &Acts, signed: bool, n_tokens: usize, out: &mut [f32]) {
+/// One tile's inputs: the tile's interleaved codes (and `|codes|` for signed types), per
+/// sub-block its scales and biases, and for each of its tokens the codes, scales per 32 and
+/// scaled sums per sub-block.
+struct TileIn<'a> {
+    codes: &'a [u8],
+    abs: &'a [u8],
+    scales: &'a [f32],
+    biases: &'a [f32],
+    xs: [&'a [i8]; RN],
+    ds: [&'a [f32]; RN],
+    sums: [&'a [f32]; RN],
+}
+
+/// Rows `r0..r0 + rows` of the output from their unpacked panel.
+fn panel_product(p: &Panel, a: &Acts, signed: bool, sh: Shape, out: SharedOut, r0: usize, rows: usize) {
     let n_in = a.n_in;
-    let rows = out.len() / n_tokens;
+    let ns = n_in / sh.sub;
+    let n_tokens = out.n_tokens;
     let n_pad = a.codes.len() / n_in;
-    for rb in (0..p.rows).step_by(RM) {
-        let codes: [&[u8]; RM] = std::array::from_fn(|i| &p.codes[(rb + i) * n_in..(rb + i + 1) * n_in]);
-        let scales: [&[f32]; RM] = std::array::from_fn(|i| &p.scales[(rb + i) * n_in / 4..(rb + i + 1) * n_in / 4]);
+    assert!(r0 + rows <= out.n_out && n_pad >= n_tokens && p.tiles * TR >= rows);
+    for t in 0..p.tiles {
+        let tr = TR.min(rows - t * TR);
         for tb in (0..n_pad).step_by(RN) {
-            let xs: [&[i8]; RN] = std::array::from_fn(|j| &a.codes[(tb + j) * n_in..(tb + j + 1) * n_in]);
-            let ds: [&[f32]; RN] = std::array::from_fn(|j| &a.d32[(tb + j) * n_in / 32..(tb + j + 1) * n_in / 32]);
-            let tile = tile_product(&codes, &scales, &xs, &ds, signed);
-            for (i, trow) in tile.iter().enumerate() {
-                let r = rb + i;
-                if r >= rows {
+            let ti = TileIn {
+                codes: &p.codes[t * TR * n_in..(t + 1) * TR * n_in],
+                abs: if signed { &p.abs[t * TR * n_in..(t + 1) * TR * n_in] } else { &[] },
+                scales: &p.scales[t * TR * ns..(t + 1) * TR * ns],
+                biases: &p.biases[t * TR * ns..(t + 1) * TR * ns],
+                xs: std::array::from_fn(|j| &a.codes[(tb + j) * n_in..(tb + j + 1) * n_in]),
+                ds: std::array::from_fn(|j| &a.d32[(tb + j) * n_in / 32..(tb + j + 1) * n_in / 32]),
+                sums: std::array::from_fn(|j| &a.sum16[(tb + j) * ns..(tb + j + 1) * ns]),
+            };
+            let tile = tile_product(&ti, signed, sh);
+            for (j, v) in tile.iter().enumerate() {
+                if tb + j >= n_tokens {
                     break;
                 }
-                for (j, &v) in trow.iter().enumerate() {
-                    let t = tb + j;
-                    if t >= n_tokens {
-                        break;
-                    }
-                    let mut y = v;
-                    if p.has_bias {
-                        let b = &p.biases[r * n_in / SUB..(r + 1) * n_in / SUB];
-                        let s = &a.sum16[t * n_in / SUB..(t + 1) * n_in / SUB];
-                        y += b.iter().zip(s).map(|(x, y)| x * y).sum::<f32>();
-                    }
-                    out[r * n_tokens + t] = y;
-                }
+                // SAFETY: tb + j < n_tokens, r0 + t * TR + tr <= r0 + rows <= n_out (asserted
+                // above), and this task is the only one writing columns r0..r0 + rows.
+                unsafe { out.set(tb + j, r0 + t * TR, &v[..tr]) };
             }
         }
     }
 }
 
-fn tile_product(
-    codes: &[&[u8]; RM],
-    scales: &[&[f32]; RM],
-    xs: &[&[i8]; RN],
-    ds: &[&[f32]; RN],
-    signed: bool,
-) -> [[f32; RN]; RM] {
-    let n = xs[0].len();
-    assert!(n.is_multiple_of(32));
-    assert!(codes.iter().all(|c| c.len() == n) && scales.iter().all(|s| s.len() == n / 4));
-    assert!(xs.iter().all(|x| x.len() == n) && ds.iter().all(|d| d.len() == n / 32));
+/// Scalar reference of a tile: `out[j][l] = Σ_s scale[s][l] · Σ_{k in s} d32[j][k/32] · code[l][k]
+/// · x[j][k] + (unsigned codes) Σ_s bias[s][l] · sum[j][s]`.
+#[cfg_attr(not(test), allow(dead_code))]
+fn tile_scalar(ti: &TileIn, signed: bool, sh: Shape) -> [[f32; TR]; RN] {
+    let n = ti.xs[0].len();
+    std::array::from_fn(|j| {
+        std::array::from_fn(|l| {
+            let mut y = 0f32;
+            for s in 0..n / sh.sub {
+                let mut acc = 0i32;
+                for k in s * sh.sub..(s + 1) * sh.sub {
+                    let c = ti.codes[(k / 4) * 4 * TR + l * 4 + k % 4];
+                    let w = if signed { c as i8 as i32 } else { c as i32 };
+                    acc += w * ti.xs[j][k] as i32;
+                }
+                y += ti.scales[s * TR + l] * ti.ds[j][s * sh.sub / 32] * acc as f32;
+                if !signed {
+                    y += ti.biases[s * TR + l] * ti.sums[j][s];
+                }
+            }
+            y
+        })
+    })
+}
+
+fn tile_product(ti: &TileIn, signed: bool, sh: Shape) -> [[f32; TR]; RN] {
+    #[cfg(target_arch = "x86_64")]
+    let vnni = use_vnni();
+    #[cfg(not(target_arch = "x86_64"))]
+    let vnni = false;
+    tile_product_with(ti, signed, sh, vnni)
+}
+
+/// [`tile_product`] with the AVX-512 VNNI kernel (`vnni`, if the CPU has it) or the AVX2 one.
+fn tile_product_with(ti: &TileIn, signed: bool, sh: Shape, vnni: bool) -> [[f32; TR]; RN] {
+    let n = ti.xs[0].len();
+    let ns = n / sh.sub;
+    assert!(n.is_multiple_of(32) && n.is_multiple_of(sh.sub));
+    assert!(ti.codes.len() == TR * n && (!signed || ti.abs.len() == TR * n));
+    assert!(ti.scales.len() == TR * ns && ti.biases.len() == TR * ns);
+    assert!(ti.xs.iter().all(|x| x.len() == n) && ti.ds.iter().all(|d| d.len() == n / 32));
+    assert!(ti.sums.iter().all(|s| s.len() == ns));
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: callers reach this only after `has_avx2()` confirmed AVX2 and FMA; slice lengths
-        // were checked just above, and the kernel reads within them.
+        // were checked just above, and the kernels read within them.
+        if vnni && use_vnni() {
+            // SAFETY: as above, and `use_vnni()` confirmed AVX-512F/VL and VNNI.
+            return unsafe {
+                match (signed, sh.sub) {
+                    (true, _) => vnni::tile::<true, 32>(ti),
+                    (false, 32) => vnni::tile::<false, 32>(ti),
+                    (false, 16) => vnni::tile::<false, 16>(ti),
+                    _ => tile_scalar(ti, signed, sh),
+                }
+            };
+        }
         unsafe {
-            if signed {
-                avx2::tile::<true>(codes, scales, xs, ds)
-            } else {
-                avx2::tile::<false>(codes, scales, xs, ds)
+            match (signed, sh.sub, sh.group) {
+                (true, _, _) => avx2::tile::<true, 32, 1>(ti),
+                (false, 32, 8) => avx2::tile::<false, 32, 8>(ti),
+                (false, 32, 4) => avx2::tile::<false, 32, 4>(ti),
+                (false, 16, 4) => avx2::tile::<false, 16, 4>(ti),
+                (false, 16, 2) => avx2::tile::<false, 16, 2>(ti),
+                _ => tile_scalar(ti, signed, sh),
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = signed;
-        unreachable!("tiled products need AVX2")
+        let _ = vnni;
+        tile_scalar(ti, signed, sh)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{RM, RN};
+    use super::{TileIn, RN, TR};
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// AVX2 and FMA must be available; every slice holds `n` codes (`n % 32 == 0`), `n / 4`
-    /// scales, `n / 32` activation scales.
+    /// AVX2 and FMA must be available; `ti` has the lengths [`super::tile_product`] checks, for
+    /// sub-blocks of `SUBL` elements; `GROUP` divides `SUBL / 4` and keeps 16-bit sums in range.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const SIGNED: bool>(
-        codes: &[&[u8]; RM],
-        scales: &[&[f32]; RM],
-        xs: &[&[i8]; RN],
-        ds: &[&[f32]; RN],
-    ) -> [[f32; RN]; RM] {
-        let n = xs[0].len();
+    pub(super) unsafe fn tile<const SIGNED: bool, const SUBL: usize, const GROUP: usize>(
+        ti: &TileIn,
+    ) -> [[f32; TR]; RN] {
+        let n = ti.xs[0].len();
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); RN]; RM];
-        for c in 0..n / 32 {
-            let mut w = [_mm256_setzero_si256(); RM];
-            let mut wabs = [_mm256_setzero_si256(); RM];
-            let mut sv = [_mm256_setzero_ps(); RM];
-            for i in 0..RM {
-                // SAFETY: c * 32 + 32 <= n codes and c * 8 + 8 <= n / 4 scales.
-                w[i] = unsafe { _mm256_loadu_si256(codes[i].as_ptr().add(c * 32).cast()) };
-                sv[i] = unsafe { _mm256_loadu_ps(scales[i].as_ptr().add(c * 8)) };
-                if SIGNED {
-                    wabs[i] = _mm256_sign_epi8(w[i], w[i]);
+        let mut acc = [_mm256_setzero_ps(); RN];
+        let steps = SUBL / 4;
+        let cp = ti.codes.as_ptr();
+        let ap = ti.abs.as_ptr();
+        for s in 0..n / SUBL {
+            let mut isum = [_mm256_setzero_si256(); RN];
+            for g in (0..steps).step_by(GROUP) {
+                let mut p16 = [_mm256_setzero_si256(); RN];
+                for q in 0..GROUP {
+                    let k = s * steps + g + q;
+                    // SAFETY: k < n / 4, so the 32 bytes at k * 32 are inside the tile's
+                    // TR * n codes; the 4 activation bytes at 4k are inside each token's n.
+                    let w = unsafe { _mm256_loadu_si256(cp.add(k * 32).cast()) };
+                    let wabs = if SIGNED { unsafe { _mm256_loadu_si256(ap.add(k * 32).cast()) } } else { w };
+                    for j in 0..RN {
+                        let xv = unsafe { (ti.xs[j].as_ptr().add(4 * k) as *const i32).read_unaligned() };
+                        let xb = _mm256_set1_epi32(xv);
+                        let prod = if SIGNED {
+                            _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xb, w))
+                        } else {
+                            _mm256_maddubs_epi16(w, xb)
+                        };
+                        p16[j] = if GROUP == 1 { prod } else { _mm256_add_epi16(p16[j], prod) };
+                    }
+                }
+                for j in 0..RN {
+                    isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(p16[j], ones));
                 }
             }
+            // SAFETY: s < n / SUBL sub-blocks: TR scales and biases at s * TR; one activation
+            // scale per 32 and one sum per sub-block.
+            let sc = unsafe { _mm256_loadu_ps(ti.scales.as_ptr().add(s * TR)) };
+            let bias = if SIGNED { sc } else { unsafe { _mm256_loadu_ps(ti.biases.as_ptr().add(s * TR)) } };
             for j in 0..RN {
-                // SAFETY: as above for the activation codes; c < n / 32 scales.
-                let x = unsafe { _mm256_loadu_si256(xs[j].as_ptr().add(c * 32).cast()) };
-                let dx = _mm256_set1_ps(unsafe { *ds[j].get_unchecked(c) });
-                for i in 0..RM {
-                    let p16 = if SIGNED {
-                        _mm256_maddubs_epi16(wabs[i], _mm256_sign_epi8(x, w[i]))
-                    } else {
-                        _mm256_maddubs_epi16(w[i], x)
-                    };
-                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-                    acc[i][j] = _mm256_fmadd_ps(p, _mm256_mul_ps(sv[i], dx), acc[i][j]);
+                let dx = unsafe { _mm256_broadcast_ss(ti.ds[j].get_unchecked(s * SUBL / 32)) };
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(sc, dx), acc[j]);
+                if !SIGNED {
+                    let sm = unsafe { _mm256_broadcast_ss(ti.sums[j].get_unchecked(s)) };
+                    acc[j] = _mm256_fmadd_ps(bias, sm, acc[j]);
                 }
             }
         }
-        let mut out = [[0f32; RN]; RM];
-        for i in 0..RM {
-            for j in 0..RN {
-                let v = acc[i][j];
-                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-                out[i][j] = _mm_cvtss_f32(s);
-            }
+        let mut out = [[0f32; TR]; RN];
+        for j in 0..RN {
+            // SAFETY: `out[j]` holds TR = 8 floats.
+            unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) };
         }
         out
+    }
+}
+
+/// The tile kernel with AVX-512 VNNI (256-bit): `vpdpbusd` multiplies and sums 4 byte pairs into
+/// 32-bit lanes directly, so no 16-bit grouping is needed.
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::{TileIn, RN, TR};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX2, FMA, AVX-512F/VL and AVX-512 VNNI must be available; `ti` has the lengths
+    /// [`super::tile_product`] checks, for sub-blocks of `SUBL` elements.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+    pub(super) unsafe fn tile<const SIGNED: bool, const SUBL: usize>(ti: &TileIn) -> [[f32; TR]; RN] {
+        let n = ti.xs[0].len();
+        let mut acc = [_mm256_setzero_ps(); RN];
+        let steps = SUBL / 4;
+        let cp = ti.codes.as_ptr();
+        let ap = ti.abs.as_ptr();
+        for s in 0..n / SUBL {
+            let mut isum = [_mm256_setzero_si256(); RN];
+            for q in 0..steps {
+                let k = s * steps + q;
+                // SAFETY: k < n / 4, so the 32 bytes at k * 32 are inside the tile's TR * n
+                // codes; the 4 activation bytes at 4k are inside each token's n.
+                let w = unsafe { _mm256_loadu_si256(cp.add(k * 32).cast()) };
+                let wabs = if SIGNED { unsafe { _mm256_loadu_si256(ap.add(k * 32).cast()) } } else { w };
+                for j in 0..RN {
+                    let xv = unsafe { (ti.xs[j].as_ptr().add(4 * k) as *const i32).read_unaligned() };
+                    let xb = _mm256_set1_epi32(xv);
+                    isum[j] = if SIGNED {
+                        _mm256_dpbusd_epi32(isum[j], wabs, _mm256_sign_epi8(xb, w))
+                    } else {
+                        _mm256_dpbusd_epi32(isum[j], w, xb)
+                    };
+                }
+            }
+            // SAFETY: s < n / SUBL sub-blocks: TR scales and biases at s * TR; one activation
+            // scale per 32 and one sum per sub-block.
+            let sc = unsafe { _mm256_loadu_ps(ti.scales.as_ptr().add(s * TR)) };
+            let bias = if SIGNED { sc } else { unsafe { _mm256_loadu_ps(ti.biases.as_ptr().add(s * TR)) } };
+            for j in 0..RN {
+                let dx = unsafe { _mm256_broadcast_ss(ti.ds[j].get_unchecked(s * SUBL / 32)) };
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(sc, dx), acc[j]);
+                if !SIGNED {
+                    let sm = unsafe { _mm256_broadcast_ss(ti.sums[j].get_unchecked(s)) };
+                    acc[j] = _mm256_fmadd_ps(bias, sm, acc[j]);
+                }
+            }
+        }
+        let mut out = [[0f32; TR]; RN];
+        for j in 0..RN {
+            // SAFETY: `out[j]` holds TR = 8 floats.
+            unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) };
+        }
+        out
+    }
+}
+
+/// `y = x Wᵀ` in f32 for `n_tokens` activation rows `x` (`n_in` each) and `n_out` weight rows
+/// produced `panel` rows at a time by `fill(r0, buf)` (rows `r0..r0 + buf.len() / n_in`,
+/// row-major); `y` is `n_tokens × n_out`, row-major. Panels run in parallel, each a blocked GEMM
+/// writing its columns of `y` in place.
+pub fn matmul_f32_panels(
+    n_out: usize,
+    n_in: usize,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+    panel: usize,
+    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    use rayon::prelude::*;
+    assert_eq!(x.len(), n_tokens * n_in, "activation size");
+    let out = SharedOut::new(y, n_tokens, n_out);
+    if n_out == 0 || n_tokens == 0 || n_in == 0 {
+        return;
+    }
+    let panel = panel.max(1);
+    (0..n_out.div_ceil(panel)).into_par_iter().for_each(|pi| {
+        let r0 = pi * panel;
+        let rows = panel.min(n_out - r0);
+        let mut wf = vec![0f32; rows * n_in];
+        fill(r0, &mut wf);
+        // SAFETY: element (r, t) of this product goes to y[t * n_out + r0 + r]: r0 + r < n_out and
+        // t < n_tokens keep it inside `y` (size asserted by `SharedOut::new`), and only this task
+        // writes columns r0..r0 + rows. `wf` is rows × n_in (row stride n_in) and `x` viewed as
+        // an n_in × n_tokens matrix has element (k, t) at t * n_in + k.
+        unsafe {
+            gemm::gemm(
+                rows,
+                n_tokens,
+                n_in,
+                out.column(r0),
+                n_out as isize,
+                1,
+                false,
+                wf.as_ptr(),
+                1,
+                n_in as isize,
+                x.as_ptr(),
+                n_in as isize,
+                1,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+}
+
+/// A strided matrix view for [`gemm_f32_strided`]: element `(i, j)` at `i * rs + j * cs`.
+#[derive(Clone, Copy, Debug)]
+pub struct Strides {
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// `dst = lhs · rhs` for an `m × k` `lhs` and a `k × n` `rhs`, all three strided views of slices
+/// (single-threaded blocked GEMM). Panics if a view reaches outside its slice or if two `dst`
+/// elements would share a place.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    ds: Strides,
+    lhs: &[f32],
+    ls: Strides,
+    rhs: &[f32],
+    rs: Strides,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, cols: usize, s: Strides| (rows - 1) * s.rs + (cols - 1) * s.cs;
+    assert!(last(m, n, ds) < dst.len(), "gemm destination view out of bounds");
+    assert!(
+        (ds.cs >= 1 && ds.rs >= n * ds.cs)
+            || (ds.rs >= 1 && ds.cs >= m * ds.rs)
+            || (m == 1 && ds.cs >= 1)
+            || (n == 1 && ds.rs >= 1),
+        "gemm destination elements overlap"
+    );
+    if k == 0 {
+        for i in 0..m {
+            for j in 0..n {
+                dst[i * ds.rs + j * ds.cs] = 0.0;
+            }
+        }
+        return;
+    }
+    assert!(last(m, k, ls) < lhs.len(), "gemm lhs view out of bounds");
+    assert!(last(k, n, rs) < rhs.len(), "gemm rhs view out of bounds");
+    // SAFETY: every element addressed by the three views is inside its slice (asserted above),
+    // distinct destination elements are distinct places, and `dst` is borrowed mutably (no alias
+    // with `lhs` or `rhs`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            ds.cs as isize,
+            ds.rs as isize,
+            false,
+            lhs.as_ptr(),
+            ls.cs as isize,
+            ls.rs as isize,
+            rhs.as_ptr(),
+            rs.cs as isize,
+            rs.rs as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -556,9 +907,91 @@ mod tests {
                 (crate::kernels(k.dot_type).unwrap().quantize)(&x[t * n_in..(t + 1) * n_in], None, &mut xq);
                 for r in 0..n_out {
                     let want = (k.vec_dot.unwrap())(n_in, &w[r * rb..(r + 1) * rb], &xq);
-                    let got = yt[r * n_tok + t];
+                    let got = yt[t * n_out + r];
                     assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{ty} r{r} t{t}: {got} vs {want}");
                 }
+            }
+        }
+    }
+
+    /// The SIMD tile kernels equal the scalar reference (integer parts exact, floats to rounding),
+    /// at the largest codes each shape allows.
+    #[test]
+    fn simd_tiles_match_scalar() {
+        if !has_avx2() {
+            return;
+        }
+        let n = 576;
+        for (signed, sub, group, max) in
+            [(true, 32, 1, 127), (false, 32, 8, 15), (false, 32, 4, 31), (false, 16, 4, 7), (false, 16, 2, 63)]
+        {
+            let sh = Shape { sub, group };
+            let ns = n / sub;
+            let code =
+                |v: f32| if signed { (v * 127.0) as i8 as u8 } else { ((v + 1.0) * 0.5 * (max as f32 + 0.99)) as u8 };
+            let codes: Vec<u8> = rand(TR * n, 1).into_iter().map(code).collect();
+            let abs: Vec<u8> = codes.iter().map(|&c| (c as i8).unsigned_abs()).collect();
+            let scales = rand(TR * ns, 2);
+            let biases = rand(TR * ns, 3);
+            let xs: Vec<Vec<i8>> =
+                (0..RN).map(|j| rand(n, 10 + j as u64).iter().map(|v| (v * 127.0) as i8).collect()).collect();
+            let ds: Vec<Vec<f32>> = (0..RN).map(|j| rand(n / 32, 20 + j as u64)).collect();
+            let sums: Vec<Vec<f32>> = (0..RN).map(|j| rand(ns, 30 + j as u64)).collect();
+            let ti = TileIn {
+                codes: &codes,
+                abs: if signed { &abs } else { &[] },
+                scales: &scales,
+                biases: &biases,
+                xs: std::array::from_fn(|j| &xs[j][..]),
+                ds: std::array::from_fn(|j| &ds[j][..]),
+                sums: std::array::from_fn(|j| &sums[j][..]),
+            };
+            let want = tile_scalar(&ti, signed, sh);
+            for vnni in [false, true] {
+                let got = tile_product_with(&ti, signed, sh, vnni);
+                for j in 0..RN {
+                    for l in 0..TR {
+                        let (g, w) = (got[j][l], want[j][l]);
+                        assert!(
+                            (g - w).abs() <= 1e-3 * (1.0 + w.abs()),
+                            "vnni {vnni} signed {signed} sub {sub} group {group}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_panels_match_naive() {
+        let (n_out, n_in, n_tok) = (37, 33, 6);
+        let w = rand(n_out * n_in, 7);
+        let x = rand(n_tok * n_in, 8);
+        let mut y = vec![0f32; n_tok * n_out];
+        matmul_f32_panels(n_out, n_in, &x, n_tok, &mut y, 8, &|r0, buf| {
+            buf.copy_from_slice(&w[r0 * n_in..r0 * n_in + buf.len()]);
+        });
+        for r in 0..n_out {
+            for t in 0..n_tok {
+                let want: f32 = (0..n_in).map(|k| w[r * n_in + k] * x[t * n_in + k]).sum();
+                assert!((y[t * n_out + r] - want).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn strided_gemm_matches_naive() {
+        // dst (3 × 4) inside a wider buffer, lhs transposed view, rhs with a row stride of 7
+        let (m, n, k) = (3, 4, 5);
+        let lhs = rand(k * m, 11); // element (i, p) at p * m + i
+        let rhs = rand(k * 7, 12); // element (p, j) at p * 7 + j
+        let mut dst = vec![0f32; m * 10];
+        let ds = Strides { rs: 10, cs: 1 };
+        gemm_f32_strided(m, n, k, &mut dst, ds, &lhs, Strides { rs: 1, cs: m }, &rhs, Strides { rs: 7, cs: 1 });
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|p| lhs[p * m + i] * rhs[p * 7 + j]).sum();
+                assert!((dst[i * 10 + j] - want).abs() < 1e-5);
             }
         }
     }
