@@ -616,19 +616,47 @@ mod avx2 {
                     isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(p16[j], ones));
                 }
             }
-            // SAFETY: s < n / SUBL sub-blocks: TR scales and biases at s * TR; one activation
-            // scale per 32 and one sum per sub-block.
-            let sc = unsafe { _mm256_loadu_ps(ti.scales.as_ptr().add(s * TR)) };
-            let bias = if SIGNED { sc } else { unsafe { _mm256_loadu_ps(ti.biases.as_ptr().add(s * TR)) } };
-            for j in 0..RN {
-                let dx = unsafe { _mm256_broadcast_ss(ti.ds[j].get_unchecked(s * SUBL / 32)) };
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(sc, dx), acc[j]);
-                if !SIGNED {
-                    let sm = unsafe { _mm256_broadcast_ss(ti.sums[j].get_unchecked(s)) };
-                    acc[j] = _mm256_fmadd_ps(bias, sm, acc[j]);
-                }
+            // SAFETY: AVX2 and FMA are enabled here; `ti` is as checked.
+            unsafe { scale_sub_block::<SIGNED, SUBL>(ti, s, &isum, &mut acc) };
+        }
+        // SAFETY: as above.
+        unsafe { store(&acc) }
+    }
+
+    /// Add sub-block `s`'s integer sums, times the weight and activation scales (and, for
+    /// unsigned codes, the biases times the activation sums), to the float accumulators. Shared
+    /// by the AVX2 and the VNNI tile.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `s` is a sub-block of `ti`, whose lengths are as
+    /// [`super::tile_product`] checks.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scale_sub_block<const SIGNED: bool, const SUBL: usize>(
+        ti: &TileIn,
+        s: usize,
+        isum: &[__m256i; RN],
+        acc: &mut [__m256; RN],
+    ) {
+        // SAFETY: s < n / SUBL sub-blocks: TR scales and biases at s * TR; one activation
+        // scale per 32 and one sum per sub-block.
+        let sc = unsafe { _mm256_loadu_ps(ti.scales.as_ptr().add(s * TR)) };
+        let bias = if SIGNED { sc } else { unsafe { _mm256_loadu_ps(ti.biases.as_ptr().add(s * TR)) } };
+        for j in 0..RN {
+            let dx = unsafe { _mm256_broadcast_ss(ti.ds[j].get_unchecked(s * SUBL / 32)) };
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(sc, dx), acc[j]);
+            if !SIGNED {
+                let sm = unsafe { _mm256_broadcast_ss(ti.sums[j].get_unchecked(s)) };
+                acc[j] = _mm256_fmadd_ps(bias, sm, acc[j]);
             }
         }
+    }
+
+    /// The accumulators as `RN` rows of `TR` floats.
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn store(acc: &[__m256; RN]) -> [[f32; TR]; RN] {
         let mut out = [[0f32; TR]; RN];
         for j in 0..RN {
             // SAFETY: `out[j]` holds TR = 8 floats.
@@ -673,25 +701,11 @@ mod vnni {
                     };
                 }
             }
-            // SAFETY: s < n / SUBL sub-blocks: TR scales and biases at s * TR; one activation
-            // scale per 32 and one sum per sub-block.
-            let sc = unsafe { _mm256_loadu_ps(ti.scales.as_ptr().add(s * TR)) };
-            let bias = if SIGNED { sc } else { unsafe { _mm256_loadu_ps(ti.biases.as_ptr().add(s * TR)) } };
-            for j in 0..RN {
-                let dx = unsafe { _mm256_broadcast_ss(ti.ds[j].get_unchecked(s * SUBL / 32)) };
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(sc, dx), acc[j]);
-                if !SIGNED {
-                    let sm = unsafe { _mm256_broadcast_ss(ti.sums[j].get_unchecked(s)) };
-                    acc[j] = _mm256_fmadd_ps(bias, sm, acc[j]);
-                }
-            }
+            // SAFETY: this function's features include AVX2 and FMA; `ti` is as checked.
+            unsafe { super::avx2::scale_sub_block::<SIGNED, SUBL>(ti, s, &isum, &mut acc) };
         }
-        let mut out = [[0f32; TR]; RN];
-        for j in 0..RN {
-            // SAFETY: `out[j]` holds TR = 8 floats.
-            unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) };
-        }
-        out
+        // SAFETY: as above.
+        unsafe { super::avx2::store(&acc) }
     }
 }
 
