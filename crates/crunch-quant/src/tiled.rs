@@ -739,26 +739,14 @@ pub fn matmul_f32_panels(
         // writes columns r0..r0 + rows. `wf` is rows × n_in (row stride n_in) and `x` viewed as
         // an n_in × n_tokens matrix has element (k, t) at t * n_in + k.
         unsafe {
-            gemm::gemm(
-                rows,
-                n_tokens,
-                n_in,
+            gemm_raw(
+                (rows, n_tokens, n_in),
                 out.column(r0),
-                n_out as isize,
-                1,
-                false,
+                Strides { rs: 1, cs: n_out },
                 wf.as_ptr(),
-                1,
-                n_in as isize,
+                Strides { rs: n_in, cs: 1 },
                 x.as_ptr(),
-                n_in as isize,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                Strides { rs: 1, cs: n_in },
             );
         }
     });
@@ -811,58 +799,40 @@ pub fn gemm_f32_strided(
     // SAFETY: every element addressed by the three views is inside its slice (asserted above),
     // distinct destination elements are distinct places, and `dst` is borrowed mutably (no alias
     // with `lhs` or `rhs`).
+    unsafe { gemm_raw((m, n, k), dst.as_mut_ptr(), ds, lhs.as_ptr(), ls, rhs.as_ptr(), rs) };
+}
+
+/// The one call into the `gemm` crate: `dst = lhs · rhs`, `(m, n, k)` = rows of `dst`, columns
+/// of `dst`, inner dimension; single-threaded (callers split the work).
+///
+/// # Safety
+/// Every element the three views address must be inside its allocation, distinct `dst` elements
+/// must be distinct places, and no other thread may touch the `dst` elements meanwhile.
+unsafe fn gemm_raw(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    ds: Strides,
+    lhs: *const f32,
+    ls: Strides,
+    rhs: *const f32,
+    rs: Strides,
+) {
+    // SAFETY: forwarded from the caller's contract; gemm takes (column, row) strides.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             ds.cs as isize,
             ds.rs as isize,
             false,
-            lhs.as_ptr(),
+            lhs,
             ls.cs as isize,
             ls.rs as isize,
-            rhs.as_ptr(),
+            rhs,
             rs.cs as isize,
             rs.rs as isize,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
-/// `out = W xᵀ` in f32 for `rows` weight rows `w` (row-major, `n_in` each) and `n_tokens`
-/// activation rows `x`: `out` is `rows × n_tokens`. Single-threaded (callers split the rows).
-pub fn gemm_f32_panel(w: &[f32], rows: usize, n_in: usize, x: &[f32], n_tokens: usize, out: &mut [f32]) {
-    assert_eq!(w.len(), rows * n_in, "weight panel size");
-    assert_eq!(x.len(), n_tokens * n_in, "activation size");
-    assert_eq!(out.len(), rows * n_tokens, "output size");
-    if rows == 0 || n_tokens == 0 {
-        return;
-    }
-    // SAFETY: the three buffers have the sizes asserted above and the strides below address
-    // exactly those elements: out[r][t] (row stride n_tokens), w[r][k] (row stride n_in) and
-    // x viewed as a k × t matrix (element (k, t) at t * n_in + k).
-    unsafe {
-        gemm::gemm(
-            rows,
-            n_tokens,
-            n_in,
-            out.as_mut_ptr(),
-            1,
-            n_tokens as isize,
-            false,
-            w.as_ptr(),
-            1,
-            n_in as isize,
-            x.as_ptr(),
-            n_in as isize,
-            1,
             0.0f32,
             1.0f32,
             false,
@@ -1016,7 +986,9 @@ mod tests {
         let w = rand(rows * n_in, 3);
         let x = rand(n_tok * n_in, 4);
         let mut out = vec![0f32; rows * n_tok];
-        gemm_f32_panel(&w, rows, n_in, &x, n_tok, &mut out);
+        // W (rows × n_in) times xᵀ (x's rows as columns) into a rows × n_tok output.
+        let (ws, xs, os) = (Strides { rs: n_in, cs: 1 }, Strides { rs: 1, cs: n_in }, Strides { rs: n_tok, cs: 1 });
+        gemm_f32_strided(rows, n_tok, n_in, &mut out, os, &w, ws, &x, xs);
         for r in 0..rows {
             for t in 0..n_tok {
                 let want: f32 = (0..n_in).map(|k| w[r * n_in + k] * x[t * n_in + k]).sum();
