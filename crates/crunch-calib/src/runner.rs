@@ -217,11 +217,13 @@ impl Runner {
         drop(h);
         let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim };
         let mut att = vec![0f32; n_tok * qd];
+        // Every chunk starts at position 0: one set of angles serves all chunks, q and k.
+        let angles = self.rope.angles_rows(0, n_ctx);
         for ch in 0..n_tok / n_ctx {
             let (qs, ks) =
                 (&mut q[ch * n_ctx * qd..(ch + 1) * n_ctx * qd], &mut k[ch * n_ctx * kvd..(ch + 1) * n_ctx * kvd]);
-            self.rope.apply_rows(qs, qd, 0);
-            self.rope.apply_rows(ks, kvd, 0);
+            self.rope.apply_rows_with(qs, qd, &angles);
+            self.rope.apply_rows_with(ks, kvd, &angles);
             let vs = &v[ch * n_ctx * kvd..(ch + 1) * n_ctx * kvd];
             let a = attention(qs, ks, vs, 0, n_ctx, shape);
             att[ch * n_ctx * qd..(ch + 1) * n_ctx * qd].copy_from_slice(&a);

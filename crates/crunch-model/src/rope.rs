@@ -48,11 +48,7 @@ impl Rope {
 
     /// Rotate `n_tokens` rows of `row_len` (`n_heads * head_dim`) at positions `pos0..`.
     pub fn apply_rows(&self, x: &mut [f32], row_len: usize, pos0: usize) {
-        use rayon::prelude::*;
-        x.par_chunks_mut(row_len).enumerate().for_each(|(t, row)| {
-            let angles = self.angles(pos0 + t);
-            self.apply(row, &angles);
-        });
+        self.apply_rows_with(x, row_len, &self.angles_rows(pos0, x.len() / row_len.max(1)));
     }
 
     /// The angles of `n` consecutive positions from `pos0` (for [`Rope::apply_rows_with`]).
