@@ -247,7 +247,6 @@ pub fn validate(file: &RecipeFile, source: &str) -> Result<Vec<Recipe>> {
     Ok(out)
 }
 
-/// A readable name for an unnamed recipe.
 /// A size as written in a recipe when it is a whole number of a unit (`1MB`, `4GiB`), else rounded.
 fn size_label(b: u64) -> String {
     const UNITS: [(u64, &str); 6] =
@@ -258,6 +257,7 @@ fn size_label(b: u64) -> String {
     }
 }
 
+/// A readable name for an unnamed recipe.
 pub fn default_name(kind: &RecipeKind, method: Method) -> String {
     let m = if method == Method::Rtn { String::new() } else { format!("+{}", method.name()) };
     match kind {
