@@ -630,6 +630,7 @@ mod avx2 {
     /// # Safety
     /// AVX2 and FMA must be available; `s` is a sub-block of `ti`, whose lengths are as
     /// [`super::tile_product`] checks.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn scale_sub_block<const SIGNED: bool, const SUBL: usize>(
         ti: &TileIn,
@@ -684,23 +685,27 @@ mod vnni {
         let cp = ti.codes.as_ptr();
         let ap = ti.abs.as_ptr();
         for s in 0..n / SUBL {
-            let mut isum = [_mm256_setzero_si256(); RN];
+            // Two accumulators per token (even and odd steps): 2 · RN independent `vpdpbusd`
+            // chains hide the instruction's latency.
+            let mut isum = [[_mm256_setzero_si256(); RN]; 2];
             for q in 0..steps {
                 let k = s * steps + q;
                 // SAFETY: k < n / 4, so the 32 bytes at k * 32 are inside the tile's TR * n
                 // codes; the 4 activation bytes at 4k are inside each token's n.
                 let w = unsafe { _mm256_loadu_si256(cp.add(k * 32).cast()) };
                 let wabs = if SIGNED { unsafe { _mm256_loadu_si256(ap.add(k * 32).cast()) } } else { w };
+                let acc = &mut isum[q & 1];
                 for j in 0..RN {
                     let xv = unsafe { (ti.xs[j].as_ptr().add(4 * k) as *const i32).read_unaligned() };
                     let xb = _mm256_set1_epi32(xv);
-                    isum[j] = if SIGNED {
-                        _mm256_dpbusd_epi32(isum[j], wabs, _mm256_sign_epi8(xb, w))
+                    acc[j] = if SIGNED {
+                        _mm256_dpbusd_epi32(acc[j], wabs, _mm256_sign_epi8(xb, w))
                     } else {
-                        _mm256_dpbusd_epi32(isum[j], w, xb)
+                        _mm256_dpbusd_epi32(acc[j], w, xb)
                     };
                 }
             }
+            let isum: [__m256i; RN] = std::array::from_fn(|j| _mm256_add_epi32(isum[0][j], isum[1][j]));
             // SAFETY: this function's features include AVX2 and FMA; `ti` is as checked.
             unsafe { super::avx2::scale_sub_block::<SIGNED, SUBL>(ti, s, &isum, &mut acc) };
         }
