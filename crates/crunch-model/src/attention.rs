@@ -2,6 +2,8 @@
 
 use rayon::prelude::*;
 
+use crunch_quant::vmath::softmax;
+
 use crate::matmul::dot_f32;
 
 /// Head layout.
@@ -17,7 +19,7 @@ pub struct AttnShape {
 ///
 /// `q` is `n_tokens × (n_head * head_dim)`; `k` and `v` hold at least `pos0 + n_tokens` rows of
 /// `n_head_kv * head_dim` (the cache, this batch included). Query `t` sees positions `0..=pos0 + t`.
-/// Scores are scaled by `1 / sqrt(head_dim)` and soft-maxed in f32. Returns `n_tokens × (n_head *
+/// Scores are scaled by `1 / sqrt(head_dim)` and soft-maxed in f32 ([`softmax`], vectorized). Returns `n_tokens × (n_head *
 /// head_dim)`.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], pos0: usize, n_tokens: usize, s: AttnShape) -> Vec<f32> {
     if n_tokens >= GEMM_MIN_TOKENS && s.head_dim > 0 && s.n_head_kv > 0 {
@@ -38,22 +40,14 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], pos0: usize, n_tokens: usize, 
         for h in 0..s.n_head {
             let kvh = h / group;
             let qh = &qt[h * d..(h + 1) * d];
-            let mut max = f32::NEG_INFINITY;
             for (j, sc) in scores.iter_mut().enumerate() {
                 let kj = &k[j * kv_row + kvh * d..j * kv_row + (kvh + 1) * d];
-                *sc = dot_f32(qh, kj) * scale;
-                max = max.max(*sc);
+                *sc = dot_f32(qh, kj);
             }
-            let mut sum = 0f32;
-            for sc in scores.iter_mut() {
-                *sc = (*sc - max).exp();
-                sum += *sc;
-            }
-            let inv = 1.0 / sum;
+            softmax(&mut scores, scale);
             let oh = &mut o[h * d..(h + 1) * d];
             for (j, &p) in scores.iter().enumerate() {
                 let vj = &v[j * kv_row + kvh * d..j * kv_row + (kvh + 1) * d];
-                let p = p * inv;
                 for (a, &b) in oh.iter_mut().zip(vj) {
                     *a += p * b;
                 }
@@ -107,18 +101,7 @@ fn attention_gemm(q: &[f32], k: &[f32], v: &[f32], pos0: usize, n: usize, s: Att
             );
             for (t, row) in p.chunks_exact_mut(n_vis).enumerate() {
                 let visible = pos0 + t0 + t + 1;
-                let mut max = f32::NEG_INFINITY;
-                for sc in row[..visible].iter_mut() {
-                    *sc *= scale;
-                    max = max.max(*sc);
-                }
-                let mut sum = 0f32;
-                for sc in row[..visible].iter_mut() {
-                    *sc = (*sc - max).exp();
-                    sum += *sc;
-                }
-                let inv = 1.0 / sum;
-                row[..visible].iter_mut().for_each(|x| *x *= inv);
+                softmax(&mut row[..visible], scale);
                 row[visible..].fill(0.0);
             }
             let os = Strides { rs: q_row, cs: 1 };

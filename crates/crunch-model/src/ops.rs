@@ -21,19 +21,15 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     out
 }
 
-/// ggml's SiLU: `x / (1 + e^-x)`.
+/// ggml's SiLU: `x / (1 + e^-x)` (with crunch's vectorizable `exp`).
 #[inline]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    crunch_quant::vmath::silu_scalar(x)
 }
 
-/// `silu(gate) * up`, element-wise, into `gate`.
+/// `silu(gate) * up`, element-wise, into `gate` (vectorized, in parallel chunks).
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| {
-        for (g, &u) in g.iter_mut().zip(u) {
-            *g = silu(*g) * u;
-        }
-    });
+    gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| crunch_quant::vmath::swiglu(g, u));
 }
 
 /// `x += y`, element-wise.

@@ -21,6 +21,7 @@ pub mod legacy;
 pub mod rows;
 pub mod ternary;
 pub mod tiled;
+pub mod vmath;
 
 pub use rows::{convert_rows, dequantize_rows, quantize_rows, QuantError};
 

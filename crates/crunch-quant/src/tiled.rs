@@ -25,8 +25,11 @@ use crate::kquants::{read_blocks, unpack_scale_min_k4};
 
 /// Sub-block length sharing one scale and bias.
 const SUB: usize = 16;
-/// Weight rows per tile (one f32 vector of outputs).
+/// Weight rows per tile of the AVX2 kernel (one 256-bit vector of f32 outputs).
 const TR: usize = 8;
+/// Weight rows per tile of the AVX-512 VNNI kernel (one 512-bit vector of f32 outputs); the
+/// widest tile, the size of a tile's output rows.
+const TR_MAX: usize = 16;
 /// Tokens per tile.
 const RN: usize = 4;
 
@@ -48,16 +51,56 @@ fn has_avx2() -> bool {
 
 /// Whether the AVX-512 VNNI tile kernel can be used (and `CRUNCH_NO_VNNI` is not set, to
 /// measure or test the AVX2 kernel on such CPUs).
-#[cfg(target_arch = "x86_64")]
 fn use_vnni() -> bool {
-    use std::sync::OnceLock;
-    static V: OnceLock<bool> = OnceLock::new();
-    *V.get_or_init(|| {
-        std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("avx512vnni")
-            && std::env::var_os("CRUNCH_NO_VNNI").is_none()
-    })
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static V: OnceLock<bool> = OnceLock::new();
+        *V.get_or_init(|| {
+            has_avx2()
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512vnni")
+                && std::env::var_os("CRUNCH_NO_VNNI").is_none()
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// How a panel's codes are laid out for one tile kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// AVX2: tiles of [`TR`] rows; signed codes kept as `i8` with their absolute values beside
+    /// them (the `maddubs` sign trick).
+    Avx2,
+    /// AVX-512 VNNI: tiles of [`TR_MAX`] rows; signed codes stored offset by 128 as unsigned
+    /// bytes, the offset taken out of each sub-block's integer sum exactly
+    /// (`Σ c·x = Σ (c + 128)·x − 128 · Σ x`).
+    Vnni512,
+}
+
+impl Kernel {
+    fn rows(self) -> usize {
+        match self {
+            Kernel::Avx2 => TR,
+            Kernel::Vnni512 => TR_MAX,
+        }
+    }
+
+    /// Whether signed codes are stored with the +128 offset (else as `i8` with `|code|`).
+    fn offset(self) -> bool {
+        self == Kernel::Vnni512
+    }
+
+    fn best() -> Self {
+        if use_vnni() {
+            Kernel::Vnni512
+        } else {
+            Kernel::Avx2
+        }
+    }
 }
 
 /// Unpack one block: codes (one per element), scale and bias per 16 elements.
@@ -224,13 +267,14 @@ fn decoder(ty: GgmlType) -> Option<Decoder> {
     Some(Decoder { elems, bytes: ty.type_size(), signed, decode })
 }
 
-/// Activations quantized for one weight type: per token `n_in` codes, a scale per 32 and the
-/// scaled sum of each 16.
+/// Activations quantized for one weight type: per token `n_in` codes, a scale per 32, the
+/// scaled sum of each 16 and the integer sum of each 32.
 struct Acts {
     n_in: usize,
     codes: Vec<i8>,
     d32: Vec<f32>,
     sum16: Vec<f32>,
+    isum32: Vec<i32>,
 }
 
 fn quantize_acts(x: &[f32], n_tokens: usize, n_pad: usize, n_in: usize, dot_type: GgmlType) -> Option<Acts> {
@@ -242,6 +286,7 @@ fn quantize_acts(x: &[f32], n_tokens: usize, n_pad: usize, n_in: usize, dot_type
         codes: vec![0; n_pad * n_in],
         d32: vec![0.0; n_pad * n_in / 32],
         sum16: vec![0.0; n_pad * n_in / 16],
+        isum32: vec![0; n_pad * n_in / 32],
     };
     /// Block bytes, values per block, where the scale is read from, offset of the codes.
     type ActLayout = (usize, usize, fn(&[u8]) -> f32, usize);
@@ -255,8 +300,9 @@ fn quantize_acts(x: &[f32], n_tokens: usize, n_pad: usize, n_in: usize, dot_type
         .par_chunks_mut(n_in)
         .zip(acts.d32.par_chunks_mut(n_in / 32))
         .zip(acts.sum16.par_chunks_mut(n_in / 16))
+        .zip(acts.isum32.par_chunks_mut(n_in / 32))
         .zip(x.par_chunks(n_in).take(n_tokens))
-        .for_each(|(((codes, d32), sum16), src)| {
+        .for_each(|((((codes, d32), sum16), isum32), src)| {
             let mut buf = vec![0u8; rb];
             (k.quantize)(src, None, &mut buf);
             for (bi, blk) in buf.chunks_exact(block_bytes).enumerate() {
@@ -267,6 +313,9 @@ fn quantize_acts(x: &[f32], n_tokens: usize, n_pad: usize, n_in: usize, dot_type
                     *o = v as i8;
                 }
                 d32[e0 / 32..(e0 + elems) / 32].fill(d);
+                for (j, s) in isum32[e0 / 32..(e0 + elems) / 32].iter_mut().enumerate() {
+                    *s = codes[e0 + 32 * j..e0 + 32 * j + 32].iter().map(|&v| v as i32).sum();
+                }
                 if dot_type == GgmlType::Q8_1 {
                     // llama.cpp's Q4_1/Q5_1 dots use the block's stored (f16) sum `s`; both halves
                     // share one bias, so half of it each gives the same product.
@@ -302,10 +351,12 @@ fn shape(ty: GgmlType) -> Shape {
     }
 }
 
-/// Unpacked weight rows, interleaved by tiles of [`TR`] rows: for each step of 4 elements, the 4
-/// codes of each of the tile's rows (32 bytes), so that one vector holds 4 products' worth of
-/// every row; per sub-block the tile's 8 scales and 8 biases. Signed types also keep `|code|`.
+/// Unpacked weight rows, interleaved by tiles of `tr` rows ([`Kernel::rows`]): for each step of
+/// 4 elements, the 4 codes of each of the tile's rows (`4 · tr` bytes), so that one vector holds 4
+/// products' worth of every row; per sub-block the tile's `tr` scales and `tr` biases. Signed
+/// types keep `|code|` too for the AVX2 kernel, or are offset by 128 for the VNNI one.
 struct Panel {
+    tr: usize,
     tiles: usize,
     codes: Vec<u8>,
     abs: Vec<u8>,
@@ -313,15 +364,26 @@ struct Panel {
     biases: Vec<f32>,
 }
 
-fn unpack_panel(dec: &Decoder, sh: Shape, w: &[u8], row_bytes: usize, n_in: usize, rows: usize) -> Panel {
-    let tiles = rows.div_ceil(TR);
+fn unpack_panel(
+    dec: &Decoder,
+    sh: Shape,
+    kernel: Kernel,
+    w: &[u8],
+    row_bytes: usize,
+    n_in: usize,
+    rows: usize,
+) -> Panel {
+    let tr = kernel.rows();
+    let tiles = rows.div_ceil(tr);
     let ns = n_in / sh.sub;
+    let keep_abs = dec.signed && !kernel.offset();
     let mut p = Panel {
+        tr,
         tiles,
-        codes: vec![0; tiles * TR * n_in],
-        abs: if dec.signed { vec![0; tiles * TR * n_in] } else { Vec::new() },
-        scales: vec![0.0; tiles * TR * ns],
-        biases: vec![0.0; tiles * TR * ns],
+        codes: vec![0; tiles * tr * n_in],
+        abs: if keep_abs { vec![0; tiles * tr * n_in] } else { Vec::new() },
+        scales: vec![0.0; tiles * tr * ns],
+        biases: vec![0.0; tiles * tr * ns],
     };
     let mut codes = vec![0u8; n_in];
     let mut s16 = vec![0f32; n_in / SUB];
@@ -334,20 +396,24 @@ fn unpack_panel(dec: &Decoder, sh: Shape, w: &[u8], row_bytes: usize, n_in: usiz
             let (s0, s1) = (e0 / SUB, (e0 + dec.elems) / SUB);
             (dec.decode)(blk, &mut codes[e0..e0 + dec.elems], &mut s16[s0..s1], &mut z16[s0..s1]);
         }
-        let (t, lane) = (r / TR, r % TR);
-        let base = t * TR * n_in;
-        for k in 0..n_in / 4 {
-            let o = base + k * 4 * TR + lane * 4;
-            p.codes[o..o + 4].copy_from_slice(&codes[4 * k..4 * k + 4]);
-            if dec.signed {
+        if dec.signed && kernel.offset() {
+            // i8 code c as the unsigned byte c + 128
+            codes.iter_mut().for_each(|c| *c ^= 0x80);
+        }
+        let (t, lane) = (r / tr, r % tr);
+        let base = t * tr * n_in;
+        for (k, quad) in codes.chunks_exact(4).enumerate() {
+            let o = base + k * 4 * tr + lane * 4;
+            p.codes[o..o + 4].copy_from_slice(quad);
+            if keep_abs {
                 for b in 0..4 {
-                    p.abs[o + b] = (codes[4 * k + b] as i8).unsigned_abs();
+                    p.abs[o + b] = (quad[b] as i8).unsigned_abs();
                 }
             }
         }
         for s in 0..ns {
-            p.scales[(t * ns + s) * TR + lane] = s16[s * per16];
-            p.biases[(t * ns + s) * TR + lane] = z16[s * per16];
+            p.scales[(t * ns + s) * tr + lane] = s16[s * per16];
+            p.biases[(t * ns + s) * tr + lane] = z16[s * per16];
         }
     }
     p
@@ -388,16 +454,8 @@ impl SharedOut {
         debug_assert!(t < self.n_tokens && r + v.len() <= self.n_out);
         // SAFETY: in bounds by the caller's contract; no concurrent writer of these elements.
         let dst = unsafe { self.ptr.add(t * self.n_out + r) };
-        if let Ok(full) = <&[f32; TR]>::try_from(v) {
-            // a whole tile row: a fixed-size copy the compiler inlines (no memcpy call)
-            // SAFETY: as above, TR elements from `dst`.
-            unsafe { dst.cast::<[f32; TR]>().write_unaligned(*full) };
-        } else {
-            for (i, &x) in v.iter().enumerate() {
-                // SAFETY: as above, i < v.len().
-                unsafe { dst.add(i).write(x) };
-            }
-        }
+        // SAFETY: as above, v.len() elements from `dst`; `v` is another allocation.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), dst, v.len()) };
     }
 }
 
@@ -412,6 +470,19 @@ pub fn matmul_quant(
     w: &[u8],
     n_in: usize,
     n_out: usize,
+    x: &[f32],
+    n_tokens: usize,
+    y: &mut [f32],
+) -> bool {
+    matmul_quant_with(Kernel::best(), ty, w, (n_in, n_out), x, n_tokens, y)
+}
+
+/// [`matmul_quant`] with the given tile kernel (which the CPU must support).
+fn matmul_quant_with(
+    kernel: Kernel,
+    ty: GgmlType,
+    w: &[u8],
+    (n_in, n_out): (usize, usize),
     x: &[f32],
     n_tokens: usize,
     y: &mut [f32],
@@ -447,16 +518,40 @@ pub fn matmul_quant(
     (0..n_out.div_ceil(PANEL)).into_par_iter().for_each(|pi| {
         let r0 = pi * PANEL;
         let rows = PANEL.min(n_out - r0);
-        let panel = unpack_panel(&dec, sh, &w[r0 * row_bytes..(r0 + rows) * row_bytes], row_bytes, n_in, rows);
-        panel_product(&panel, &acts, dec.signed, sh, out, r0, rows);
+        let wp = &w[r0 * row_bytes..(r0 + rows) * row_bytes];
+        let panel = unpack_panel(&dec, sh, kernel, wp, row_bytes, n_in, rows);
+        panel_product(&panel, &acts, Codes::of(dec.signed, kernel), sh, out, r0, rows);
     });
     true
 }
 
-/// One tile's inputs: the tile's interleaved codes (and `|codes|` for signed types), per
-/// sub-block its scales and biases, and for each of its tokens the codes, scales per 32 and
-/// scaled sums per sub-block.
+/// How the codes of a tile are to be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Codes {
+    /// Small unsigned numbers with a bias per sub-block.
+    Unsigned,
+    /// `i8` codes, `|code|` beside them (AVX2).
+    Signed,
+    /// `i8` codes stored as `code + 128` (VNNI).
+    Offset,
+}
+
+impl Codes {
+    fn of(signed: bool, kernel: Kernel) -> Self {
+        match (signed, kernel.offset()) {
+            (false, _) => Codes::Unsigned,
+            (true, false) => Codes::Signed,
+            (true, true) => Codes::Offset,
+        }
+    }
+}
+
+/// One tile's inputs: the tile's interleaved codes (and `|codes|` for [`Codes::Signed`]), per
+/// sub-block its scales and biases, and for each of its tokens the codes, scales per 32, scaled
+/// sums per sub-block and integer sums per 32.
 struct TileIn<'a> {
+    /// Rows in the tile (8 or 16).
+    tr: usize,
     codes: &'a [u8],
     abs: &'a [u8],
     scales: &'a [f32],
@@ -464,35 +559,42 @@ struct TileIn<'a> {
     xs: [&'a [i8]; RN],
     ds: [&'a [f32]; RN],
     sums: [&'a [f32]; RN],
+    isums: [&'a [i32]; RN],
 }
 
+/// A tile's result: `RN` tokens × up to [`TR_MAX`] rows (the first `tr` are used).
+type TileOut = [[f32; TR_MAX]; RN];
+
 /// Rows `r0..r0 + rows` of the output from their unpacked panel.
-fn panel_product(p: &Panel, a: &Acts, signed: bool, sh: Shape, out: SharedOut, r0: usize, rows: usize) {
+fn panel_product(p: &Panel, a: &Acts, codes: Codes, sh: Shape, out: SharedOut, r0: usize, rows: usize) {
     let n_in = a.n_in;
     let ns = n_in / sh.sub;
     let n_tokens = out.n_tokens;
     let n_pad = a.codes.len() / n_in;
-    assert!(r0 + rows <= out.n_out && n_pad >= n_tokens && p.tiles * TR >= rows);
+    let tr = p.tr;
+    assert!(r0 + rows <= out.n_out && n_pad >= n_tokens && p.tiles * tr >= rows);
     for t in 0..p.tiles {
-        let tr = TR.min(rows - t * TR);
+        let rows_here = tr.min(rows - t * tr);
         for tb in (0..n_pad).step_by(RN) {
             let ti = TileIn {
-                codes: &p.codes[t * TR * n_in..(t + 1) * TR * n_in],
-                abs: if signed { &p.abs[t * TR * n_in..(t + 1) * TR * n_in] } else { &[] },
-                scales: &p.scales[t * TR * ns..(t + 1) * TR * ns],
-                biases: &p.biases[t * TR * ns..(t + 1) * TR * ns],
+                tr,
+                codes: &p.codes[t * tr * n_in..(t + 1) * tr * n_in],
+                abs: if codes == Codes::Signed { &p.abs[t * tr * n_in..(t + 1) * tr * n_in] } else { &[] },
+                scales: &p.scales[t * tr * ns..(t + 1) * tr * ns],
+                biases: &p.biases[t * tr * ns..(t + 1) * tr * ns],
                 xs: std::array::from_fn(|j| &a.codes[(tb + j) * n_in..(tb + j + 1) * n_in]),
                 ds: std::array::from_fn(|j| &a.d32[(tb + j) * n_in / 32..(tb + j + 1) * n_in / 32]),
                 sums: std::array::from_fn(|j| &a.sum16[(tb + j) * ns..(tb + j + 1) * ns]),
+                isums: std::array::from_fn(|j| &a.isum32[(tb + j) * n_in / 32..(tb + j + 1) * n_in / 32]),
             };
-            let tile = tile_product(&ti, signed, sh);
+            let tile = tile_product(&ti, codes, sh);
             for (j, v) in tile.iter().enumerate() {
                 if tb + j >= n_tokens {
                     break;
                 }
-                // SAFETY: tb + j < n_tokens, r0 + t * TR + tr <= r0 + rows <= n_out (asserted
-                // above), and this task is the only one writing columns r0..r0 + rows.
-                unsafe { out.set(tb + j, r0 + t * TR, &v[..tr]) };
+                // SAFETY: tb + j < n_tokens, r0 + t * tr + rows_here <= r0 + rows <= n_out
+                // (asserted above), and this task is the only one writing columns r0..r0 + rows.
+                unsafe { out.set(tb + j, r0 + t * tr, &v[..rows_here]) };
             }
         }
     }
@@ -501,21 +603,29 @@ fn panel_product(p: &Panel, a: &Acts, signed: bool, sh: Shape, out: SharedOut, r
 /// Scalar reference of a tile: `out[j][l] = Σ_s scale[s][l] · Σ_{k in s} d32[j][k/32] · code[l][k]
 /// · x[j][k] + (unsigned codes) Σ_s bias[s][l] · sum[j][s]`.
 #[cfg_attr(not(test), allow(dead_code))]
-fn tile_scalar(ti: &TileIn, signed: bool, sh: Shape) -> [[f32; TR]; RN] {
+fn tile_scalar(ti: &TileIn, codes: Codes, sh: Shape) -> TileOut {
     let n = ti.xs[0].len();
+    let tr = ti.tr;
     std::array::from_fn(|j| {
         std::array::from_fn(|l| {
             let mut y = 0f32;
+            if l >= tr {
+                return y;
+            }
             for s in 0..n / sh.sub {
                 let mut acc = 0i32;
                 for k in s * sh.sub..(s + 1) * sh.sub {
-                    let c = ti.codes[(k / 4) * 4 * TR + l * 4 + k % 4];
-                    let w = if signed { c as i8 as i32 } else { c as i32 };
+                    let c = ti.codes[(k / 4) * 4 * tr + l * 4 + k % 4];
+                    let w = match codes {
+                        Codes::Unsigned => c as i32,
+                        Codes::Signed => c as i8 as i32,
+                        Codes::Offset => c as i32 - 128,
+                    };
                     acc += w * ti.xs[j][k] as i32;
                 }
-                y += ti.scales[s * TR + l] * ti.ds[j][s * sh.sub / 32] * acc as f32;
-                if !signed {
-                    y += ti.biases[s * TR + l] * ti.sums[j][s];
+                y += ti.scales[s * tr + l] * ti.ds[j][s * sh.sub / 32] * acc as f32;
+                if codes == Codes::Unsigned {
+                    y += ti.biases[s * tr + l] * ti.sums[j][s];
                 }
             }
             y
@@ -523,68 +633,59 @@ fn tile_scalar(ti: &TileIn, signed: bool, sh: Shape) -> [[f32; TR]; RN] {
     })
 }
 
-fn tile_product(ti: &TileIn, signed: bool, sh: Shape) -> [[f32; TR]; RN] {
-    #[cfg(target_arch = "x86_64")]
-    let vnni = use_vnni();
-    #[cfg(not(target_arch = "x86_64"))]
-    let vnni = false;
-    tile_product_with(ti, signed, sh, vnni)
-}
-
-/// [`tile_product`] with the AVX-512 VNNI kernel (`vnni`, if the CPU has it) or the AVX2 one.
-fn tile_product_with(ti: &TileIn, signed: bool, sh: Shape, vnni: bool) -> [[f32; TR]; RN] {
+/// One tile with the kernel its layout was made for (the scalar reference where no SIMD kernel
+/// fits).
+fn tile_product(ti: &TileIn, codes: Codes, sh: Shape) -> TileOut {
     let n = ti.xs[0].len();
     let ns = n / sh.sub;
+    let tr = ti.tr;
     assert!(n.is_multiple_of(32) && n.is_multiple_of(sh.sub));
-    assert!(ti.codes.len() == TR * n && (!signed || ti.abs.len() == TR * n));
-    assert!(ti.scales.len() == TR * ns && ti.biases.len() == TR * ns);
+    assert!(ti.codes.len() == tr * n && (codes != Codes::Signed || ti.abs.len() == tr * n));
+    assert!(ti.scales.len() == tr * ns && ti.biases.len() == tr * ns);
     assert!(ti.xs.iter().all(|x| x.len() == n) && ti.ds.iter().all(|d| d.len() == n / 32));
-    assert!(ti.sums.iter().all(|s| s.len() == ns));
+    assert!(ti.sums.iter().all(|s| s.len() == ns) && ti.isums.iter().all(|s| s.len() == n / 32));
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: callers reach this only after `has_avx2()` confirmed AVX2 and FMA; slice lengths
-        // were checked just above, and the kernels read within them.
-        if vnni && use_vnni() {
-            // SAFETY: as above, and `use_vnni()` confirmed AVX-512F/VL and VNNI.
+        if tr == TR_MAX && use_vnni() {
+            // SAFETY: `use_vnni()` confirmed AVX2, FMA, AVX-512F and VNNI; slice lengths were
+            // checked just above, and the kernel reads within them.
             return unsafe {
-                match (signed, sh.sub) {
-                    (true, _) => vnni::tile::<true, 32>(ti),
-                    (false, 32) => vnni::tile::<false, 32>(ti),
-                    (false, 16) => vnni::tile::<false, 16>(ti),
-                    _ => tile_scalar(ti, signed, sh),
+                match (codes, sh.sub) {
+                    (Codes::Offset, 32) => vnni::tile::<true, 32>(ti),
+                    (Codes::Unsigned, 32) => vnni::tile::<false, 32>(ti),
+                    (Codes::Unsigned, 16) => vnni::tile::<false, 16>(ti),
+                    _ => tile_scalar(ti, codes, sh),
                 }
             };
         }
-        unsafe {
-            match (signed, sh.sub, sh.group) {
-                (true, _, _) => avx2::tile::<true, 32, 1>(ti),
-                (false, 32, 8) => avx2::tile::<false, 32, 8>(ti),
-                (false, 32, 4) => avx2::tile::<false, 32, 4>(ti),
-                (false, 16, 4) => avx2::tile::<false, 16, 4>(ti),
-                (false, 16, 2) => avx2::tile::<false, 16, 2>(ti),
-                _ => tile_scalar(ti, signed, sh),
-            }
+        if tr == TR && has_avx2() {
+            // SAFETY: `has_avx2()` confirmed AVX2 and FMA; lengths as checked above.
+            return unsafe {
+                match (codes, sh.sub, sh.group) {
+                    (Codes::Signed, 32, _) => avx2::tile::<true, 32, 1>(ti),
+                    (Codes::Unsigned, 32, 8) => avx2::tile::<false, 32, 8>(ti),
+                    (Codes::Unsigned, 32, 4) => avx2::tile::<false, 32, 4>(ti),
+                    (Codes::Unsigned, 16, 4) => avx2::tile::<false, 16, 4>(ti),
+                    (Codes::Unsigned, 16, 2) => avx2::tile::<false, 16, 2>(ti),
+                    _ => tile_scalar(ti, codes, sh),
+                }
+            };
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = vnni;
-        tile_scalar(ti, signed, sh)
-    }
+    tile_scalar(ti, codes, sh)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{TileIn, RN, TR};
+    use super::{TileIn, TileOut, RN, TR};
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// AVX2 and FMA must be available; `ti` has the lengths [`super::tile_product`] checks, for
-    /// sub-blocks of `SUBL` elements; `GROUP` divides `SUBL / 4` and keeps 16-bit sums in range.
+    /// AVX2 and FMA must be available; `ti` is a tile of [`TR`] rows with the lengths
+    /// [`super::tile_product`] checks, for sub-blocks of `SUBL` elements; `GROUP` divides
+    /// `SUBL / 4` and keeps 16-bit sums in range.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const SIGNED: bool, const SUBL: usize, const GROUP: usize>(
-        ti: &TileIn,
-    ) -> [[f32; TR]; RN] {
+    pub(super) unsafe fn tile<const SIGNED: bool, const SUBL: usize, const GROUP: usize>(ti: &TileIn) -> TileOut {
         let n = ti.xs[0].len();
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); RN];
@@ -616,101 +717,86 @@ mod avx2 {
                     isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(p16[j], ones));
                 }
             }
-            // SAFETY: AVX2 and FMA are enabled here; `ti` is as checked.
-            unsafe { scale_sub_block::<SIGNED, SUBL>(ti, s, &isum, &mut acc) };
-        }
-        // SAFETY: as above.
-        unsafe { store(&acc) }
-    }
-
-    /// Add sub-block `s`'s integer sums, times the weight and activation scales (and, for
-    /// unsigned codes, the biases times the activation sums), to the float accumulators. Shared
-    /// by the AVX2 and the VNNI tile.
-    ///
-    /// # Safety
-    /// AVX2 and FMA must be available; `s` is a sub-block of `ti`, whose lengths are as
-    /// [`super::tile_product`] checks.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scale_sub_block<const SIGNED: bool, const SUBL: usize>(
-        ti: &TileIn,
-        s: usize,
-        isum: &[__m256i; RN],
-        acc: &mut [__m256; RN],
-    ) {
-        // SAFETY: s < n / SUBL sub-blocks: TR scales and biases at s * TR; one activation
-        // scale per 32 and one sum per sub-block.
-        let sc = unsafe { _mm256_loadu_ps(ti.scales.as_ptr().add(s * TR)) };
-        let bias = if SIGNED { sc } else { unsafe { _mm256_loadu_ps(ti.biases.as_ptr().add(s * TR)) } };
-        for j in 0..RN {
-            let dx = unsafe { _mm256_broadcast_ss(ti.ds[j].get_unchecked(s * SUBL / 32)) };
-            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(sc, dx), acc[j]);
-            if !SIGNED {
-                let sm = unsafe { _mm256_broadcast_ss(ti.sums[j].get_unchecked(s)) };
-                acc[j] = _mm256_fmadd_ps(bias, sm, acc[j]);
+            // SAFETY: s < n / SUBL sub-blocks: TR scales and biases at s * TR; one activation
+            // scale per 32 and one sum per sub-block.
+            let sc = unsafe { _mm256_loadu_ps(ti.scales.as_ptr().add(s * TR)) };
+            let bias = if SIGNED { sc } else { unsafe { _mm256_loadu_ps(ti.biases.as_ptr().add(s * TR)) } };
+            for j in 0..RN {
+                let dx = unsafe { _mm256_broadcast_ss(ti.ds[j].get_unchecked(s * SUBL / 32)) };
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_mul_ps(sc, dx), acc[j]);
+                if !SIGNED {
+                    let sm = unsafe { _mm256_broadcast_ss(ti.sums[j].get_unchecked(s)) };
+                    acc[j] = _mm256_fmadd_ps(bias, sm, acc[j]);
+                }
             }
         }
-    }
-
-    /// The accumulators as `RN` rows of `TR` floats.
-    ///
-    /// # Safety
-    /// AVX2 must be available.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn store(acc: &[__m256; RN]) -> [[f32; TR]; RN] {
-        let mut out = [[0f32; TR]; RN];
+        let mut out = [[0f32; super::TR_MAX]; RN];
         for j in 0..RN {
-            // SAFETY: `out[j]` holds TR = 8 floats.
+            // SAFETY: `out[j]` holds TR_MAX >= TR = 8 floats.
             unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) };
         }
         out
     }
 }
 
-/// The tile kernel with AVX-512 VNNI (256-bit): `vpdpbusd` multiplies and sums 4 byte pairs into
-/// 32-bit lanes directly, so no 16-bit grouping is needed.
+/// The tile kernel with AVX-512 VNNI: tiles of 16 rows, `vpdpbusd` on 512-bit vectors multiplies
+/// and sums 4 byte pairs of each of the 16 rows into 32-bit lanes directly (no 16-bit grouping).
+/// Signed codes arrive offset by 128 (unsigned) and the offset is taken out of each sub-block's
+/// integer sum with the activations' integer sum, so the result is the exact integer product.
 #[cfg(target_arch = "x86_64")]
 mod vnni {
-    use super::{TileIn, RN, TR};
+    use super::{TileIn, TileOut, RN, TR_MAX};
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// AVX2, FMA, AVX-512F/VL and AVX-512 VNNI must be available; `ti` has the lengths
-    /// [`super::tile_product`] checks, for sub-blocks of `SUBL` elements.
-    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-    pub(super) unsafe fn tile<const SIGNED: bool, const SUBL: usize>(ti: &TileIn) -> [[f32; TR]; RN] {
+    /// AVX2, FMA, AVX-512F and AVX-512 VNNI must be available; `ti` is a tile of [`TR_MAX`] rows
+    /// with the lengths [`super::tile_product`] checks, for sub-blocks of `SUBL` elements
+    /// (`SUBL` = 32 when `OFFSET`).
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vnni")]
+    pub(super) unsafe fn tile<const OFFSET: bool, const SUBL: usize>(ti: &TileIn) -> TileOut {
         let n = ti.xs[0].len();
-        let mut acc = [_mm256_setzero_ps(); RN];
+        let mut acc = [_mm512_setzero_ps(); RN];
         let steps = SUBL / 4;
         let cp = ti.codes.as_ptr();
-        let ap = ti.abs.as_ptr();
         for s in 0..n / SUBL {
             // Two accumulators per token (even and odd steps): 2 · RN independent `vpdpbusd`
             // chains hide the instruction's latency.
-            let mut isum = [[_mm256_setzero_si256(); RN]; 2];
+            let mut isum = [[_mm512_setzero_si512(); RN]; 2];
             for q in 0..steps {
                 let k = s * steps + q;
-                // SAFETY: k < n / 4, so the 32 bytes at k * 32 are inside the tile's TR * n
+                // SAFETY: k < n / 4, so the 64 bytes at k * 64 are inside the tile's TR_MAX * n
                 // codes; the 4 activation bytes at 4k are inside each token's n.
-                let w = unsafe { _mm256_loadu_si256(cp.add(k * 32).cast()) };
-                let wabs = if SIGNED { unsafe { _mm256_loadu_si256(ap.add(k * 32).cast()) } } else { w };
-                let acc = &mut isum[q & 1];
+                let w = unsafe { _mm512_loadu_si512(cp.add(k * 64).cast()) };
+                let a = &mut isum[q & 1];
                 for j in 0..RN {
                     let xv = unsafe { (ti.xs[j].as_ptr().add(4 * k) as *const i32).read_unaligned() };
-                    let xb = _mm256_set1_epi32(xv);
-                    acc[j] = if SIGNED {
-                        _mm256_dpbusd_epi32(acc[j], wabs, _mm256_sign_epi8(xb, w))
-                    } else {
-                        _mm256_dpbusd_epi32(acc[j], w, xb)
-                    };
+                    a[j] = _mm512_dpbusd_epi32(a[j], w, _mm512_set1_epi32(xv));
                 }
             }
-            let isum: [__m256i; RN] = std::array::from_fn(|j| _mm256_add_epi32(isum[0][j], isum[1][j]));
-            // SAFETY: this function's features include AVX2 and FMA; `ti` is as checked.
-            unsafe { super::avx2::scale_sub_block::<SIGNED, SUBL>(ti, s, &isum, &mut acc) };
+            // SAFETY: s < n / SUBL sub-blocks: TR_MAX scales and biases at s * TR_MAX; one
+            // activation scale and integer sum per 32 and one scaled sum per sub-block.
+            let sc = unsafe { _mm512_loadu_ps(ti.scales.as_ptr().add(s * TR_MAX)) };
+            let bias = if OFFSET { sc } else { unsafe { _mm512_loadu_ps(ti.biases.as_ptr().add(s * TR_MAX)) } };
+            for j in 0..RN {
+                let mut is = _mm512_add_epi32(isum[0][j], isum[1][j]);
+                if OFFSET {
+                    let xs = unsafe { *ti.isums[j].get_unchecked(s * SUBL / 32) };
+                    is = _mm512_sub_epi32(is, _mm512_set1_epi32(128 * xs));
+                }
+                let dx = _mm512_set1_ps(unsafe { *ti.ds[j].get_unchecked(s * SUBL / 32) });
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(sc, dx), acc[j]);
+                if !OFFSET {
+                    let sm = _mm512_set1_ps(unsafe { *ti.sums[j].get_unchecked(s) });
+                    acc[j] = _mm512_fmadd_ps(bias, sm, acc[j]);
+                }
+            }
         }
-        // SAFETY: as above.
-        unsafe { super::avx2::store(&acc) }
+        let mut out = [[0f32; TR_MAX]; RN];
+        for j in 0..RN {
+            // SAFETY: `out[j]` holds TR_MAX = 16 floats.
+            unsafe { _mm512_storeu_ps(out[j].as_mut_ptr(), acc[j]) };
+        }
+        out
     }
 }
 
@@ -888,62 +974,95 @@ mod tests {
             let rb = ty.row_size(n_in).unwrap();
             let mut w = vec![0u8; rb * n_out];
             crate::quantize_rows(ty, &wf, n_in, None, &mut w).unwrap();
-            let mut yt = vec![0f32; n_out * n_tok];
-            assert!(matmul_quant(ty, &w, n_in, n_out, &x, n_tok, &mut yt), "{ty}");
-            let xrb = k.dot_type.row_size(n_in).unwrap();
-            for t in 0..n_tok {
-                let mut xq = vec![0u8; xrb];
-                (crate::kernels(k.dot_type).unwrap().quantize)(&x[t * n_in..(t + 1) * n_in], None, &mut xq);
-                for r in 0..n_out {
-                    let want = (k.vec_dot.unwrap())(n_in, &w[r * rb..(r + 1) * rb], &xq);
-                    let got = yt[t * n_out + r];
-                    assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{ty} r{r} t{t}: {got} vs {want}");
+            for kernel in kernels_here() {
+                let mut yt = vec![0f32; n_out * n_tok];
+                assert!(matmul_quant_with(kernel, ty, &w, (n_in, n_out), &x, n_tok, &mut yt), "{ty}");
+                let xrb = k.dot_type.row_size(n_in).unwrap();
+                for t in 0..n_tok {
+                    let mut xq = vec![0u8; xrb];
+                    (crate::kernels(k.dot_type).unwrap().quantize)(&x[t * n_in..(t + 1) * n_in], None, &mut xq);
+                    for r in 0..n_out {
+                        let want = (k.vec_dot.unwrap())(n_in, &w[r * rb..(r + 1) * rb], &xq);
+                        let got = yt[t * n_out + r];
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{ty} {kernel:?} r{r} t{t}: {got} vs {want}"
+                        );
+                    }
                 }
             }
         }
+    }
+
+    /// The kernels this CPU can run.
+    fn kernels_here() -> Vec<Kernel> {
+        let mut k = Vec::new();
+        if has_avx2() {
+            k.push(Kernel::Avx2);
+        }
+        if use_vnni() {
+            k.push(Kernel::Vnni512);
+        }
+        k
     }
 
     /// The SIMD tile kernels equal the scalar reference (integer parts exact, floats to rounding),
     /// at the largest codes each shape allows.
     #[test]
     fn simd_tiles_match_scalar() {
-        if !has_avx2() {
-            return;
-        }
         let n = 576;
-        for (signed, sub, group, max) in
-            [(true, 32, 1, 127), (false, 32, 8, 15), (false, 32, 4, 31), (false, 16, 4, 7), (false, 16, 2, 63)]
-        {
-            let sh = Shape { sub, group };
-            let ns = n / sub;
-            let code =
-                |v: f32| if signed { (v * 127.0) as i8 as u8 } else { ((v + 1.0) * 0.5 * (max as f32 + 0.99)) as u8 };
-            let codes: Vec<u8> = rand(TR * n, 1).into_iter().map(code).collect();
-            let abs: Vec<u8> = codes.iter().map(|&c| (c as i8).unsigned_abs()).collect();
-            let scales = rand(TR * ns, 2);
-            let biases = rand(TR * ns, 3);
-            let xs: Vec<Vec<i8>> =
-                (0..RN).map(|j| rand(n, 10 + j as u64).iter().map(|v| (v * 127.0) as i8).collect()).collect();
-            let ds: Vec<Vec<f32>> = (0..RN).map(|j| rand(n / 32, 20 + j as u64)).collect();
-            let sums: Vec<Vec<f32>> = (0..RN).map(|j| rand(ns, 30 + j as u64)).collect();
-            let ti = TileIn {
-                codes: &codes,
-                abs: if signed { &abs } else { &[] },
-                scales: &scales,
-                biases: &biases,
-                xs: std::array::from_fn(|j| &xs[j][..]),
-                ds: std::array::from_fn(|j| &ds[j][..]),
-                sums: std::array::from_fn(|j| &sums[j][..]),
-            };
-            let want = tile_scalar(&ti, signed, sh);
-            for vnni in [false, true] {
-                let got = tile_product_with(&ti, signed, sh, vnni);
+        for kernel in kernels_here() {
+            let tr = kernel.rows();
+            for (signed, sub, group, max) in
+                [(true, 32, 1, 127), (false, 32, 8, 15), (false, 32, 4, 31), (false, 16, 4, 7), (false, 16, 2, 63)]
+            {
+                let sh = Shape { sub, group };
+                let ns = n / sub;
+                let kind = Codes::of(signed, kernel);
+                let code = |v: f32| {
+                    if signed {
+                        (v * 127.0) as i8 as u8
+                    } else {
+                        ((v + 1.0) * 0.5 * (max as f32 + 0.99)) as u8
+                    }
+                };
+                let logical: Vec<u8> = rand(tr * n, 1).into_iter().map(code).collect();
+                let abs: Vec<u8> = logical.iter().map(|&c| (c as i8).unsigned_abs()).collect();
+                let stored: Vec<u8> =
+                    if kind == Codes::Offset { logical.iter().map(|&c| c ^ 0x80).collect() } else { logical.clone() };
+                let scales = rand(tr * ns, 2);
+                let biases = rand(tr * ns, 3);
+                let xs: Vec<Vec<i8>> =
+                    (0..RN).map(|j| rand(n, 10 + j as u64).iter().map(|v| (v * 127.0) as i8).collect()).collect();
+                let ds: Vec<Vec<f32>> = (0..RN).map(|j| rand(n / 32, 20 + j as u64)).collect();
+                let sums: Vec<Vec<f32>> = (0..RN).map(|j| rand(ns, 30 + j as u64)).collect();
+                let isums: Vec<Vec<i32>> =
+                    xs.iter().map(|x| x.chunks(32).map(|c| c.iter().map(|&v| v as i32).sum()).collect()).collect();
+                let tile = |codes: &'_ [u8], kind: Codes| {
+                    let ti = TileIn {
+                        tr,
+                        codes,
+                        abs: if kind == Codes::Signed { &abs } else { &[] },
+                        scales: &scales,
+                        biases: &biases,
+                        xs: std::array::from_fn(|j| &xs[j][..]),
+                        ds: std::array::from_fn(|j| &ds[j][..]),
+                        sums: std::array::from_fn(|j| &sums[j][..]),
+                        isums: std::array::from_fn(|j| &isums[j][..]),
+                    };
+                    (tile_scalar(&ti, kind, sh), tile_product(&ti, kind, sh))
+                };
+                let (want, got) = tile(&stored, kind);
+                if kind == Codes::Offset {
+                    // the offset layout means the same numbers as the signed one
+                    assert_eq!(tile(&logical, Codes::Signed).0, want);
+                }
                 for j in 0..RN {
-                    for l in 0..TR {
+                    for l in 0..tr {
                         let (g, w) = (got[j][l], want[j][l]);
                         assert!(
                             (g - w).abs() <= 1e-3 * (1.0 + w.abs()),
-                            "vnni {vnni} signed {signed} sub {sub} group {group}: {g} vs {w}"
+                            "{kernel:?} signed {signed} sub {sub} group {group}: {g} vs {w}"
                         );
                     }
                 }
