@@ -83,8 +83,6 @@ fn unsupported(w: &WeightView, what: &'static str) -> ModelError {
 const ROW_BLOCK: usize = 16;
 /// From this many tokens on, weights are unpacked once per call and multiplied by tiles of tokens.
 const TILED_MIN_TOKENS: usize = 4;
-/// Weight rows per parallel task in the f32 GEMM path.
-const GEMM_PANEL: usize = 32;
 
 /// `y = x Wᵀ`: `x` is `n_tokens × n_in`, the result `n_tokens × n_out`, row-major.
 pub fn matmul(x: &[f32], n_tokens: usize, w: &WeightView, mode: MatmulMode) -> Result<Vec<f32>> {
@@ -141,12 +139,18 @@ pub fn matmul(x: &[f32], n_tokens: usize, w: &WeightView, mode: MatmulMode) -> R
         };
         let n_in = w.n_in;
         if n_tokens >= TILED_MIN_TOKENS {
+            if let Some(wf) = f32_in_place(w) {
+                // F32 weights straight from the (aligned) memory map
+                crunch_quant::tiled::matmul_f32(wf, w.n_out, n_in, xs, n_tokens, &mut yt);
+                return Ok(yt);
+            }
             // A panel of weight rows in f32, multiplied by all tokens with a blocked GEMM.
             let fill = |r0: usize, wf: &mut [f32]| {
                 let rows = wf.len() / n_in;
                 (k.dequantize)(&w.data[r0 * rb..(r0 + rows) * rb], wf);
             };
-            crunch_quant::tiled::matmul_f32_panels(w.n_out, n_in, xs, n_tokens, &mut yt, GEMM_PANEL, &fill);
+            let panel = crunch_quant::tiled::f32_block_rows(w.n_out);
+            crunch_quant::tiled::matmul_f32_panels(w.n_out, n_in, xs, n_tokens, &mut yt, panel, &fill);
             return Ok(yt);
         }
         yt.par_chunks_mut(ROW_BLOCK * n_tokens).enumerate().for_each(|(b, out)| {
@@ -178,6 +182,15 @@ pub fn matmul(x: &[f32], n_tokens: usize, w: &WeightView, mode: MatmulMode) -> R
         });
     }
     Ok(transpose(yt, n_tokens, w.n_out))
+}
+
+/// An F32 weight's bytes as f32 when they are 4-byte aligned (GGUF aligns tensor data to 32
+/// bytes, so they are in every file llama.cpp writes); `None` for other types.
+fn f32_in_place<'a>(w: &WeightView<'a>) -> Option<&'a [f32]> {
+    if w.ty != GgmlType::F32 || w.data.len() != w.n_out * w.n_in * 4 || cfg!(target_endian = "big") {
+        return None;
+    }
+    bytemuck::try_cast_slice(w.data).ok()
 }
 
 /// `n_out × n_tokens` to `n_tokens × n_out`.

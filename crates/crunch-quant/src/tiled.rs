@@ -843,6 +843,46 @@ pub fn matmul_f32_panels(
     });
 }
 
+/// `y = x Wᵀ` in f32 for a row-major f32 weight `w` (`n_out` rows of `n_in`) read in place, and
+/// `n_tokens` activation rows `x`; `y` is `n_tokens × n_out`, row-major. The rows are split into a
+/// few blocks per thread, each a blocked GEMM writing its columns of `y` in place.
+///
+/// # Panics
+/// If a slice's length does not match the shape.
+pub fn matmul_f32(w: &[f32], n_out: usize, n_in: usize, x: &[f32], n_tokens: usize, y: &mut [f32]) {
+    use rayon::prelude::*;
+    assert_eq!(w.len(), n_out * n_in, "weight size");
+    assert_eq!(x.len(), n_tokens * n_in, "activation size");
+    let out = SharedOut::new(y, n_tokens, n_out);
+    if n_out == 0 || n_tokens == 0 || n_in == 0 {
+        return;
+    }
+    let block = f32_block_rows(n_out);
+    (0..n_out.div_ceil(block)).into_par_iter().for_each(|bi| {
+        let r0 = bi * block;
+        let rows = block.min(n_out - r0);
+        // SAFETY: as in `matmul_f32_panels`; the weight view is rows r0..r0 + rows of `w`
+        // (row stride n_in), inside `w` by the size assertion.
+        unsafe {
+            gemm_raw(
+                (rows, n_tokens, n_in),
+                out.column(r0),
+                Strides { rs: 1, cs: n_out },
+                w.as_ptr().add(r0 * n_in),
+                Strides { rs: n_in, cs: 1 },
+                x.as_ptr(),
+                Strides { rs: 1, cs: n_in },
+            );
+        }
+    });
+}
+
+/// Weight rows per parallel task of an f32 product with `n_out` rows: about 8 tasks per thread
+/// (load balance), at least 32 rows (GEMM efficiency), at most 2048 (buffer size).
+pub fn f32_block_rows(n_out: usize) -> usize {
+    (n_out / (rayon::current_num_threads() * 8)).clamp(32, 2048)
+}
+
 /// A strided matrix view for [`gemm_f32_strided`]: element `(i, j)` at `i * rs + j * cs`.
 #[derive(Clone, Copy, Debug)]
 pub struct Strides {
@@ -1066,6 +1106,21 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_in_place_matches_naive() {
+        let (n_out, n_in, n_tok) = (301, 40, 9);
+        let w = rand(n_out * n_in, 17);
+        let x = rand(n_tok * n_in, 18);
+        let mut y = vec![0f32; n_tok * n_out];
+        matmul_f32(&w, n_out, n_in, &x, n_tok, &mut y);
+        for r in 0..n_out {
+            for t in 0..n_tok {
+                let want: f32 = (0..n_in).map(|k| w[r * n_in + k] * x[t * n_in + k]).sum();
+                assert!((y[t * n_out + r] - want).abs() < 1e-4);
             }
         }
     }
