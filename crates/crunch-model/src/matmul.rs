@@ -138,12 +138,12 @@ pub fn matmul(x: &[f32], n_tokens: usize, w: &WeightView, mode: MatmulMode) -> R
             x
         };
         let n_in = w.n_in;
+        if let Some(wf) = f32_in_place(w) {
+            // F32 weights straight from the (aligned) memory map, any number of tokens
+            crunch_quant::tiled::matmul_f32(wf, w.n_out, n_in, xs, n_tokens, &mut yt);
+            return Ok(yt);
+        }
         if n_tokens >= TILED_MIN_TOKENS {
-            if let Some(wf) = f32_in_place(w) {
-                // F32 weights straight from the (aligned) memory map
-                crunch_quant::tiled::matmul_f32(wf, w.n_out, n_in, xs, n_tokens, &mut yt);
-                return Ok(yt);
-            }
             // A panel of weight rows in f32, multiplied by all tokens with a blocked GEMM.
             let fill = |r0: usize, wf: &mut [f32]| {
                 let rows = wf.len() / n_in;
