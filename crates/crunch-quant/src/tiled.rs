@@ -1110,34 +1110,24 @@ mod tests {
         }
     }
 
+    /// Both f32 paths (weights in place, weights filled panel by panel) equal the naive product.
     #[test]
-    fn f32_in_place_matches_naive() {
-        let (n_out, n_in, n_tok) = (301, 40, 9);
-        let w = rand(n_out * n_in, 17);
-        let x = rand(n_tok * n_in, 18);
-        let mut y = vec![0f32; n_tok * n_out];
-        matmul_f32(&w, n_out, n_in, &x, n_tok, &mut y);
-        for r in 0..n_out {
-            for t in 0..n_tok {
-                let want: f32 = (0..n_in).map(|k| w[r * n_in + k] * x[t * n_in + k]).sum();
-                assert!((y[t * n_out + r] - want).abs() < 1e-4);
-            }
-        }
-    }
-
-    #[test]
-    fn f32_panels_match_naive() {
-        let (n_out, n_in, n_tok) = (37, 33, 6);
-        let w = rand(n_out * n_in, 7);
-        let x = rand(n_tok * n_in, 8);
-        let mut y = vec![0f32; n_tok * n_out];
-        matmul_f32_panels(n_out, n_in, &x, n_tok, &mut y, 8, &|r0, buf| {
-            buf.copy_from_slice(&w[r0 * n_in..r0 * n_in + buf.len()]);
-        });
-        for r in 0..n_out {
-            for t in 0..n_tok {
-                let want: f32 = (0..n_in).map(|k| w[r * n_in + k] * x[t * n_in + k]).sum();
-                assert!((y[t * n_out + r] - want).abs() < 1e-4);
+    fn f32_products_match_naive() {
+        for (n_out, n_in, n_tok) in [(37, 33, 6), (301, 40, 9)] {
+            let w = rand(n_out * n_in, 7);
+            let x = rand(n_tok * n_in, 8);
+            let mut in_place = vec![0f32; n_tok * n_out];
+            matmul_f32(&w, n_out, n_in, &x, n_tok, &mut in_place);
+            let mut panels = vec![0f32; n_tok * n_out];
+            matmul_f32_panels(n_out, n_in, &x, n_tok, &mut panels, 8, &|r0, buf| {
+                buf.copy_from_slice(&w[r0 * n_in..r0 * n_in + buf.len()]);
+            });
+            for r in 0..n_out {
+                for t in 0..n_tok {
+                    let want: f32 = (0..n_in).map(|k| w[r * n_in + k] * x[t * n_in + k]).sum();
+                    assert!((in_place[t * n_out + r] - want).abs() < 1e-4);
+                    assert!((panels[t * n_out + r] - want).abs() < 1e-4);
+                }
             }
         }
     }
