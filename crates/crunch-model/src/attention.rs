@@ -19,8 +19,8 @@ pub struct AttnShape {
 ///
 /// `q` is `n_tokens × (n_head * head_dim)`; `k` and `v` hold at least `pos0 + n_tokens` rows of
 /// `n_head_kv * head_dim` (the cache, this batch included). Query `t` sees positions `0..=pos0 + t`.
-/// Scores are scaled by `1 / sqrt(head_dim)` and soft-maxed in f32 ([`softmax`], vectorized). Returns `n_tokens × (n_head *
-/// head_dim)`.
+/// Scores are scaled by `1 / sqrt(head_dim)` and soft-maxed in f32 ([`softmax`], vectorized).
+/// Returns `n_tokens × (n_head * head_dim)`.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], pos0: usize, n_tokens: usize, s: AttnShape) -> Vec<f32> {
     if n_tokens >= GEMM_MIN_TOKENS && s.head_dim > 0 && s.n_head_kv > 0 {
         return attention_gemm(q, k, v, pos0, n_tokens, s);

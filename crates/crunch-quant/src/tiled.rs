@@ -313,18 +313,24 @@ fn quantize_acts(x: &[f32], n_tokens: usize, n_pad: usize, n_in: usize, dot_type
                     *o = v as i8;
                 }
                 d32[e0 / 32..(e0 + elems) / 32].fill(d);
-                for (j, s) in isum32[e0 / 32..(e0 + elems) / 32].iter_mut().enumerate() {
-                    *s = codes[e0 + 32 * j..e0 + 32 * j + 32].iter().map(|&v| v as i32).sum();
+                // integer sums of each 16 codes, once: the 32-sums and the scaled 16-sums follow
+                let mut s16 = [0i32; 256 / 16];
+                for (o, c) in s16.iter_mut().zip(codes[e0..e0 + elems].chunks_exact(16)) {
+                    *o = c.iter().map(|&v| v as i32).sum();
                 }
+                let s16 = &s16[..elems / 16];
+                for (s, pair) in isum32[e0 / 32..(e0 + elems) / 32].iter_mut().zip(s16.chunks_exact(2)) {
+                    *s = pair[0] + pair[1];
+                }
+                let sums = &mut sum16[e0 / 16..(e0 + elems) / 16];
                 if dot_type == GgmlType::Q8_1 {
                     // llama.cpp's Q4_1/Q5_1 dots use the block's stored (f16) sum `s`; both halves
                     // share one bias, so half of it each gives the same product.
-                    sum16[e0 / 16..e0 / 16 + 2].fill(h(blk, 2) * 0.5);
-                    continue;
-                }
-                for (j, s) in sum16[e0 / 16..(e0 + elems) / 16].iter_mut().enumerate() {
-                    let part = &codes[e0 + 16 * j..e0 + 16 * j + 16];
-                    *s = d * part.iter().map(|&v| v as i32).sum::<i32>() as f32;
+                    sums.fill(h(blk, 2) * 0.5);
+                } else {
+                    for (o, &v) in sums.iter_mut().zip(s16) {
+                        *o = d * v as f32;
+                    }
                 }
             }
         });

@@ -143,11 +143,11 @@ mod avx2 {
     use crate::legacy::simd::*;
     use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma")]
     pub(super) fn dot(xs: &[BlockQ4_0], ys: &[BlockQ8_0]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for (bx, by) in xs.iter().zip(ys) {
-            let d = _mm256_set1_ps(f16_to_f32(bx.d) * f16_to_f32(by.d));
+            let d = _mm256_set1_ps(bx.d.to_f32() * by.d.to_f32());
             // codes 0..=15 shifted to -8..=7
             let qx = _mm256_sub_epi8(nibbles_to_bytes(&bx.qs), _mm256_set1_epi8(8));
             let p = dot_i8_i8(qx, load_i8_32(&by.qs));

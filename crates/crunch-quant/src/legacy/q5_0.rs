@@ -140,11 +140,11 @@ mod avx2 {
     use crate::legacy::simd::*;
     use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma")]
     pub(super) fn dot(xs: &[BlockQ5_0], ys: &[BlockQ8_0]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for (bx, by) in xs.iter().zip(ys) {
-            let d = _mm256_set1_ps(f16_to_f32(bx.d) * f16_to_f32(by.d));
+            let d = _mm256_set1_ps(bx.d.to_f32() * by.d.to_f32());
             // code - 16 in two's complement: the low nibble, with 0xF0 on top where the 5th bit
             // is clear (nibble - 16) and nothing where it is set (nibble + 16 - 16)
             let high = _mm256_andnot_si256(bits_to_byte_mask(bx.qh), _mm256_set1_epi8(0xF0u8 as i8));

@@ -145,13 +145,13 @@ mod avx2 {
     use crate::legacy::simd::*;
     use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma")]
     pub(super) fn dot(xs: &[BlockQ5_1], ys: &[BlockQ8_1]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         let mut mins = 0.0f32;
         for (bx, by) in xs.iter().zip(ys) {
-            mins += f16_to_f32(bx.m) * f16_to_f32(by.s);
-            let d = _mm256_set1_ps(f16_to_f32(bx.d) * f16_to_f32(by.d));
+            mins += bx.m.to_f32() * by.s.to_f32();
+            let d = _mm256_set1_ps(bx.d.to_f32() * by.d.to_f32());
             let high = _mm256_and_si256(bits_to_byte_mask(bx.qh), _mm256_set1_epi8(0x10));
             let qx = _mm256_or_si256(nibbles_to_bytes(&bx.qs), high);
             let p = dot_u8_i8(qx, load_i8_32(&by.qs));

@@ -119,11 +119,11 @@ mod avx2 {
     use crate::legacy::simd::*;
     use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[target_feature(enable = "avx2,fma")]
     pub(super) fn dot(xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for (bx, by) in xs.iter().zip(ys) {
-            let d = _mm256_set1_ps(f16_to_f32(bx.d) * f16_to_f32(by.d));
+            let d = _mm256_set1_ps(bx.d.to_f32() * by.d.to_f32());
             let p = dot_i8_i8(load_i8_32(&bx.qs), load_i8_32(&by.qs));
             acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
         }

@@ -118,14 +118,5 @@ pub(crate) fn hsum_i32(v: __m256i) -> i32 {
 /// True when the AVX2 + FMA kernels may run on this CPU.
 #[inline]
 pub(crate) fn has_avx2_fma() -> bool {
-    // F16C too (every AVX2 CPU has it): the kernels convert block scales with it
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
-}
-
-/// An f16 block scale as f32 with the F16C instruction, inlined into the kernel (the `half`
-/// crate's conversion is a run-time-dispatched call per block).
-#[inline]
-#[target_feature(enable = "avx2,f16c")]
-pub(crate) fn f16_to_f32(h: half::f16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
