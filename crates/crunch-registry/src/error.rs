@@ -17,6 +17,8 @@ pub enum RegistryError {
     Corrupt(String),
     #[error("no run with id {0} in the registry")]
     NoSuchRun(i64),
+    #[error("no job with id {0} in the registry")]
+    NoSuchJob(i64),
     #[error("run {id}: field {field} holds invalid JSON: {source}")]
     BadJson { id: i64, field: &'static str, source: serde_json::Error },
     #[error(transparent)]

@@ -11,6 +11,8 @@
 //!   rows whose process is gone (same host: pid no longer running that process; other hosts:
 //!   heartbeat older than [`STALE_AFTER_SECS`]) as failed.
 //! - **Versioned migrations** (`PRAGMA user_version`), see [`schema`].
+//! - **Jobs a server accepted** ([`jobs`]) live beside the runs, each owned by the process that
+//!   runs it, so a restarted server finds the jobs of a server that died.
 //!
 //! ```no_run
 //! use crunch_registry::{Registry, NewRun};
@@ -22,12 +24,14 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod jobs;
 pub mod process;
 mod query;
 mod run;
 pub mod schema;
 
 pub use error::{RegistryError, Result};
+pub use jobs::{Adopted, JobFilter, JobRecord, JobState};
 pub use query::{Filter, RunRecord, RunSummary};
 pub use run::{InputFile, NewRun, OutputFile, RunGuard, TensorChoice};
 

@@ -72,6 +72,26 @@ const MIGRATIONS: &[&str] = &[
         mtime_ns INTEGER NOT NULL,
         sha256 TEXT NOT NULL
     );",
+    // 3: jobs a server accepted (see jobs.rs), owned by the process that runs them.
+    "CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        job TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'canceled')),
+        progress TEXT,
+        result TEXT,
+        error TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+        new_outputs TEXT,
+        owner_host TEXT NOT NULL,
+        owner_pid INTEGER NOT NULL,
+        owner_start TEXT
+    );
+    CREATE INDEX jobs_by_state ON jobs(state);
+    CREATE INDEX jobs_by_kind ON jobs(kind, id);",
 ];
 
 /// The schema version this build writes.
