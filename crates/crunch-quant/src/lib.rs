@@ -13,7 +13,6 @@
 
 use crunch_core::GgmlType;
 
-pub mod common;
 pub mod float;
 pub mod iquants;
 pub mod kquants;

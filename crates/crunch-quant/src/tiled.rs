@@ -33,11 +33,6 @@ const TR_MAX: usize = 16;
 /// Tokens per tile.
 const RN: usize = 4;
 
-/// Whether [`matmul_quant`] handles `ty` on this CPU.
-pub fn supports(ty: GgmlType) -> bool {
-    has_avx2() && decoder(ty).is_some()
-}
-
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

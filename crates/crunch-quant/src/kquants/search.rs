@@ -13,8 +13,8 @@ pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Round to nearest, ties to even, with the exact bit trick llama.cpp uses.
 ///
-/// Unlike [`crate::common::nearest_int`] this never asserts: for |x| >= 2^22 (which only happens with
-/// degenerate scales) it returns the same wrapped value the C code produces, and callers clamp it.
+/// It never asserts: for |x| >= 2^22 (which only happens with degenerate scales) it returns the same
+/// wrapped value the C code produces, and callers clamp it.
 #[inline(always)]
 pub(crate) fn nearest_int(x: f32) -> i32 {
     let val = x + 12_582_912.0;
