@@ -7,12 +7,11 @@
 //! `cargo test --release -p crunch-quant --test quality -- --ignored --nocapture`; it prints the
 //! Markdown table kept in docs/QUALITY.md and fails if crunch is worse than llama.cpp anywhere.
 
-use crunch_core::gguf::GgufFile;
+mod common;
+
 use crunch_core::GgmlType;
 use crunch_quant::{dequantize_rows, quantize_rows};
-use crunch_testkit::{f32_bytes, realistic_importance, realistic_weights, Scratch};
-use std::path::PathBuf;
-use std::process::Command;
+use crunch_testkit::{realistic_importance, realistic_weights};
 
 const TYPES: [GgmlType; 7] = [
     GgmlType::Q2_K,
@@ -23,29 +22,6 @@ const TYPES: [GgmlType; 7] = [
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
 ];
-
-fn llama_python() -> PathBuf {
-    std::env::var_os("CRUNCH_LLAMA_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crunch_testkit::cache_dir().join("llama-venv/bin/python"))
-}
-
-/// llama.cpp's `ggml_quantize_chunk` on rows of `cols` (through scripts/compare_quant_bytes.py).
-fn llama_quantize(ty: GgmlType, x: &[f32], cols: usize, imp: Option<&[f32]>) -> Vec<u8> {
-    let s = Scratch::new("quality");
-    let (inp, imf, out) = (s.join("x.f32"), s.join("imp.f32"), s.join("q.bin"));
-    std::fs::write(&inp, f32_bytes(x)).unwrap();
-    let script = crunch_testkit::repo_root().join("scripts/compare_quant_bytes.py");
-    let mut cmd = Command::new(llama_python());
-    cmd.arg(script).args(["quantize", ty.name(), &cols.to_string()]).arg(&inp).arg(&out);
-    if let Some(w) = imp {
-        std::fs::write(&imf, f32_bytes(w)).unwrap();
-        cmd.arg(&imf);
-    }
-    let res = cmd.output().expect("run llama.cpp quantizer");
-    assert!(res.status.success(), "{ty}: {}", String::from_utf8_lossy(&res.stderr));
-    std::fs::read(out).unwrap()
-}
 
 fn crunch_quantize(ty: GgmlType, x: &[f32], cols: usize, imp: Option<&[f32]>) -> Vec<u8> {
     let mut q = vec![0u8; ty.tensor_size(cols, x.len() / cols).unwrap()];
@@ -72,14 +48,12 @@ fn rmse(x: &[f32], y: &[f32], cols: usize, w: Option<&[f32]>) -> f64 {
 
 /// Inputs: (label, values, columns, importance).
 fn inputs() -> Vec<(String, Vec<f32>, usize, Vec<f32>)> {
-    let model = GgufFile::open(crunch_testkit::smollm2_gguf()).expect("open SmolLM2");
+    let model = common::smollm2();
     let mut out = Vec::new();
     for (k, name) in
         ["blk.0.ffn_down.weight", "blk.15.ffn_down.weight", "blk.29.ffn_down.weight"].into_iter().enumerate()
     {
-        let info = model.tensor(name).unwrap_or_else(|| panic!("no tensor {name}"));
-        let cols = info.row_len() as usize;
-        let x = dequantize(info.ty, model.tensor_data(info), cols);
+        let (cols, x) = common::smollm2_rows(&model, name, None);
         out.push((
             format!("SmolLM2 {name} ({}x{cols})", x.len() / cols),
             x,
@@ -106,7 +80,7 @@ fn rmse_no_worse_than_llama_cpp() {
             let mut identical = true;
             for w in [None, Some(&imp[..])] {
                 let ours = crunch_quantize(ty, x, *cols, w);
-                let theirs = llama_quantize(ty, x, *cols, w);
+                let theirs = common::llama_quantize(ty, x, *cols, w, false);
                 identical &= ours == theirs;
                 let e_ours = rmse(x, &dequantize(ty, &ours, *cols), *cols, w);
                 let e_theirs = rmse(x, &dequantize(ty, &theirs, *cols), *cols, w);

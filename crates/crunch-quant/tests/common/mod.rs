@@ -1,0 +1,65 @@
+//! Helpers shared by crunch-quant's integration tests: real SmolLM2 rows, llama.cpp's C quantizer,
+//! SHA-256 of quantized bytes.
+
+#![allow(dead_code)]
+
+use crunch_core::gguf::GgufFile;
+use crunch_core::GgmlType;
+use crunch_quant::dequantize_rows;
+use crunch_testkit::{f32_bytes, Scratch};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The first `rows` rows (all when `None`) of a real SmolLM2 tensor as f32: dequantized by crunch
+/// from the Q4_1/Q8_0 test model, the F32 base the presets are made from (crunch's dequantization of
+/// these tensors equals gguf's bit for bit, see `oracle_all_types.rs`). Returns (row length, values).
+pub fn smollm2_rows(model: &GgufFile, name: &str, rows: Option<usize>) -> (usize, Vec<f32>) {
+    let info = model.tensor(name).unwrap_or_else(|| panic!("no tensor {name} in SmolLM2"));
+    let row_len = info.row_len() as usize;
+    let data = model.tensor_data(info);
+    let q = match rows {
+        Some(r) => &data[..r * info.ty.row_size(row_len).unwrap()],
+        None => data,
+    };
+    let mut x = vec![0f32; q.len() / info.ty.row_size(row_len).unwrap() * row_len];
+    dequantize_rows(info.ty, q, row_len, &mut x).unwrap();
+    (row_len, x)
+}
+
+/// The SmolLM2 test model.
+pub fn smollm2() -> GgufFile {
+    GgufFile::open(crunch_testkit::smollm2_gguf()).expect("open SmolLM2")
+}
+
+/// The Python of the llama-cpp-python virtualenv (`CRUNCH_LLAMA_PYTHON` overrides).
+pub fn llama_python() -> PathBuf {
+    std::env::var_os("CRUNCH_LLAMA_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crunch_testkit::cache_dir().join("llama-venv/bin/python"))
+}
+
+/// llama.cpp's own bytes for rows of `cols`: `ggml_quantize_chunk` (with `imp` as the importance
+/// weights when given), or the type's reference row quantizer with `reference` (Q8_K), through
+/// scripts/compare_quant_bytes.py.
+pub fn llama_quantize(ty: GgmlType, x: &[f32], cols: usize, imp: Option<&[f32]>, reference: bool) -> Vec<u8> {
+    let s = Scratch::new("llama-q");
+    let (inp, imf, out) = (s.join("x.f32"), s.join("imp.f32"), s.join("q.bin"));
+    std::fs::write(&inp, f32_bytes(x)).unwrap();
+    let script = crunch_testkit::repo_root().join("scripts/compare_quant_bytes.py");
+    let mut cmd = Command::new(llama_python());
+    let verb = if reference { "from_float_ref" } else { "quantize" };
+    cmd.arg(script).args([verb, ty.name(), &cols.to_string()]).arg(&inp).arg(&out);
+    if let Some(w) = imp {
+        std::fs::write(&imf, f32_bytes(w)).unwrap();
+        cmd.arg(&imf);
+    }
+    let res = cmd.output().expect("run llama.cpp's quantizer (scripts/compare_quant_bytes.py)");
+    assert!(res.status.success(), "{ty}: {}", String::from_utf8_lossy(&res.stderr));
+    std::fs::read(out).unwrap()
+}
+
+/// SHA-256 of `bytes` as lower-case hex (as `sha256sum` prints it).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    crunch_core::output::hex(&Sha256::digest(bytes))
+}
