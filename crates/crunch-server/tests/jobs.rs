@@ -1,0 +1,153 @@
+//! Real jobs on the real SmolLM2 (Q4_1): a quantize submitted over HTTP and followed over its
+//! event stream gives what `crunch::job::run` gives; a cancelled job leaves nothing in the out
+//! folder; the queue bound holds while a job runs; a server that died mid-job is cleaned up
+//! after on the next start.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{files_under, parse_events, server_with, smollm2_root};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantize_over_http_equals_the_library_call() {
+    let s = server_with(vec![smollm2_root()], |_| {});
+    let model = crunch_testkit::smollm2_gguf();
+    let est = s.post("/v1/estimate", &json!({"model": model, "type": "Q8_0"})).await.json();
+
+    let body = json!({"kind": "quantize", "model": model, "output": "q8/smollm2-q8_0.gguf", "type": "Q8_0", "allow_requantize": true});
+    let r = s.post("/v1/jobs", &body).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let id = r.json()["id"].as_i64().unwrap();
+
+    let events = s.get(&format!("/v1/jobs/{id}/events")).await;
+    let ev = parse_events(&events.text());
+    let (last_name, last) = ev.last().unwrap();
+    assert_eq!(last_name, "result");
+    assert_eq!(last["state"], "succeeded", "{last}");
+    let progress: Vec<&serde_json::Value> = ev.iter().filter(|(n, _)| n == "progress").map(|(_, d)| d).collect();
+    assert!(!progress.is_empty(), "no progress events: {}", events.text());
+    assert!(
+        progress.iter().any(|p| p["state"] == "running" && p["progress"]["total"].as_u64().unwrap_or(0) > 0),
+        "{}",
+        events.text()
+    );
+
+    let out = s.out.join("q8/smollm2-q8_0.gguf");
+    assert!(out.is_file());
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), est["file_bytes"].as_u64().unwrap(), "estimate is exact");
+
+    // The same job through the library.
+    let scratch = tempfile::tempdir().unwrap();
+    let direct_out = scratch.path().join("direct.gguf");
+    let job = crunch::job::from_json(
+        json!({"kind": "quantize", "model": model, "output": direct_out, "type": "Q8_0", "allow_requantize": true})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let direct = crunch::job::run(&job, &crunch::job::RunCtx::new(0).unwrap()).unwrap();
+    let direct = serde_json::to_value(&direct).unwrap();
+    assert_eq!(last["result"]["plan"], direct["plan"]);
+    assert_eq!(last["result"]["result"]["sha256"], direct["result"]["sha256"]);
+    assert_eq!(last["result"]["result"]["file_bytes"], direct["result"]["file_bytes"]);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&direct_out).unwrap(), "outputs differ");
+
+    // Recorded: the job points at its registry run, which the runs API serves.
+    let run_id = last["run_id"].as_i64().expect("run id");
+    let run = s.get(&format!("/v1/runs/{run_id}")).await.json();
+    assert_eq!(run["kind"], "quantize");
+    let m = s.get("/metrics").await.text();
+    assert!(m.contains("crunch_job_duration_seconds_count{kind=\"quantize\"} 1"), "{m}");
+    assert!(!m.contains("crunch_written_bytes_total 0\n"), "{m}");
+    let report = s.get("/v1/report").await;
+    assert_eq!(report.status, StatusCode::OK);
+    assert!(report.text().contains("<svg"), "{}", report.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_jobs_leave_no_file_and_the_queue_is_bounded() {
+    let s = server_with(vec![smollm2_root()], |c| c.queue = 1);
+    let model = crunch_testkit::smollm2_gguf();
+    // K-quants take long enough on SmolLM2 to be caught running.
+    let job = |out: &str| json!({"kind": "quantize", "model": model, "output": out, "type": "Q4_K_M", "allow_requantize": true});
+    let a = s.post("/v1/jobs", &job("a/a.gguf")).await.json()["id"].as_i64().unwrap();
+    s.wait_for(a, 60, |j| j["state"] == "running").await;
+    let b = s.post("/v1/jobs", &job("b.gguf")).await;
+    assert_eq!(b.status, StatusCode::ACCEPTED, "{}", b.text());
+    let b = b.json()["id"].as_i64().unwrap();
+    let c = s.post("/v1/jobs", &job("c.gguf")).await;
+    assert_eq!(c.status, StatusCode::TOO_MANY_REQUESTS, "{}", c.text());
+    assert!(c.headers.contains_key("retry-after"));
+
+    // A queued job is cancelled at once.
+    let r = s.call("DELETE", &format!("/v1/jobs/{b}"), None, None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_eq!(s.get(&format!("/v1/jobs/{b}")).await.json()["state"], "canceled");
+
+    // The running one, once it has written some of its output.
+    s.wait_for(a, 120, |j| j["progress"]["done"].as_u64().unwrap_or(0) > 0).await;
+    let r = s.call("DELETE", &format!("/v1/jobs/{a}"), None, None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let end = s.wait_for(a, 120, |j| j["state"] != "running").await;
+    assert_eq!(end["state"], "canceled", "{end}");
+    let left: Vec<_> = files_under(&s.out).into_iter().filter(|p| p.is_file()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let m = s.get("/metrics").await.text();
+    assert!(m.contains("crunch_jobs{kind=\"quantize\",state=\"canceled\"} 2"), "{m}");
+    assert!(m.contains("crunch_queue_depth 0"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_fails_interrupted_jobs_removes_their_files_and_runs_queued_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    let out = out.canonicalize().unwrap();
+    let db = dir.path().join("registry.db");
+    let model = crunch_testkit::smollm2_gguf();
+    // What a server killed mid-job leaves: a running job with a temporary file and a partial
+    // output, and a queued job.
+    let dead = {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    };
+    let partial = out.join("x.gguf");
+    let (running, queued) = {
+        let reg = crunch_registry::Registry::open(&db).unwrap();
+        let job =
+            json!({"kind": "quantize", "model": model, "output": partial, "type": "Q8_0", "allow_requantize": true});
+        let running = reg.insert_job("quantize", &job).unwrap();
+        reg.start_job(running, &[partial.display().to_string()]).unwrap();
+        let queued = reg.insert_job("inspect", &json!({"kind": "inspect", "path": model})).unwrap();
+        reg.connection().execute("UPDATE jobs SET owner_pid = ?1, owner_start = 'gone'", [dead]).unwrap();
+        (running, queued)
+    };
+    std::fs::write(out.join(".x.gguf.crunch-tmp-1234-0"), b"half").unwrap();
+    std::fs::write(&partial, b"partial").unwrap();
+    std::fs::write(out.join("keep.gguf"), b"someone else's").unwrap();
+
+    let config = crunch_server::Config::new(vec![models, smollm2_root()], out.clone(), db);
+    let state = crunch_server::AppState::new(config).unwrap();
+    let s = common::Server {
+        app: crunch_server::app(state.clone()),
+        state,
+        dir,
+        models: std::path::PathBuf::new(),
+        out: out.clone(),
+        registry: std::path::PathBuf::new(),
+    };
+    let j = s.get(&format!("/v1/jobs/{running}")).await.json();
+    assert_eq!(j["state"], "failed");
+    assert_eq!(j["error"], "server stopped");
+    let left: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, vec!["keep.gguf".to_string()]);
+    let q = s.wait_for(queued, 60, |j| j["state"] == "succeeded" || j["state"] == "failed").await;
+    assert_eq!(q["state"], "succeeded", "{q}");
+    assert_eq!(s.get("/v1/jobs").await.json().as_array().unwrap().len(), 2);
+}
