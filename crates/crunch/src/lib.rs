@@ -1,7 +1,9 @@
 //! crunch: make large language models small on the CPU, and prove what the shrinking cost.
 //!
-//! The library holds every job (quantize, inspect, verify…) as a plain function taking a
-//! progress sink and a cancel flag; the `crunch` binary is a thin clap front end over it.
+//! The library holds every job: [`job::Job`] is the serde description of one (quantize,
+//! convert, fit, …) and [`job::run`] runs any of them in a [`job::RunCtx`] (progress sink, cancel
+//! token, the job's own thread pool, the registry). The `crunch` command line and the HTTP server
+//! are thin front ends over that one call.
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +14,7 @@ pub mod eval;
 pub mod export;
 pub mod fit;
 pub mod inspect;
+pub mod job;
 pub mod memory;
 pub mod progress;
 pub mod quantize;

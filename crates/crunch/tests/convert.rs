@@ -30,7 +30,7 @@ fn py_script(name: &str, args: &[&str]) -> String {
 
 fn export_to(src: &Path, dir: &Path, dtype: GgmlType) -> export::ExportReport {
     let input = GgufFile::open(src).unwrap();
-    let opts = ExportOptions { dtype, ..Default::default() };
+    let opts = ExportOptions { dtype: Some(dtype), ..Default::default() };
     export::export(&input, dir, &opts, &NoProgress, &Cancel::new()).unwrap()
 }
 
@@ -215,5 +215,49 @@ fn minilm_converts_like_llama_cpp() {
     for k in ["tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "bert.pooling_type", "tokenizer.ggml.add_bos_token"]
     {
         assert_eq!(md.get(k), b.metadata().get(k), "{k}");
+    }
+}
+
+/// `crunch export MODEL DIR && crunch convert DIR BACK` with no type flags gives every tensor back
+/// byte for byte, for F32, F16 and BF16 sources: the folder keeps the source's precision (F32
+/// norms stay f32 beside f16/bf16 matrices) and `config.json`'s `torch_dtype` says which.
+#[test]
+fn export_then_convert_without_flags_is_lossless() {
+    let s = crunch_testkit::Scratch::new("export-default");
+    let f32_src = smollm2_f32();
+    for (ftype, torch_dtype) in [(Ftype::F32, "float32"), (Ftype::F16, "float16"), (Ftype::BF16, "bfloat16")] {
+        let name = ftype.name().to_ascii_lowercase();
+        let src = if ftype == Ftype::F32 {
+            f32_src.clone()
+        } else {
+            let out = s.join(&format!("{name}.gguf"));
+            let input = GgufFile::open(&f32_src).unwrap();
+            let plan = quantize::build_plan(input.metadata(), input.tensors(), &QuantizeOptions::new(ftype)).unwrap();
+            quantize::execute(&input, &plan, &out, None, &NoProgress, &Cancel::new()).unwrap();
+            out
+        };
+        let hf = s.join(&format!("hf-{name}"));
+        let back = s.join(&format!("back-{name}.gguf"));
+        for args in [
+            vec!["export", src.to_str().unwrap(), hf.to_str().unwrap(), "--quiet"],
+            vec!["convert", hf.to_str().unwrap(), back.to_str().unwrap(), "--quiet"],
+        ] {
+            let o = common::crunch(&args);
+            assert!(o.status.success(), "crunch {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(hf.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["torch_dtype"], torch_dtype, "{name}");
+        let (a, b) = (GgufFile::open(&src).unwrap(), GgufFile::open(&back).unwrap());
+        assert_eq!(a.tensors().len(), b.tensors().len());
+        let mut differ = Vec::new();
+        for t in a.tensors() {
+            let u = b.tensor(&t.name).unwrap();
+            if (t.ty, &t.dims) != (u.ty, &u.dims) || a.tensor_data(t) != b.tensor_data(u) {
+                differ.push(format!("{} ({} -> {})", t.name, t.ty, u.ty));
+            }
+        }
+        assert!(differ.is_empty(), "{name}: {} of {} tensors differ: {:?}", differ.len(), a.tensors().len(), differ);
+        assert_eq!(a.metadata().get_u64("general.file_type"), b.metadata().get_u64("general.file_type"), "{name}");
     }
 }

@@ -265,3 +265,33 @@ fn malformed_recipes_are_named() {
     let o = crunch(&["fit", model.to_str().unwrap(), "--dry-run", "--text", &text()]);
     assert!(!o.status.success(), "a target is required");
 }
+
+/// A calibration text whose middle byte falls inside a multi-byte character (and with no line
+/// break after the middle): `fit` splits it on a character boundary and gives a result.
+#[test]
+fn fit_text_split_inside_a_multibyte_character() {
+    let s = crunch_testkit::Scratch::new("fit-utf8");
+    let dev = std::fs::read_to_string(crunch_testkit::wikitext_dev()).unwrap();
+    let lines: Vec<&str> = dev.lines().filter(|l| l.len() > 40).take(60).collect();
+    let (a, b) = lines.split_at(lines.len() / 2);
+    // First half: wikitext lines; second half: the rest on one line, with three-byte characters
+    // around the middle.
+    let mut text = format!("{}\n{}", a.join("\n"), "€".repeat(64));
+    text.push_str(&b.join(" "));
+    while text.is_char_boundary(text.len() / 2) {
+        text.insert(0, ' ');
+    }
+    assert!(!text[..text.len() / 2 - 2].ends_with('\n'));
+    let path = s.join("utf8.txt");
+    std::fs::write(&path, &text).unwrap();
+    let mut args: Vec<String> =
+        vec!["fit".into(), smollm2_f32().display().to_string(), "--max-size".into(), "100000000".into()];
+    args.extend(small(&s.join("cache"), &s.join("registry.db")));
+    let i = args.iter().position(|a| a == "--text").unwrap();
+    args[i + 1] = path.display().to_string();
+    args.extend(["--dry-run".into(), "--json".into()]);
+    let o = run(&args);
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    let j = json_of(&o);
+    assert!(j["fit"]["file_bytes"].as_u64().unwrap() <= 100_000_000);
+}

@@ -38,11 +38,7 @@ impl Method {
                 "gptq" => m.gptq = true,
                 "awq" => m.awq = true,
                 "rtn" | "none" | "" => {}
-                other => {
-                    return Err(Error::Invalid(format!(
-                        "--method: unknown method {other:?} (rtn, gptq, awq, awq,gptq)"
-                    )))
-                }
+                other => return Err(Error::Invalid(format!("unknown method {other:?} (rtn, gptq, awq, awq,gptq)"))),
             }
         }
         Ok((m.awq || m.gptq).then_some(m))

@@ -1,8 +1,9 @@
 //! `crunch bench`: speed and memory, as a table or JSON.
 
 use anyhow::{Context, Result};
-use crunch::eval::{self, BenchOptions};
 use crunch::inspect::human_bytes;
+use crunch::job::{BenchJob, Job, Outcome};
+use crunch::progress::NoProgress;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -30,13 +31,16 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    super::set_threads(a.threads)?;
-    let opts = BenchOptions { pp: a.pp, tg: a.tg, reps: a.reps, exact: a.exact };
-    let r = eval::bench(&a.model, &opts, &super::ctrl_c_cancel())
-        .with_context(|| format!("benchmarking {}", a.model.display()))?;
+    let job = Job::Bench(BenchJob { model: a.model.clone(), pp: a.pp, tg: a.tg, reps: a.reps, exact: a.exact });
+    let ctx = super::job_ctx(a.threads, std::sync::Arc::new(NoProgress), None)?;
+    let Outcome::Bench(o) =
+        super::run_job(&job, &ctx).with_context(|| format!("benchmarking {}", a.model.display()))?
+    else {
+        unreachable!("a bench job has a bench outcome")
+    };
+    let r = &o.result;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(());
+        return super::print_json(r);
     }
     let name = a.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     println!(

@@ -1,12 +1,10 @@
 //! `crunch convert`.
 
-use anyhow::{bail, Context, Result};
-use crunch::convert::{self, ConvertOptions, ConvertPlan};
+use super::progress::TermProgress;
+use anyhow::{Context, Result};
 use crunch::inspect::human_bytes;
-use crunch::progress::TermProgress;
-use crunch::quantize::Ftype;
-use crunch_core::safetensors::SafetensorsModel;
-use std::path::{Path, PathBuf};
+use crunch::job::{ConvertJob, ConvertSummary, Job, Outcome};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct ConvertArgs {
@@ -14,7 +12,8 @@ pub struct ConvertArgs {
     input: PathBuf,
     /// Output GGUF file (written atomically; OUTPUT.sha256 is written beside it).
     output: PathBuf,
-    /// f32, f16, bf16 (convert), auto (bf16 for a bf16 checkpoint, else f16), or any quantization
+    /// f32, f16, bf16 (convert), auto (the checkpoint's own float type: f32, f16 or bf16, as its
+    /// first matrix is stored), or any quantization
     /// preset (q8_0, q4_k_m, …): converted and quantized in one pass, with the same result as
     /// converting to the checkpoint's float type and running `crunch quantize`.
     #[arg(long = "type", short = 't', value_name = "TYPE", default_value = "auto")]
@@ -39,16 +38,9 @@ pub struct ConvertArgs {
     quiet: bool,
 }
 
-/// llama.cpp's `--outtype auto`: bf16 if the first matrix in the checkpoint is bf16, else f16.
-fn auto_type(dir: &Path) -> Result<Ftype> {
-    let m = SafetensorsModel::open(dir).with_context(|| format!("reading the safetensors in {}", dir.display()))?;
-    let first = m.tensors().iter().find(|t| t.shape.len() >= 2).map(|t| t.dtype);
-    Ok(if first == Some(crunch_core::safetensors::Dtype::BF16) { Ftype::BF16 } else { Ftype::F16 })
-}
-
-fn print_plan(plan: &ConvertPlan) {
+fn print_plan(plan: &ConvertSummary) {
     println!("{:<52} {:<28} {:>18} {:>5} -> {:<6} {:>10}", "Hugging Face", "GGUF", "shape", "dtype", "type", "size");
-    for r in plan.rows() {
+    for r in &plan.tensors {
         let shape: Vec<String> = r.shape.iter().map(|d| d.to_string()).collect();
         println!(
             "{:<52} {:<28} {:>18} {:>5} -> {:<6} {:>10}",
@@ -63,87 +55,55 @@ fn print_plan(plan: &ConvertPlan) {
     summary(plan);
 }
 
-fn summary(plan: &ConvertPlan) {
-    let v = &plan.vocab;
+fn summary(plan: &ConvertSummary) {
+    let v = &plan.tokenizer;
     let pre = match (&v.pre, &v.pre_source) {
         (Some(p), Some(s)) => format!(", pre-tokenizer {p} ({s:?})"),
         _ => String::new(),
     };
     println!(
         "{} -> {} ({}), {} tensors, {} parameters; tokenizer {} with {} tokens{pre}; {} -> {}",
-        plan.config.hf_arch,
-        plan.config.arch.gguf_name(),
+        plan.architecture,
+        plan.gguf_architecture,
         plan.ftype,
         plan.tensors.len(),
         plan.total_params,
         v.model,
         v.n_tokens,
-        human_bytes(plan.src_bytes()),
-        human_bytes(plan.dst_bytes())
+        human_bytes(plan.src_bytes),
+        human_bytes(plan.dst_bytes)
     );
 }
 
 pub fn run(a: ConvertArgs) -> Result<()> {
-    super::set_threads(a.threads)?;
-    let ftype = if a.ftype.eq_ignore_ascii_case("auto") {
-        auto_type(&a.input)?
-    } else {
-        a.ftype.parse::<Ftype>().map_err(|e| anyhow::anyhow!(e))?
+    let job = Job::Convert(ConvertJob {
+        model: a.input.clone(),
+        output: a.output.clone(),
+        ftype: a.ftype.clone(),
+        pre: a.pre.clone(),
+        name: a.name.clone(),
+        dry_run: a.dry_run,
+    });
+    let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json || a.dry_run), None)?;
+    let Outcome::Convert(o) =
+        super::run_job(&job, &ctx).with_context(|| format!("converting {}", a.input.display()))?
+    else {
+        unreachable!("a convert job has a convert outcome")
     };
-    let mut opts = ConvertOptions::new(ftype);
-    opts.pre = a.pre.clone();
-    opts.name = a.name.clone();
-    let plan = convert::plan(&a.input, &opts).with_context(|| format!("converting {}", a.input.display()))?;
-    if a.dry_run {
+    let plan = &o.plan;
+    let Some(report) = &o.result else {
         if a.json {
-            let j = serde_json::json!({
-                "architecture": plan.config.hf_arch,
-                "gguf_architecture": plan.config.arch.gguf_name(),
-                "type": plan.ftype.name(),
-                "base_type": plan.base_ftype.name(),
-                "tokenizer": plan.vocab,
-                "total_params": plan.total_params,
-                "src_bytes": plan.src_bytes(),
-                "dst_bytes": plan.dst_bytes(),
-                "tensors": plan.rows(),
-            });
-            println!("{}", serde_json::to_string_pretty(&j)?);
+            super::print_json(plan)?;
         } else {
-            print_plan(&plan);
+            print_plan(plan);
         }
         return Ok(());
-    }
-    let out_abs = std::path::absolute(&a.output).unwrap_or_else(|_| a.output.clone());
-    for input in plan.inputs() {
-        let in_abs = input.canonicalize().unwrap_or(input.clone());
-        if out_abs.canonicalize().ok().as_ref() == Some(&in_abs) || out_abs == in_abs {
-            bail!("the output {} is one of the input files", a.output.display());
-        }
-    }
-    let cancel = super::ctrl_c_cancel();
-    let progress = TermProgress::new(a.quiet || a.json);
-    let params = serde_json::json!({ "type": plan.ftype.name(), "pre": a.pre, "name": a.name });
-    let rec = super::runs::Recorder::start(
-        "convert",
-        None,
-        Some(plan.ftype.name().to_string()),
-        params,
-        &[("model", &a.input)],
-    );
-    let res = convert::execute(&plan, &a.output, &progress, &cancel)
-        .with_context(|| format!("writing {}", a.output.display()));
-    if res.is_ok() {
-        rec.output(&a.output);
-    }
-    let report = rec.close(res, |r| {
-        vec![("file_bytes", r.file_bytes as f64), ("seconds", r.seconds), ("peak_rss_bytes", r.peak_rss_bytes as f64)]
-    })?;
+    };
     if a.json {
-        let j = serde_json::json!({"tokenizer": plan.vocab, "result": report});
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        super::print_json(&serde_json::json!({"tokenizer": plan.tokenizer, "result": report}))?;
     } else {
         if !a.quiet {
-            summary(&plan);
+            summary(plan);
         }
         println!(
             "wrote {} ({}) in {:.1} s, {:.0} MB/s read; peak memory {} (anonymous {})",

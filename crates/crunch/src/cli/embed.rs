@@ -50,7 +50,7 @@ pub struct EvalEmbedArgs {
 
 pub fn eval_embed(a: EvalEmbedArgs) -> Result<()> {
     super::set_threads(a.common.threads)?;
-    let progress = super::eval::Lines { quiet: a.common.quiet || a.json };
+    let progress = super::progress::Lines { quiet: a.common.quiet || a.json };
     let r = embed::embed_compare(
         &a.base,
         &a.quant,
@@ -114,7 +114,7 @@ pub struct EmbedArgs {
 
 pub fn run(a: EmbedArgs) -> Result<()> {
     super::set_threads(a.common.threads)?;
-    let progress = super::eval::Lines { quiet: a.common.quiet };
+    let progress = super::progress::Lines { quiet: a.common.quiet };
     let records = embed::embed_file(&a.model, &a.common.text, &a.common.options(), &progress, &super::ctrl_c_cancel())
         .with_context(|| format!("embedding {} with {}", a.common.text.display(), a.model.display()))?;
     let mut out = crunch_core::output::AtomicFile::create(&a.output)

@@ -1,8 +1,9 @@
 //! `crunch eval perplexity | compare | choice` (and `embed`, see its own module).
 
+use super::progress::Lines;
 use anyhow::{bail, Context, Result};
-use crunch::eval::{self, ChoiceOptions, CompareOptions, CompareReport, EvalOptions};
-use crunch::progress::Progress;
+use crunch::eval::CompareReport;
+use crunch::job::{ChoiceJob, CompareJob, Job, Outcome, PerplexityJob};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -101,21 +102,6 @@ pub struct ChoiceArgs {
     common: CommonArgs,
 }
 
-/// Prints each progress item as a line on stderr (the running estimates).
-pub(crate) struct Lines {
-    pub quiet: bool,
-}
-
-impl Progress for Lines {
-    fn start(&self, _: &str, _: u64) {}
-    fn advance(&self, _: u64, item: &str) {
-        if !self.quiet {
-            eprintln!("{item}");
-        }
-    }
-    fn finish(&self, _: &str) {}
-}
-
 pub fn run(a: EvalArgs) -> Result<()> {
     match a.command {
         EvalCommand::Perplexity(a) => perplexity(a),
@@ -126,17 +112,23 @@ pub fn run(a: EvalArgs) -> Result<()> {
 }
 
 fn perplexity(a: PerplexityArgs) -> Result<()> {
-    super::set_threads(a.common.threads)?;
-    let opts = EvalOptions { ctx: a.ctx, chunks: a.chunks, exact: a.common.exact };
-    let progress = Lines { quiet: a.common.quiet || a.common.json };
-    let params = serde_json::json!({ "ctx": a.ctx, "chunks": a.chunks, "exact": a.common.exact });
-    let inputs = [("model", a.model.as_path()), ("text", a.text.as_path())];
-    let rec = super::runs::Recorder::start("eval", None, Some("perplexity".into()), params, &inputs);
-    let r = eval::perplexity(&a.model, &a.text, &opts, &progress, &super::ctrl_c_cancel())
-        .with_context(|| format!("perplexity of {}", a.model.display()));
-    let r = rec.close(r, |r| vec![("ppl", r.ppl), ("ppl_err", r.ppl_err), ("seconds", r.seconds)])?;
-    if a.common.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    let c = &a.common;
+    let job = Job::Perplexity(PerplexityJob {
+        model: a.model.clone(),
+        text: a.text.clone(),
+        ctx: a.ctx,
+        chunks: a.chunks,
+        exact: c.exact,
+    });
+    let ctx = super::job_ctx(c.threads, Lines::shared(c.quiet || c.json), None)?;
+    let Outcome::Perplexity(o) =
+        super::run_job(&job, &ctx).with_context(|| format!("perplexity of {}", a.model.display()))?
+    else {
+        unreachable!("a perplexity job has a perplexity outcome")
+    };
+    let r = &o.result;
+    if c.json {
+        super::print_json(r)?;
     } else {
         println!("{}", r.final_estimate());
         println!(
@@ -170,83 +162,60 @@ fn print_compare(r: &CompareReport) {
 }
 
 fn compare(a: CompareArgs) -> Result<()> {
-    super::set_threads(a.common.threads)?;
-    let opts =
-        CompareOptions { eval: EvalOptions { ctx: a.ctx, chunks: a.chunks, exact: a.common.exact }, top_k: a.top_k };
-    let progress = Lines { quiet: a.common.quiet || a.common.json };
-    let cancel = super::ctrl_c_cancel();
-    let (base, quants) = match &a.base_logits {
-        Some(file) => (eval::load_base_logits(file)?, &a.models[..]),
+    let c = &a.common;
+    let (base, models) = match &a.base_logits {
+        Some(_) => (None, a.models.clone()),
         None => {
-            let base = &a.models[0];
             if a.models.len() < 2 && a.save_base.is_none() {
                 bail!("give BASE and QUANT model files (or BASE with --save-base FILE)");
             }
-            let text = a.text.as_ref().context("--text FILE is needed to run the base model")?;
-            let t = eval::read_text(text)?;
-            let loaded = eval::open_model(base, a.common.exact)?;
-            let b = eval::base_logits(&loaded, &base.display().to_string(), &t, &opts, &progress, &cancel)
-                .with_context(|| format!("running the base model {}", base.display()))?;
-            if let Some(dest) = &a.save_base {
-                let sha = eval::save_base_logits(&b, dest)?;
-                if !a.common.json {
-                    println!(
-                        "base logits: {} ({} positions, top-{}) sha256 {sha}",
-                        dest.display(),
-                        b.n_positions(),
-                        b.top_k
-                    );
-                }
-            }
-            (b, &a.models[1..])
+            (Some(a.models[0].clone()), a.models[1..].to_vec())
         }
     };
-    if a.text.is_some() && a.base_logits.is_some() && !a.common.quiet {
+    if a.text.is_some() && a.base_logits.is_some() && !c.quiet {
         eprintln!("note: --text is ignored with --base-logits (the tokens are in the logits file)");
     }
-    let mut reports = Vec::new();
-    for q in quants {
-        let params =
-            serde_json::json!({ "base": base.model, "ctx": base.n_ctx, "chunks": base.n_chunks, "top_k": base.top_k });
-        let rec = super::runs::Recorder::start("eval", None, Some("compare".into()), params, &[("model", q.as_path())]);
-        let loaded = eval::open_model(q, a.common.exact)?;
-        let t0 = std::time::Instant::now();
-        let stats = eval::compare_with(&base, &loaded.model, &progress, &cancel)
-            .with_context(|| format!("comparing {}", q.display()));
-        let stats = rec.close(stats, |s| {
-            vec![("kld", s.kld.mean), ("kld_p99", s.kld.p99), ("top1", s.same_top_pct), ("ppl", s.ppl_quant)]
-        })?;
-        let seconds = t0.elapsed().as_secs_f64();
-        let r = CompareReport {
-            base: base.model.clone(),
-            quant: q.display().to_string(),
-            ctx: base.n_ctx,
-            n_chunks: base.n_chunks,
-            top_k: base.top_k,
-            stats,
-            seconds,
-            tokens_per_second: (base.n_chunks * base.n_ctx) as f64 / seconds.max(1e-9),
-        };
-        if !a.common.json {
-            print_compare(&r);
-        }
-        reports.push(r);
+    let job = Job::Compare(CompareJob {
+        base,
+        models,
+        text: if a.base_logits.is_some() { None } else { a.text.clone() },
+        ctx: a.ctx,
+        chunks: a.chunks,
+        top_k: a.top_k,
+        save_base: a.save_base.clone(),
+        base_logits: a.base_logits.clone(),
+        exact: c.exact,
+    });
+    let ctx = super::job_ctx(c.threads, Lines::shared(c.quiet || c.json), None)?;
+    let Outcome::Compare(o) = super::run_job(&job, &ctx).context("comparing models")? else {
+        unreachable!("a compare job has a compare outcome")
+    };
+    if let (Some((dest, sha)), false) = (&o.saved_base, c.json) {
+        println!("base logits: {dest} ({} positions, top-{}) sha256 {sha}", o.base_positions, a.top_k);
     }
-    if a.common.json {
-        let v = if reports.len() == 1 { serde_json::to_value(&reports[0])? } else { serde_json::to_value(&reports)? };
-        println!("{}", serde_json::to_string_pretty(&v)?);
+    if c.json {
+        match o.reports.as_slice() {
+            [one] => super::print_json(one)?,
+            many => super::print_json(&many)?,
+        }
+    } else {
+        o.reports.iter().for_each(print_compare);
     }
     Ok(())
 }
 
 fn choice(a: ChoiceArgs) -> Result<()> {
-    super::set_threads(a.common.threads)?;
-    let opts = ChoiceOptions { limit: a.limit, exact: a.common.exact };
-    let progress = Lines { quiet: a.common.quiet || a.common.json };
-    let r = eval::choice(&a.model, &a.tasks, &opts, &progress, &super::ctrl_c_cancel())
-        .with_context(|| format!("multiple choice with {}", a.model.display()))?;
-    if a.common.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    let c = &a.common;
+    let job = Job::Choice(ChoiceJob { model: a.model.clone(), tasks: a.tasks.clone(), limit: a.limit, exact: c.exact });
+    let ctx = super::job_ctx(c.threads, Lines::shared(c.quiet || c.json), None)?;
+    let Outcome::Choice(o) =
+        super::run_job(&job, &ctx).with_context(|| format!("multiple choice with {}", a.model.display()))?
+    else {
+        unreachable!("a choice job has a choice outcome")
+    };
+    let r = &o.result;
+    if c.json {
+        super::print_json(r)?;
     } else {
         println!("{} tasks, chance {:.2}%", r.n_tasks, r.chance_pct);
         for (name, acc) in [("acc", r.acc), ("acc_norm", r.acc_norm)] {

@@ -1,11 +1,10 @@
 //! `crunch export`.
 
+use super::progress::TermProgress;
 use anyhow::{Context, Result};
-use crunch::export::{self, ExportOptions};
+use crunch::export;
 use crunch::inspect::human_bytes;
-use crunch::progress::TermProgress;
-use crunch_core::gguf::GgufFile;
-use crunch_core::GgmlType;
+use crunch::job::{ExportJob, Job, Outcome};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -14,8 +13,9 @@ pub struct ExportArgs {
     input: PathBuf,
     /// Output folder (created if needed): config.json, tokenizer files, *.safetensors.
     output: PathBuf,
-    /// Tensor type of the safetensors: f16, bf16 or f32.
-    #[arg(long, default_value = "f16")]
+    /// Tensor type of the safetensors: auto (keep the source's precision: F32, F16 and BF16
+    /// tensors as they are, quantized ones as the file's float matrices, else f16), f16, bf16 or f32.
+    #[arg(long, default_value = "auto")]
     dtype: String,
     /// Largest safetensors shard in bytes (a larger model is split, with an index file).
     #[arg(long, default_value_t = export::DEFAULT_SHARD_BYTES)]
@@ -32,24 +32,24 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
-    super::set_threads(a.threads)?;
-    let dtype = match a.dtype.to_ascii_lowercase().as_str() {
-        "f16" | "float16" => GgmlType::F16,
-        "bf16" | "bfloat16" => GgmlType::BF16,
-        "f32" | "float32" => GgmlType::F32,
-        other => anyhow::bail!("--dtype {other:?}: choose f16, bf16 or f32"),
+    let job = Job::Export(ExportJob {
+        model: a.input.clone(),
+        output: a.output.clone(),
+        dtype: a.dtype.clone(),
+        max_shard_bytes: a.max_shard_bytes,
+    });
+    let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json), None)?;
+    let Outcome::Export(o) = super::run_job(&job, &ctx)
+        .with_context(|| format!("exporting {} to {}", a.input.display(), a.output.display()))?
+    else {
+        unreachable!("an export job has an export outcome")
     };
-    let input = GgufFile::open(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
-    let opts = ExportOptions { dtype, max_shard_bytes: a.max_shard_bytes.max(1) };
-    let cancel = super::ctrl_c_cancel();
-    let progress = TermProgress::new(a.quiet || a.json);
-    let report = export::export(&input, &a.output, &opts, &progress, &cancel)
-        .with_context(|| format!("exporting {} to {}", a.input.display(), a.output.display()))?;
+    let report = &o.result;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        super::print_json(report)?;
     } else {
         println!(
-            "wrote {} ({} tensors, {} of {} in {} files) in {:.1} s",
+            "wrote {} ({} tensors, {} as {} in {} files) in {:.1} s",
             report.dir,
             report.tensors,
             human_bytes(report.tensor_bytes),

@@ -1,14 +1,13 @@
 //! `crunch fit`.
 
-use super::runs::{file_sha256, Recorder};
-use anyhow::{bail, Context, Result};
-use crunch::fit::session::{EvalSettings, Session, SessionOptions};
-use crunch::fit::{parse_size, FitPlan, Target};
+use super::progress::TermProgress;
+use anyhow::{Context, Result};
+use crunch::fit::FitPlan;
 use crunch::inspect::human_bytes;
-use crunch::progress::TermProgress;
-use crunch::sensitivity::{default_work_dir, Method, SensitivityOptions};
+use crunch::job::{FitJob, FitSettings, Job, Outcome, SizeSpec};
+use crunch::sensitivity::Method;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Options shared by `fit` and `search`: the text, calibration, evaluation and caches.
 #[derive(clap::Args, Clone, Debug)]
@@ -19,7 +18,7 @@ pub struct ModelArgs {
     pub text: PathBuf,
     /// How tensors are quantized: rtn (plain rounding), imatrix (importance-weighted with
     /// activation statistics from the calibration text), gptq.
-    #[arg(long, value_enum, default_value = "rtn")]
+    #[arg(long, default_value = "rtn")]
     pub method: Method,
     /// Calibration chunk length (tokens) for the sensitivity probes.
     #[arg(long, default_value_t = 128)]
@@ -54,57 +53,19 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn sensitivity(&self) -> SensitivityOptions {
-        let mut s = SensitivityOptions {
-            method: self.method,
-            ctx: self.calib_ctx,
-            chunks: self.calib_chunks,
-            band: self.band,
-            ..Default::default()
-        };
-        if !self.types.is_empty() {
-            s.types = self.types.iter().map(|t| t.trim().to_uppercase()).collect();
-        }
-        s
-    }
-
-    pub fn cache_dir(&self) -> PathBuf {
-        self.cache_dir.clone().unwrap_or_else(|| {
-            std::env::var_os("CRUNCH_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    std::env::var_os("HOME")
-                        .map(PathBuf::from)
-                        .unwrap_or_else(|| PathBuf::from("."))
-                        .join(".cache/crunch")
-                })
-                .join("fit")
-        })
-    }
-
-    /// Open a session on `model` (profile from the cache or measured now).
-    pub fn session(
-        &self,
-        model: &Path,
-        reg: Option<&crunch_registry::Registry>,
-        json: bool,
-        cancel: &crunch::progress::Cancel,
-    ) -> Result<Session> {
-        if !self.text.is_file() {
-            bail!("--text {}: no such file (fit needs text for calibration and evaluation)", self.text.display());
-        }
-        let sha = file_sha256(reg, model)?;
-        let opts = SessionOptions {
-            model: model.to_path_buf(),
-            model_sha256: sha,
+    /// The job settings these arguments give.
+    pub fn settings(&self) -> FitSettings {
+        FitSettings {
             text: self.text.clone(),
-            sensitivity: self.sensitivity(),
-            eval: EvalSettings { ctx: self.eval_ctx, chunks: self.eval_chunks },
-            cache_dir: self.cache_dir(),
-            work_dir: default_work_dir(),
-        };
-        let progress = TermProgress::new(self.quiet || json);
-        Session::open(opts, &progress, cancel).with_context(|| format!("profiling {}", model.display()))
+            method: self.method.name().to_string(),
+            calib_ctx: self.calib_ctx,
+            calib_chunks: self.calib_chunks,
+            band: self.band,
+            types: self.types.clone(),
+            eval_ctx: self.eval_ctx,
+            eval_chunks: self.eval_chunks,
+            cache_dir: self.cache_dir.clone(),
+        }
     }
 }
 
@@ -146,20 +107,6 @@ pub struct FitArgs {
     common: ModelArgs,
 }
 
-fn target(a: &FitArgs) -> Result<Target> {
-    Ok(if let Some(s) = &a.max_size {
-        Target::MaxSize(parse_size(s, "--max-size")?)
-    } else if let Some(b) = a.max_bpw {
-        Target::MaxBpw(b)
-    } else if let Some(k) = a.max_kld {
-        Target::MaxKld(k)
-    } else if let Some(s) = &a.max_ram {
-        Target::MaxRam { bytes: parse_size(s, "--max-ram")?, ctx: a.ctx }
-    } else {
-        bail!("give one target: --max-size, --max-bpw, --max-kld or --max-ram")
-    })
-}
-
 pub(crate) fn print_fit(fp: &FitPlan) {
     println!("{:<36} {:<8} {:>10} {:>12}", "tensor", "type", "size", "pred. KLD");
     for t in &fp.plan.tensors {
@@ -193,126 +140,40 @@ pub(crate) fn print_fit(fp: &FitPlan) {
 }
 
 pub fn run(a: FitArgs) -> Result<()> {
-    super::set_threads(a.common.threads)?;
-    let target = target(&a)?;
-    let output = match (&a.output, a.dry_run) {
-        (Some(o), _) => Some(o.clone()),
-        (None, true) => None,
-        (None, false) => bail!("give an OUTPUT file, or --dry-run to only print the plan"),
+    let size = |s: &Option<String>| s.clone().map(SizeSpec::Text);
+    let job = Job::Fit(FitJob {
+        model: a.model.clone(),
+        output: a.output.clone(),
+        max_size: size(&a.max_size),
+        max_bpw: a.max_bpw,
+        max_kld: a.max_kld,
+        max_ram: size(&a.max_ram),
+        ram_ctx: a.ctx,
+        dry_run: a.dry_run,
+        evaluate: !a.no_eval,
+        settings: a.common.settings(),
+    });
+    let quiet = a.common.quiet || a.json;
+    let ctx = super::job_ctx(a.common.threads, TermProgress::shared(quiet), a.common.registry.as_deref())?;
+    let Outcome::Fit(o) = super::run_job(&job, &ctx).with_context(|| format!("fitting {}", a.model.display()))? else {
+        unreachable!("a fit job has a fit outcome")
     };
-    if let Some(o) = &output {
-        if same_path(&a.model, o) {
-            bail!("output {} is the input file; refusing to overwrite the input", o.display());
-        }
-    }
-    let params = json!({ "target": target, "method": a.common.method, "sensitivity": a.common.sensitivity(),
-                          "eval_ctx": a.common.eval_ctx, "eval_chunks": a.common.eval_chunks, "dry_run": a.dry_run });
-    let mut rec = if a.dry_run {
-        None
-    } else {
-        Some(Recorder::start(
-            "fit",
-            a.common.registry.as_deref(),
-            Some(format!("fit {target}")),
-            params,
-            &[("model", &a.model), ("text", &a.common.text)],
-        ))
-    };
-    let res = fit(&a, target, output.as_deref(), rec.as_mut());
-    match rec {
-        Some(r) => r.close(res, |m| m.clone()).map(|_| ()),
-        None => res.map(|_| ()),
-    }
-}
-
-fn fit(
-    a: &FitArgs,
-    target: Target,
-    output: Option<&Path>,
-    rec: Option<&mut Recorder>,
-) -> Result<Vec<(&'static str, f64)>> {
-    let cancel = super::ctrl_c_cancel();
-    let mut session = a.common.session(&a.model, rec.as_ref().and_then(|r| r.registry()), a.json, &cancel)?;
-    let progress = TermProgress::new(a.common.quiet || a.json);
-    let mut fp = session.fit(target)?;
+    let fp = &o.fit;
     if a.print_tensor_types {
         for arg in fp.tensor_type_args() {
             println!("{arg}");
         }
     }
-    let Some(output) = output else {
+    let (Some(report), Some(output)) = (&o.result, &a.output) else {
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&json!({ "fit": fp, "profile": profile_summary(&session) }))?);
+            super::print_json(&json!({ "fit": fp, "profile": o.profile }))?;
         } else if !a.print_tensor_types {
-            print_fit(&fp);
+            print_fit(fp);
         }
-        return Ok(Vec::new());
+        return Ok(());
     };
-    let mut report;
-    let mut measured = None;
-    let mut rounds = 0;
-    loop {
-        rounds += 1;
-        report = session
-            .write(&fp.plan, output, &progress, &cancel)
-            .with_context(|| format!("writing {}", output.display()))?;
-        if a.no_eval {
-            break;
-        }
-        let m =
-            session.evaluate(output, &progress, &cancel).with_context(|| format!("evaluating {}", output.display()))?;
-        let miss = match target {
-            Target::MaxKld(k) if m.kld > k && rounds < 4 => Some(k),
-            _ => None,
-        };
-        measured = Some(m.clone());
-        let Some(k) = miss else { break };
-        // The prediction was optimistic: aim lower in proportion and try again.
-        let aim = fp.predicted_kld * (k / m.kld) * 0.9;
-        if !a.common.quiet && !a.json {
-            eprintln!(
-                "measured KLD {:.5} is above the target {k}; solving again for a predicted {aim:.5} (was {:.5})",
-                m.kld, fp.predicted_kld
-            );
-        }
-        let mut next = session.fit(Target::MaxKld(aim))?;
-        next.target = target;
-        fp = next;
-    }
-    let mut metrics: Vec<(&'static str, f64)> = vec![
-        ("file_bytes", report.file_bytes as f64),
-        ("bpw", fp.bpw),
-        ("predicted_kld", fp.predicted_kld),
-        ("solver_gap", fp.gap),
-        ("quantize_seconds", report.seconds),
-    ];
-    if let Some(m) = &measured {
-        metrics.extend([
-            ("kld", m.kld),
-            ("kld_err", m.kld_err),
-            ("kld_p99", m.kld_p99),
-            ("top1", m.top1),
-            ("ppl", m.ppl),
-            ("ppl_base", m.ppl_base),
-            ("tokens_per_s", m.tokens_per_s),
-        ]);
-    }
-    if let Some(r) = rec {
-        r.output(output);
-        let klds = fp.tensor_kld.clone();
-        r.plan(&fp.plan, Some(&|n: &str| klds.get(n).copied()));
-        r.data("fit", &serde_json::to_value(&fp)?);
-        r.data("profile", &profile_summary(&session));
-        if let Some(m) = &measured {
-            r.data("measured", &serde_json::to_value(m)?);
-        }
-    }
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "fit": fp, "result": report, "measured": measured,
-                                                  "profile": profile_summary(&session) }))?
-        );
+        super::print_json(&json!({ "fit": fp, "result": report, "measured": o.measured, "profile": o.profile }))?;
     } else if !a.common.quiet {
         if !a.print_tensor_types {
             let counts: Vec<String> = fp.plan.type_counts().iter().map(|(t, n)| format!("{t}: {n}")).collect();
@@ -327,7 +188,7 @@ fn fit(
             fp.bpw,
             fp.target
         );
-        match &measured {
+        match &o.measured {
             Some(m) => println!(
                 "KLD on held-out text: predicted {:.5}, measured {:.5} +/- {:.5}; same top token {:.2}%; PPL {:.4} (base {:.4})",
                 fp.predicted_kld,
@@ -341,19 +202,5 @@ fn fit(
         }
         println!("sha256 {}", report.sha256);
     }
-    Ok(metrics)
-}
-
-pub(crate) fn profile_summary(s: &Session) -> serde_json::Value {
-    json!({
-        "path": s.profile_path,
-        "cached": s.profile_cached,
-        "seconds": s.profile.seconds,
-        "options": s.profile.options,
-        "groups": s.profile.groups,
-    })
-}
-
-fn same_path(a: &Path, b: &Path) -> bool {
-    matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+    Ok(())
 }

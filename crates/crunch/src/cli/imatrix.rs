@@ -1,10 +1,9 @@
 //! `crunch imatrix`.
 
+use super::progress::TermProgress;
 use anyhow::{bail, Context, Result};
-use crunch::calibrate::{run_imatrix, ImatrixJob};
-use crunch::progress::TermProgress;
-use crunch_calib::imatrix::{layer_statistics, statistics, Format};
-use crunch_calib::text::TextSource;
+use crunch::job::{ImatrixJob, Job, Outcome};
+use crunch_calib::imatrix::{layer_statistics, statistics};
 use crunch_calib::Imatrix;
 use std::path::PathBuf;
 
@@ -60,46 +59,44 @@ pub struct ImatrixArgs {
 }
 
 pub fn run(a: ImatrixArgs) -> Result<()> {
-    super::set_threads(a.threads)?;
-    if a.ctx == 0 {
-        bail!("--ctx must be positive");
-    }
-    let format = match a.output_format.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None => Format::from_path(&a.output),
-        Some("gguf") => Format::Gguf,
-        Some("dat") => Format::Dat,
-        Some(f) => bail!("--output-format {f:?}: expected gguf or dat"),
-    };
     if a.show_statistics && a.text.is_none() && !a.resume {
         let [file] = a.in_file.as_slice() else {
             bail!("--show-statistics needs exactly one --in-file (or a run with --text)");
         };
-        let m = Imatrix::load(file, a.ctx as u32).with_context(|| format!("reading {}", file.display()))?;
-        print_statistics(&m, a.json)?;
-        return Ok(());
+        let m = Imatrix::load(file, a.ctx.max(1) as u32).with_context(|| format!("reading {}", file.display()))?;
+        return print_statistics(&m, a.json);
     }
-    let job = ImatrixJob {
+    let (text, random_tokens) = match a.text.as_deref() {
+        Some(t) if t.starts_with("random:") => (None, Some(t.to_string())),
+        Some(t) => (Some(PathBuf::from(t)), None),
+        None => (None, None),
+    };
+    let job = Job::Imatrix(ImatrixJob {
         model: a.model.clone(),
-        text: a.text.as_deref().map(TextSource::parse),
+        text,
+        random_tokens,
         output: a.output.clone(),
-        format,
-        n_ctx: a.ctx,
-        n_chunks: a.chunks,
+        format: a.output_format.clone(),
+        ctx: a.ctx,
+        chunks: a.chunks,
         skip_chunks: a.skip_chunks,
-        shuffle_seed: a.seed,
+        seed: a.seed,
         in_files: a.in_file.clone(),
         resume: a.resume,
         save_every: a.save_frequency,
         process_output: a.process_output,
+    });
+    let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json), None)?;
+    let Outcome::Imatrix(o) = super::run_job(&job, &ctx).with_context(|| format!("making {}", a.output.display()))?
+    else {
+        unreachable!("an imatrix job has an imatrix outcome")
     };
-    let cancel = super::ctrl_c_cancel();
-    let progress = TermProgress::new(a.quiet || a.json);
-    let report = run_imatrix(&job, &progress, &cancel).with_context(|| format!("making {}", a.output.display()))?;
+    let report = &o.result;
     if a.show_statistics {
         let m = Imatrix::load(&a.output, a.ctx as u32)?;
         print_statistics(&m, a.json)?;
     } else if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        super::print_json(report)?;
     } else if !a.quiet {
         println!(
             "{}: {} entries, {} chunks of {} tokens ({} processed now) in {:.1} s",

@@ -7,6 +7,7 @@ mod eval;
 mod export;
 mod fit;
 mod imatrix;
+mod progress;
 mod quantize;
 mod report;
 mod run;
@@ -15,8 +16,10 @@ mod search;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use crunch::progress::Cancel;
+use crunch::job::{Job, Outcome, RunCtx};
+use crunch::progress::{Cancel, Progress};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "crunch", version, about = "Make LLMs small on the CPU, and prove what it cost")]
@@ -125,41 +128,87 @@ pub(crate) fn ctrl_c_cancel() -> Cancel {
     cancel
 }
 
-/// Use `threads` worker threads for rayon (0 = all cores).
-pub(crate) fn set_threads(threads: usize) -> Result<()> {
-    if threads > 0 {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("setting up the thread pool")?;
-    }
+/// The context a command runs its job in: `threads` workers (0 = all cores), Ctrl-C cancels,
+/// progress to `progress`, the run recorded in `registry` (else `$CRUNCH_REGISTRY` or the default).
+pub(crate) fn job_ctx(threads: usize, progress: Arc<dyn Progress>, registry: Option<&Path>) -> Result<RunCtx> {
+    Ok(RunCtx::new(threads)?
+        .with_progress(progress)
+        .with_cancel(ctrl_c_cancel())
+        .with_registry(crunch::job::record::registry_path(registry)))
+}
+
+/// Run a job; a wrong job field is worded as the command-line option it came from.
+pub(crate) fn run_job(job: &Job, ctx: &RunCtx) -> Result<Outcome> {
+    crunch::job::run(job, ctx).map_err(|e| match e {
+        crunch::Error::Field { field, message } => anyhow::anyhow!("{}: {message}", flag_of(&field)),
+        other => anyhow::Error::new(other),
+    })
+}
+
+/// The option (or argument) a job field is given with: `fit.max_kld` -> `--max-kld`.
+fn flag_of(field: &str) -> String {
+    let last = field.rsplit('.').next().unwrap_or(field);
+    let flag = match last {
+        "model" | "output" | "path" | "files" | "base" | "models" => return last.to_ascii_uppercase(),
+        "type" if field.starts_with("quantize") => return "TYPE".into(),
+        "type" => "type",
+        "ram_ctx" => "ctx",
+        "tensor_types" => "tensor-type",
+        "in_files" => "in-file",
+        "recipes_file" => "recipes",
+        "save_every" => "save-frequency",
+        "evaluate" => "no-eval",
+        "format" => "output-format",
+        "random_tokens" => "text",
+        other => other,
+    };
+    format!("--{}", flag.replace('_', "-"))
+}
+
+/// Print a value as pretty JSON on stdout.
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
 fn inspect(a: InspectArgs) -> Result<()> {
-    let ins = inspect_any(&a.file)?;
+    let job = Job::Inspect(crunch::job::InspectJob { path: a.file.clone() });
+    let ctx = RunCtx::new(1)?;
+    let Outcome::Inspect(o) = run_job(&job, &ctx).with_context(|| format!("inspecting {}", a.file.display()))? else {
+        unreachable!("an inspect job has an inspect outcome")
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&ins)?);
+        print_json(&o.inspection)?;
     } else {
-        print!("{}", crunch::inspect::render(&ins, !a.no_tensors));
+        print!("{}", crunch::inspect::render(&o.inspection, !a.no_tensors));
     }
     Ok(())
 }
 
-fn inspect_any(path: &Path) -> Result<crunch::inspect::Inspection> {
-    crunch::inspect::inspect_any(path).with_context(|| format!("inspecting {}", path.display()))
-}
-
 fn verify(a: VerifyArgs) -> Result<()> {
-    let mut bad = 0;
-    for f in &a.files {
-        match crunch_core::output::verify_sidecar(f).with_context(|| format!("verifying {}", f.display()))? {
-            crunch_core::output::Verified::Ok { .. } => println!("{}: OK", f.display()),
-            crunch_core::output::Verified::Mismatch { expected, actual } => {
-                println!("{}: FAILED (expected {expected}, got {actual})", f.display());
-                bad += 1;
-            }
+    let job = Job::Verify(crunch::job::VerifyJob { files: a.files.clone() });
+    let ctx = RunCtx::new(1)?;
+    let Outcome::Verify(o) = run_job(&job, &ctx).context("verifying")? else {
+        unreachable!("a verify job has a verify outcome")
+    };
+    for v in &o.files {
+        if v.ok {
+            println!("{}: OK", v.file);
+        } else {
+            println!("{}: FAILED (expected {}, got {})", v.file, v.expected, v.actual);
         }
     }
-    if bad > 0 {
-        anyhow::bail!("{bad} file(s) did not match their checksum");
+    if o.failed > 0 {
+        anyhow::bail!("{} file(s) did not match their checksum", o.failed);
+    }
+    Ok(())
+}
+
+/// Use `threads` worker threads for rayon (0 = all cores), for the commands that call one
+/// library function directly (generation, embeddings) in a process of their own.
+pub(crate) fn set_threads(threads: usize) -> Result<()> {
+    if threads > 0 {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("setting up the thread pool")?;
     }
     Ok(())
 }

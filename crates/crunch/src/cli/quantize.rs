@@ -1,15 +1,10 @@
 //! `crunch quantize`.
 
+use super::progress::TermProgress;
 use anyhow::{bail, Context, Result};
-use crunch::calibrate::{self, Method, MethodOptions};
 use crunch::inspect::human_bytes;
-use crunch::progress::TermProgress;
-use crunch::quantize::{self, Ftype, Plan, QuantizeOptions, Reason};
-use crunch_calib::awq::AwqOptions;
-use crunch_calib::gptq::GptqOptions;
-use crunch_calib::text::{ChunkOptions, TextSource};
-use crunch_core::gguf::{GgufFile, Value};
-use crunch_core::GgmlType;
+use crunch::job::{CalibrationSpec, Job, Outcome, QuantizeJob};
+use crunch::quantize::{Plan, Reason};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -101,67 +96,39 @@ pub struct CalibArgs {
     awq_grid: usize,
 }
 
-/// An importance matrix and the metadata that records it in the output.
-type LoadedImatrix = (crunch_calib::Imatrix, Vec<(String, Value)>);
-
-/// The imatrix for `--imatrix`, filtered by `--include-weights` / `--exclude-weights`, and the
-/// `quantize.imatrix.*` metadata llama-quantize writes with it.
-fn load_imatrix(a: &QuantizeArgs, input: &GgufFile) -> Result<Option<LoadedImatrix>> {
-    let Some(path) = &a.imatrix else { return Ok(None) };
-    let mut m = crunch_calib::Imatrix::load(path, 512).with_context(|| format!("reading {}", path.display()))?;
-    crunch::calibrate::imatrix::check_model(&m, input)?;
-    m.entries.retain(|name, _| !a.exclude_weights.iter().any(|x| name.contains(x.as_str())));
-    if !a.include_weights.is_empty() {
-        m.entries.retain(|name, _| a.include_weights.iter().any(|x| name.contains(x.as_str())));
+impl QuantizeArgs {
+    /// The job these arguments ask for.
+    pub fn job(&self) -> Job {
+        let c = &self.calib;
+        let calibration =
+            c.text.as_ref().filter(|_| !matches!(c.method.trim(), "" | "rtn" | "none")).map(|text| CalibrationSpec {
+                method: c.method.clone(),
+                text: PathBuf::from(text),
+                ctx: c.ctx,
+                chunks: c.chunks,
+                seed: c.seed,
+                damp: c.damp,
+                gptq_block: c.gptq_block,
+                act_order: c.act_order,
+                awq_grid: c.awq_grid,
+            });
+        Job::Quantize(QuantizeJob {
+            model: self.input.clone(),
+            output: self.output.clone(),
+            ftype: self.ftype.clone(),
+            leave_output_tensor: self.leave_output_tensor,
+            output_tensor_type: self.output_tensor_type.clone(),
+            token_embedding_type: self.token_embedding_type.clone(),
+            tensor_types: self.tensor_type.clone(),
+            pure: self.pure,
+            allow_requantize: self.allow_requantize,
+            dry_run: self.dry_run,
+            imatrix: self.imatrix.clone(),
+            include_weights: self.include_weights.clone(),
+            exclude_weights: self.exclude_weights.clone(),
+            calibration,
+        })
     }
-    let file: String = path.display().to_string().chars().take(127).collect();
-    let mut md = vec![("quantize.imatrix.file".to_string(), Value::string(file))];
-    if let Some(d) = m.datasets.first() {
-        md.push(("quantize.imatrix.dataset".into(), Value::string(d.chars().take(127).collect::<String>())));
-    }
-    md.push(("quantize.imatrix.entries_count".into(), Value::U32(m.entries.len() as u32)));
-    if m.chunk_count > 0 {
-        md.push(("quantize.imatrix.chunks_count".into(), Value::U32(m.chunk_count)));
-    }
-    Ok(Some((m, md)))
-}
-
-fn method_options(c: &CalibArgs) -> Result<Option<MethodOptions>> {
-    let Some(method) = Method::parse(&c.method)? else { return Ok(None) };
-    let text = c
-        .text
-        .as_deref()
-        .with_context(|| format!("--method {}: give calibration text with --text FILE (or random:N)", c.method))?;
-    Ok(Some(MethodOptions {
-        method,
-        text: TextSource::parse(text),
-        chunks: ChunkOptions { n_ctx: c.ctx, n_chunks: Some(c.chunks), skip: 0, shuffle_seed: c.seed },
-        gptq: GptqOptions { damp: c.damp, block: c.gptq_block, act_order: c.act_order, ..Default::default() },
-        awq: AwqOptions { grid: c.awq_grid, ..Default::default() },
-    }))
-}
-
-fn parse_type(s: &str, what: &str) -> Result<GgmlType> {
-    s.parse::<GgmlType>().map_err(|_| anyhow::anyhow!("{what}: unknown tensor type {s:?}"))
-}
-
-fn options(a: &QuantizeArgs) -> Result<QuantizeOptions> {
-    let ftype: Ftype = a.ftype.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    let mut o = QuantizeOptions::new(ftype);
-    o.output_tensor_type =
-        a.output_tensor_type.as_deref().map(|s| parse_type(s, "--output-tensor-type")).transpose()?;
-    o.token_embedding_type =
-        a.token_embedding_type.as_deref().map(|s| parse_type(s, "--token-embedding-type")).transpose()?;
-    o.leave_output_tensor = a.leave_output_tensor;
-    o.pure = a.pure;
-    o.allow_requantize = a.allow_requantize;
-    for spec in &a.tensor_type {
-        let (pat, ty) =
-            spec.rsplit_once('=').with_context(|| format!("--tensor-type {spec:?}: expected PATTERN=TYPE"))?;
-        let re = regex::Regex::new(pat).with_context(|| format!("--tensor-type {spec:?}: bad pattern"))?;
-        o.tensor_types.push((re, parse_type(ty, "--tensor-type")?));
-    }
-    Ok(o)
 }
 
 fn print_plan(plan: &Plan) {
@@ -201,78 +168,32 @@ fn print_plan(plan: &Plan) {
 }
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
-    super::set_threads(a.threads)?;
-    let mut opts = options(&a)?;
-    let input = GgufFile::open(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
-    let imatrix = load_imatrix(&a, &input)?;
-    opts.has_imatrix = imatrix.as_ref().is_some_and(|(m, _)| !m.entries.is_empty());
-    let plan = quantize::build_plan(input.metadata(), input.tensors(), &opts)
-        .with_context(|| format!("planning {}", a.input.display()))?;
+    let c = &a.calib;
+    if !matches!(c.method.trim(), "" | "rtn" | "none") && c.text.is_none() {
+        bail!("--method {}: give calibration text with --text FILE (or random:N)", c.method);
+    }
+    let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json || a.dry_run), None)?;
+    let Outcome::Quantize(o) =
+        super::run_job(&a.job(), &ctx).with_context(|| format!("quantizing {}", a.input.display()))?
+    else {
+        unreachable!("a quantize job has a quantize outcome")
+    };
+    let plan = &o.plan;
     if a.print_tensor_types {
         for arg in plan.as_tensor_type_args() {
             println!("{arg}");
         }
-        if a.dry_run {
-            return Ok(());
-        }
     }
-    if a.dry_run {
+    let Some(report) = &o.result else {
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": plan }))?);
+            super::print_json(&serde_json::json!({ "plan": plan }))?;
         } else if !a.print_tensor_types {
-            print_plan(&plan);
+            print_plan(plan);
         }
         return Ok(());
-    }
-    if same_file(&a.input, &a.output) {
-        bail!("output {} is the input file; refusing to overwrite the input", a.output.display());
-    }
-    let cancel = super::ctrl_c_cancel();
-    let progress = TermProgress::new(a.quiet || a.json);
-    let method = method_options(&a.calib)?;
-    let scratch = PathBuf::from(format!("{}.calib-tmp", a.output.display()));
-    let calibrated = match &method {
-        Some(m) => Some(
-            calibrate::calibrate_model(
-                &a.input,
-                &plan,
-                imatrix.as_ref().map(|(m, _)| m),
-                m,
-                &scratch,
-                &progress,
-                &cancel,
-            )
-            .with_context(|| format!("calibrating {}", a.input.display()))?,
-        ),
-        None => None,
     };
-    let importance = |name: &str| {
-        let base = imatrix.as_ref().and_then(|(m, _)| m.importance(name));
-        match &calibrated {
-            Some(c) => c.adjust_importance(name, base),
-            None => base,
-        }
-    };
-    let replace = |name: &str| calibrated.as_ref().map_or(Ok(None), |c| c.replacement(name));
-    let extra = imatrix.as_ref().map(|(_, md)| md.clone()).unwrap_or_default();
-    let exec = quantize::ExecOptions {
-        importance: Some(&importance),
-        replacements: calibrated.as_ref().map(|_| &replace as quantize::ReplacementLookup),
-        extra_metadata: &extra,
-    };
-    let params = serde_json::json!({ "type": a.ftype, "method": a.calib.method, "pure": a.pure,
-                                      "tensor_type": a.tensor_type, "imatrix": a.imatrix });
-    let mut rec = super::runs::Recorder::start("quantize", None, Some(a.ftype.clone()), params, &[("model", &a.input)]);
-    let res = quantize::execute_with(&input, &plan, &a.output, exec, &progress, &cancel)
-        .with_context(|| format!("writing {}", a.output.display()));
-    if res.is_ok() {
-        rec.output(&a.output);
-        rec.plan(&plan, None);
-    }
-    let report =
-        rec.close(res, |r| vec![("file_bytes", r.file_bytes as f64), ("bpw", r.bpw), ("seconds", r.seconds)])?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": plan, "result": report }))?);
+        super::print_json(&serde_json::json!({ "plan": plan, "result": report }))?;
     } else if !a.quiet {
         let counts: Vec<String> = plan.type_counts().iter().map(|(t, n)| format!("{t}: {n}")).collect();
         println!(
@@ -288,11 +209,4 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
 }

@@ -4,7 +4,7 @@
 //! from `generation_config.json`.
 
 use super::naming::{id_to_title, model_id_components, size_label, IdParts};
-use crunch_core::gguf::{Value, ValueType};
+use crunch_core::gguf::Value;
 use crunch_core::hf::{CardValue, ModelCard};
 use serde_json::{Map, Value as Json};
 use std::path::Path;
@@ -201,8 +201,7 @@ pub fn general_metadata(
     }
     for (k, list) in [("tags", &f.tags), ("languages", &f.languages)] {
         if let Some(list) = list.as_ref().filter(|l| !l.is_empty()) {
-            let items = list.iter().map(|s| Value::string(s.clone())).collect();
-            out.push((format!("general.{k}"), Value::Array(ValueType::String, items)));
+            out.push((format!("general.{k}"), Value::strings(list)));
         }
     }
     out

@@ -12,7 +12,7 @@
 use super::pretok::{self, PreSource};
 use super::spm::SpmModel;
 use crate::error::{Error, Result};
-use crunch_core::gguf::{Value, ValueType};
+use crunch_core::gguf::Value;
 use crunch_core::hf::{HfArch, HfConfig, HfError};
 use serde_json::{Map, Value as Json};
 use std::collections::HashMap;
@@ -141,7 +141,7 @@ fn truthy(v: Option<&Json>) -> bool {
 }
 
 fn string_array(items: impl IntoIterator<Item = String>) -> Value {
-    Value::Array(ValueType::String, items.into_iter().map(Value::string).collect())
+    Value::strings(items)
 }
 
 /// llama.cpp's `SpecialVocab`.
@@ -657,10 +657,7 @@ pub fn tokenizer_metadata(dir: &Path, cfg: &HfConfig, pre_override: Option<&str>
                 out.push(("tokenizer.ggml.model".into(), Value::string("gpt2")));
                 out.push(("tokenizer.ggml.pre".into(), Value::string(pre.clone())));
                 out.push(("tokenizer.ggml.tokens".into(), string_array(tokens)));
-                out.push((
-                    "tokenizer.ggml.token_type".into(),
-                    Value::Array(ValueType::I32, types.into_iter().map(Value::I32).collect()),
-                ));
+                out.push(("tokenizer.ggml.token_type".into(), Value::from(types)));
                 Special::load(&files, cfg, true, None)?.entries(&mut out);
                 VocabMeta { entries: Vec::new(), model: "gpt2", n_tokens: n, pre: Some((pre, how)), pre_hash: hash }
             }
@@ -688,10 +685,7 @@ pub fn tokenizer_metadata(dir: &Path, cfg: &HfConfig, pre_override: Option<&str>
             out.push(("tokenizer.ggml.model".into(), Value::string("bert")));
             out.push(("tokenizer.ggml.pre".into(), Value::string(pre.clone())));
             out.push(("tokenizer.ggml.tokens".into(), string_array(tokens)));
-            out.push((
-                "tokenizer.ggml.token_type".into(),
-                Value::Array(ValueType::I32, types.into_iter().map(Value::I32).collect()),
-            ));
+            out.push(("tokenizer.ggml.token_type".into(), Value::from(types)));
             Special::load(&files, cfg, false, Some(n))?.entries(&mut out);
             VocabMeta { entries: Vec::new(), model: "bert", n_tokens: n, pre: Some((pre, how)), pre_hash: hash }
         }
@@ -835,12 +829,6 @@ fn push_llama(out: &mut Vec<(String, Value)>, tokens: Vec<String>, scores: Vec<f
     out.push(("tokenizer.ggml.model".into(), Value::string("llama")));
     out.push(("tokenizer.ggml.pre".into(), Value::string("default")));
     out.push(("tokenizer.ggml.tokens".into(), string_array(tokens)));
-    out.push((
-        "tokenizer.ggml.scores".into(),
-        Value::Array(ValueType::F32, scores.into_iter().map(Value::F32).collect()),
-    ));
-    out.push((
-        "tokenizer.ggml.token_type".into(),
-        Value::Array(ValueType::I32, types.into_iter().map(Value::I32).collect()),
-    ));
+    out.push(("tokenizer.ggml.scores".into(), Value::from(scores)));
+    out.push(("tokenizer.ggml.token_type".into(), Value::from(types)));
 }

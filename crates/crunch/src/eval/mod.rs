@@ -41,10 +41,14 @@ pub struct Loaded {
     pub tokenizer: Tokenizer,
 }
 
-/// Wrap a model error with what was being done.
+/// Wrap a model error with what was being done (a GGUF error that names its file is passed on as
+/// it is: the context would only repeat the path).
 pub(crate) fn model_err(context: impl std::fmt::Display) -> impl FnOnce(ModelError) -> Error {
     let context = context.to_string();
-    move |source| Error::Model { context, source }
+    move |source| match source {
+        ModelError::Gguf(e) if e.path().is_some() => Error::Gguf(e),
+        source => Error::Model { context, source },
+    }
 }
 
 /// Open a GGUF Llama-family model and its tokenizer; `exact` dequantizes weights instead of

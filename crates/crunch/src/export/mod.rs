@@ -33,15 +33,16 @@ pub const DEFAULT_SHARD_BYTES: u64 = 5_000_000_000;
 /// What the user asked for.
 #[derive(Clone, Debug)]
 pub struct ExportOptions {
-    /// F16, BF16 or F32.
-    pub dtype: GgmlType,
+    /// F16, BF16 or F32 for every tensor, or `None` to keep the source's precision (see
+    /// [`source_dtypes`]).
+    pub dtype: Option<GgmlType>,
     /// Largest shard (bytes of tensor data).
     pub max_shard_bytes: u64,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions { dtype: GgmlType::F16, max_shard_bytes: DEFAULT_SHARD_BYTES }
+        ExportOptions { dtype: None, max_shard_bytes: DEFAULT_SHARD_BYTES }
     }
 }
 
@@ -67,10 +68,49 @@ fn dtype_of(ty: GgmlType) -> Result<(Dtype, &'static str)> {
     }
 }
 
+/// The float type each tensor is exported as when the source's precision is kept, as Hugging
+/// Face folders do: F32, F16 and BF16 tensors keep their own type; quantized tensors take the
+/// precision of the file's float matrices (F16 or BF16, whichever holds more parameters), else
+/// F16. Returns the types in the file's tensor order.
+pub fn source_dtypes(input: &GgufFile) -> Vec<GgmlType> {
+    let (mut f16, mut bf16) = (0u64, 0u64);
+    for t in input.tensors().iter().filter(|t| t.dims.len() >= 2) {
+        match t.ty {
+            GgmlType::F16 => f16 += t.n_elements(),
+            GgmlType::BF16 => bf16 += t.n_elements(),
+            _ => {}
+        }
+    }
+    let quantized_as = if bf16 > f16 { GgmlType::BF16 } else { GgmlType::F16 };
+    input
+        .tensors()
+        .iter()
+        .map(|t| match t.ty {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => t.ty,
+            _ => quantized_as,
+        })
+        .collect()
+}
+
+/// `config.json`'s `torch_dtype`: the type holding most of the matrices' parameters.
+fn dominant_dtype(input: &GgufFile, types: &[GgmlType]) -> GgmlType {
+    let mut by_type: Vec<(GgmlType, u64)> = Vec::new();
+    for (t, ty) in input.tensors().iter().zip(types).filter(|(t, _)| t.dims.len() >= 2) {
+        match by_type.iter_mut().find(|(k, _)| k == ty) {
+            Some((_, n)) => *n += t.n_elements(),
+            None => by_type.push((*ty, t.n_elements())),
+        }
+    }
+    by_type.into_iter().max_by_key(|&(_, n)| n).map_or(GgmlType::F32, |(ty, _)| ty)
+}
+
 struct Planned<'a> {
     info: &'a crunch_core::gguf::TensorInfo,
     hf_name: String,
     permute_heads: Option<usize>,
+    /// Exported as (F32, F16 or BF16).
+    ty: GgmlType,
+    dtype: Dtype,
 }
 
 fn write_file(dir: &Path, name: &str, bytes: &[u8], files: &mut Vec<(String, String)>) -> Result<()> {
@@ -203,13 +243,17 @@ pub fn export(
     let arch = HfArch::from_gguf_name(arch_name).ok_or_else(|| {
         Error::Invalid(format!("architecture {arch_name:?} cannot be exported; crunch exports llama, qwen2 and bert"))
     })?;
-    let (dtype, torch_dtype) = dtype_of(opts.dtype)?;
+    let types = match opts.dtype {
+        Some(t) => vec![t; input.tensors().len()],
+        None => source_dtypes(input),
+    };
+    let (_, torch_dtype) = dtype_of(dominant_dtype(input, &types))?;
     let key = |k: &str| format!("{arch_name}.{k}");
     let n_head = md.get_u64(&key("attention.head_count")).unwrap_or(0) as usize;
     let n_head_kv = md.get_u64(&key("attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_head);
 
     let mut planned = Vec::new();
-    for info in input.tensors() {
+    for (info, &ty) in input.tensors().iter().zip(&types) {
         let (hf_name, id) = names::gguf_to_hf(arch, &info.name).ok_or_else(|| {
             Error::Invalid(format!(
                 "tensor {} has no Hugging Face {} name; crunch cannot export it{}",
@@ -230,7 +274,8 @@ pub fn export(
             (true, Role::AttnK) => Some(n_head_kv),
             _ => None,
         };
-        planned.push(Planned { info, hf_name, permute_heads });
+        let (dtype, _) = dtype_of(ty)?;
+        planned.push(Planned { info, hf_name, permute_heads, ty, dtype });
     }
     let tok = GgufTokenizer::from_metadata(md)?;
     // Check the tokenizer can be written before any tensor is.
@@ -290,7 +335,11 @@ pub fn export(
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let specs: Vec<TensorSpec> = planned
         .iter()
-        .map(|p| TensorSpec { name: p.hf_name.clone(), dtype, shape: p.info.dims.iter().rev().copied().collect() })
+        .map(|p| TensorSpec {
+            name: p.hf_name.clone(),
+            dtype: p.dtype,
+            shape: p.info.dims.iter().rev().copied().collect(),
+        })
         .collect();
     let mut st_meta = std::collections::BTreeMap::new();
     st_meta.insert("format".to_string(), "pt".to_string());
@@ -305,7 +354,7 @@ pub fn export(
         }
         let src = input.tensor_data(p.info);
         buf.clear();
-        quantize::convert_tensor(&p.info.name, src, p.info.ty, opts.dtype, p.info.row_len() as usize, None, &mut buf)?;
+        quantize::convert_tensor(&p.info.name, src, p.info.ty, p.ty, p.info.row_len() as usize, None, &mut buf)?;
         let data: &[u8] = match p.permute_heads {
             Some(h) => {
                 permute::unpermute(&buf, p.info.n_rows() as usize, h, &mut perm)

@@ -7,7 +7,7 @@
 use crate::convert::spm::{Piece, SpmModel};
 use crate::convert::vocab::token_type::*;
 use crate::error::{Error, Result};
-use crunch_core::gguf::{Metadata, Value};
+use crunch_core::gguf::{Array, Metadata};
 use crunch_model::tokenizer::pre_catalog;
 use serde_json::{json, Map, Value as Json};
 use std::collections::HashMap;
@@ -37,21 +37,18 @@ fn bad(key: &str, what: &str) -> Error {
 
 fn strings(md: &Metadata, key: &str) -> Result<Option<Vec<String>>> {
     let Some(v) = md.get(key) else { return Ok(None) };
-    let a = v.as_array().ok_or_else(|| bad(key, "an array of strings"))?;
+    let a = v.as_array().and_then(Array::as_strings).ok_or_else(|| bad(key, "an array of strings"))?;
     let mut lossy = 0;
-    let out = a
+    let out: Vec<String> = a
         .iter()
-        .map(|x| match x {
-            Value::String(b) => Ok(match std::str::from_utf8(b) {
-                Ok(s) => s.to_string(),
-                Err(_) => {
-                    lossy += 1;
-                    String::from_utf8_lossy(b).into_owned()
-                }
-            }),
-            _ => Err(bad(key, "an array of strings")),
+        .map(|b| match std::str::from_utf8(b) {
+            Ok(s) => s.to_string(),
+            Err(_) => {
+                lossy += 1;
+                String::from_utf8_lossy(b).into_owned()
+            }
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect();
     if lossy > 0 {
         tracing::warn!("{key}: {lossy} entries are not valid UTF-8 and were written with replacement characters");
     }

@@ -25,10 +25,13 @@ pub struct EvalSettings {
 }
 
 /// Split a text in two halves at a line break: calibration reads the first, evaluation the second.
+///
+/// The cut is the first line break at or after the middle byte; a text without one after the
+/// middle is cut at the first character boundary at or after the middle (never inside a
+/// multi-byte character).
 pub fn split_text(text: &str) -> (&str, &str) {
-    let mid = text.len() / 2;
+    let mid = (text.len() / 2..=text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
     let cut = text[mid..].find('\n').map_or(mid, |i| mid + i + 1);
-    let cut = (0..=cut).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
     text.split_at(cut)
 }
 

@@ -3,7 +3,10 @@
 //! KL-divergence, the per-tensor type map of every candidate, the sensitivity heat map and the
 //! metrics table; the plots can also be written as SVG files.
 
+mod collect;
 pub mod svg;
+
+pub use collect::collect;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};

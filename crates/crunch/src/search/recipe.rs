@@ -283,9 +283,9 @@ pub fn default_name(kind: &RecipeKind, method: Method) -> String {
 pub fn grid(specs: &[String], methods: &[Method]) -> Result<Vec<Recipe>> {
     let mut raw = Vec::new();
     for spec in specs {
-        let (key, vals) = spec.split_once('=').ok_or_else(|| {
-            Error::Invalid(format!("--grid {spec:?}: expected KEY=V1,V2,… (e.g. preset=Q4_0,Q4_K_M)"))
-        })?;
+        let (key, vals) = spec
+            .split_once('=')
+            .ok_or_else(|| Error::Invalid(format!("grid {spec:?}: expected KEY=V1,V2,… (e.g. preset=Q4_0,Q4_K_M)")))?;
         for v in vals.split(',').map(str::trim).filter(|v| !v.is_empty()) {
             let mut r = RawRecipe::default();
             let mut f = RawFit::default();
@@ -295,15 +295,15 @@ pub fn grid(specs: &[String], methods: &[Method]) -> Result<Vec<Recipe>> {
                 "max-ram" => f.max_ram = Some(SizeValue::Text(v.to_string())),
                 "max-bpw" => {
                     f.max_bpw =
-                        Some(v.parse().map_err(|_| Error::Invalid(format!("--grid {spec:?}: {v:?} is not a number")))?)
+                        Some(v.parse().map_err(|_| Error::Invalid(format!("grid {spec:?}: {v:?} is not a number")))?)
                 }
                 "max-kld" => {
                     f.max_kld =
-                        Some(v.parse().map_err(|_| Error::Invalid(format!("--grid {spec:?}: {v:?} is not a number")))?)
+                        Some(v.parse().map_err(|_| Error::Invalid(format!("grid {spec:?}: {v:?} is not a number")))?)
                 }
                 k => {
                     return Err(Error::Invalid(format!(
-                        "--grid {spec:?}: unknown key {k:?} (use preset, max-size, max-bpw, max-kld, max-ram)"
+                        "grid {spec:?}: unknown key {k:?} (use preset, max-size, max-bpw, max-kld, max-ram)"
                     )))
                 }
             }
@@ -317,7 +317,7 @@ pub fn grid(specs: &[String], methods: &[Method]) -> Result<Vec<Recipe>> {
             }
         }
     }
-    validate(&RecipeFile { defaults: Defaults::default(), recipes: raw }, "--grid")
+    validate(&RecipeFile { defaults: Defaults::default(), recipes: raw }, "grid")
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ pub const CANDIDATE_TYPES: &[GgmlType] = &[
 ];
 
 /// How tensors are quantized (the same method must be used when the plan is written).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Round to nearest on the type's grid (llama.cpp without an imatrix).

@@ -1,0 +1,225 @@
+//! The `fit` job (and the session both `fit` and `search` open).
+
+use super::{FitJob, FitOutcome, FitSettings};
+use crate::error::{Error, Result};
+use crate::fit::session::{EvalSettings, Session, SessionOptions};
+use crate::fit::Target;
+use crate::job::record::{file_sha256, metric, Recorder};
+use crate::job::{refuse_overwrite, RunCtx};
+use crate::sensitivity::{default_work_dir, Method, SensitivityOptions};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+impl FitSettings {
+    /// The sensitivity-profile options (`kind` names the job in errors).
+    pub fn sensitivity(&self, kind: &str) -> Result<SensitivityOptions> {
+        let method: Method =
+            self.method.parse().map_err(|e: String| Error::field(format!("{kind}.settings.method"), e))?;
+        let mut s = SensitivityOptions {
+            method,
+            ctx: self.calib_ctx,
+            chunks: self.calib_chunks,
+            band: self.band,
+            ..Default::default()
+        };
+        if !self.types.is_empty() {
+            s.types = self.types.iter().map(|t| t.trim().to_uppercase()).collect();
+        }
+        Ok(s)
+    }
+
+    /// Where profiles and base logits are cached: `cache_dir`, else `$CRUNCH_CACHE/fit`, else
+    /// `~/.cache/crunch/fit`.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("CRUNCH_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::env::var_os("HOME")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| PathBuf::from("."))
+                        .join(".cache/crunch")
+                })
+                .join("fit")
+        })
+    }
+}
+
+/// Open a session on `model` with `method` (profile from the cache or measured now).
+pub(crate) fn session(
+    s: &FitSettings,
+    kind: &str,
+    model: &Path,
+    method: Method,
+    reg: Option<&crunch_registry::Registry>,
+    ctx: &RunCtx,
+) -> Result<Session> {
+    if !s.text.is_file() {
+        return Err(Error::field(
+            format!("{kind}.settings.text"),
+            format!("{}: no such file (needed for calibration and evaluation)", s.text.display()),
+        ));
+    }
+    let mut sensitivity = s.sensitivity(kind)?;
+    sensitivity.method = method;
+    let opts = SessionOptions {
+        model: model.to_path_buf(),
+        model_sha256: file_sha256(reg, model)?,
+        text: s.text.clone(),
+        sensitivity,
+        eval: EvalSettings { ctx: s.eval_ctx, chunks: s.eval_chunks },
+        cache_dir: s.cache_dir(),
+        work_dir: default_work_dir(),
+    };
+    Session::open(opts, ctx.progress.as_ref(), &ctx.cancel)
+}
+
+/// The profile a session used, for outcomes and the registry.
+pub(crate) fn profile_summary(s: &Session) -> serde_json::Value {
+    json!({
+        "path": s.profile_path,
+        "cached": s.profile_cached,
+        "seconds": s.profile.seconds,
+        "options": s.profile.options,
+        "groups": s.profile.groups,
+    })
+}
+
+impl FitJob {
+    /// The one target the job names.
+    ///
+    /// # Errors
+    /// None or more than one of `max_size`, `max_bpw`, `max_kld`, `max_ram`.
+    pub fn target(&self) -> Result<Target> {
+        let mut t = Vec::new();
+        if let Some(s) = &self.max_size {
+            t.push(Target::MaxSize(s.bytes("fit.max_size")?));
+        }
+        if let Some(b) = self.max_bpw {
+            if b.is_nan() || b <= 0.0 {
+                return Err(Error::field("fit.max_bpw", format!("{b} is not a positive number of bits")));
+            }
+            t.push(Target::MaxBpw(b));
+        }
+        if let Some(k) = self.max_kld {
+            if k.is_nan() || k <= 0.0 {
+                return Err(Error::field("fit.max_kld", format!("{k} is not a positive KL-divergence")));
+            }
+            t.push(Target::MaxKld(k));
+        }
+        if let Some(s) = &self.max_ram {
+            t.push(Target::MaxRam { bytes: s.bytes("fit.max_ram")?, ctx: self.ram_ctx });
+        }
+        match t.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(Error::field("fit.max_size", "give one target: max_size, max_bpw, max_kld or max_ram")),
+            _ => Err(Error::field("fit.max_size", "give only one target of max_size, max_bpw, max_kld, max_ram")),
+        }
+    }
+}
+
+pub(crate) fn run(j: &FitJob, ctx: &RunCtx) -> Result<FitOutcome> {
+    let target = j.target()?;
+    let sens = j.settings.sensitivity("fit")?;
+    let output = match (&j.output, j.dry_run) {
+        (Some(o), _) => Some(o.clone()),
+        (None, true) => None,
+        (None, false) => return Err(Error::field("fit.output", "give an output file (or dry_run to only plan)")),
+    };
+    if let Some(o) = &output {
+        refuse_overwrite("fit.output", &j.model, o)?;
+    }
+    let mut rec = if j.dry_run {
+        Recorder::off()
+    } else {
+        let params = json!({ "target": target, "method": j.settings.method, "sensitivity": sens,
+                              "eval_ctx": j.settings.eval_ctx, "eval_chunks": j.settings.eval_chunks });
+        Recorder::start(
+            "fit",
+            ctx.registry.as_deref(),
+            Some(format!("fit {target}")),
+            params,
+            &[("model", &j.model), ("text", &j.settings.text)],
+        )
+    };
+    let res = fit(j, target, sens.method, output.as_deref(), &mut rec, ctx);
+    let ((mut outcome, _), run_id) = rec.close(res, |(_, m)| m.clone())?;
+    outcome.run_id = run_id;
+    Ok(outcome)
+}
+
+type Metrics = Vec<(&'static str, f64)>;
+
+fn fit(
+    j: &FitJob,
+    target: Target,
+    method: Method,
+    output: Option<&Path>,
+    rec: &mut Recorder,
+    ctx: &RunCtx,
+) -> Result<(FitOutcome, Metrics)> {
+    let (progress, cancel) = (ctx.progress.as_ref(), &ctx.cancel);
+    let mut session = session(&j.settings, "fit", &j.model, method, rec.registry(), ctx)?;
+    let mut fp = session.fit(target)?;
+    let Some(output) = output else {
+        let profile = profile_summary(&session);
+        let o = FitOutcome { fit: fp, profile, result: None, measured: None, rounds: 0, run_id: None };
+        return Ok((o, Vec::new()));
+    };
+    let mut report;
+    let mut measured = None;
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        report = session.write(&fp.plan, output, progress, cancel)?;
+        if !j.evaluate {
+            break;
+        }
+        let m = session.evaluate(output, progress, cancel)?;
+        let miss = match target {
+            Target::MaxKld(k) if m.kld > k && rounds < 4 => Some(k),
+            _ => None,
+        };
+        measured = Some(m.clone());
+        let Some(k) = miss else { break };
+        // The prediction was optimistic: aim lower in proportion and try again.
+        let aim = fp.predicted_kld * (k / m.kld) * 0.9;
+        tracing::info!(
+            "measured KLD {:.5} is above the target {k}; solving again for a predicted {aim:.5} (was {:.5})",
+            m.kld,
+            fp.predicted_kld
+        );
+        let mut next = session.fit(Target::MaxKld(aim))?;
+        next.target = target;
+        fp = next;
+    }
+    let mut metrics: Metrics = vec![
+        (metric::FILE_BYTES, report.file_bytes as f64),
+        (metric::BPW, fp.bpw),
+        (metric::PREDICTED_KLD, fp.predicted_kld),
+        (metric::SOLVER_GAP, fp.gap),
+        (metric::QUANTIZE_SECONDS, report.seconds),
+    ];
+    if let Some(m) = &measured {
+        metrics.extend([
+            (metric::KLD, m.kld),
+            (metric::KLD_ERR, m.kld_err),
+            (metric::KLD_P99, m.kld_p99),
+            (metric::TOP1, m.top1),
+            (metric::PPL, m.ppl),
+            (metric::PPL_BASE, m.ppl_base),
+            (metric::TOKENS_PER_S, m.tokens_per_s),
+        ]);
+    }
+    let profile = profile_summary(&session);
+    rec.output(output);
+    let klds = fp.tensor_kld.clone();
+    rec.plan(&fp.plan, Some(&|n: &str| klds.get(n).copied()));
+    rec.data("fit", &serde_json::to_value(&fp).map_err(|e| Error::Invalid(e.to_string()))?);
+    rec.data("profile", &profile);
+    if let Some(m) = &measured {
+        rec.data("measured", &serde_json::to_value(m).map_err(|e| Error::Invalid(e.to_string()))?);
+    }
+    let o = FitOutcome { fit: fp, profile, result: Some(report), measured, rounds, run_id: None };
+    Ok((o, metrics))
+}

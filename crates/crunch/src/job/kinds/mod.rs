@@ -1,0 +1,573 @@
+//! The fields of every job kind (the wire format) and of its outcome. Each kind's runner is in
+//! its own file.
+
+pub(super) mod convert;
+pub use convert::ConvertSummary;
+pub(super) mod eval;
+pub(super) mod export;
+pub(super) mod fit;
+pub(super) mod imatrix;
+pub(super) mod quantize;
+pub(super) mod search;
+
+use super::PathRole;
+use crate::error::{Error, Result};
+use crate::eval::{BenchReport, ChoiceReport, CompareReport, PerplexityReport};
+use crate::inspect::Inspection;
+use crate::quantize::{Plan, QuantizeReport};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+fn yes() -> bool {
+    true
+}
+
+/// `quantize`: a GGUF model to a llama.cpp preset or type.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizeJob {
+    /// Input GGUF (F32/F16/BF16, or quantized with `allow_requantize`).
+    pub model: PathBuf,
+    /// Output GGUF (written atomically, with a `.sha256` sidecar).
+    pub output: PathBuf,
+    /// Preset or type, llama.cpp's names (`Q4_K_M`, `Q8_0`, …).
+    #[serde(rename = "type")]
+    pub ftype: String,
+    #[serde(default)]
+    pub leave_output_tensor: bool,
+    /// Type for `output.weight`.
+    #[serde(default)]
+    pub output_tensor_type: Option<String>,
+    /// Type for `token_embd.weight`.
+    #[serde(default)]
+    pub token_embedding_type: Option<String>,
+    /// `PATTERN=TYPE` rules, first match wins.
+    #[serde(default)]
+    pub tensor_types: Vec<String>,
+    /// Every quantizable tensor gets the preset's default type.
+    #[serde(default)]
+    pub pure: bool,
+    #[serde(default)]
+    pub allow_requantize: bool,
+    /// Plan only; write nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Importance matrix (llama.cpp GGUF or legacy `.dat`).
+    #[serde(default)]
+    pub imatrix: Option<PathBuf>,
+    /// Use the imatrix only for tensors whose name contains one of these.
+    #[serde(default)]
+    pub include_weights: Vec<String>,
+    /// Do not use the imatrix for tensors whose name contains one of these.
+    #[serde(default)]
+    pub exclude_weights: Vec<String>,
+    /// GPTQ / AWQ calibration; `None` rounds to nearest (weighted by the imatrix if given).
+    #[serde(default)]
+    pub calibration: Option<CalibrationSpec>,
+}
+
+/// Calibrated quantization (GPTQ, AWQ) and its text.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSpec {
+    /// `gptq`, `awq` or `awq,gptq`.
+    pub method: String,
+    /// Calibration text file.
+    pub text: PathBuf,
+    /// Tokens per chunk.
+    #[serde(default = "CalibrationSpec::default_ctx")]
+    pub ctx: usize,
+    #[serde(default = "CalibrationSpec::default_chunks")]
+    pub chunks: usize,
+    /// Chunks at random positions with this seed (default: in order).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// GPTQ dampening (fraction of the mean Hessian diagonal).
+    #[serde(default = "CalibrationSpec::default_damp")]
+    pub damp: f32,
+    /// GPTQ columns per lazy update block.
+    #[serde(default = "CalibrationSpec::default_block")]
+    pub gptq_block: usize,
+    #[serde(default)]
+    pub act_order: bool,
+    /// AWQ grid points for the scale exponent.
+    #[serde(default = "CalibrationSpec::default_grid")]
+    pub awq_grid: usize,
+}
+
+impl CalibrationSpec {
+    pub fn default_ctx() -> usize {
+        512
+    }
+    pub fn default_chunks() -> usize {
+        64
+    }
+    pub fn default_damp() -> f32 {
+        0.01
+    }
+    pub fn default_block() -> usize {
+        128
+    }
+    pub fn default_grid() -> usize {
+        20
+    }
+}
+
+/// `convert`: a Hugging Face folder to GGUF.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConvertJob {
+    /// Hugging Face model folder.
+    pub model: PathBuf,
+    pub output: PathBuf,
+    /// `auto` (the checkpoint's float type), `f32`, `f16`, `bf16` or a quantization preset.
+    #[serde(rename = "type", default = "ConvertJob::default_type")]
+    pub ftype: String,
+    /// Pre-tokenizer name when crunch cannot recognise it.
+    #[serde(default)]
+    pub pre: Option<String>,
+    /// `general.name` to write.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl ConvertJob {
+    pub fn default_type() -> String {
+        "auto".into()
+    }
+}
+
+/// `export`: GGUF to a Hugging Face folder.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportJob {
+    pub model: PathBuf,
+    /// Output folder.
+    pub output: PathBuf,
+    /// `auto` (keep the source's precision), `f16`, `bf16` or `f32`.
+    #[serde(default = "ConvertJob::default_type")]
+    pub dtype: String,
+    /// Largest safetensors shard in bytes.
+    #[serde(default = "ExportJob::default_shard")]
+    pub max_shard_bytes: u64,
+}
+
+impl ExportJob {
+    pub fn default_shard() -> u64 {
+        crate::export::DEFAULT_SHARD_BYTES
+    }
+}
+
+/// `imatrix`: an importance matrix from calibration text, or merged from earlier ones.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImatrixJob {
+    /// The GGUF model to run (not needed to merge).
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+    /// Calibration text; none only merges `in_files`.
+    #[serde(default)]
+    pub text: Option<PathBuf>,
+    /// `random:N[:SEED]` random vocabulary tokens instead of a text file.
+    #[serde(default)]
+    pub random_tokens: Option<String>,
+    pub output: PathBuf,
+    /// `gguf` or `dat` (default: from the output's extension).
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default = "CalibrationSpec::default_ctx")]
+    pub ctx: usize,
+    #[serde(default)]
+    pub chunks: Option<usize>,
+    #[serde(default)]
+    pub skip_chunks: usize,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub in_files: Vec<PathBuf>,
+    #[serde(default)]
+    pub resume: bool,
+    #[serde(default = "ImatrixJob::default_save_every")]
+    pub save_every: usize,
+    #[serde(default)]
+    pub process_output: bool,
+}
+
+impl ImatrixJob {
+    pub fn default_save_every() -> usize {
+        10
+    }
+}
+
+/// `perplexity`: as llama-perplexity computes it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PerplexityJob {
+    pub model: PathBuf,
+    pub text: PathBuf,
+    #[serde(default = "CalibrationSpec::default_ctx")]
+    pub ctx: usize,
+    #[serde(default)]
+    pub chunks: Option<usize>,
+    /// Dequantize weights and multiply in f32.
+    #[serde(default)]
+    pub exact: bool,
+}
+
+/// `compare`: quantized models against a base (KL-divergence, same top token, perplexity).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CompareJob {
+    /// The base model (or `base_logits`).
+    #[serde(default)]
+    pub base: Option<PathBuf>,
+    /// The models compared with the base.
+    #[serde(default)]
+    pub models: Vec<PathBuf>,
+    /// Text (not needed with `base_logits`).
+    #[serde(default)]
+    pub text: Option<PathBuf>,
+    #[serde(default = "CalibrationSpec::default_ctx")]
+    pub ctx: usize,
+    #[serde(default)]
+    pub chunks: Option<usize>,
+    /// Base log-probabilities kept per position.
+    #[serde(default = "CompareJob::default_top_k")]
+    pub top_k: usize,
+    /// Write the base's top-k log-probabilities here.
+    #[serde(default)]
+    pub save_base: Option<PathBuf>,
+    /// Read the base from a file written with `save_base`.
+    #[serde(default)]
+    pub base_logits: Option<PathBuf>,
+    #[serde(default)]
+    pub exact: bool,
+}
+
+impl CompareJob {
+    pub fn default_top_k() -> usize {
+        32
+    }
+}
+
+/// `choice`: multiple-choice accuracy from JSONL tasks.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChoiceJob {
+    pub model: PathBuf,
+    pub tasks: PathBuf,
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub exact: bool,
+}
+
+/// `bench`: speed and peak memory.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BenchJob {
+    pub model: PathBuf,
+    /// Prompt tokens in one batch (0 skips).
+    #[serde(default = "CalibrationSpec::default_ctx")]
+    pub pp: usize,
+    /// Tokens generated one at a time (0 skips).
+    #[serde(default = "BenchJob::default_tg")]
+    pub tg: usize,
+    #[serde(default = "BenchJob::default_reps")]
+    pub reps: usize,
+    #[serde(default)]
+    pub exact: bool,
+}
+
+impl BenchJob {
+    pub fn default_tg() -> usize {
+        128
+    }
+    pub fn default_reps() -> usize {
+        3
+    }
+}
+
+/// Text, calibration and evaluation settings shared by `fit` and `search`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FitSettings {
+    /// Calibration (first half) and held-out evaluation (second half) text.
+    pub text: PathBuf,
+    /// `rtn`, `imatrix` or `gptq`.
+    #[serde(default = "FitSettings::default_method")]
+    pub method: String,
+    #[serde(default = "FitSettings::default_calib_ctx")]
+    pub calib_ctx: usize,
+    #[serde(default = "FitSettings::default_calib_chunks")]
+    pub calib_chunks: usize,
+    /// Layers measured together per tensor kind.
+    #[serde(default = "FitSettings::default_band")]
+    pub band: usize,
+    /// Candidate types (default: every type crunch writes from Q2_K up to F16).
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// Held-out evaluation window.
+    #[serde(default = "FitSettings::default_eval_ctx")]
+    pub eval_ctx: usize,
+    #[serde(default = "FitSettings::default_eval_chunks")]
+    pub eval_chunks: usize,
+    /// Where profiles and base logits are cached (default: `$CRUNCH_CACHE/fit`).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl FitSettings {
+    pub fn default_method() -> String {
+        "rtn".into()
+    }
+    pub fn default_calib_ctx() -> usize {
+        128
+    }
+    pub fn default_calib_chunks() -> usize {
+        2
+    }
+    pub fn default_band() -> usize {
+        5
+    }
+    pub fn default_eval_ctx() -> usize {
+        256
+    }
+    pub fn default_eval_chunks() -> usize {
+        8
+    }
+
+    pub(in crate::job) fn paths_mut<'a>(&'a mut self, v: &mut Vec<(&'static str, PathRole, &'a mut PathBuf)>) {
+        v.push(("settings.text", PathRole::Input, &mut self.text));
+        if let Some(p) = &mut self.cache_dir {
+            v.push(("settings.cache_dir", PathRole::Output, p));
+        }
+    }
+}
+
+/// `fit`: the best model for one target. Exactly one of the `max_*` fields.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FitJob {
+    pub model: PathBuf,
+    /// Output GGUF (none with `dry_run`).
+    #[serde(default)]
+    pub output: Option<PathBuf>,
+    /// Largest output file: bytes, or a size such as `90MB`, `4GiB`.
+    #[serde(default)]
+    pub max_size: Option<SizeSpec>,
+    #[serde(default)]
+    pub max_bpw: Option<f64>,
+    /// Largest KL-divergence from the base on held-out text.
+    #[serde(default)]
+    pub max_kld: Option<f64>,
+    /// Most memory llama.cpp may use at `ram_ctx`.
+    #[serde(default)]
+    pub max_ram: Option<SizeSpec>,
+    /// Context length counted for `max_ram`.
+    #[serde(default = "FitJob::default_ram_ctx")]
+    pub ram_ctx: usize,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Evaluate the written file on held-out text.
+    #[serde(default = "yes")]
+    pub evaluate: bool,
+    /// Text, calibration and evaluation settings.
+    pub settings: FitSettings,
+}
+
+impl FitJob {
+    pub fn default_ram_ctx() -> usize {
+        4096
+    }
+}
+
+/// A size: bytes, or text with a unit (`90MB`, `4GiB`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum SizeSpec {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeSpec {
+    /// The size in bytes; errors name `field`.
+    pub fn bytes(&self, field: &str) -> Result<u64> {
+        match self {
+            SizeSpec::Bytes(b) => Ok(*b),
+            SizeSpec::Text(t) => crate::fit::parse_size(t, field).map_err(|e| Error::field(field, e.to_string())),
+        }
+    }
+}
+
+/// `search`: many recipes evaluated, and their Pareto front.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SearchJob {
+    pub model: PathBuf,
+    /// A YAML recipe file (docs/RECIPES.md).
+    #[serde(default)]
+    pub recipes_file: Option<PathBuf>,
+    /// Recipes inline, in the recipe file's YAML/JSON schema (`{"recipes": [...]}`).
+    #[serde(default)]
+    pub recipes: Option<crate::search::recipe::RecipeFile>,
+    /// `KEY=V1,V2,…` grids (`preset=Q4_0,Q4_K_M`, `max-bpw=4.5,5`).
+    #[serde(default)]
+    pub grid: Vec<String>,
+    /// Methods each grid entry is tried with.
+    #[serde(default = "SearchJob::default_grid_methods")]
+    pub grid_methods: Vec<String>,
+    /// Keep candidate files here (default: a temporary folder, removed after).
+    #[serde(default)]
+    pub out_dir: Option<PathBuf>,
+    /// Context length for each candidate's memory estimate.
+    #[serde(default = "FitJob::default_ram_ctx")]
+    pub ram_ctx: usize,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Text, calibration and evaluation settings.
+    pub settings: FitSettings,
+}
+
+impl SearchJob {
+    pub fn default_grid_methods() -> Vec<String> {
+        vec!["rtn".into()]
+    }
+}
+
+/// `inspect`: a model file's metadata and tensors.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InspectJob {
+    /// GGUF, safetensors, sharded index or Hugging Face folder.
+    pub path: PathBuf,
+}
+
+/// `verify`: files against their `.sha256` sidecars.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyJob {
+    pub files: Vec<PathBuf>,
+}
+
+/// What `quantize` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuantizeOutcome {
+    pub plan: Plan,
+    /// `None` for a dry run.
+    pub result: Option<QuantizeReport>,
+    pub run_id: Option<i64>,
+}
+
+/// What `convert` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConvertOutcome {
+    pub plan: ConvertSummary,
+    pub result: Option<crate::convert::ConvertReport>,
+    pub run_id: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportOutcome {
+    pub result: crate::export::ExportReport,
+    pub run_id: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ImatrixOutcome {
+    pub result: crate::calibrate::ImatrixReport,
+    pub run_id: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PerplexityOutcome {
+    #[serde(flatten)]
+    pub result: PerplexityReport,
+    pub run_id: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareOutcome {
+    /// Where the base's logits were saved, with their sha256.
+    pub saved_base: Option<(String, String)>,
+    pub base_positions: usize,
+    pub reports: Vec<CompareReport>,
+    /// The registry run of each report.
+    pub run_ids: Vec<Option<i64>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ChoiceOutcome {
+    #[serde(flatten)]
+    pub result: ChoiceReport,
+    pub run_id: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchOutcome {
+    #[serde(flatten)]
+    pub result: BenchReport,
+    pub run_id: Option<i64>,
+}
+
+/// What `fit` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct FitOutcome {
+    pub fit: crate::fit::FitPlan,
+    pub profile: serde_json::Value,
+    pub result: Option<QuantizeReport>,
+    pub measured: Option<crate::fit::heldout::Measured>,
+    /// How many times the plan was solved and written (a KLD target missed is solved again).
+    pub rounds: usize,
+    pub run_id: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SearchOutcome {
+    pub candidates: Vec<crate::search::Candidate>,
+    pub summary: crate::search::Summary,
+    pub run_id: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InspectOutcome {
+    #[serde(flatten)]
+    pub inspection: Inspection,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyOutcome {
+    pub files: Vec<Verified>,
+    pub failed: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Verified {
+    pub file: String,
+    pub ok: bool,
+    pub expected: String,
+    pub actual: String,
+}
+
+pub(super) fn inspect(j: &InspectJob) -> Result<InspectOutcome> {
+    Ok(InspectOutcome { inspection: crate::inspect::inspect_any(&j.path)? })
+}
+
+pub(super) fn verify(j: &VerifyJob) -> Result<VerifyOutcome> {
+    use crunch_core::output::{verify_sidecar, Verified as V};
+    if j.files.is_empty() {
+        return Err(Error::field("verify.files", "give at least one file"));
+    }
+    let mut files = Vec::new();
+    for f in &j.files {
+        let file = f.display().to_string();
+        match verify_sidecar(f).map_err(|e| Error::io(f, e))? {
+            V::Ok { sha256 } => files.push(Verified { file, ok: true, expected: sha256.clone(), actual: sha256 }),
+            V::Mismatch { expected, actual } => files.push(Verified { file, ok: false, expected, actual }),
+        }
+    }
+    let failed = files.iter().filter(|v| !v.ok).count();
+    Ok(VerifyOutcome { files, failed })
+}

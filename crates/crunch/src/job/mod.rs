@@ -1,0 +1,403 @@
+//! Every job crunch does, as data, and the one call that runs it.
+//!
+//! A [`Job`] is plain serde data (internally tagged by `kind`, unknown fields refused), so the CLI
+//! builds one from its arguments, the HTTP server deserializes one from a request body, and the
+//! registry stores one. [`run`] executes any job in a [`RunCtx`] (progress sink, cancel token,
+//! the job's own thread pool, the registry) and returns its [`Outcome`], also plain data; front
+//! ends only print or serialize it. Recording the run in the registry is part of running it.
+//!
+//! Field paths in errors ([`Error::Field`]) are `kind.field` (`fit.max_kld`), so each front end
+//! can word them its own way (`--max-kld` on the command line, a JSON field on the server).
+//!
+//! Names on the wire are the same across kinds: `model` (the input model), `output`, `text`
+//! (a text file), `ctx` / `chunks` (the evaluation window: tokens per chunk, number of chunks).
+
+mod ctx;
+mod kinds;
+pub mod record;
+
+pub use ctx::{pool, RunCtx};
+pub use kinds::*;
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// One unit of work. Parse one with [`from_json`] (which names the wrong field).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Job {
+    /// Quantize a GGUF model to a llama.cpp preset or type (optionally calibrated).
+    Quantize(QuantizeJob),
+    /// Hugging Face folder to GGUF (optionally quantized in the same pass).
+    Convert(ConvertJob),
+    /// GGUF back to a Hugging Face folder.
+    Export(ExportJob),
+    /// Importance matrix from calibration text (or merged from earlier ones).
+    Imatrix(ImatrixJob),
+    /// Perplexity over a text, as llama-perplexity computes it.
+    Perplexity(PerplexityJob),
+    /// KL-divergence, same top token and perplexity of quantized models against a base.
+    Compare(CompareJob),
+    /// Multiple-choice accuracy.
+    Choice(ChoiceJob),
+    /// Prompt-processing and generation speed, peak memory.
+    Bench(BenchJob),
+    /// The best model for a size, bits-per-weight, memory or KL-divergence target.
+    Fit(FitJob),
+    /// Many recipes evaluated; the Pareto front.
+    Search(SearchJob),
+    /// A model file's metadata and tensors.
+    Inspect(InspectJob),
+    /// Files checked against their `.sha256` sidecars.
+    Verify(VerifyJob),
+}
+
+/// Whether a path in a job is read or written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathRole {
+    /// Read only (a model, a text, an imatrix).
+    Input,
+    /// Written (a file or a folder).
+    Output,
+}
+
+impl Job {
+    /// The kind's name on the wire (`quantize`, `fit`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Job::Quantize(_) => "quantize",
+            Job::Convert(_) => "convert",
+            Job::Export(_) => "export",
+            Job::Imatrix(_) => "imatrix",
+            Job::Perplexity(_) => "perplexity",
+            Job::Compare(_) => "compare",
+            Job::Choice(_) => "choice",
+            Job::Bench(_) => "bench",
+            Job::Fit(_) => "fit",
+            Job::Search(_) => "search",
+            Job::Inspect(_) => "inspect",
+            Job::Verify(_) => "verify",
+        }
+    }
+
+    /// Whether the job is heavy (runs a model or rewrites one) rather than a quick look.
+    pub fn is_heavy(&self) -> bool {
+        !matches!(self, Job::Inspect(_) | Job::Verify(_))
+    }
+
+    /// Every path the job reads or writes, with its field name and role, mutable (a server
+    /// resolves and confines them before running the job).
+    pub fn paths_mut(&mut self) -> Vec<(&'static str, PathRole, &mut PathBuf)> {
+        use PathRole::{Input as I, Output as O};
+        let mut v: Vec<(&'static str, PathRole, &mut PathBuf)> = Vec::new();
+        match self {
+            Job::Quantize(j) => {
+                v.push(("model", I, &mut j.model));
+                v.push(("output", O, &mut j.output));
+                if let Some(p) = &mut j.imatrix {
+                    v.push(("imatrix", I, p));
+                }
+                if let Some(c) = &mut j.calibration {
+                    v.push(("calibration.text", I, &mut c.text));
+                }
+            }
+            Job::Convert(j) => {
+                v.push(("model", I, &mut j.model));
+                v.push(("output", O, &mut j.output));
+            }
+            Job::Export(j) => {
+                v.push(("model", I, &mut j.model));
+                v.push(("output", O, &mut j.output));
+            }
+            Job::Imatrix(j) => {
+                if let Some(p) = &mut j.model {
+                    v.push(("model", I, p));
+                }
+                if let Some(p) = &mut j.text {
+                    v.push(("text", I, p));
+                }
+                v.push(("output", O, &mut j.output));
+                for p in &mut j.in_files {
+                    v.push(("in_files", I, p));
+                }
+            }
+            Job::Perplexity(j) => {
+                v.push(("model", I, &mut j.model));
+                v.push(("text", I, &mut j.text));
+            }
+            Job::Compare(j) => {
+                if let Some(p) = &mut j.base {
+                    v.push(("base", I, p));
+                }
+                for p in &mut j.models {
+                    v.push(("models", I, p));
+                }
+                if let Some(p) = &mut j.text {
+                    v.push(("text", I, p));
+                }
+                if let Some(p) = &mut j.base_logits {
+                    v.push(("base_logits", I, p));
+                }
+                if let Some(p) = &mut j.save_base {
+                    v.push(("save_base", O, p));
+                }
+            }
+            Job::Choice(j) => {
+                v.push(("model", I, &mut j.model));
+                v.push(("tasks", I, &mut j.tasks));
+            }
+            Job::Bench(j) => v.push(("model", I, &mut j.model)),
+            Job::Fit(j) => {
+                v.push(("model", I, &mut j.model));
+                if let Some(p) = &mut j.output {
+                    v.push(("output", O, p));
+                }
+                j.settings.paths_mut(&mut v);
+            }
+            Job::Search(j) => {
+                v.push(("model", I, &mut j.model));
+                if let Some(p) = &mut j.recipes_file {
+                    v.push(("recipes_file", I, p));
+                }
+                if let Some(p) = &mut j.out_dir {
+                    v.push(("out_dir", O, p));
+                }
+                j.settings.paths_mut(&mut v);
+            }
+            Job::Inspect(j) => v.push(("path", I, &mut j.path)),
+            Job::Verify(j) => {
+                for p in &mut j.files {
+                    v.push(("files", I, p));
+                }
+            }
+        }
+        v
+    }
+
+    /// Every output path of the job (files or folders it writes).
+    pub fn outputs(&self) -> Vec<PathBuf> {
+        let mut j = self.clone();
+        j.paths_mut().into_iter().filter(|(_, r, _)| *r == PathRole::Output).map(|(_, _, p)| p.clone()).collect()
+    }
+}
+
+/// What a job produced: one variant per kind, each with the id of its registry run when
+/// recorded.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    Quantize(QuantizeOutcome),
+    Convert(ConvertOutcome),
+    Export(ExportOutcome),
+    Imatrix(ImatrixOutcome),
+    Perplexity(PerplexityOutcome),
+    Compare(CompareOutcome),
+    Choice(ChoiceOutcome),
+    Bench(BenchOutcome),
+    Fit(FitOutcome),
+    Search(SearchOutcome),
+    Inspect(InspectOutcome),
+    Verify(VerifyOutcome),
+}
+
+impl Outcome {
+    /// The registry run the job recorded, if any.
+    pub fn run_id(&self) -> Option<i64> {
+        match self {
+            Outcome::Quantize(o) => o.run_id,
+            Outcome::Convert(o) => o.run_id,
+            Outcome::Export(o) => o.run_id,
+            Outcome::Imatrix(o) => o.run_id,
+            Outcome::Perplexity(o) => o.run_id,
+            Outcome::Compare(o) => o.run_ids.last().copied().flatten(),
+            Outcome::Choice(o) => o.run_id,
+            Outcome::Bench(o) => o.run_id,
+            Outcome::Fit(o) => o.run_id,
+            Outcome::Search(o) => o.run_id,
+            Outcome::Inspect(_) | Outcome::Verify(_) => None,
+        }
+    }
+}
+
+/// Run a job to the end in `ctx`: every parallel loop on `ctx.pool`, progress to
+/// `ctx.progress`, the run recorded in `ctx.registry`.
+///
+/// # Errors
+/// A job field that is wrong ([`Error::Field`]), unreadable or invalid inputs (each naming the
+/// file, tensor or key), I/O, [`Error::Cancelled`] (no output left behind).
+pub fn run(job: &Job, ctx: &RunCtx) -> Result<Outcome> {
+    ctx.check_cancel()?;
+    ctx.pool.install(|| match job {
+        Job::Quantize(j) => kinds::quantize::run(j, ctx).map(Outcome::Quantize),
+        Job::Convert(j) => kinds::convert::run(j, ctx).map(Outcome::Convert),
+        Job::Export(j) => kinds::export::run(j, ctx).map(Outcome::Export),
+        Job::Imatrix(j) => kinds::imatrix::run(j, ctx).map(Outcome::Imatrix),
+        Job::Perplexity(j) => kinds::eval::perplexity(j, ctx).map(Outcome::Perplexity),
+        Job::Compare(j) => kinds::eval::compare(j, ctx).map(Outcome::Compare),
+        Job::Choice(j) => kinds::eval::choice(j, ctx).map(Outcome::Choice),
+        Job::Bench(j) => kinds::eval::bench(j, ctx).map(Outcome::Bench),
+        Job::Fit(j) => kinds::fit::run(j, ctx).map(Outcome::Fit),
+        Job::Search(j) => kinds::search::run(j, ctx).map(Outcome::Search),
+        Job::Inspect(j) => kinds::inspect(j).map(Outcome::Inspect),
+        Job::Verify(j) => kinds::verify(j).map(Outcome::Verify),
+    })
+}
+
+/// Parse a job from JSON, naming the field that is wrong.
+///
+/// # Errors
+/// Malformed JSON (field `job`), a missing or unknown `kind`, or a wrong, missing or unknown
+/// field ([`Error::Field`] with its path, e.g. `calibration.ctx`).
+pub fn from_json(body: &[u8]) -> Result<Job> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| Error::field("job", e.to_string()))?;
+    let serde_json::Value::Object(mut fields) = v else {
+        return Err(Error::field("job", "expected a JSON object with a \"kind\""));
+    };
+    let kind = match fields.remove("kind") {
+        Some(serde_json::Value::String(k)) => k,
+        Some(_) => return Err(Error::field("kind", "expected a string")),
+        None => return Err(Error::field("kind", format!("missing; one of {}", KINDS.join(", ")))),
+    };
+    let rest = serde_json::Value::Object(fields);
+    Ok(match kind.as_str() {
+        "quantize" => Job::Quantize(part(rest)?),
+        "convert" => Job::Convert(part(rest)?),
+        "export" => Job::Export(part(rest)?),
+        "imatrix" => Job::Imatrix(part(rest)?),
+        "perplexity" => Job::Perplexity(part(rest)?),
+        "compare" => Job::Compare(part(rest)?),
+        "choice" => Job::Choice(part(rest)?),
+        "bench" => Job::Bench(part(rest)?),
+        "fit" => Job::Fit(part(rest)?),
+        "search" => Job::Search(part(rest)?),
+        "inspect" => Job::Inspect(part(rest)?),
+        "verify" => Job::Verify(part(rest)?),
+        other => return Err(Error::field("kind", format!("unknown kind {other:?}; one of {}", KINDS.join(", ")))),
+    })
+}
+
+/// Every job kind's name.
+pub const KINDS: [&str; 12] = [
+    "quantize",
+    "convert",
+    "export",
+    "imatrix",
+    "perplexity",
+    "compare",
+    "choice",
+    "bench",
+    "fit",
+    "search",
+    "inspect",
+    "verify",
+];
+
+/// One kind's fields, with the path of the first wrong one.
+fn part<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        let mut field = if path == "." { String::new() } else { path };
+        // An unknown or missing field is reported at its parent: name it.
+        for prefix in ["unknown field `", "missing field `"] {
+            let name = message.strip_prefix(prefix).and_then(|r| r.split('`').next());
+            if let Some(name) = name.filter(|n| field != *n && !field.ends_with(&format!(".{n}"))) {
+                field = if field.is_empty() { name.to_string() } else { format!("{field}.{name}") };
+            }
+        }
+        Error::field(if field.is_empty() { "job".to_string() } else { field }, message)
+    })
+}
+
+/// Refuse an output that is one of the inputs.
+pub(crate) fn refuse_overwrite(field: &str, input: &std::path::Path, output: &std::path::Path) -> Result<()> {
+    let same = match (input.canonicalize(), output.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    };
+    if same {
+        return Err(Error::field(
+            field,
+            format!("{} is the input file; refusing to overwrite the input", output.display()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_parse_with_defaults_and_round_trip() {
+        let j = from_json(br#"{"kind": "quantize", "model": "a.gguf", "output": "b.gguf", "type": "Q4_K_M"}"#).unwrap();
+        let Job::Quantize(q) = &j else { panic!("{j:?}") };
+        assert_eq!(q.ftype, "Q4_K_M");
+        assert!(!q.dry_run && q.calibration.is_none());
+        assert_eq!(j.kind(), "quantize");
+        let back = from_json(&serde_json::to_vec(&j).unwrap()).unwrap();
+        assert_eq!(back, j);
+
+        let f = from_json(br#"{"kind": "fit", "model": "m.gguf", "max_size": "90MB", "settings": {"text": "t.txt"}, "dry_run": true}"#)
+            .unwrap();
+        let Job::Fit(fit) = &f else { panic!() };
+        assert_eq!(fit.target().unwrap(), crate::fit::Target::MaxSize(90_000_000));
+        assert_eq!(fit.settings.eval_ctx, 256);
+        assert_eq!(from_json(&serde_json::to_vec(&f).unwrap()).unwrap(), f);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let field_of = |body: &str| match from_json(body.as_bytes()) {
+            Err(Error::Field { field, .. }) => field,
+            other => panic!("{body}: {other:?}"),
+        };
+        assert_eq!(
+            field_of(r#"{"kind": "quantize", "model": "a", "output": "b", "type": "Q4_0", "bogus": 1}"#),
+            "bogus"
+        );
+        assert_eq!(field_of(r#"{"kind": "quantize", "model": "a", "type": "Q4_0"}"#), "output");
+        assert_eq!(
+            field_of(r#"{"kind": "fit", "model": "a", "settings": {"text": "t", "band": 2, "nope": 0}}"#),
+            "settings.nope"
+        );
+        assert_eq!(field_of(r#"{"kind": "quantize", "model": 3, "output": "b", "type": "Q4_0"}"#), "model");
+        assert_eq!(
+            field_of(
+                r#"{"kind": "quantize", "model": "a", "output": "b", "type": "Q4_0", "calibration": {"method": "gptq", "text": "t", "ctx": "x"}}"#
+            ),
+            "calibration.ctx"
+        );
+        assert_eq!(field_of(r#"{"kind": "nope"}"#), "kind");
+        assert_eq!(field_of(r#"{"model": "a"}"#), "kind");
+        assert_eq!(field_of(r#"{"kind": "quantize""#), "job");
+        let unknown = from_json(br#"{"kind": "quantize", "model": "a", "output": "b", "type": "Q4_0", "bogus": 1}"#);
+        assert!(unknown.unwrap_err().to_string().contains("bogus"));
+    }
+
+    #[test]
+    fn paths_are_listed_with_their_roles() {
+        let mut j = from_json(
+            br#"{"kind": "quantize", "model": "a.gguf", "output": "b.gguf", "type": "Q4_0", "imatrix": "i.gguf"}"#,
+        )
+        .unwrap();
+        let p: Vec<(&str, PathRole)> = j.paths_mut().into_iter().map(|(f, r, _)| (f, r)).collect();
+        assert_eq!(p, [("model", PathRole::Input), ("output", PathRole::Output), ("imatrix", PathRole::Input)]);
+        assert_eq!(j.outputs(), [PathBuf::from("b.gguf")]);
+    }
+
+    #[test]
+    fn fit_needs_exactly_one_target() {
+        let j = |extra: &str| {
+            let body = format!(r#"{{"kind": "fit", "model": "m", "settings": {{"text": "t"}}{extra}}}"#);
+            let Job::Fit(f) = from_json(body.as_bytes()).unwrap() else { panic!() };
+            f.target()
+        };
+        assert!(matches!(j(""), Err(Error::Field { .. })));
+        assert!(matches!(j(r#", "max_bpw": 4, "max_kld": 0.1"#), Err(Error::Field { .. })));
+        assert!(matches!(j(r#", "max_kld": -1"#), Err(Error::Field { field, .. }) if field == "fit.max_kld"));
+        assert!(j(r#", "max_ram": 1000000000"#).is_ok());
+    }
+}

@@ -1,0 +1,103 @@
+//! The report's data gathered from the registry: a search run brings all its candidates; fit,
+//! quantize and eval runs are one point each.
+
+use super::{Point, ReportData};
+use crate::error::{Error, Result};
+use crate::job::record::metric;
+use crunch_registry::{Filter, Registry, RunRecord};
+use std::collections::BTreeMap;
+
+fn m(r: &RunRecord, k: &str) -> Option<f64> {
+    r.summary.metrics.get(k).copied()
+}
+
+fn point_of(r: &RunRecord) -> Point {
+    Point {
+        name: r.summary.label.clone().unwrap_or_else(|| format!("run {}", r.summary.id)),
+        kind: r.summary.kind.clone(),
+        run_id: Some(r.summary.id),
+        file_bytes: r.summary.output_bytes.or(m(r, metric::FILE_BYTES).map(|v| v as u64)).unwrap_or(0),
+        bpw: m(r, metric::BPW).unwrap_or(0.0),
+        predicted_kld: m(r, metric::PREDICTED_KLD),
+        kld: m(r, metric::KLD),
+        ppl: m(r, metric::PPL),
+        top1: m(r, metric::TOP1),
+        tokens_per_s: m(r, metric::TOKENS_PER_S),
+        ram_bytes: m(r, metric::RAM_BYTES).map(|v| v as u64),
+        pareto: false,
+        types: r.tensors.iter().map(|t| (t.name.clone(), t.ty.clone())).collect(),
+    }
+}
+
+/// Gather what the page shows from the registry.
+///
+/// # Errors
+/// Registry errors; no run ids given and no search run recorded.
+pub fn collect(reg: &Registry, ids: &[i64]) -> Result<ReportData> {
+    let ids: Vec<i64> = if ids.is_empty() {
+        vec![reg
+            .latest(Some("search"))?
+            .ok_or_else(|| Error::Invalid("no search run in the registry; give run ids".into()))?]
+    } else {
+        ids.to_vec()
+    };
+    let mut d = ReportData { title: "crunch report".into(), ..Default::default() };
+    let mut subtitle = Vec::new();
+    for id in ids {
+        let r = reg.get(id)?;
+        if r.summary.kind == "search" {
+            let children = reg.list(&Filter { parent: Some(id), ..Default::default() })?;
+            let fronts: BTreeMap<String, bool> = r
+                .data
+                .get("candidates")
+                .and_then(|c| c.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| {
+                            Some((c.get("name")?.as_str()?.to_string(), c.get("pareto_size_kld")?.as_bool()?))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            for c in children.iter().rev() {
+                let full = reg.get(c.id)?;
+                let mut p = point_of(&full);
+                p.kind = if full.summary.kind == "fit" { "fit".into() } else { "preset".into() };
+                p.pareto = fronts.get(&p.name).copied().unwrap_or(false);
+                if full.summary.status == crunch_registry::RunStatus::Ok {
+                    d.points.push(p);
+                }
+            }
+            if let Some(s) = r.data.get("sensitivity") {
+                d.sensitivity = serde_json::from_value(s.clone()).unwrap_or_default();
+            }
+            d.rank_correlation = m(&r, metric::KLD_RANK_CORRELATION);
+            let model = r.inputs.iter().find(|i| i.role == "model").map(|i| i.path.clone()).unwrap_or_default();
+            subtitle.push(format!("search run {id} on {model}, {} candidates", children.len()));
+        } else {
+            d.points.push(point_of(&r));
+            subtitle.push(format!("{} run {id}", r.summary.kind));
+        }
+    }
+    d.base_ppl = None;
+    for id in d.points.iter().filter_map(|p| p.run_id) {
+        if let Some(b) = reg.get(id)?.summary.metrics.get(metric::PPL_BASE) {
+            d.base_ppl = Some(*b);
+            break;
+        }
+    }
+    if d.points.iter().all(|p| !p.pareto) {
+        let pts: Vec<Vec<f64>> =
+            d.points.iter().map(|p| vec![p.file_bytes as f64, p.kld.unwrap_or(f64::INFINITY)]).collect();
+        for (p, f) in d.points.iter_mut().zip(crate::search::pareto_front(&pts)) {
+            p.pareto = f && p.kld.is_some();
+        }
+    }
+    if d.rank_correlation.is_none() {
+        let pm: Vec<(f64, f64)> = d.points.iter().filter_map(|p| Some((p.predicted_kld?, p.kld?))).collect();
+        let (a, b): (Vec<f64>, Vec<f64>) = pm.into_iter().unzip();
+        d.rank_correlation = crate::search::spearman(&a, &b);
+    }
+    d.subtitle = subtitle.join("; ");
+    Ok(d)
+}
