@@ -3,7 +3,7 @@
 //! custom alignment and a few tensor types; safetensors files with every convertible dtype, scalars,
 //! empty tensors, metadata, and a sharded checkpoint's index.
 
-use crunch_core::gguf::{GgufWriter, Metadata, TensorSpec as GgufSpec, Value, ValueType};
+use crunch_core::gguf::{Array, GgufWriter, Metadata, TensorSpec as GgufSpec, Value, ValueType};
 use crunch_core::safetensors::{Dtype, SafetensorsWriter, ShardedWriter, TensorSpec};
 use crunch_core::GgmlType;
 use std::collections::BTreeMap;
@@ -47,17 +47,8 @@ fn main() -> Res {
     all.set("u64", Value::U64(1 << 40));
     all.set("i64", Value::I64(-(1 << 40)));
     all.set("f64", Value::F64(-0.25));
-    all.set(
-        "tokenizer.ggml.tokens",
-        Value::Array(ValueType::String, vec![Value::String(b"<s>".to_vec()), Value::String(b"a".to_vec())]),
-    );
-    all.set(
-        "nested",
-        Value::Array(
-            ValueType::Array,
-            vec![Value::Array(ValueType::I32, vec![Value::I32(1), Value::I32(2)]), Value::Array(ValueType::U8, vec![])],
-        ),
-    );
+    all.set("tokenizer.ggml.tokens", Value::strings([&b"<s>"[..], b"a"]));
+    all.set("nested", Value::from(vec![Array::from(vec![1i32, 2]), Array::empty(ValueType::U8)]));
     gguf(gguf_dir, "meta_only.gguf", all.clone(), &[])?;
     gguf(gguf_dir, "empty.gguf", Metadata::default(), &[])?;
     // GGUF: tensors of several types, default and custom alignment.

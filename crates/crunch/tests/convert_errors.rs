@@ -382,10 +382,7 @@ fn bad_export_inputs_fail_cleanly() {
         if with_vocab {
             m.set("tokenizer.ggml.model", Value::string("gpt2"));
             m.set("tokenizer.ggml.pre", Value::string("gpt-2"));
-            m.set(
-                "tokenizer.ggml.tokens",
-                Value::Array(crunch_core::gguf::ValueType::String, vec![Value::string("a")]),
-            );
+            m.set("tokenizer.ggml.tokens", Value::strings(["a"]));
         }
         let p = s.join(name);
         let specs = vec![GgufSpec { name: "token_embd.weight".into(), ty: GgmlType::F32, dims: vec![8, 1] }];

@@ -5,7 +5,7 @@
 
 use super::{Imatrix, ImatrixEntry};
 use crate::error::{CalibError, Result};
-use crunch_core::gguf::{GgufFile, GgufWriter, Metadata, TensorSpec, Value, ValueType};
+use crunch_core::gguf::{Array, GgufFile, GgufWriter, Metadata, TensorSpec, Value};
 use crunch_core::GgmlType;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,8 +32,8 @@ pub fn read(path: &Path) -> Result<Imatrix> {
     let chunk_size = u32_key(KEY_CHUNK_SIZE)?;
     let datasets = match md.get(KEY_DATASETS) {
         None => None,
-        Some(Value::Array(ValueType::String, items)) => {
-            Some(items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect::<Vec<_>>())
+        Some(Value::Array(Array::String(items))) => {
+            Some(items.iter_str().filter_map(|s| s.map(str::to_string)).collect::<Vec<_>>())
         }
         Some(v) => {
             return Err(CalibError::bad(path, format!("{KEY_DATASETS} should be an array of strings, found {v}")))
@@ -102,10 +102,7 @@ fn dims(ne0: usize, ne1: usize) -> Vec<u64> {
 pub fn write(m: &Imatrix, path: &Path) -> Result<()> {
     let mut md = Metadata::default();
     md.set("general.type", Value::string("imatrix"));
-    md.set(
-        KEY_DATASETS,
-        Value::Array(ValueType::String, m.datasets.iter().map(|d| Value::string(d.clone())).collect()),
-    );
+    md.set(KEY_DATASETS, Value::strings(&m.datasets));
     md.set(KEY_CHUNK_COUNT, Value::U32(m.chunk_count));
     md.set(KEY_CHUNK_SIZE, Value::U32(m.chunk_size));
     let mut specs = Vec::new();

@@ -7,6 +7,10 @@ use std::path::PathBuf;
 pub enum GgufError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// An error of the file at `path` (what [`crate::gguf::GgufFile::open`] returns; the error
+    /// itself is in the message, not a separate cause, so it is printed once).
+    #[error("{path}: {error}")]
+    File { path: PathBuf, error: Box<GgufError> },
     #[error("not a GGUF file: magic is {found:?}, expected \"GGUF\"")]
     BadMagic { found: [u8; 4] },
     #[error("GGUF version {0} is not supported (crunch reads versions 2 and 3)")]
@@ -41,10 +45,41 @@ pub enum GgufError {
     BadMetadata { key: String, reason: String },
     #[error("tensor {tensor:?}: {reason}")]
     Write { tensor: String, reason: String },
+    #[error(
+        "holding {what} would take the parsed header to {need} bytes of memory, above its limit of {limit} \
+         ({factor} times the header bytes read plus {slack} bytes)",
+        factor = super::limits::HEADER_MEMORY_FACTOR,
+        slack = super::limits::HEADER_MEMORY_SLACK
+    )]
+    MemoryLimit { what: String, need: u64, limit: u64 },
 }
 
 impl GgufError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         GgufError::Io { path: path.into(), source }
+    }
+
+    /// This error as an error of the file at `path` (unchanged if it names a file already).
+    pub fn in_file(self, path: impl Into<PathBuf>) -> Self {
+        match self {
+            GgufError::Io { .. } | GgufError::File { .. } => self,
+            e => GgufError::File { path: path.into(), error: Box::new(e) },
+        }
+    }
+
+    /// The file this error is about, if it names one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            GgufError::Io { path, .. } | GgufError::File { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// What went wrong, without the file: the error inside [`GgufError::File`], else this one.
+    pub fn kind(&self) -> &GgufError {
+        match self {
+            GgufError::File { error, .. } => error,
+            e => e,
+        }
     }
 }

@@ -13,7 +13,7 @@ pub mod writer;
 
 pub use error::GgufError;
 pub use reader::{align_up, parse_header, GgufHeader};
-pub use value::{Value, ValueType};
+pub use value::{Array, Strings, Value, ValueType};
 pub use writer::{encode_header, layout, GgufWriter, TensorSpec};
 
 use crate::mmap::Mapped;
@@ -27,6 +27,11 @@ pub struct Metadata {
 }
 
 impl Metadata {
+    /// Room for `n` entries.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Metadata { entries: Vec::with_capacity(n) }
+    }
+
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
@@ -147,14 +152,16 @@ pub struct GgufFile {
 }
 
 impl GgufFile {
-    /// Open and validate a GGUF file; tensor data stays on disk until touched.
+    /// Open and validate a GGUF file; tensor data stays on disk until touched. The parsed header
+    /// takes at most the memory [`parse_header`] documents.
     ///
     /// # Errors
-    /// I/O errors and every validation error of [`parse_header`].
+    /// I/O errors and every validation error of [`parse_header`], each naming the file
+    /// ([`GgufError::Io`] or [`GgufError::File`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref().to_path_buf();
         let map = Mapped::open(&path).map_err(|e| GgufError::io(&path, e))?;
-        let header = parse_header(map.bytes())?;
+        let header = parse_header(map.bytes()).map_err(|e| e.in_file(&path))?;
         Ok(GgufFile { path, header, map })
     }
 

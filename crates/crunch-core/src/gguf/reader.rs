@@ -1,11 +1,15 @@
 //! Parsing a GGUF header (metadata and tensor infos) from bytes, checking everything first.
+//!
+//! Every count is checked against a named limit and against the bytes left before anything is
+//! allocated, and every allocation is charged to the header's memory budget first
+//! ([`HEADER_MEMORY_FACTOR`] times the header bytes plus [`HEADER_MEMORY_SLACK`]).
 
 use super::error::GgufError;
 use super::limits::*;
-use super::value::{Value, ValueType};
+use super::value::{Array, Strings, Value, ValueType};
 use super::{Metadata, TensorInfo};
 use crate::GgmlType;
-use std::collections::HashSet;
+use std::mem::size_of;
 
 /// Everything in a GGUF file but the tensor data.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,6 +28,23 @@ type Result<T> = std::result::Result<T, GgufError>;
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Bytes of memory allocated for the parsed header so far, as [`heap_cost`] counts them.
+    charged: u64,
+}
+
+/// What an allocation of `bytes` costs with the allocator's rounding and bookkeeping (glibc's malloc
+/// takes 32 bytes for anything up to 24, then the size plus 8 rounded up to 16; this is never less).
+fn heap_cost(bytes: u64) -> u64 {
+    if bytes == 0 {
+        0
+    } else {
+        bytes.saturating_add(16).next_multiple_of(16).max(32)
+    }
+}
+
+/// [`heap_cost`] of a vector of `n` `T`s.
+fn vec_cost<T>(n: u64) -> u64 {
+    heap_cost(n.saturating_mul(size_of::<T>() as u64))
 }
 
 impl<'a> Cursor<'a> {
@@ -70,9 +91,30 @@ impl<'a> Cursor<'a> {
         self.take(len, what)
     }
 
-    fn text(&mut self, limit: u64, what: &dyn Fn() -> String) -> Result<String> {
+    /// Charge `bytes` of memory about to be allocated to the header's budget: at most
+    /// [`HEADER_MEMORY_FACTOR`] times the bytes read so far plus `ahead` (bytes the value being read
+    /// is known to take still, and checked to be in the file), plus [`HEADER_MEMORY_SLACK`].
+    fn charge(&mut self, bytes: u64, ahead: u64, what: &dyn Fn() -> String) -> Result<()> {
+        debug_assert!(ahead <= self.left() as u64);
+        let need = self.charged.saturating_add(bytes);
+        let limit = HEADER_MEMORY_FACTOR.saturating_mul(self.pos as u64 + ahead).saturating_add(HEADER_MEMORY_SLACK);
+        if need > limit {
+            return Err(GgufError::MemoryLimit { what: what(), need, limit });
+        }
+        self.charged = need;
+        Ok(())
+    }
+
+    /// A length-prefixed byte string copied out, its memory charged.
+    fn owned_bytes(&mut self, limit: u64, what: &dyn Fn() -> String) -> Result<Vec<u8>> {
         let b = self.bytes(limit, what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| GgufError::BadUtf8 { what: what() })
+        self.charge(heap_cost(b.len() as u64), 0, what)?;
+        Ok(b.to_vec())
+    }
+
+    fn text(&mut self, limit: u64, what: &dyn Fn() -> String) -> Result<String> {
+        let b = self.owned_bytes(limit, what)?;
+        String::from_utf8(b).map_err(|_| GgufError::BadUtf8 { what: what() })
     }
 
     /// A count that will drive an allocation: bounded by `limit` and by how many items of at
@@ -108,33 +150,84 @@ fn read_value(c: &mut Cursor, ty: ValueType, key: &str, depth: usize) -> Result<
         ValueType::U64 => Value::U64(u64::from_le_bytes(c.array(&what)?)),
         ValueType::I64 => Value::I64(i64::from_le_bytes(c.array(&what)?)),
         ValueType::F64 => Value::F64(f64::from_le_bytes(c.array(&what)?)),
+        ValueType::Bool => Value::Bool(bool_from(c.array::<1>(&what)?[0], key)?),
+        ValueType::String => Value::String(c.owned_bytes(MAX_STRING_LEN, &what)?),
+        ValueType::Array => Value::Array(read_array(c, key, depth)?),
+    })
+}
+
+fn bool_from(b: u8, key: &str) -> Result<bool> {
+    match b {
+        0 | 1 => Ok(b == 1),
+        _ => Err(GgufError::BadMetadata { key: key.into(), reason: format!("bool byte is {b}, not 0 or 1") }),
+    }
+}
+
+/// `n` fixed-size elements of `N` bytes each, converted by `conv` into a vector charged first.
+fn fixed<T, const N: usize>(c: &mut Cursor, n: u64, key: &str, conv: impl Fn([u8; N]) -> T) -> Result<Vec<T>> {
+    let what = || format!("elements of array {key:?}");
+    let bytes = c.take(n * N as u64, &what)?;
+    c.charge(vec_cost::<T>(n), 0, &what)?;
+    let mut v = Vec::with_capacity(n as usize);
+    v.extend(bytes.chunks_exact(N).map(|b| conv(b.try_into().expect("chunks of N bytes"))));
+    Ok(v)
+}
+
+/// An array value after its type code: element type, count, elements. Depth counts the arrays
+/// around this one.
+fn read_array(c: &mut Cursor, key: &str, depth: usize) -> Result<Array> {
+    if depth >= MAX_ARRAY_DEPTH {
+        return Err(GgufError::TooLarge {
+            what: format!("array nesting depth of {key:?}"),
+            value: depth as u64 + 1,
+            limit: MAX_ARRAY_DEPTH as u64,
+        });
+    }
+    let code = c.u32(&|| format!("array element type of {key:?}"))?;
+    let elem = ValueType::from_code(code).ok_or_else(|| GgufError::BadValueType { key: key.into(), code })?;
+    let n = c.count(MAX_ARRAY_LEN, elem.min_encoded_size(), &|| format!("array length of {key:?}"))?;
+    let what = || format!("array {key:?}");
+    Ok(match elem {
+        ValueType::U8 => Array::U8(fixed(c, n, key, |[b]| b)?),
+        ValueType::I8 => Array::I8(fixed(c, n, key, |[b]| b as i8)?),
+        ValueType::U16 => Array::U16(fixed(c, n, key, u16::from_le_bytes)?),
+        ValueType::I16 => Array::I16(fixed(c, n, key, i16::from_le_bytes)?),
+        ValueType::U32 => Array::U32(fixed(c, n, key, u32::from_le_bytes)?),
+        ValueType::I32 => Array::I32(fixed(c, n, key, i32::from_le_bytes)?),
+        ValueType::F32 => Array::F32(fixed(c, n, key, f32::from_le_bytes)?),
+        ValueType::U64 => Array::U64(fixed(c, n, key, u64::from_le_bytes)?),
+        ValueType::I64 => Array::I64(fixed(c, n, key, i64::from_le_bytes)?),
+        ValueType::F64 => Array::F64(fixed(c, n, key, f64::from_le_bytes)?),
         ValueType::Bool => {
-            let b = c.array::<1>(&what)?[0];
-            if b > 1 {
-                return Err(GgufError::BadMetadata {
-                    key: key.into(),
-                    reason: format!("bool byte is {b}, not 0 or 1"),
-                });
-            }
-            Value::Bool(b == 1)
+            let bytes = c.take(n, &what)?;
+            c.charge(vec_cost::<bool>(n), 0, &what)?;
+            Array::Bool(bytes.iter().map(|&b| bool_from(b, key)).collect::<Result<Vec<_>>>()?)
         }
-        ValueType::String => Value::String(c.bytes(MAX_STRING_LEN, &what)?.to_vec()),
-        ValueType::Array => {
-            if depth >= MAX_ARRAY_DEPTH {
-                return Err(GgufError::TooLarge {
-                    what: format!("array nesting depth of {key:?}"),
-                    value: depth as u64 + 1,
-                    limit: MAX_ARRAY_DEPTH as u64,
-                });
+        ValueType::String => {
+            // First pass: check every length and find the total, so the buffer is allocated once,
+            // at its size.
+            let start = c.pos;
+            let mut total = 0u64;
+            for _ in 0..n {
+                total += c.bytes(MAX_STRING_LEN, &what)?.len() as u64;
             }
-            let code = c.u32(&|| format!("array element type of {key:?}"))?;
-            let elem = ValueType::from_code(code).ok_or_else(|| GgufError::BadValueType { key: key.into(), code })?;
-            let n = c.count(MAX_ARRAY_LEN, elem.min_encoded_size(), &|| format!("array length of {key:?}"))?;
+            let ahead = (c.pos - start) as u64;
+            c.pos = start;
+            let cost = heap_cost(size_of::<Strings>() as u64) + heap_cost(total) + vec_cost::<usize>(n);
+            c.charge(cost, ahead, &what)?;
+            let mut s = Strings::with_capacity(n as usize, total as usize);
+            for _ in 0..n {
+                s.push(c.bytes(MAX_STRING_LEN, &what)?);
+            }
+            Array::from(s)
+        }
+        ValueType::Array => {
+            c.charge(vec_cost::<Array>(n), n * ValueType::Array.min_encoded_size() as u64, &what)?;
             let mut items = Vec::with_capacity(n as usize);
             for _ in 0..n {
-                items.push(read_value(c, elem, key, depth + 1)?);
+                items.push(read_array(c, key, depth + 1)?);
             }
-            Value::Array(elem, items)
+            Array::Array(items)
         }
     })
 }
@@ -146,10 +239,14 @@ pub fn align_up(x: u64, align: u64) -> Option<u64> {
 
 /// Parse and validate the header of a GGUF file held in `bytes` (normally a memory map).
 ///
+/// Memory: the parsed header takes at most [`HEADER_MEMORY_FACTOR`] (4) times the header's bytes
+/// plus [`HEADER_MEMORY_SLACK`] (1 MiB), whatever the file holds; see [`HEADER_MEMORY_FACTOR`].
+///
 /// # Errors
-/// Any malformed, truncated, oversized or inconsistent field, named in the error.
+/// Any malformed, truncated, oversized or inconsistent field, named in the error; a header that
+/// would take more memory than that ([`GgufError::MemoryLimit`]).
 pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader> {
-    let mut c = Cursor { buf: bytes, pos: 0 };
+    let mut c = Cursor { buf: bytes, pos: 0, charged: 0 };
     let magic: [u8; 4] = c.array(&|| "magic".into())?;
     if magic != MAGIC {
         return Err(GgufError::BadMagic { found: magic });
@@ -168,17 +265,18 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader> {
         return Err(GgufError::TooLarge { what: "tensor count".into(), value: n_tensors_raw, limit: MAX_TENSORS });
     }
 
-    let mut metadata = Metadata::default();
-    let mut seen = HashSet::new();
+    c.charge(vec_cost::<(String, Value)>(n_kv), n_kv * (8 + 4 + 1), &|| "the metadata".into())?;
+    let mut metadata = Metadata::with_capacity(n_kv as usize);
     for i in 0..n_kv {
         let key = c.text(MAX_KEY_LEN, &|| format!("metadata key #{i}"))?;
         let code = c.u32(&|| format!("value type of {key:?}"))?;
         let ty = ValueType::from_code(code).ok_or_else(|| GgufError::BadValueType { key: key.clone(), code })?;
         let value = read_value(&mut c, ty, &key, 0)?;
-        if !seen.insert(key.clone()) {
-            return Err(GgufError::DuplicateKey(key));
-        }
         metadata.push(key, value);
+    }
+    c.charge(vec_cost::<&str>(n_kv), 0, &|| "the list of keys checked for duplicates".into())?;
+    if let Some(key) = first_duplicate(metadata.iter().map(|(k, _)| k).collect()) {
+        return Err(GgufError::DuplicateKey(key.to_string()));
     }
 
     let alignment = match metadata.get("general.alignment") {
@@ -195,8 +293,8 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader> {
             have: c.left() as u64,
         });
     }
+    c.charge(vec_cost::<TensorInfo>(n_tensors_raw), n_tensors_raw * 32, &|| "the tensor infos".into())?;
     let mut tensors = Vec::with_capacity(n_tensors_raw as usize);
-    let mut names = HashSet::new();
     for i in 0..n_tensors_raw {
         let name = c.text(MAX_KEY_LEN, &|| format!("name of tensor #{i}"))?;
         if name.len() as u64 > MAX_TENSOR_NAME_LEN {
@@ -213,10 +311,11 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader> {
                 reason: format!("has {n_dims} dimensions; 1 to {MAX_DIMS} are allowed"),
             });
         }
-        let mut dims = Vec::with_capacity(n_dims as usize);
-        for d in 0..n_dims {
-            dims.push(c.u64(&|| format!("dimension {d} of tensor {name:?}"))?);
-        }
+        let dims_what = || format!("dimensions of tensor {name:?}");
+        let dim_bytes = c.take(8 * n_dims as u64, &dims_what)?;
+        c.charge(vec_cost::<u64>(n_dims as u64), 0, &dims_what)?;
+        let dims: Vec<u64> =
+            dim_bytes.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
         let code = c.u32(&|| format!("type of tensor {name:?}"))?;
         let ty =
             GgmlType::from_code(code).ok_or_else(|| GgufError::UnknownTensorType { tensor: name.clone(), code })?;
@@ -226,10 +325,11 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader> {
         if offset % alignment != 0 {
             return Err(GgufError::Misaligned { tensor: info.name, offset, alignment });
         }
-        if !names.insert(info.name.clone()) {
-            return Err(GgufError::DuplicateTensor(info.name));
-        }
         tensors.push(info);
+    }
+    c.charge(vec_cost::<&str>(n_tensors_raw), 0, &|| "the list of tensor names checked for duplicates".into())?;
+    if let Some(name) = first_duplicate(tensors.iter().map(|t| t.name.as_str()).collect()) {
+        return Err(GgufError::DuplicateTensor(name.to_string()));
     }
 
     let header_end = c.pos as u64;
@@ -253,13 +353,23 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader> {
         });
     }
     let data_len = bytes.len() as u64 - data_start;
+    c.charge(vec_cost::<Span>(n_tensors_raw), 0, &|| "the tensor layout check".into())?;
     check_layout(&tensors, data_len)?;
     Ok(GgufHeader { version, metadata, tensors, alignment, data_start })
 }
 
+/// The smallest name that appears more than once in `names` (sorted in place).
+fn first_duplicate(mut names: Vec<&str>) -> Option<&str> {
+    names.sort_unstable();
+    names.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
+/// A tensor's data: start, end, name.
+type Span<'a> = (u64, u64, &'a str);
+
 /// Every tensor lies inside the data section and no two overlap.
 fn check_layout(tensors: &[TensorInfo], data_len: u64) -> Result<()> {
-    let mut spans: Vec<(u64, u64, &str)> = Vec::with_capacity(tensors.len());
+    let mut spans: Vec<Span> = Vec::with_capacity(tensors.len());
     for t in tensors {
         let n = t.checked_n_bytes()?;
         let end = t.offset.saturating_add(n);

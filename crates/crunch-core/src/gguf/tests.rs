@@ -19,17 +19,8 @@ fn sample_metadata() -> Metadata {
     m.set("a.u64", Value::U64(u64::MAX));
     m.set("a.i64", Value::I64(i64::MIN));
     m.set("a.f64", Value::F64(-2.25));
-    m.set("a.strs", Value::Array(ValueType::String, vec![Value::string("x"), Value::string("")]));
-    m.set(
-        "a.nested",
-        Value::Array(
-            ValueType::Array,
-            vec![
-                Value::Array(ValueType::I32, vec![Value::I32(1), Value::I32(2)]),
-                Value::Array(ValueType::F32, vec![]),
-            ],
-        ),
-    );
+    m.set("a.strs", Value::strings(["x", ""]));
+    m.set("a.nested", Value::from(vec![Array::from(vec![1i32, 2]), Array::empty(ValueType::F32)]));
     m
 }
 
@@ -232,14 +223,117 @@ fn rejects_duplicate_keys() {
 
 #[test]
 fn rejects_deep_nesting() {
-    let mut v = Value::Array(ValueType::U8, vec![]);
-    for _ in 0..MAX_ARRAY_DEPTH + 1 {
-        v = Value::Array(ValueType::Array, vec![v]);
+    let mut a = Array::empty(ValueType::U8);
+    for _ in 0..MAX_ARRAY_DEPTH {
+        a = Array::Array(vec![a]);
     }
     let mut m = Metadata::default();
-    m.set("deep", v);
+    m.set("deep", Value::Array(a));
     let h = GgufHeader { version: 3, metadata: m, tensors: vec![], alignment: 32, data_start: 0 };
     assert!(matches!(err(&encode_header(&h)), GgufError::TooLarge { .. }));
+}
+
+#[test]
+fn accepts_the_deepest_nesting_allowed() {
+    let mut a = Array::from(vec![7u8]);
+    for _ in 1..MAX_ARRAY_DEPTH {
+        a = Array::Array(vec![a]);
+    }
+    let mut m = Metadata::default();
+    m.set("deep", Value::Array(a));
+    let h = GgufHeader { version: 3, metadata: m.clone(), tensors: vec![], alignment: 32, data_start: 0 };
+    assert_eq!(parse_header(&encode_header(&h)).unwrap().metadata, m);
+}
+
+fn header_of(m: Metadata) -> Vec<u8> {
+    encode_header(&GgufHeader { version: 3, metadata: m, tensors: vec![], alignment: 32, data_start: 0 })
+}
+
+#[test]
+fn string_and_nested_arrays_round_trip() {
+    let strings = Array::from_strings([&b"hello"[..], b"", b"\xff\xfe not UTF-8", "\u{2581}tok".as_bytes(), b""]);
+    let nested = Array::Array(vec![
+        strings.clone(),
+        Array::Array(vec![Array::from(vec![-1i8, 2]), Array::empty(ValueType::String), Array::Array(vec![])]),
+        Array::from(vec![true, false]),
+        Array::from(vec![u64::MAX]),
+        Array::from(vec![f64::NAN, -0.0]),
+    ]);
+    let mut m = Metadata::default();
+    m.set("strings", Value::Array(strings.clone()));
+    m.set("nested", Value::Array(nested.clone()));
+    m.set("empty.strings", Value::Array(Array::empty(ValueType::String)));
+    let bytes = header_of(m);
+    let back = parse_header(&bytes).unwrap();
+    // byte for byte, NaN included
+    assert_eq!(encode_header(&back), bytes);
+    assert_eq!(back.metadata.get("strings"), Some(&Value::Array(strings)));
+    let a = back.metadata.get("nested").and_then(Value::as_array).unwrap();
+    assert_eq!((a.elem_type(), a.len()), (ValueType::Array, 5));
+    let inner = a.as_arrays().unwrap();
+    let s = inner[0].as_strings().unwrap();
+    assert_eq!(s.len(), 5);
+    assert_eq!(s.get(2), Some(&b"\xff\xfe not UTF-8"[..]));
+    assert_eq!(s.iter_str().map(|x| x.is_some()).collect::<Vec<_>>(), [true, true, false, true, true]);
+    assert_eq!(inner[1].as_arrays().unwrap()[0].as_i8s(), Some(&[-1i8, 2][..]));
+    assert_eq!(inner[1].as_arrays().unwrap()[1].elem_type(), ValueType::String);
+    assert!(inner[4].as_f64s().unwrap()[0].is_nan());
+    assert_eq!(back.metadata.get("empty.strings").and_then(Value::as_array).map(Array::len), Some(0));
+}
+
+#[test]
+fn rejects_bool_arrays_with_other_bytes() {
+    let mut m = Metadata::default();
+    m.set("flags", Value::from(vec![true, false, true]));
+    let mut b = header_of(m);
+    let at = find(&b, b"flags") + 5 + 4 + 4 + 8 + 1;
+    assert_eq!(b[at], 0);
+    b[at] = 2;
+    assert!(matches!(err(&b), GgufError::BadMetadata { .. }));
+}
+
+#[test]
+fn rejects_array_counts_past_the_end() {
+    for (key, v) in [("a", Value::from(vec![1u32, 2, 3])), ("s", Value::strings(["x", "y"]))] {
+        let len = v.as_array().unwrap().len() as u64;
+        let mut m = Metadata::default();
+        m.set(key, v);
+        let mut b = header_of(m);
+        let at = find(&b, key.as_bytes()) + 1 + 4 + 4;
+        assert_eq!(b[at..at + 8], len.to_le_bytes());
+        b[at..at + 8].copy_from_slice(&(len + 1).to_le_bytes());
+        assert!(matches!(err(&b), GgufError::Truncated { .. }), "{}", err(&b));
+        b[at..at + 8].copy_from_slice(&(MAX_ARRAY_LEN + 1).to_le_bytes());
+        assert!(matches!(err(&b), GgufError::TooLarge { .. }));
+    }
+}
+
+/// Hundreds of thousands of one-element nested arrays cost 64 bytes of memory each (an `Array` and
+/// the smallest heap block) for 13 bytes of file: past the budget, refused before the allocation.
+#[test]
+fn refuses_headers_that_would_pass_the_memory_budget() {
+    let n = 300_000;
+    let many = |n: usize| {
+        let mut m = Metadata::default();
+        m.set("tiny", Value::Array(Array::Array((0..n).map(|i| Array::from(vec![i as u8])).collect())));
+        header_of(m)
+    };
+    let b = many(n);
+    match err(&b) {
+        GgufError::MemoryLimit { need, limit, .. } => {
+            assert!(need > limit && limit <= HEADER_MEMORY_FACTOR * b.len() as u64 + HEADER_MEMORY_SLACK)
+        }
+        e => panic!("{e}"),
+    }
+    // A few thousand fit in the slack.
+    assert!(parse_header(&many(5_000)).is_ok());
+    // Big arrays of the real kinds cost about their bytes and are read whatever their size.
+    let mut m = Metadata::default();
+    m.set("tokens", Value::strings((0..200_000).map(|i| format!("t{i}"))));
+    m.set("scores", Value::from(vec![0.5f32; 200_000]));
+    m.set("types", Value::from(vec![1i32; 200_000]));
+    m.set("bytes", Value::from(vec![0u8; 3 << 20]));
+    assert!(parse_header(&header_of(m)).is_ok());
 }
 
 #[test]
@@ -266,24 +360,34 @@ mod props {
     use super::*;
     use proptest::prelude::*;
 
-    fn value() -> impl Strategy<Value = Value> {
+    fn array() -> impl Strategy<Value = Array> {
+        use proptest::collection::vec;
         let leaf = prop_oneof![
+            vec(any::<u8>(), 0..8).prop_map(Array::U8),
+            vec(any::<i8>(), 0..8).prop_map(Array::I8),
+            vec(any::<i16>(), 0..8).prop_map(Array::I16),
+            vec(any::<u32>(), 0..8).prop_map(Array::U32),
+            vec(any::<i64>(), 0..8).prop_map(Array::I64),
+            vec(any::<bool>(), 0..8).prop_map(Array::Bool),
+            // any bits, NaNs included: the bytes must come back the same
+            vec(any::<u32>(), 0..8).prop_map(|v| Array::F32(v.into_iter().map(f32::from_bits).collect())),
+            vec(any::<u64>(), 0..8).prop_map(|v| Array::F64(v.into_iter().map(f64::from_bits).collect())),
+            vec(vec(any::<u8>(), 0..20), 0..5).prop_map(Array::from_strings),
+        ];
+        leaf.prop_recursive(2, 16, 4, |inner| vec(inner, 0..4).prop_map(Array::Array))
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
             any::<u8>().prop_map(Value::U8),
             any::<i16>().prop_map(Value::I16),
             any::<u32>().prop_map(Value::U32),
             any::<i64>().prop_map(Value::I64),
             any::<bool>().prop_map(Value::Bool),
-            any::<u32>().prop_map(|b| Value::F32(f32::from_bits(b & 0x7f7f_ffff))),
+            any::<u32>().prop_map(|b| Value::F32(f32::from_bits(b))),
             proptest::collection::vec(any::<u8>(), 0..20).prop_map(Value::String),
-        ];
-        leaf.prop_recursive(2, 16, 4, |inner| {
-            proptest::collection::vec(inner, 0..4).prop_map(|items| {
-                // keep arrays homogeneous: use the first element's type, drop the others
-                let t = items.first().map(|v| v.value_type()).unwrap_or(ValueType::U32);
-                let items = items.into_iter().filter(|v| v.value_type() == t).collect();
-                Value::Array(t, items)
-            })
-        })
+            array().prop_map(Value::Array),
+        ]
     }
 
     proptest! {

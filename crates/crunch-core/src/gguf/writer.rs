@@ -5,7 +5,7 @@
 use super::error::GgufError;
 use super::limits::{DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, MAX_TENSOR_NAME_LEN, WRITE_VERSION};
 use super::reader::align_up;
-use super::value::Value;
+use super::value::{Array, Value};
 use super::{GgufHeader, Metadata, TensorInfo};
 use crate::output::AtomicFile;
 use crate::GgmlType;
@@ -33,30 +33,44 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
         Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
         Value::Bool(x) => out.push(*x as u8),
         Value::String(s) => put_str(out, s),
-        Value::Array(t, items) => {
-            out.extend_from_slice(&(*t as u32).to_le_bytes());
-            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for it in items {
-                put_value(out, it);
-            }
-        }
+        Value::Array(a) => put_array(out, a),
     }
 }
 
-/// Check that every array element has the declared type (a malformed array cannot be written).
-fn check_value(key: &str, v: &Value) -> Result<()> {
-    if let Value::Array(t, items) = v {
-        for it in items {
-            if it.value_type() != *t {
-                return Err(GgufError::BadMetadata {
-                    key: key.into(),
-                    reason: format!("array declared {t:?} holds a {:?}", it.value_type()),
-                });
+/// Element type, count, elements (the same for an array value and an array inside an array).
+fn put_array(out: &mut Vec<u8>, a: &Array) {
+    macro_rules! le {
+        ($v:expr) => {
+            for x in $v.iter() {
+                out.extend_from_slice(&x.to_le_bytes());
             }
-            check_value(key, it)?;
+        };
+    }
+    out.extend_from_slice(&(a.elem_type() as u32).to_le_bytes());
+    out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+    match a {
+        Array::U8(v) => out.extend_from_slice(v),
+        Array::I8(v) => out.extend(v.iter().map(|&x| x as u8)),
+        Array::Bool(v) => out.extend(v.iter().map(|&x| x as u8)),
+        Array::U16(v) => le!(v),
+        Array::I16(v) => le!(v),
+        Array::U32(v) => le!(v),
+        Array::I32(v) => le!(v),
+        Array::F32(v) => le!(v),
+        Array::U64(v) => le!(v),
+        Array::I64(v) => le!(v),
+        Array::F64(v) => le!(v),
+        Array::String(s) => {
+            for x in s.iter() {
+                put_str(out, x);
+            }
+        }
+        Array::Array(v) => {
+            for x in v {
+                put_array(out, x);
+            }
         }
     }
-    Ok(())
 }
 
 /// Serialize a header (up to, not including, the padding before the data section).
@@ -142,9 +156,6 @@ impl GgufWriter {
             Some(Value::U32(a)) if *a != 0 && a.is_power_of_two() => *a as u64,
             Some(v) => return Err(GgufError::BadAlignment(v.to_string())),
         };
-        for (k, v) in metadata.iter() {
-            check_value(k, v)?;
-        }
         let (infos, _) = layout(tensors, alignment)?;
         let header = GgufHeader { version: WRITE_VERSION, metadata, tensors: infos, alignment, data_start: 0 };
         let mut bytes = encode_header(&header);

@@ -1,6 +1,6 @@
 //! Filling a [`GgufVocab`] from a GGUF file's `tokenizer.ggml.*` metadata.
 
-use crunch_core::gguf::{GgufFile, Metadata, Value};
+use crunch_core::gguf::{Array, GgufFile, Metadata, Value};
 
 use super::vocab::GgufVocab;
 use super::{Result, TokenizerError};
@@ -77,7 +77,7 @@ fn opt_id(md: &Metadata, key: &str) -> Result<Option<u32>> {
     }
 }
 
-fn array<'a>(md: &'a Metadata, key: &str) -> Result<Option<&'a [Value]>> {
+fn array<'a>(md: &'a Metadata, key: &str) -> Result<Option<&'a Array>> {
     match md.get(key) {
         None => Ok(None),
         Some(v) => v.as_array().map(Some).ok_or_else(|| bad(key, "an array")),
@@ -86,18 +86,16 @@ fn array<'a>(md: &'a Metadata, key: &str) -> Result<Option<&'a [Value]>> {
 
 fn string_array(md: &Metadata, key: &str) -> Result<Option<Vec<String>>> {
     let Some(a) = array(md, key)? else { return Ok(None) };
-    a.iter()
-        .map(|v| match v {
-            // Token texts are bytes in GGUF; invalid UTF-8 is kept as replacement characters.
-            Value::String(b) => Ok(String::from_utf8_lossy(b).into_owned()),
-            _ => Err(bad(key, "an array of strings")),
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
+    let strings = a.as_strings().ok_or_else(|| bad(key, "an array of strings"))?;
+    // Token texts are bytes in GGUF; invalid UTF-8 is kept as replacement characters.
+    Ok(Some(strings.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect()))
 }
 
 fn f32_array(md: &Metadata, key: &str) -> Result<Option<Vec<f32>>> {
     let Some(a) = array(md, key)? else { return Ok(None) };
+    if let Some(v) = a.as_f32s() {
+        return Ok(Some(v.to_vec()));
+    }
     a.iter()
         .map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| bad(key, "an array of numbers")))
         .collect::<Result<Vec<_>>>()
@@ -106,6 +104,9 @@ fn f32_array(md: &Metadata, key: &str) -> Result<Option<Vec<f32>>> {
 
 fn i32_array(md: &Metadata, key: &str) -> Result<Option<Vec<i32>>> {
     let Some(a) = array(md, key)? else { return Ok(None) };
+    if let Some(v) = a.as_i32s() {
+        return Ok(Some(v.to_vec()));
+    }
     a.iter()
         .map(|v| v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(|| bad(key, "an array of i32")))
         .collect::<Result<Vec<_>>>()
