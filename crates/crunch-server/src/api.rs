@@ -375,8 +375,9 @@ pub async fn estimate_plan(
 ) -> ApiResult<Json<estimate::Estimate>> {
     let b = body(b)?;
     let req = estimate::parse(&b)?;
-    let roots = s.inner().roots.clone();
-    let est = tokio::task::spawn_blocking(move || estimate::estimate(&roots, req))
+    let _slot = s.inner().readers.clone().acquire_owned().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let st = s.clone();
+    let est = tokio::task::spawn_blocking(move || estimate::estimate(&st.inner().roots, &st.inner().headers, req))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(Json(est))
@@ -385,6 +386,7 @@ pub async fn estimate_plan(
 #[utoipa::path(get, path = "/v1/models", tag = "models",
     responses((status = 200, description = "Models under the folders, with a summary", body = Vec<ModelInfo>)))]
 pub async fn models(State(s): State<AppState>) -> ApiResult<Json<Vec<ModelInfo>>> {
+    let _slot = s.inner().readers.clone().acquire_owned().await.map_err(|e| ApiError::internal(e.to_string()))?;
     let st = s.clone();
     let list = tokio::task::spawn_blocking(move || {
         let inner = st.inner();
@@ -442,7 +444,6 @@ pub async fn get_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiRe
 /// Which runs the report shows.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
 pub struct ReportQuery {
     /// Comma-separated run ids (a search run brings its candidates). Default: the newest search
     /// run, else the newest finished runs that wrote a model.
@@ -470,7 +471,9 @@ pub async fn report(State(s): State<AppState>, q: Result<Query<ReportQuery>, Que
     let q = query(q)?;
     let d = report_data(&s, q.runs.as_deref()).await?;
     match q.format.as_deref() {
-        None | Some("html") => Ok(Html(crunch::report::html(&d)).into_response()),
+        None | Some("html") => {
+            Ok(([(header::CACHE_CONTROL, "no-store")], Html(crunch::report::html(&d))).into_response())
+        }
         Some("json") => Ok(Json(d).into_response()),
         Some(o) => Err(ApiError::field("format", format!("unknown format {o:?} (html, json)"))),
     }

@@ -9,7 +9,45 @@ use crunch_core::gguf::GgufFile;
 use crunch_core::GgmlType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// Parsed GGUF headers kept for estimates (a header with a large vocabulary takes a while to
+/// parse; a dashboard or a script asks about the same few models again and again).
+pub const CACHED_MODELS: usize = 4;
+
+type Key = (u64, Option<SystemTime>);
+
+/// The last few models estimated, keyed by path, size and modification time (a file replaced
+/// in place is opened again).
+#[derive(Default)]
+pub struct HeaderCache(Mutex<Vec<(PathBuf, Key, Arc<GgufFile>)>>);
+
+impl HeaderCache {
+    fn open(&self, path: &Path) -> Result<Arc<GgufFile>, ApiError> {
+        let key = std::fs::metadata(path).map(|m| (m.len(), m.modified().ok())).unwrap_or((0, None));
+        {
+            let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = c.iter().position(|(p, k, _)| p == path && *k == key) {
+                let hit = c.remove(i);
+                let file = hit.2.clone();
+                c.push(hit);
+                return Ok(file);
+            }
+        }
+        let file = Arc::new(GgufFile::open(path).map_err(|e| {
+            ApiError::field("model", format!("{}: not a GGUF model crunch can read: {e}", path.display()))
+        })?);
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        c.retain(|(p, _, _)| p != path);
+        c.push((path.to_path_buf(), key, file.clone()));
+        if c.len() > CACHED_MODELS {
+            c.remove(0);
+        }
+        Ok(file)
+    }
+}
 
 /// A recipe for a model (the fields of a `quantize` job that change the plan).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -119,7 +157,7 @@ fn ty(field: &str, s: &str) -> Result<GgmlType, ApiError> {
 ///
 /// # Errors
 /// `403` for a model outside the folders, `400` for a wrong field or a file that is not GGUF.
-pub fn estimate(roots: &Roots, req: EstimateRequest) -> Result<Estimate, ApiError> {
+pub fn estimate(roots: &Roots, cache: &HeaderCache, req: EstimateRequest) -> Result<Estimate, ApiError> {
     let path = roots.input("model", &req.model)?;
     let ftype: Ftype = req.ftype.parse().map_err(|e: String| ApiError::field("type", e))?;
     let mut opts = QuantizeOptions::new(ftype);
@@ -138,8 +176,7 @@ pub fn estimate(roots: &Roots, req: EstimateRequest) -> Result<Estimate, ApiErro
         let re = regex::Regex::new(pattern).map_err(|e| ApiError::field(&field, e.to_string()))?;
         opts.tensor_types.push((re, ty(&field, t)?));
     }
-    let file = GgufFile::open(&path)
-        .map_err(|e| ApiError::field("model", format!("{}: not a GGUF model crunch can read: {e}", path.display())))?;
+    let file = cache.open(&path)?;
     let plan = crunch::quantize::build_plan(file.metadata(), file.tensors(), &opts)
         .map_err(|e| ApiError::from_crunch(e, axum::http::StatusCode::BAD_REQUEST))?;
     let file_bytes = crunch::fit::file_size(&file, &plan)

@@ -325,9 +325,16 @@ impl Jobs {
         }
         self.metrics.job_ended(a.kind, seconds, state, &a.job, result.as_ref());
         let (r, e) = (result.clone(), error.clone());
-        if let Err(err) =
-            self.with_registry(move |reg| reg.finish_job(id, state, r.as_ref(), e.as_deref(), run_id)).await
-        {
+        let last = a.live.borrow().progress.as_ref().and_then(|p| serde_json::to_value(p).ok());
+        let ended = self
+            .with_registry(move |reg| {
+                if let Some(p) = &last {
+                    reg.set_job_progress(id, p)?;
+                }
+                reg.finish_job(id, state, r.as_ref(), e.as_deref(), run_id)
+            })
+            .await;
+        if let Err(err) = ended {
             tracing::error!("job {id}: cannot record its end: {err}");
         }
         match state {

@@ -154,6 +154,9 @@ pub(crate) struct State {
     pub(crate) jobs: Arc<jobs::Jobs>,
     pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) models: models::ModelCache,
+    pub(crate) headers: estimate::HeaderCache,
+    /// Estimates and model listings at once (each reads headers on a blocking thread).
+    pub(crate) readers: Arc<tokio::sync::Semaphore>,
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -185,6 +188,8 @@ impl AppState {
             jobs,
             metrics,
             models: models::ModelCache::default(),
+            headers: estimate::HeaderCache::default(),
+            readers: Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
             streams,
             shutdown,
         }));

@@ -282,3 +282,21 @@ async fn registry_report_dashboard_and_metrics_answer() {
         assert!(m.contains(name), "{name} missing:\n{m}");
     }
 }
+
+#[tokio::test]
+async fn event_streams_are_capped() {
+    use tower::ServiceExt;
+    let s = server_with(vec![smollm2_root()], |c| c.max_event_streams = 1);
+    let r = s.post("/v1/jobs", &json!({"kind": "inspect", "path": crunch_testkit::smollm2_gguf()})).await;
+    let id = r.json()["id"].as_i64().unwrap();
+    s.wait_for(id, 60, |j| j["state"] == "succeeded").await;
+    let req = || axum::http::Request::get(format!("/v1/jobs/{id}/events")).body(axum::body::Body::empty()).unwrap();
+    // The first stream is open (its body not read yet): the second is refused.
+    let held = s.app.clone().oneshot(req()).await.unwrap();
+    assert_eq!(held.status(), StatusCode::OK);
+    let refused = s.app.clone().oneshot(req()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    drop(held);
+    assert_eq!(s.app.clone().oneshot(req()).await.unwrap().status(), StatusCode::OK);
+}
