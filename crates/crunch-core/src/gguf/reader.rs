@@ -201,7 +201,11 @@ fn read_array(c: &mut Cursor, key: &str, depth: usize) -> Result<Array> {
         ValueType::Bool => {
             let bytes = c.take(n, &what)?;
             c.charge(vec_cost::<bool>(n), 0, &what)?;
-            Array::Bool(bytes.iter().map(|&b| bool_from(b, key)).collect::<Result<Vec<_>>>()?)
+            if let Some(&b) = bytes.iter().find(|&&b| b > 1) {
+                bool_from(b, key)?;
+            }
+            // (checked first: collecting `Result`s would grow the vector by doubling)
+            Array::Bool(bytes.iter().map(|&b| b == 1).collect())
         }
         ValueType::String => {
             // First pass: check every length and find the total, so the buffer is allocated once,
