@@ -95,6 +95,12 @@ fn summarize(path: &Path, relative: String, root: &str, format: &str) -> ModelIn
         }
         Err(e) => info.error = Some(e.to_string()),
     }
+    if info.architecture.is_none() && path.is_dir() {
+        // A Hugging Face folder names its architecture in config.json.
+        let cfg = std::fs::read(path.join("config.json")).ok();
+        let cfg: Option<serde_json::Value> = cfg.and_then(|b| serde_json::from_slice(&b).ok());
+        info.architecture = cfg.and_then(|c| c.get("model_type")?.as_str().map(str::to_string));
+    }
     info
 }
 

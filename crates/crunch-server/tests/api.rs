@@ -220,7 +220,8 @@ async fn estimate_plans_without_writing() {
 
 #[tokio::test]
 async fn models_are_listed_with_a_summary() {
-    let s = server_with(vec![smollm2_root()], |_| {});
+    let minilm = crunch_testkit::minilm_dir();
+    let s = server_with(vec![smollm2_root(), minilm.parent().unwrap().to_path_buf()], |_| {});
     std::fs::write(s.models.join("broken.gguf"), b"GGUF but not really").unwrap();
     let list = s.get("/v1/models").await.json();
     let list = list.as_array().unwrap();
@@ -229,6 +230,9 @@ async fn models_are_listed_with_a_summary() {
     assert_eq!(smol["architecture"], "llama");
     assert!(smol["n_tensors"].as_u64().unwrap() > 100);
     assert!(smol["types"]["Q4_1"].as_u64().unwrap() > 0);
+    let hf = list.iter().find(|m| m["format"] == "hf").expect("the MiniLM folder");
+    assert_eq!(hf["architecture"], "bert", "{hf}");
+    assert!(hf["n_tensors"].as_u64().unwrap() > 50, "{hf}");
     let broken = list.iter().find(|m| m["relative"] == "broken.gguf").unwrap();
     assert!(broken["error"].is_string());
 }
