@@ -10,7 +10,7 @@ stopping at an end-of-generation token or after -n tokens. crunch does the same 
 `crunch run MODEL -p PROMPT -n N --temp 0 --json`.
 
 --write-fixture stores llama.cpp's tokens (not crunch's) as JSON for the test
-crates/crunch/tests/generation.rs, with how it was made.
+crates/crunch-cli/tests/generation.rs, with how it was made.
 """
 import argparse
 import json

@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CRUNCH_CACHE/target}"
 OUT="${1:-$CRUNCH_CACHE/fit-search}"
 TEXT="${CRUNCH_WIKITEXT:-../shared/data/wikitext2-test-dev.txt}"
 bash scripts/setup-test-env.sh
-cargo build --release -p crunch
+cargo build --release -p crunch-cli
 CRUNCH="$CARGO_TARGET_DIR/release/crunch"
 mkdir -p "$OUT"
 BASE="$OUT/smollm2-f32.gguf"

@@ -20,8 +20,7 @@ type LoadedImatrix = (crunch_calib::Imatrix, Vec<(String, Value)>);
 /// `quantize.imatrix.*` metadata llama-quantize writes with it.
 fn load_imatrix(j: &QuantizeJob, input: &GgufFile) -> Result<Option<LoadedImatrix>> {
     let Some(path) = &j.imatrix else { return Ok(None) };
-    let mut m = crunch_calib::Imatrix::load(path, 512)
-        .map_err(|e| Error::field("quantize.imatrix", format!("{}: {e}", path.display())))?;
+    let mut m = crunch_calib::Imatrix::load(path, 512).map_err(|e| Error::field("quantize.imatrix", e.to_string()))?;
     calibrate::imatrix::check_model(&m, input)?;
     m.entries.retain(|name, _| !j.exclude_weights.iter().any(|x| name.contains(x.as_str())));
     if !j.include_weights.is_empty() {

@@ -407,5 +407,5 @@ fn bad_export_inputs_fail_cleanly() {
     }
     let o =
         crunch(&["export", s.join("gpt2.gguf").to_str().unwrap(), s.join("x").to_str().unwrap(), "--dtype", "q4_0"]);
-    assert!(!o.status.success() && stderr(&o).contains("choose f16, bf16 or f32"));
+    assert!(!o.status.success() && stderr(&o).contains("choose auto, f16, bf16 or f32"));
 }

@@ -284,7 +284,7 @@ fn cli_json_outputs() {
 }
 
 /// The top-k approximation of the KL-divergence against the exact full-vocabulary value (numbers for
-/// docs/EVAL.md): `cargo test --release -p crunch --test eval -- --ignored topk --nocapture`.
+/// docs/EVAL.md): `cargo test --release -p crunch-cli --test eval -- --ignored topk --nocapture`.
 #[test]
 #[ignore = "slow: runs F32 and two quantizations at ctx 512"]
 fn topk_approximation_error() {

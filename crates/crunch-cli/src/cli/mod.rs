@@ -1,4 +1,5 @@
-//! Command-line front end: clap definitions and one small function per subcommand.
+//! Command-line front end: clap arguments become a `crunch::job::Job`, `crunch::job::run` runs
+//! it, and the outcome is printed. One small module per subcommand; no job logic here.
 
 mod bench;
 mod convert;
@@ -13,6 +14,7 @@ mod report;
 mod run;
 mod runs;
 mod search;
+mod serve;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -61,6 +63,9 @@ enum Command {
     Runs(runs::RunsArgs),
     /// An HTML page with Pareto plots, type maps and the sensitivity heat map of recorded runs.
     Report(report::ReportArgs),
+    /// Serve every job over HTTP: jobs with live progress, cancellation, the registry, metrics,
+    /// an OpenAPI document and a dashboard.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -100,6 +105,7 @@ pub fn run() -> Result<()> {
         Command::Search(a) => search::run(a),
         Command::Runs(a) => runs::run(a),
         Command::Report(a) => report::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 
