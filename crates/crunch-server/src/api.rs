@@ -128,7 +128,13 @@ pub struct JobsQuery {
     pub before: Option<i64>,
     /// At most this many (default 100, newest first).
     pub limit: Option<usize>,
+    /// Whole results; by default the bulky parts (`plan`, `profile`: per-tensor tables) are left
+    /// out of listings (`/v1/jobs/{id}` always has them).
+    pub full: Option<bool>,
 }
+
+/// Keys of a result left out of listings unless `full=true`.
+pub const BULKY_RESULT_KEYS: &[&str] = &["plan", "profile"];
 
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobsQuery),
     responses((status = 200, description = "Jobs, newest first", body = Vec<JobView>),
@@ -144,7 +150,17 @@ pub async fn list_jobs(
     };
     let filter =
         JobFilter { state, kind: q.kind, before: q.before, limit: Some(q.limit.unwrap_or(100).clamp(1, MAX_LIST)) };
-    Ok(Json(s.inner().jobs.list(filter).await?))
+    let mut jobs = s.inner().jobs.list(filter).await?;
+    if !q.full.unwrap_or(false) {
+        for j in &mut jobs {
+            if let Some(serde_json::Value::Object(r)) = &mut j.result {
+                for k in BULKY_RESULT_KEYS {
+                    r.remove(*k);
+                }
+            }
+        }
+    }
+    Ok(Json(jobs))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",

@@ -53,6 +53,13 @@ async fn quantize_over_http_equals_the_library_call() {
     assert_eq!(last["result"]["result"]["file_bytes"], direct["result"]["file_bytes"]);
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&direct_out).unwrap(), "outputs differ");
 
+    // Listings leave the per-tensor plan out unless asked for.
+    let listed = s.get("/v1/jobs").await.json();
+    assert!(listed[0]["result"].get("plan").is_none());
+    assert_eq!(listed[0]["result"]["result"]["sha256"], direct["result"]["sha256"]);
+    let full = s.get("/v1/jobs?full=true").await.json();
+    assert_eq!(full[0]["result"]["plan"], direct["plan"]);
+
     // Recorded: the job points at its registry run, which the runs API serves.
     let run_id = last["run_id"].as_i64().expect("run id");
     let run = s.get(&format!("/v1/runs/{run_id}")).await.json();
