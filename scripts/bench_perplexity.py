@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_eval  # noqa: E402  (model cache)
 import compare_perplexity as cp  # noqa: E402  (both perplexity runners)
+import llama_build  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,6 +43,7 @@ def main():
     ap.add_argument("--crunch", default=str(Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release/crunch"))
     ap.add_argument("--json")
     a = ap.parse_args()
+    llama_build.print_build()
     rows = []
     print(f"{a.chunks} chunks of {a.ctx} tokens, {a.threads} threads, median of {a.rounds} alternating rounds\n")
     print("| type | llama.cpp t/s | crunch t/s | crunch / llama.cpp | llama.cpp PPL | crunch PPL | "

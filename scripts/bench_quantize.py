@@ -34,6 +34,8 @@ import time
 
 import numpy as np
 
+import llama_build
+
 BENCH_DIR = os.path.expanduser("~/.cache/crunch/bench")
 PRESETS = {"Q8_0": 7, "Q4_0": 2, "Q4_K_M": 15, "Q6_K": 18}  # llama_ftype codes
 
@@ -219,6 +221,7 @@ def main():
     ap.add_argument("--no-drop-caches", action="store_true")
     ap.add_argument("--keep-input", action="store_true")
     a = ap.parse_args()
+    llama_build.print_build()
     if a.kernels:
         return bench_kernels()
     if not a.crunch:

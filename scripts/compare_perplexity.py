@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import llama_build
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -133,6 +135,7 @@ def main():
     if a.worker:
         # argv: --worker MODEL TEXT (parsed as text=MODEL, models=[TEXT])
         return llama_cpp_worker(a.text, a.models[0], a.ctx, a.chunks, a.threads)
+    llama_build.print_build()
     results = []
     ok = True
     for model in a.models:
