@@ -6,13 +6,16 @@ per-tensor type plan, the file size, the tensor bytes, and the wall time.
 
   ~/.cache/crunch/llama-venv/bin/python scripts/compare_llama_quantize.py \
       --f32 smollm2-f32.gguf --crunch target/release/crunch [--presets Q4_K_M,Q8_0] \
-      [--fixture crates/crunch/tests/fixtures/llama_plans_smollm2.json]
+      [--fixture crates/crunch-cli/tests/fixtures/llama_plans_smollm2.json]
 
-The fixture records llama.cpp's plan and sizes so the default test run can check crunch's plan
-without llama-cpp-python.
+The fixture records llama.cpp's plan, sizes and the SHA-256 of its whole output file, so the default
+test run (crates/crunch-cli/tests/quantize_plan.rs) can check crunch's plan and files without
+llama-cpp-python. Give --f32 the F32 base the tests use, $CRUNCH_CACHE/models/smollm2-f32.gguf
+(the shipped Q4_1 SmolLM2 dequantized by `crunch quantize IN OUT F32 --allow-requantize`).
 """
 import argparse
 import ctypes
+import hashlib
 import json
 import os
 import subprocess
@@ -23,6 +26,8 @@ import time
 import numpy as np
 import llama_cpp
 from gguf import GGUFReader
+
+import llama_build
 
 PRESETS = {  # llama_ftype codes
     "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12,
@@ -56,6 +61,7 @@ def main():
     ap.add_argument("--fixture")
     ap.add_argument("--out", default=tempfile.mkdtemp(prefix="crunch-vs-llama-"))
     a = ap.parse_args()
+    llama_build.print_build()
     fixture = {}
     ok = True
     print(f"{'preset':8} {'llama.cpp size':>14} {'crunch size':>12} {'plan':>6} {'identical tensors':>18} {'llama s':>8} {'crunch s':>8}")
@@ -80,13 +86,18 @@ def main():
                     print(f"   {k}: llama.cpp {L[k][0]}, crunch {C.get(k, ('missing',))[0]}")
         if ls != cs:
             ok = False
+        with open(lp, "rb") as f:
+            sha = hashlib.sha256(f.read()).hexdigest()
         fixture[name] = {"file_size": ls, "types": {k: v[0] for k, v in L.items()},
-                         "tensor_bytes": sum(len(v[1]) for v in L.values())}
+                         "tensor_bytes": sum(len(v[1]) for v in L.values()), "sha256": sha}
         os.remove(lp)
         os.remove(cp)
     if a.fixture:
         with open(a.fixture, "w") as f:
-            json.dump({"source": "llama.cpp via llama-cpp-python " + llama_cpp.__version__, "presets": fixture}, f, indent=1, sort_keys=True)
+            build = llama_build.build_file()
+            json.dump({"source": "llama.cpp via llama-cpp-python " + llama_cpp.__version__,
+                       "build": build.read_text().strip() if build else "unknown",
+                       "presets": fixture}, f, indent=1, sort_keys=True)
         print(f"wrote {a.fixture}")
     sys.exit(0 if ok else 1)
 
