@@ -152,7 +152,10 @@ def main():
                 jid = json.loads(data)["id"]
                 job_ids.append(jid)
                 n += 1
-                while not stop.is_set():
+                # Each job is followed to its end, also after the load stopped, so the last
+                # memory reading is of an idle server (bounded: 300 s per job).
+                job_deadline = time.time() + 300
+                while time.time() < job_deadline:
                     s, d = c.request("GET", f"/v1/jobs/{jid}")
                     st = json.loads(d)["state"] if s == 200 else "?"
                     if st not in ("queued", "running"):
@@ -208,7 +211,7 @@ def main():
         th.join()
     elapsed = time.time() - t0
     stop.set()
-    jt.join(timeout=120)
+    jt.join(timeout=320)
     rss_after = rss_of(probe, a.pid)
 
     ok = [r for r in results if isinstance(r[1], int) and 200 <= r[1] < 300]
@@ -232,6 +235,8 @@ def main():
         "failed": len(failed),
         "failures": sorted({str(r[1]) for r in failed})[:10],
         "quantize_jobs": {"submitted": len(job_ids), "states": sorted(set(job_states.values()))},
+        # before: idle, fresh; after_warmup: a tenth into the load (a job running); after: idle
+        # again, every job ended.
         "rss_bytes": {"before": rss_before, "after_warmup": warm_rss.get("rss"), "after": rss_after},
     }
     print(json.dumps(report, indent=2))
