@@ -25,7 +25,10 @@ pub fn collect(reg: &Registry, ids: &[i64]) -> Result<ReportData, ApiError> {
                     reg.list(&Filter { status: Some(RunStatus::Ok), limit: Some(RECENT_RUNS), ..Default::default() })?;
                 ids = recent
                     .iter()
-                    .filter(|r| r.output_bytes.unwrap_or(0) > 0 || r.metrics.contains_key("file_bytes"))
+                    .filter(|r| {
+                        r.output_bytes.unwrap_or(0) > 0
+                            || r.metrics.contains_key(crunch::job::record::metric::FILE_BYTES)
+                    })
                     .map(|r| r.id)
                     .rev()
                     .collect();

@@ -1,7 +1,7 @@
 //! `crunch runs list|show|compare|export`: the registry's runs, printed.
 
 use anyhow::{Context, Result};
-use crunch::job::record::registry_path;
+use crunch::job::record::{metric, registry_path};
 use crunch_registry::{Filter, Registry, RunStatus, RunSummary};
 use std::path::{Path, PathBuf};
 
@@ -158,7 +158,7 @@ fn human(b: Option<u64>) -> String {
     b.map(crunch::inspect::human_bytes).unwrap_or_else(|| "-".into())
 }
 
-fn metric(r: &RunSummary, k: &str, digits: usize) -> String {
+fn metric_cell(r: &RunSummary, k: &str, digits: usize) -> String {
     r.metrics.get(k).map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into())
 }
 
@@ -178,10 +178,10 @@ pub(crate) fn table(runs: &[RunSummary]) -> String {
             crunch_registry::process::format_time(r.started_at),
             r.duration_s.map(|d| format!("{d:.1}")).unwrap_or_else(|| "-".into()),
             label,
-            human(r.output_bytes.or(r.metrics.get("file_bytes").map(|v| *v as u64))),
-            metric(r, "bpw", 2),
-            metric(r, "kld", 5),
-            metric(r, "ppl", 3),
+            human(r.output_bytes.or(r.metrics.get(metric::FILE_BYTES).map(|v| *v as u64))),
+            metric_cell(r, metric::BPW, 2),
+            metric_cell(r, metric::KLD, 5),
+            metric_cell(r, metric::PPL, 3),
         );
     }
     s

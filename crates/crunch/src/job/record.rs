@@ -33,6 +33,19 @@ pub mod metric {
     pub const RAM_BYTES: &str = "ram_bytes";
 }
 
+/// The registry metrics of a model measured against its base on held-out text.
+pub fn measured_metrics(m: &crate::fit::heldout::Measured) -> [(&'static str, f64); 7] {
+    [
+        (metric::KLD, m.kld),
+        (metric::KLD_ERR, m.kld_err),
+        (metric::KLD_P99, m.kld_p99),
+        (metric::TOP1, m.top1),
+        (metric::PPL, m.ppl),
+        (metric::PPL_BASE, m.ppl_base),
+        (metric::TOKENS_PER_S, m.tokens_per_s),
+    ]
+}
+
 /// Where the registry is: `flag`, else `$CRUNCH_REGISTRY`, else the default path.
 /// `CRUNCH_REGISTRY=off` turns recording off.
 pub fn registry_path(flag: Option<&Path>) -> Option<PathBuf> {

@@ -4,7 +4,7 @@ use super::{FitJob, FitOutcome, FitSettings};
 use crate::error::{Error, Result};
 use crate::fit::session::{EvalSettings, Session, SessionOptions};
 use crate::fit::Target;
-use crate::job::record::{file_sha256, metric, Recorder};
+use crate::job::record::{file_sha256, measured_metrics, metric, Recorder};
 use crate::job::{refuse_overwrite, RunCtx};
 use crate::sensitivity::{default_work_dir, Method, SensitivityOptions};
 use serde_json::json;
@@ -201,15 +201,7 @@ fn fit(
         (metric::QUANTIZE_SECONDS, report.seconds),
     ];
     if let Some(m) = &measured {
-        metrics.extend([
-            (metric::KLD, m.kld),
-            (metric::KLD_ERR, m.kld_err),
-            (metric::KLD_P99, m.kld_p99),
-            (metric::TOP1, m.top1),
-            (metric::PPL, m.ppl),
-            (metric::PPL_BASE, m.ppl_base),
-            (metric::TOKENS_PER_S, m.tokens_per_s),
-        ]);
+        metrics.extend(measured_metrics(m));
     }
     let profile = profile_summary(&session);
     rec.output(output);

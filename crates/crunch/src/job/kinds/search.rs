@@ -5,7 +5,7 @@ use super::{SearchJob, SearchOutcome};
 use crate::error::{Error, Result};
 use crate::fit::ram;
 use crate::inspect::human_bytes;
-use crate::job::record::{metric, Recorder};
+use crate::job::record::{measured_metrics, metric, Recorder};
 use crate::job::RunCtx;
 use crate::progress::NoProgress;
 use crate::search::recipe::{self, Recipe, RecipeKind};
@@ -195,15 +195,9 @@ fn search(
                     (metric::FILE_BYTES, c.file_bytes as f64),
                     (metric::BPW, c.bpw),
                     (metric::PREDICTED_KLD, c.predicted_kld),
-                    (metric::KLD, m.kld),
-                    (metric::KLD_ERR, m.kld_err),
-                    (metric::KLD_P99, m.kld_p99),
-                    (metric::TOP1, m.top1),
-                    (metric::PPL, m.ppl),
-                    (metric::PPL_BASE, m.ppl_base),
-                    (metric::TOKENS_PER_S, m.tokens_per_s),
                     (metric::QUANTIZE_SECONDS, c.quantize_seconds),
                 ];
+                metrics.extend(measured_metrics(&m));
                 if let Some(r) = c.ram {
                     metrics.push((metric::RAM_BYTES, r.total as f64));
                 }
