@@ -1,54 +1,16 @@
-//! Reading a job from a request body. `crunch::job::from_json` names the field at fault for
-//! unknown and missing fields, but a value of the wrong type inside an internally tagged enum
-//! reaches it without its path (serde buffers the variant's content first). When that happens the
-//! body is read again as the kind's own struct, whose deserializer keeps the path, so the `400`
-//! names the field (`ctx`, `calibration.text`).
+//! Reading a job from a request body: one parsing path, the library's. `crunch::job::from_json`
+//! reads the kind first, then the kind's own struct with its field paths kept, so a wrong,
+//! missing or unknown field is a `400` naming it (`ctx`, `calibration.text`, `settings.band`).
 
 use crate::error::ApiError;
-use crunch::job::*;
-use serde::de::DeserializeOwned;
+use crunch::job::Job;
 
-fn path_of<T: DeserializeOwned>(v: serde_json::Value) -> Option<(String, String)> {
-    let e = serde_path_to_error::deserialize::<_, T>(v).err()?;
-    let path = e.path().to_string();
-    (path != "." && !path.is_empty()).then(|| (path, e.into_inner().to_string()))
-}
-
-/// The wrong field of `body` as (path, message), found by reading it as its kind's struct.
-fn locate(body: &[u8]) -> Option<(String, String)> {
-    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object_mut()?;
-    let kind = obj.remove("kind")?.as_str()?.to_string();
-    let rest = serde_json::Value::Object(std::mem::take(obj));
-    match kind.as_str() {
-        "quantize" => path_of::<QuantizeJob>(rest),
-        "convert" => path_of::<ConvertJob>(rest),
-        "export" => path_of::<ExportJob>(rest),
-        "imatrix" => path_of::<ImatrixJob>(rest),
-        "perplexity" => path_of::<PerplexityJob>(rest),
-        "compare" => path_of::<CompareJob>(rest),
-        "choice" => path_of::<ChoiceJob>(rest),
-        "bench" => path_of::<BenchJob>(rest),
-        "fit" => path_of::<FitJob>(rest),
-        "search" => path_of::<SearchJob>(rest),
-        "inspect" => path_of::<InspectJob>(rest),
-        "verify" => path_of::<VerifyJob>(rest),
-        _ => None,
-    }
-}
-
-/// The job in `body`, or a `400` naming the field at fault.
+/// The job in `body`, or a `400` naming the field at fault (`job` for malformed JSON).
 ///
 /// # Errors
 /// Malformed JSON, an unknown kind, a wrong, missing or unknown field.
 pub fn job_from_json(body: &[u8]) -> Result<Job, ApiError> {
-    crunch::job::from_json(body).map_err(|e| match e {
-        crunch::Error::Field { field, message } if field == "job" => match locate(body) {
-            Some((path, msg)) => ApiError::field(path, msg),
-            None => ApiError::field(field, message),
-        },
-        e => ApiError::from_crunch(e, axum::http::StatusCode::BAD_REQUEST),
-    })
+    crunch::job::from_json(body).map_err(|e| ApiError::from_crunch(e, axum::http::StatusCode::BAD_REQUEST))
 }
 
 #[cfg(test)]
@@ -56,15 +18,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wrong_types_are_named_by_their_path() {
-        let e = job_from_json(br#"{"kind":"perplexity","model":"m","text":"t","ctx":"many"}"#).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("ctx"));
-        let e = job_from_json(
-            br#"{"kind":"quantize","model":"m","output":"o","type":"Q8_0","calibration":{"method":"gptq","text":5}}"#,
-        )
-        .unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("calibration.text"), "{e}");
+    fn wrong_fields_are_named_by_their_path() {
+        let field = |body: &str| job_from_json(body.as_bytes()).unwrap_err().field;
+        assert_eq!(field(r#"{"kind":"perplexity","model":"m","text":"t","ctx":"many"}"#).as_deref(), Some("ctx"));
+        assert_eq!(
+            field(
+                r#"{"kind":"quantize","model":"m","output":"o","type":"Q8_0","calibration":{"method":"gptq","text":5}}"#
+            )
+            .as_deref(),
+            Some("calibration.text")
+        );
+        assert_eq!(field(r#"{"kind":"quantize","model":7,"output":"o","type":"Q8_0"}"#).as_deref(), Some("model"));
+        assert_eq!(
+            field(r#"{"kind":"fit","model":"m","max_bpw":4,"settings":{"text":"t","band":"wide"}}"#).as_deref(),
+            Some("settings.band")
+        );
+        assert_eq!(field(r#"{"kind":"quantize","output":"o","type":"Q8_0"}"#).as_deref(), Some("model"));
+        assert_eq!(field(r#"{"kind":"teleport"}"#).as_deref(), Some("kind"));
+        assert_eq!(field(r#"{"kind":"quantize","#).as_deref(), Some("job"));
         let e = job_from_json(br#"{"kind":"quantize","model":"m","output":"o","type":"Q8_0","bogus":1}"#).unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+        assert_eq!(e.field.as_deref(), Some("bogus"));
         assert!(e.message.contains("bogus"), "{e}");
         assert!(job_from_json(br#"{"kind":"inspect","path":"m"}"#).is_ok());
     }
