@@ -1,5 +1,6 @@
 //! crunch-calib: calibration-aware quantization on the CPU — importance matrices compatible with
-//! llama.cpp, GPTQ and AWQ — producing ordinary GGUF tensors.
+//! llama.cpp, GPTQ and AWQ — and pruning (magnitude, Wanda, SparseGPT; unstructured or N:M),
+//! producing ordinary GGUF tensors.
 //!
 //! Key decision: every method ends on the grid of a real GGUF type. GPTQ fixes each block's
 //! scales with the type's own quantizer when it reaches the block, then rounds column by column
@@ -14,6 +15,7 @@ pub mod error;
 pub mod gptq;
 pub mod imatrix;
 pub mod linalg;
+pub mod prune;
 pub mod runner;
 pub mod targets;
 pub mod text;

@@ -8,11 +8,15 @@
 //! given) encodes the block as it now stands, which fixes its scales; every column of that block
 //! is then rounded to the nearest value those scales allow. At the end the codes are packed into
 //! the encoded blocks, so the tensor is exactly what GPTQ chose, in the type's real format.
+//!
+//! The sweep itself (`sweep`) is shared with SparseGPT ([`crate::prune`]), which adds a pruning
+//! mask to it and may run it without a grid.
 
 pub mod grid;
 
 use crate::error::{CalibError, Result};
 use crate::linalg;
+use crate::prune::{self, Sparsity};
 use crunch_core::GgmlType;
 use grid::{type_grid, TypeGrid};
 use rayon::prelude::*;
@@ -68,18 +72,68 @@ pub fn quantize(
     importance: Option<&[f32]>,
     opts: GptqOptions,
 ) -> Result<GptqResult> {
-    let g = type_grid(ty).ok_or_else(|| CalibError::Invalid(format!("{name}: GPTQ cannot round onto {ty}")))?;
-    let k = crunch_quant::kernels(ty).ok_or_else(|| CalibError::Invalid(format!("{name}: no kernels for {ty}")))?;
-    let bs = ty.block_size();
+    let r = sweep(name, w, n_in, h, Some((ty, importance)), None, opts)?;
+    let bytes = r.bytes.expect("a sweep onto a type packs its blocks");
+    Ok(GptqResult { bytes, weights: r.weights, damp: r.damp, loss: r.loss })
+}
+
+/// What one optimal-brain-surgeon sweep produced.
+pub(crate) struct Swept {
+    /// Packed in the target type, when there is one.
+    pub bytes: Option<Vec<u8>>,
+    /// `n_out × n_in`: the packed tensor dequantized, or the swept f32 weights.
+    pub weights: Vec<f32>,
+    pub damp: f32,
+    pub loss: f64,
+}
+
+/// The grid a sweep rounds onto.
+struct Target<'a> {
+    ty: GgmlType,
+    g: &'static TypeGrid,
+    quantize: crunch_quant::QuantizeFn,
+    imp: Option<&'a [f32]>,
+}
+
+/// The sweep shared by GPTQ and SparseGPT: columns in order (or act-order), each one rounded onto
+/// `target`'s grid (GPTQ) and/or masked to zero (SparseGPT, mask chosen per lazy block or per
+/// group of `M` as the sweep reaches it, scores `w² / U_jj²`), its error `(w - q) / U_jj` spread
+/// over the columns not yet visited. Without a target, surviving weights keep their f32 values
+/// and only pruning errors propagate.
+pub(crate) fn sweep(
+    name: &str,
+    w: &[f32],
+    n_in: usize,
+    h: &[f32],
+    target: Option<(GgmlType, Option<&[f32]>)>,
+    sparsity: Option<Sparsity>,
+    opts: GptqOptions,
+) -> Result<Swept> {
+    let target = match target {
+        Some((ty, importance)) => Some(Target {
+            ty,
+            g: type_grid(ty).ok_or_else(|| CalibError::Invalid(format!("{name}: GPTQ cannot round onto {ty}")))?,
+            quantize: crunch_quant::kernels(ty)
+                .ok_or_else(|| CalibError::Invalid(format!("{name}: no kernels for {ty}")))?
+                .quantize,
+            imp: importance.filter(|v| v.len() == n_in),
+        }),
+        None => None,
+    };
+    let bs = target.as_ref().map_or(1, |t| t.ty.block_size());
     if n_in == 0 || !n_in.is_multiple_of(bs) || !w.len().is_multiple_of(n_in) || h.len() != n_in * n_in {
         return Err(CalibError::Invalid(format!(
-            "{name}: {} weights, rows of {n_in}, Hessian of {} values, {ty} blocks of {bs}",
+            "{name}: {} weights, rows of {n_in}, Hessian of {} values{}",
             w.len(),
-            h.len()
+            h.len(),
+            target.as_ref().map_or(String::new(), |t| format!(", {} blocks of {bs}", t.ty))
         )));
     }
+    if let Some(sp) = sparsity {
+        sp.check_row(name, n_in)?;
+    }
     let n_out = w.len() / n_in;
-    let imp = importance.filter(|v| v.len() == n_in);
+    let act_order = opts.act_order && sparsity.is_none();
 
     // Column order (act-order) and transposed weights: row j of `wt` is column perm[j] of w.
     let mut h = h.to_vec();
@@ -91,14 +145,14 @@ pub fn quantize(
         }
     }
     let mut perm: Vec<usize> = (0..n_in).collect();
-    if opts.act_order {
+    if act_order {
         perm.sort_by(|&a, &b| h[b * n_in + b].total_cmp(&h[a * n_in + a]));
     }
     let mut pos = vec![0usize; n_in];
     for (j, &c) in perm.iter().enumerate() {
         pos[c] = j;
     }
-    let hp: Vec<f32> = if opts.act_order {
+    let hp: Vec<f32> = if act_order {
         let mut v = vec![0f32; n_in * n_in];
         v.par_chunks_mut(n_in).enumerate().for_each(|(i, row)| {
             for (j, x) in row.iter_mut().enumerate() {
@@ -121,63 +175,111 @@ pub fn quantize(
         }
     });
 
-    // Grid state, indexed like `wt` (permuted column, row).
-    let mut ga = vec![0f32; n_in * n_out];
-    let mut gb = vec![0f32; n_in * n_out];
-    let mut codes = vec![0u8; n_in * n_out];
-    let row_bytes = ty.row_size(n_in).expect("checked block multiple");
-    let blk_bytes = ty.type_size();
-    let mut encoded = vec![0u8; n_out * row_bytes];
+    // Grid state, indexed like `wt` (permuted column, row); empty without a target.
+    let grid_len = if target.is_some() { n_in * n_out } else { 0 };
+    let mut ga = vec![0f32; grid_len];
+    let mut gb = vec![0f32; grid_len];
+    let mut codes = vec![0u8; grid_len];
+    let (row_bytes, blk_bytes) = match &target {
+        Some(t) => (t.ty.row_size(n_in).expect("checked block multiple"), t.ty.type_size()),
+        None => (0, 0),
+    };
+    let mut encoded = vec![0u8; if target.is_some() { n_out * row_bytes } else { 0 }];
     let mut fixed = vec![false; n_in / bs];
 
-    let bsz = opts.block.max(1).div_ceil(bs) * bs;
+    // Lazy blocks hold whole quantization blocks and whole N:M groups.
+    let group = match sparsity {
+        Some(Sparsity::NM { m, .. }) => m,
+        _ => 1,
+    };
+    let unit = bs / gcd(bs, group) * group;
+    let bsz = opts.block.max(1).div_ceil(unit) * unit;
     let mut loss = 0f64;
+    let mut mask: Vec<bool> = Vec::new();
     let mut i1 = 0;
     while i1 < n_in {
         let i2 = (i1 + bsz).min(n_in);
         let mut err = vec![0f32; (i2 - i1) * n_out];
+        if let Some(sp) = sparsity {
+            mask.clear();
+            mask.resize((i2 - i1) * n_out, false);
+            if let Sparsity::Fraction(s) = sp {
+                let scores = obs_scores(&wt, &u, n_in, n_out, i1, i2);
+                prune::mark_smallest(&scores, prune::zeros_of(s, scores.len()), &mut mask);
+            }
+        }
         for j in i1..i2 {
-            let blk = perm[j] / bs;
-            if !fixed[blk] {
-                fix_block(
-                    g,
-                    k.quantize,
-                    blk,
-                    bs,
-                    n_out,
-                    &pos,
-                    &wt,
-                    imp,
-                    &mut ga,
-                    &mut gb,
-                    &mut encoded,
-                    row_bytes,
-                    blk_bytes,
-                );
-                fixed[blk] = true;
+            if let Some(Sparsity::NM { n, m }) = sparsity {
+                if j.is_multiple_of(m) {
+                    let scores = obs_scores(&wt, &u, n_in, n_out, j, j + m);
+                    let mk = &mut mask[(j - i1) * n_out..(j - i1 + m) * n_out];
+                    nm_mask(&scores, n_out, m, n, mk);
+                }
+            }
+            if let Some(t) = &target {
+                let blk = perm[j] / bs;
+                if !fixed[blk] {
+                    let masked = sparsity.map(|_| (&mask[..], i1));
+                    fix_block(
+                        t,
+                        blk,
+                        bs,
+                        n_out,
+                        &pos,
+                        &wt,
+                        masked,
+                        &mut ga,
+                        &mut gb,
+                        &mut encoded,
+                        row_bytes,
+                        blk_bytes,
+                    );
+                    fixed[blk] = true;
+                }
             }
             let d = u[j * n_in + j];
-            let (row_w, row_a, row_b, row_c) = (
-                &mut wt[j * n_out..(j + 1) * n_out],
-                &ga[j * n_out..(j + 1) * n_out],
-                &gb[j * n_out..(j + 1) * n_out],
-                &mut codes[j * n_out..(j + 1) * n_out],
-            );
             let e = &mut err[(j - i1) * n_out..(j - i1 + 1) * n_out];
-            let l: f64 = row_w
-                .par_iter_mut()
-                .zip(row_c.par_iter_mut())
-                .zip(e.par_iter_mut())
-                .enumerate()
-                .map(|(r, ((x, c), e))| {
-                    let q_code = g.round(*x, row_a[r], row_b[r]);
-                    let q = row_a[r] * g.levels.value(q_code) + row_b[r];
-                    *c = q_code;
-                    *e = (*x - q) / d;
-                    *x = q;
-                    (*e as f64) * (*e as f64)
-                })
-                .sum();
+            let row_w = &mut wt[j * n_out..(j + 1) * n_out];
+            let row_m = if sparsity.is_some() { Some(&mask[(j - i1) * n_out..(j - i1 + 1) * n_out]) } else { None };
+            let l: f64 = match &target {
+                Some(t) => {
+                    let g = t.g;
+                    let (row_a, row_b, row_c) = (
+                        &ga[j * n_out..(j + 1) * n_out],
+                        &gb[j * n_out..(j + 1) * n_out],
+                        &mut codes[j * n_out..(j + 1) * n_out],
+                    );
+                    row_w
+                        .par_iter_mut()
+                        .zip(row_c.par_iter_mut())
+                        .zip(e.par_iter_mut())
+                        .enumerate()
+                        .map(|(r, ((x, c), e))| {
+                            let pruned = row_m.is_some_and(|m| m[r]);
+                            let q_code = g.round(if pruned { 0.0 } else { *x }, row_a[r], row_b[r]);
+                            let q = row_a[r] * g.levels.value(q_code) + row_b[r];
+                            *c = q_code;
+                            *e = (*x - q) / d;
+                            *x = q;
+                            (*e as f64) * (*e as f64)
+                        })
+                        .sum()
+                }
+                None => row_w
+                    .par_iter_mut()
+                    .zip(e.par_iter_mut())
+                    .enumerate()
+                    .map(|(r, (x, e))| {
+                        if row_m.is_some_and(|m| m[r]) {
+                            *e = *x / d;
+                            *x = 0.0;
+                        } else {
+                            *e = 0.0;
+                        }
+                        (*e as f64) * (*e as f64)
+                    })
+                    .sum(),
+            };
             loss += l;
             // Intra-block update of the remaining columns of this lazy block.
             let e = &err[(j - i1) * n_out..(j - i1 + 1) * n_out];
@@ -198,6 +300,17 @@ pub fn quantize(
     drop(ga);
     drop(gb);
 
+    let Some(t) = target else {
+        // No grid: the swept f32 weights, back in row-major order.
+        let mut weights = vec![0f32; n_out * n_in];
+        weights.par_chunks_mut(n_in).enumerate().for_each(|(r, row)| {
+            for (c, x) in row.iter_mut().enumerate() {
+                *x = wt[pos[c] * n_out + r];
+            }
+        });
+        return Ok(Swept { bytes: None, weights, damp, loss });
+    };
+    let (ty, g) = (t.ty, t.g);
     // Pack codes into the encoded blocks, row by row (original column order).
     encoded.par_chunks_mut(row_bytes).enumerate().for_each(|(r, row)| {
         let mut c = vec![0u8; bs];
@@ -230,36 +343,81 @@ pub fn quantize(
             "{name}: packed {ty} blocks differ from GPTQ's values (relative {worst:e}); grid bug"
         )));
     }
-    Ok(GptqResult { bytes: encoded, weights, damp, loss })
+    Ok(Swept { bytes: Some(encoded), weights, damp, loss })
 }
 
-/// Encode block `blk` of every row as it now stands, remember the encoded bytes and read off the
-/// grid of each of its positions.
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// SparseGPT's pruning scores `w² / U_jj²` of columns `c0..c1` (in `wt`'s layout).
+fn obs_scores(wt: &[f32], u: &[f32], n_in: usize, n_out: usize, c0: usize, c1: usize) -> Vec<f32> {
+    let mut s = wt[c0 * n_out..c1 * n_out].to_vec();
+    s.par_chunks_mut(n_out).enumerate().for_each(|(k, col)| {
+        let d = u[(c0 + k) * n_in + c0 + k];
+        let d2 = d * d;
+        col.iter_mut().for_each(|v| *v = *v * *v / d2);
+    });
+    s
+}
+
+/// The N:M mask of one group of `m` columns (`scores` and `mask` in `wt`'s layout: `m` columns
+/// of `n_out`): in every row, the `n` smallest.
+fn nm_mask(scores: &[f32], n_out: usize, m: usize, n: usize, mask: &mut [bool]) {
+    let rows: Vec<Vec<usize>> = (0..n_out)
+        .into_par_iter()
+        .map(|r| {
+            let s: Vec<f32> = (0..m).map(|k| scores[k * n_out + r]).collect();
+            let mut mk = vec![false; m];
+            prune::mark_smallest(&s, n, &mut mk);
+            (0..m).filter(|&k| mk[k]).collect()
+        })
+        .collect();
+    for (r, ks) in rows.iter().enumerate() {
+        for &k in ks {
+            mask[k * n_out + r] = true;
+        }
+    }
+}
+
+/// Encode block `blk` of every row as it now stands (weights already chosen for pruning as zero),
+/// remember the encoded bytes and read off the grid of each of its positions. `masked`: the
+/// pruning mask of the current lazy block and the block's first column.
 #[allow(clippy::too_many_arguments)]
 fn fix_block(
-    g: &TypeGrid,
-    quantize: crunch_quant::QuantizeFn,
+    t: &Target,
     blk: usize,
     bs: usize,
     n_out: usize,
     pos: &[usize],
     wt: &[f32],
-    imp: Option<&[f32]>,
+    masked: Option<(&[bool], usize)>,
     ga: &mut [f32],
     gb: &mut [f32],
     encoded: &mut [u8],
     row_bytes: usize,
     blk_bytes: usize,
 ) {
+    let g = t.g;
     let cols: Vec<usize> = (blk * bs..(blk + 1) * bs).map(|c| pos[c]).collect();
-    let iw = imp.map(|v| &v[blk * bs..(blk + 1) * bs]);
+    let iw = t.imp.map(|v| &v[blk * bs..(blk + 1) * bs]);
     let per_row: Vec<(Vec<f32>, Vec<f32>)> = encoded
         .par_chunks_mut(row_bytes)
         .enumerate()
         .map(|(r, row)| {
-            let x: Vec<f32> = cols.iter().map(|&j| wt[j * n_out + r]).collect();
+            let x: Vec<f32> = cols
+                .iter()
+                .map(|&j| match masked {
+                    Some((m, i1)) if m[(j - i1) * n_out + r] => 0.0,
+                    _ => wt[j * n_out + r],
+                })
+                .collect();
             let out = &mut row[blk * blk_bytes..(blk + 1) * blk_bytes];
-            quantize(&x, iw, out);
+            (t.quantize)(&x, iw, out);
             let (mut a, mut b) = (vec![0f32; bs], vec![0f32; bs]);
             g.affine(out, &mut a, &mut b);
             (a, b)
