@@ -16,6 +16,7 @@ pub mod fit;
 pub mod inspect;
 pub mod job;
 pub mod memory;
+pub mod method;
 pub mod progress;
 pub mod quantize;
 pub mod report;

@@ -57,7 +57,7 @@ impl ModelArgs {
     pub fn settings(&self) -> FitSettings {
         FitSettings {
             text: self.text.clone(),
-            method: self.method.name().to_string(),
+            method: self.method,
             calib_ctx: self.calib_ctx,
             calib_chunks: self.calib_chunks,
             band: self.band,

@@ -4,6 +4,7 @@ use super::progress::TermProgress;
 use anyhow::{bail, Context, Result};
 use crunch::inspect::human_bytes;
 use crunch::job::{CalibrationSpec, Job, Outcome, QuantizeJob};
+use crunch::method::Method;
 use crunch::quantize::{Plan, Reason};
 use std::path::PathBuf;
 
@@ -69,7 +70,7 @@ pub struct QuantizeArgs {
 pub struct CalibArgs {
     /// Calibrated method(s): rtn (plain), gptq, awq, or awq,gptq.
     #[arg(long, value_name = "METHOD", default_value = "rtn")]
-    method: String,
+    method: Method,
     /// Calibration text file for GPTQ/AWQ (or random:N[:SEED] for N random vocabulary tokens).
     #[arg(long, value_name = "FILE")]
     text: Option<String>,
@@ -100,18 +101,17 @@ impl QuantizeArgs {
     /// The job these arguments ask for.
     pub fn job(&self) -> Job {
         let c = &self.calib;
-        let calibration =
-            c.text.as_ref().filter(|_| !matches!(c.method.trim(), "" | "rtn" | "none")).map(|text| CalibrationSpec {
-                method: c.method.clone(),
-                text: PathBuf::from(text),
-                ctx: c.ctx,
-                chunks: c.chunks,
-                seed: c.seed,
-                damp: c.damp,
-                gptq_block: c.gptq_block,
-                act_order: c.act_order,
-                awq_grid: c.awq_grid,
-            });
+        let calibration = c.text.as_ref().filter(|_| c.method.is_calibrated()).map(|text| CalibrationSpec {
+            method: c.method,
+            text: PathBuf::from(text),
+            ctx: c.ctx,
+            chunks: c.chunks,
+            seed: c.seed,
+            damp: c.damp,
+            gptq_block: c.gptq_block,
+            act_order: c.act_order,
+            awq_grid: c.awq_grid,
+        });
         Job::Quantize(QuantizeJob {
             model: self.input.clone(),
             output: self.output.clone(),
@@ -169,7 +169,7 @@ fn print_plan(plan: &Plan) {
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let c = &a.calib;
-    if !matches!(c.method.trim(), "" | "rtn" | "none") && c.text.is_none() {
+    if c.method.is_calibrated() && c.text.is_none() {
         bail!("--method {}: give calibration text with --text FILE (or random:N)", c.method);
     }
     let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json || a.dry_run), None)?;

@@ -4,6 +4,7 @@
 
 use super::calib_err;
 use crate::error::{Error, Result};
+use crate::method::Method;
 use crate::progress::{Cancel, Progress};
 use crate::quantize::{Plan, Replacement};
 use crunch_calib::awq::{self, AwqOptions};
@@ -18,32 +19,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Which calibrated methods run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Method {
-    pub awq: bool,
-    pub gptq: bool,
-}
-
-impl Method {
-    /// `rtn` (none), `gptq`, `awq`, `awq,gptq` / `awq+gptq`.
-    ///
-    /// # Errors
-    /// Unknown names.
-    pub fn parse(s: &str) -> Result<Option<Method>> {
-        let mut m = Method { awq: false, gptq: false };
-        for part in s.split([',', '+']).map(|p| p.trim().to_ascii_lowercase()) {
-            match part.as_str() {
-                "gptq" => m.gptq = true,
-                "awq" => m.awq = true,
-                "rtn" | "none" | "" => {}
-                other => return Err(Error::Invalid(format!("unknown method {other:?} (rtn, gptq, awq, awq,gptq)"))),
-            }
-        }
-        Ok((m.awq || m.gptq).then_some(m))
-    }
-}
 
 /// Everything a calibrated run needs besides the model and the plan.
 #[derive(Clone, Debug)]
@@ -161,7 +136,7 @@ pub fn calibrate_model(
         }
         let mut layer = runner.load_layer(i).map_err(calib_err)?;
         let mut changed: Vec<String> = Vec::new();
-        if opts.method.awq {
+        if opts.method.uses_awq() {
             let mut xa = x.clone();
             let g = gqa(&runner);
             let mut hook = |grp: Group, l: &mut Layer, input: &mut [f32]| -> crunch_calib::Result<()> {
@@ -201,12 +176,12 @@ pub fn calibrate_model(
                 Ok(())
             };
             runner.forward_layer(&mut layer, &mut xa, n_ctx, &mut hook).map_err(calib_err)?;
-            if !opts.method.gptq {
+            if !opts.method.uses_gptq() {
                 x = xa;
             }
         }
         let mut quantized: Vec<String> = Vec::new();
-        if opts.method.gptq {
+        if opts.method.uses_gptq() {
             let mut hook = |grp: Group, l: &mut Layer, input: &mut [f32]| -> crunch_calib::Result<()> {
                 let n_in = l.group_mut(grp)[0].n_in;
                 let mut h = vec![0f32; n_in * n_in];

@@ -6,8 +6,9 @@
 pub mod imatrix;
 pub mod method;
 
+pub use crate::method::Method;
 pub use imatrix::{run_imatrix, ImatrixJob, ImatrixReport};
-pub use method::{calibrate_model, CalibratedTensors, Method, MethodOptions};
+pub use method::{calibrate_model, CalibratedTensors, MethodOptions};
 
 use crate::error::Error;
 

@@ -118,7 +118,11 @@ fn bad(source: &str, at: &str, msg: impl std::fmt::Display) -> Error {
 }
 
 fn parse_method(s: &str, source: &str, at: &str) -> Result<Method> {
-    s.parse::<Method>().map_err(|e| bad(source, at, e))
+    let m = s.parse::<Method>().map_err(|e| bad(source, at, e))?;
+    if !crate::sensitivity::profiles(m) {
+        return Err(bad(source, at, format!("{m}: search measures rtn, imatrix and gptq")));
+    }
+    Ok(m)
 }
 
 /// Validate a parsed file.

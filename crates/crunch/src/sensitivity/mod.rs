@@ -51,38 +51,13 @@ pub const CANDIDATE_TYPES: &[GgmlType] = &[
     GgmlType::F16,
 ];
 
-/// How tensors are quantized (the same method must be used when the plan is written).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// Round to nearest on the type's grid (llama.cpp without an imatrix).
-    Rtn,
-    /// Importance-weighted quantization with activation statistics from the calibration text.
-    Imatrix,
-    /// GPTQ (error feedback over columns).
-    Gptq,
-}
+/// How tensors are quantized (the same method must be used when the plan is written). Profiles
+/// are measured for [`Method::Rtn`], [`Method::Imatrix`] and [`Method::Gptq`].
+pub use crate::method::Method;
 
-impl Method {
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Rtn => "rtn",
-            Method::Imatrix => "imatrix",
-            Method::Gptq => "gptq",
-        }
-    }
-}
-
-impl std::str::FromStr for Method {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "rtn" => Ok(Method::Rtn),
-            "imatrix" => Ok(Method::Imatrix),
-            "gptq" => Ok(Method::Gptq),
-            _ => Err(format!("unknown method {s:?}; known: rtn, imatrix, gptq")),
-        }
-    }
+/// Whether sensitivity profiles (and so `fit` and `search`) support a method.
+pub fn profiles(method: Method) -> bool {
+    matches!(method, Method::Rtn | Method::Imatrix | Method::Gptq)
 }
 
 /// The candidate types for a row length: every candidate mapped through llama.cpp's block-size

@@ -13,8 +13,13 @@ use std::path::{Path, PathBuf};
 impl FitSettings {
     /// The sensitivity-profile options (`kind` names the job in errors).
     pub fn sensitivity(&self, kind: &str) -> Result<SensitivityOptions> {
-        let method: Method =
-            self.method.parse().map_err(|e: String| Error::field(format!("{kind}.settings.method"), e))?;
+        let method = self.method;
+        if !crate::sensitivity::profiles(method) {
+            return Err(Error::field(
+                format!("{kind}.settings.method"),
+                format!("{method}: {kind} measures rtn, imatrix and gptq profiles"),
+            ));
+        }
         let mut s = SensitivityOptions {
             method,
             ctx: self.calib_ctx,

@@ -71,7 +71,7 @@ pub struct QuantizeJob {
 #[serde(deny_unknown_fields)]
 pub struct CalibrationSpec {
     /// `gptq`, `awq` or `awq,gptq`.
-    pub method: String,
+    pub method: crate::method::Method,
     /// Calibration text file.
     pub text: PathBuf,
     /// Tokens per chunk.
@@ -298,7 +298,7 @@ pub struct FitSettings {
     pub text: PathBuf,
     /// `rtn`, `imatrix` or `gptq`.
     #[serde(default = "FitSettings::default_method")]
-    pub method: String,
+    pub method: crate::method::Method,
     #[serde(default = "FitSettings::default_calib_ctx")]
     pub calib_ctx: usize,
     #[serde(default = "FitSettings::default_calib_chunks")]
@@ -320,8 +320,8 @@ pub struct FitSettings {
 }
 
 impl FitSettings {
-    pub fn default_method() -> String {
-        "rtn".into()
+    pub fn default_method() -> crate::method::Method {
+        crate::method::Method::Rtn
     }
     pub fn default_calib_ctx() -> usize {
         128

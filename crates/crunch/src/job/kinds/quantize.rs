@@ -39,11 +39,18 @@ fn load_imatrix(j: &QuantizeJob, input: &GgufFile) -> Result<Option<LoadedImatri
 }
 
 fn method_options(c: &CalibrationSpec) -> Result<Option<MethodOptions>> {
-    let Some(method) =
-        Method::parse(&c.method).map_err(|e| Error::field("quantize.calibration.method", e.to_string()))?
-    else {
-        return Ok(None);
-    };
+    let field = "quantize.calibration.method";
+    let method = c.method;
+    match method {
+        Method::Rtn => return Ok(None),
+        Method::Imatrix => {
+            return Err(Error::field(
+                field,
+                "imatrix is not a calibration run: give the importance matrix as `imatrix`",
+            ))
+        }
+        _ => {}
+    }
     if c.ctx == 0 {
         return Err(Error::field("quantize.calibration.ctx", "must be positive"));
     }
