@@ -64,7 +64,7 @@ pub fn run_imatrix(job: &ImatrixJob, progress: &dyn Progress, cancel: &Cancel) -
         let m = Imatrix::load(&job.output, cs).map_err(calib_err)?;
         if m.chunk_size != 0 && m.chunk_size != cs {
             return Err(Error::Invalid(format!(
-                "--resume: {} was made with chunks of {} tokens, not --ctx {}",
+                "resume: {} was made with chunks of {} tokens, not {}",
                 job.output.display(),
                 m.chunk_size,
                 job.n_ctx
@@ -75,7 +75,10 @@ pub fn run_imatrix(job: &ImatrixJob, progress: &dyn Progress, cancel: &Cancel) -
     }
     let Some(source) = &job.text else {
         if job.in_files.is_empty() && !job.resume {
-            return Err(Error::Invalid("nothing to do: give calibration text (--text) or --in-file matrices".into()));
+            return Err(Error::field(
+                "imatrix.text",
+                "nothing to do: give calibration text or matrices to merge (in_files)",
+            ));
         }
         if let Some(model) = &job.model {
             check_model(&base, &GgufFile::open(model)?)?;
@@ -119,7 +122,7 @@ pub fn run_imatrix(job: &ImatrixJob, progress: &dyn Progress, cancel: &Cancel) -
     m.save(&job.output, job.format).map_err(calib_err)?;
     if cancelled {
         return Err(Error::Invalid(format!(
-            "interrupted after {done} of {total} chunks; saved them to {} (continue with --resume)",
+            "interrupted after {done} of {total} chunks; saved them to {} (resume to continue)",
             job.output.display()
         )));
     }

@@ -1,14 +1,17 @@
-//! `crunch quantize --method gptq|awq|awq,gptq`: run the calibrated methods block by block and
-//! keep their results (packed GPTQ tensors, AWQ-rescaled weights and norms) in a scratch folder
-//! beside the output until the quantizer writes the GGUF.
+//! `crunch quantize --method gptq|awq|awq,gptq` and `crunch prune --method wanda|sparsegpt`: run
+//! the calibrated methods block by block and keep their results (packed GPTQ and joint SparseGPT
+//! tensors, AWQ-rescaled weights and norms, pruned weights) in a scratch folder beside the output
+//! until the quantizer writes the GGUF.
 
 use super::calib_err;
+use super::prune::{prune_linear, PruneSpec, PrunedTensor};
 use crate::error::{Error, Result};
 use crate::method::Method;
 use crate::progress::{Cancel, Progress};
 use crate::quantize::{Plan, Replacement};
 use crunch_calib::awq::{self, AwqOptions};
 use crunch_calib::gptq::{self, GptqOptions};
+use crunch_calib::prune::{self, PruneMethod};
 use crunch_calib::runner::{Group, Layer, Runner};
 use crunch_calib::text::{self, ChunkOptions, TextSource};
 use crunch_calib::{linalg, Imatrix};
@@ -28,6 +31,8 @@ pub struct MethodOptions {
     pub chunks: ChunkOptions,
     pub gptq: GptqOptions,
     pub awq: AwqOptions,
+    /// Wanda or SparseGPT pruning of every linear layer (in the pass GPTQ runs in, instead of it).
+    pub prune: Option<PruneSpec>,
 }
 
 /// What happened to one tensor.
@@ -44,6 +49,8 @@ pub struct CalibratedTensors {
     /// AWQ column scales per weight (an imatrix made before scaling is divided by their squares).
     pub scales: BTreeMap<String, Vec<f32>>,
     pub notes: Vec<TensorNote>,
+    /// What pruning did to each weight.
+    pub pruned: Vec<PrunedTensor>,
     pub seconds: f64,
 }
 
@@ -54,6 +61,19 @@ impl Drop for CalibratedTensors {
 }
 
 impl CalibratedTensors {
+    /// An empty set of results kept in `dir` (created; removed on drop).
+    pub(crate) fn create(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        Ok(CalibratedTensors {
+            dir: dir.to_path_buf(),
+            stored: BTreeMap::new(),
+            scales: BTreeMap::new(),
+            notes: Vec::new(),
+            pruned: Vec::new(),
+            seconds: 0.0,
+        })
+    }
+
     fn store(&mut self, name: &str, bytes: &[u8], packed: bool) -> Result<()> {
         let path = self.dir.join(format!("{}.bin", name.replace(['/', '\\'], "_")));
         std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
@@ -61,7 +81,13 @@ impl CalibratedTensors {
         Ok(())
     }
 
-    fn store_f32(&mut self, name: &str, v: &[f32]) -> Result<()> {
+    /// Keep data already in the tensor's output type.
+    pub(crate) fn store_packed(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.store(name, bytes, true)
+    }
+
+    /// Keep new f32 values, converted to the output type when written.
+    pub(crate) fn store_f32(&mut self, name: &str, v: &[f32]) -> Result<()> {
         let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.store(name, &b, false)
     }
@@ -116,19 +142,14 @@ pub fn calibrate_model(
     let tok = crunch_model::tokenizer::Tokenizer::from_gguf(&file)?;
     let chunks = text::load_chunks(&opts.text, &tok, opts.chunks).map_err(calib_err)?;
     let n_ctx = chunks.n_ctx;
-    std::fs::create_dir_all(scratch).map_err(|e| Error::io(scratch, e))?;
-    let mut out = CalibratedTensors {
-        dir: scratch.to_path_buf(),
-        stored: BTreeMap::new(),
-        scales: BTreeMap::new(),
-        notes: Vec::new(),
-        seconds: 0.0,
-    };
+    let mut out = CalibratedTensors::create(scratch)?;
     let types: BTreeMap<&str, GgmlType> =
         plan.tensors.iter().filter(|t| t.converts()).map(|t| (t.name.as_str(), t.dst_type)).collect();
+    // Pruning writes every pruned tensor, converted or kept in its type.
+    let out_types: BTreeMap<&str, GgmlType> = plan.tensors.iter().map(|t| (t.name.as_str(), t.dst_type)).collect();
     let mut x = runner.embed(&chunks.chunks).map_err(calib_err)?;
     let n_layer = runner.config.n_layer;
-    progress.start("calibrate", n_layer as u64);
+    progress.start(if opts.prune.is_some() { "prune" } else { "calibrate" }, n_layer as u64);
     tracing::info!(chunks = chunks.chunks.len(), n_ctx, "calibrating {} blocks", n_layer);
     for i in 0..n_layer {
         if cancel.is_cancelled() {
@@ -181,9 +202,26 @@ pub fn calibrate_model(
             }
         }
         let mut quantized: Vec<String> = Vec::new();
-        if opts.method.uses_gptq() {
+        if opts.method.uses_gptq() || opts.prune.is_some() {
             let mut hook = |grp: Group, l: &mut Layer, input: &mut [f32]| -> crunch_calib::Result<()> {
                 let n_in = l.group_mut(grp)[0].n_in;
+                if let Some(spec) = &opts.prune {
+                    // Wanda needs the column norms, SparseGPT the Hessian (and the norms as the
+                    // joint quantizer's importance).
+                    let mut h = Vec::new();
+                    if spec.method == PruneMethod::SparseGpt {
+                        h = vec![0f32; n_in * n_in];
+                        linalg::add_xtx(&mut h, input, n_in);
+                    }
+                    let col_sq = prune::column_sq_sums(input, n_in);
+                    let n_tok = input.len() / n_in;
+                    for lin in l.group_mut(grp) {
+                        let ty = out_types.get(lin.name.as_str()).copied();
+                        prune_linear(lin, spec, &h, &col_sq, n_tok, ty, &mut out)?;
+                        quantized.push(lin.name.clone());
+                    }
+                    return Ok(());
+                }
                 let mut h = vec![0f32; n_in * n_in];
                 linalg::add_xtx(&mut h, input, n_in);
                 let n_tok = (input.len() / n_in) as f32;
@@ -236,6 +274,7 @@ pub fn calibrate_model(
         progress.advance((i + 1) as u64, &format!("block {}/{n_layer}", i + 1));
     }
     out.seconds = t0.elapsed().as_secs_f64();
-    progress.finish(&format!("calibrated {n_layer} blocks in {:.1} s", out.seconds));
+    let what = if opts.prune.is_some() { "pruned" } else { "calibrated" };
+    progress.finish(&format!("{what} {n_layer} blocks in {:.1} s", out.seconds));
     Ok(out)
 }

@@ -1,10 +1,12 @@
 //! Calibration jobs: `crunch imatrix` (importance matrices as llama-imatrix makes them) and the
-//! calibrated quantization methods behind `crunch quantize --imatrix / --method gptq|awq`.
+//! calibrated quantization methods behind `crunch quantize --imatrix / --method gptq|awq`, and
+//! the pruning behind `crunch prune` (magnitude, Wanda, SparseGPT).
 //! The algorithms live in `crunch-calib`; this module opens files, reports progress and
 //! handles cancellation.
 
 pub mod imatrix;
 pub mod method;
+pub mod prune;
 
 pub use crate::method::Method;
 pub use imatrix::{run_imatrix, ImatrixJob, ImatrixReport};

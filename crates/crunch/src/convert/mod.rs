@@ -551,7 +551,7 @@ pub fn execute(plan: &ConvertPlan, output: &Path, progress: &dyn Progress, cance
     if let Some(p) = &plan.quant {
         if let Some(t) = p.tensors.iter().find(|t| t.converts() && t.requires_imatrix) {
             return Err(Error::Plan(format!(
-                "tensor {}: {} needs an importance matrix; convert to {} first, then run `crunch quantize --imatrix`",
+                "tensor {}: {} needs an importance matrix; convert to {} first, then quantize with an importance matrix",
                 t.name,
                 t.dst_type,
                 plan.base_ftype.name().to_lowercase()

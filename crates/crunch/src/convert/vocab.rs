@@ -586,7 +586,7 @@ fn vocab_base(files: &Files, cfg: &HfConfig) -> Result<(Vec<String>, Vec<i32>)> 
 fn pre_tokenizer(files: &Files, pre_override: Option<&str>) -> Result<(String, PreSource, Option<String>)> {
     if let Some(p) = pre_override {
         if crunch_model::tokenizer::pre_catalog::patterns(p).is_err() {
-            tracing::warn!("--pre {p:?} is not a pre-tokenizer crunch knows; written as given");
+            tracing::warn!("pre-tokenizer {p:?} is not one crunch knows; written as given");
         }
         return Ok((p.to_string(), PreSource::Override, None));
     }

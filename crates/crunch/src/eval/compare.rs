@@ -64,10 +64,10 @@ pub fn base_logits(
     cancel: &Cancel,
 ) -> Result<BaseLogits> {
     if opts.top_k == 0 || opts.top_k > loaded.model.config.n_vocab {
-        return Err(Error::Invalid(format!(
-            "--top-k {} must be between 1 and the vocabulary size {}",
-            opts.top_k, loaded.model.config.n_vocab
-        )));
+        return Err(Error::field(
+            "compare.top_k",
+            format!("{} must be between 1 and the vocabulary size {}", opts.top_k, loaded.model.config.n_vocab),
+        ));
     }
     let what = Path::new(name);
     let (tokens, bos) = tokenize_for_eval(loaded, text, what)?;
@@ -159,7 +159,7 @@ pub fn compare(
 ) -> Result<CompareReport> {
     let base_logits = match base {
         Base::Model(p) => {
-            let text = text.ok_or_else(|| Error::Invalid("comparing with a base model needs --text".into()))?;
+            let text = text.ok_or_else(|| Error::field("compare.text", "comparing with a base model needs a text"))?;
             let t = read_text(text)?;
             let loaded = open_model(p, opts.eval.exact)?;
             base_logits(&loaded, &p.display().to_string(), &t, opts, progress, cancel)?

@@ -145,7 +145,7 @@ pub fn solve(file: &GgufFile, profile: &Profile, target: Target) -> Result<FitPl
         Target::MaxSize(b) => (Some(b), None),
         Target::MaxBpw(bpw) => {
             if !(bpw > 0.0 && bpw.is_finite()) {
-                return Err(Error::Invalid(format!("--max-bpw {bpw}: must be a positive number")));
+                return Err(Error::field("fit.max_bpw", format!("{bpw}: must be a positive number")));
             }
             // bits per weight over all tensors' data (not the header), as quantize reports it.
             let data_budget = (bpw * n_elements as f64 / 8.0).floor() as u64;
@@ -156,20 +156,23 @@ pub fn solve(file: &GgufFile, profile: &Profile, target: Target) -> Result<FitPl
             let (kv, compute) = ram::non_weight_bytes(file.metadata(), ctx)?;
             let other = kv + compute + ram::OVERHEAD_BYTES;
             if bytes <= other {
-                return Err(Error::Plan(format!(
-                    "--max-ram {}: the KV cache ({}) and compute buffers ({}) at a context of {ctx} tokens \
-                     already need {}; lower --ctx or raise the budget",
-                    crate::inspect::human_bytes(bytes),
-                    crate::inspect::human_bytes(kv),
-                    crate::inspect::human_bytes(compute),
-                    crate::inspect::human_bytes(other)
-                )));
+                return Err(Error::field(
+                    "fit.max_ram",
+                    format!(
+                        "{}: the KV cache ({}) and compute buffers ({}) at a context of {ctx} tokens \
+                     already need {}; lower the context or raise the budget",
+                        crate::inspect::human_bytes(bytes),
+                        crate::inspect::human_bytes(kv),
+                        crate::inspect::human_bytes(compute),
+                        crate::inspect::human_bytes(other)
+                    ),
+                ));
             }
             (Some(bytes - other), Some((kv, compute, ctx)))
         }
         Target::MaxKld(k) => {
             if !(k > 0.0 && k.is_finite()) {
-                return Err(Error::Invalid(format!("--max-kld {k}: must be a positive number")));
+                return Err(Error::field("fit.max_kld", format!("{k}: must be a positive number")));
             }
             (None, None)
         }
@@ -196,14 +199,14 @@ pub fn solve(file: &GgufFile, profile: &Profile, target: Target) -> Result<FitPl
         attempts += 1;
         sol = match (target, inner) {
             (Target::MaxKld(k), _) => solver::smallest_within(&items, k).ok_or_else(|| {
-                let best: f64 = profile
-                    .tensors
-                    .iter()
-                    .map(|t| t.choices.iter().map(|c| c.kld).fold(f64::INFINITY, f64::min))
-                    .sum();
-                Error::Plan(format!(
-                    "--max-kld {k} cannot be met: the best predicted KL-divergence among the candidate types is {best:.3e}"
-                ))
+                let best: f64 =
+                    profile.tensors.iter().map(|t| t.choices.iter().map(|c| c.kld).fold(f64::INFINITY, f64::min)).sum();
+                Error::field(
+                    "fit.max_kld",
+                    format!(
+                        "{k} cannot be met: the best predicted KL-divergence among the candidate types is {best:.3e}"
+                    ),
+                )
             })?,
             (_, Some(b)) => solver::solve(&items, b).map_err(|_| unreachable(target.to_string()))?,
             (_, None) => return Err(Error::Invalid("no budget for the target".into())),

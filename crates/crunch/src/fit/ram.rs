@@ -28,7 +28,7 @@ pub struct RamEstimate {
 /// # Errors
 /// Metadata that does not describe a Llama-family model.
 pub fn non_weight_bytes(meta: &Metadata, n_ctx: usize) -> Result<(u64, u64)> {
-    let c = crunch_model::LlamaConfig::from_metadata(meta).map_err(|e| Error::Invalid(format!("--max-ram: {e}")))?;
+    let c = crunch_model::LlamaConfig::from_metadata(meta).map_err(|e| Error::field("fit.max_ram", e.to_string()))?;
     let kv = 2 * c.n_layer as u64 * n_ctx as u64 * c.n_embd_kv() as u64 * 2;
     let ub = n_ctx.min(512) as u64;
     let per_token = c.n_vocab + 4 * c.n_embd + 2 * c.n_ff + c.n_head * n_ctx;

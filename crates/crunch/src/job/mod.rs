@@ -35,6 +35,8 @@ pub enum Job {
     Export(ExportJob),
     /// Importance matrix from calibration text (or merged from earlier ones).
     Imatrix(ImatrixJob),
+    /// Zero weights of the linear layers (magnitude, Wanda, SparseGPT; unstructured or N:M).
+    Prune(PruneJob),
     /// Perplexity over a text, as llama-perplexity computes it.
     Perplexity(PerplexityJob),
     /// KL-divergence, same top token and perplexity of quantized models against a base.
@@ -71,6 +73,7 @@ impl Job {
             Job::Convert(_) => "convert",
             Job::Export(_) => "export",
             Job::Imatrix(_) => "imatrix",
+            Job::Prune(_) => "prune",
             Job::Perplexity(_) => "perplexity",
             Job::Compare(_) => "compare",
             Job::Choice(_) => "choice",
@@ -121,6 +124,13 @@ impl Job {
                 v.push(("output", O, &mut j.output));
                 for p in &mut j.in_files {
                     v.push(("in_files", I, p));
+                }
+            }
+            Job::Prune(j) => {
+                v.push(("model", I, &mut j.model));
+                v.push(("output", O, &mut j.output));
+                if let Some(p) = &mut j.text {
+                    v.push(("text", I, p));
                 }
             }
             Job::Perplexity(j) => {
@@ -192,6 +202,7 @@ pub enum Outcome {
     Convert(ConvertOutcome),
     Export(ExportOutcome),
     Imatrix(ImatrixOutcome),
+    Prune(PruneOutcome),
     Perplexity(PerplexityOutcome),
     Compare(CompareOutcome),
     Choice(ChoiceOutcome),
@@ -210,6 +221,7 @@ impl Outcome {
             Outcome::Convert(o) => o.run_id,
             Outcome::Export(o) => o.run_id,
             Outcome::Imatrix(o) => o.run_id,
+            Outcome::Prune(o) => o.run_id,
             Outcome::Perplexity(o) => o.run_id,
             Outcome::Compare(o) => o.run_ids.last().copied().flatten(),
             Outcome::Choice(o) => o.run_id,
@@ -234,6 +246,7 @@ pub fn run(job: &Job, ctx: &RunCtx) -> Result<Outcome> {
         Job::Convert(j) => kinds::convert::run(j, ctx).map(Outcome::Convert),
         Job::Export(j) => kinds::export::run(j, ctx).map(Outcome::Export),
         Job::Imatrix(j) => kinds::imatrix::run(j, ctx).map(Outcome::Imatrix),
+        Job::Prune(j) => kinds::prune::run(j, ctx).map(Outcome::Prune),
         Job::Perplexity(j) => kinds::eval::perplexity(j, ctx).map(Outcome::Perplexity),
         Job::Compare(j) => kinds::eval::compare(j, ctx).map(Outcome::Compare),
         Job::Choice(j) => kinds::eval::choice(j, ctx).map(Outcome::Choice),
@@ -266,6 +279,7 @@ pub fn from_json(body: &[u8]) -> Result<Job> {
         "convert" => Job::Convert(part(rest)?),
         "export" => Job::Export(part(rest)?),
         "imatrix" => Job::Imatrix(part(rest)?),
+        "prune" => Job::Prune(part(rest)?),
         "perplexity" => Job::Perplexity(part(rest)?),
         "compare" => Job::Compare(part(rest)?),
         "choice" => Job::Choice(part(rest)?),
@@ -279,11 +293,12 @@ pub fn from_json(body: &[u8]) -> Result<Job> {
 }
 
 /// Every job kind's name.
-pub const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 13] = [
     "quantize",
     "convert",
     "export",
     "imatrix",
+    "prune",
     "perplexity",
     "compare",
     "choice",

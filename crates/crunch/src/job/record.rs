@@ -31,6 +31,8 @@ pub mod metric {
     pub const PP_TOKENS_PER_S: &str = "pp_tokens_per_s";
     pub const TG_TOKENS_PER_S: &str = "tg_tokens_per_s";
     pub const RAM_BYTES: &str = "ram_bytes";
+    /// Fraction of exact zeros in the pruned weights of an output.
+    pub const ZERO_FRACTION: &str = "zero_fraction";
 }
 
 /// The registry metrics of a model measured against its base on held-out text.

@@ -116,10 +116,10 @@ pub fn execute_with(
     let importance = opts.importance;
     for t in &plan.tensors {
         if t.converts() && t.requires_imatrix && importance.and_then(|f| f(&t.name)).is_none() {
-            return Err(Error::Plan(format!(
-                "tensor {}: {} needs an importance matrix (give --imatrix with an entry for it)",
-                t.name, t.dst_type
-            )));
+            return Err(Error::field(
+                "quantize.imatrix",
+                format!("tensor {}: {} needs an importance matrix with an entry for it", t.name, t.dst_type),
+            ));
         }
         if t.converts() {
             for ty in [t.src_type, t.dst_type] {

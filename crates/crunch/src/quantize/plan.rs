@@ -240,10 +240,13 @@ pub fn build(meta: &Metadata, tensors: &[TensorInfo], opts: &QuantizeOptions) ->
                 }
             }
             if dst != t.ty && t.ty.is_quantized() && !opts.allow_requantize {
-                return Err(Error::Plan(format!(
-                    "tensor {} is already quantized ({}); requantizing loses quality, pass --allow-requantize to do it anyway",
-                    t.name, t.ty
-                )));
+                return Err(Error::field(
+                    "quantize.allow_requantize",
+                    format!(
+                        "tensor {} is already quantized ({}); requantizing loses quality, allow it to do it anyway",
+                        t.name, t.ty
+                    ),
+                ));
             }
             if row_len % dst.block_size() as u64 != 0 {
                 return Err(Error::Plan(format!(

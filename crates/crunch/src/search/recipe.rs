@@ -120,7 +120,7 @@ fn bad(source: &str, at: &str, msg: impl std::fmt::Display) -> Error {
 fn parse_method(s: &str, source: &str, at: &str) -> Result<Method> {
     let m = s.parse::<Method>().map_err(|e| bad(source, at, e))?;
     if !crate::sensitivity::profiles(m) {
-        return Err(bad(source, at, format!("{m}: search measures rtn, imatrix and gptq")));
+        return Err(bad(source, at, format!("{m}: search measures rtn and imatrix")));
     }
     Ok(m)
 }

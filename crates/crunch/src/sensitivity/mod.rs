@@ -52,12 +52,12 @@ pub const CANDIDATE_TYPES: &[GgmlType] = &[
 ];
 
 /// How tensors are quantized (the same method must be used when the plan is written). Profiles
-/// are measured for [`Method::Rtn`], [`Method::Imatrix`] and [`Method::Gptq`].
+/// are measured for [`Method::Rtn`] and [`Method::Imatrix`].
 pub use crate::method::Method;
 
 /// Whether sensitivity profiles (and so `fit` and `search`) support a method.
 pub fn profiles(method: Method) -> bool {
-    matches!(method, Method::Rtn | Method::Imatrix | Method::Gptq)
+    matches!(method, Method::Rtn | Method::Imatrix)
 }
 
 /// The candidate types for a row length: every candidate mapped through llama.cpp's block-size
@@ -327,7 +327,7 @@ pub fn measure(
     let t0 = std::time::Instant::now();
     if opts.method == Method::Gptq {
         return Err(Error::Invalid(
-            "method gptq: crunch's GPTQ is not available to fit yet; use --method rtn or imatrix".into(),
+            "method gptq: crunch's GPTQ is not available to fit yet; use rtn or imatrix".into(),
         ));
     }
     let types = opts.candidate_types()?;

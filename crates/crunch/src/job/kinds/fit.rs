@@ -17,7 +17,7 @@ impl FitSettings {
         if !crate::sensitivity::profiles(method) {
             return Err(Error::field(
                 format!("{kind}.settings.method"),
-                format!("{method}: {kind} measures rtn, imatrix and gptq profiles"),
+                format!("{method}: {kind} measures rtn and imatrix profiles"),
             ));
         }
         let mut s = SensitivityOptions {

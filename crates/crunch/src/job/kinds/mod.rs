@@ -7,6 +7,8 @@ pub(super) mod eval;
 pub(super) mod export;
 pub(super) mod fit;
 pub(super) mod imatrix;
+pub(super) mod prune;
+pub use prune::{PruneJob, PruneOutcome, PrunedOutput};
 pub(super) mod quantize;
 pub(super) mod search;
 

@@ -60,6 +60,7 @@ fn method_options(c: &CalibrationSpec) -> Result<Option<MethodOptions>> {
         chunks: ChunkOptions { n_ctx: c.ctx, n_chunks: Some(c.chunks), skip: 0, shuffle_seed: c.seed },
         gptq: GptqOptions { damp: c.damp, block: c.gptq_block, act_order: c.act_order, ..Default::default() },
         awq: AwqOptions { grid: c.awq_grid, ..Default::default() },
+        prune: None,
     }))
 }
 
