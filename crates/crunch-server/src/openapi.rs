@@ -16,6 +16,7 @@ pub const KINDS: &[(&str, &str)] = &[
     ("convert", "a Hugging Face folder to GGUF (model, output, type)"),
     ("export", "a GGUF model back to a Hugging Face folder (model, output, dtype)"),
     ("imatrix", "an importance matrix from calibration text (model, text, output)"),
+    ("prune", "zero weights of the linear layers: magnitude, wanda or sparsegpt (model, output, method, sparsity|pattern, text)"),
     ("perplexity", "perplexity over a text (model, text, ctx, chunks)"),
     ("compare", "KL-divergence, same top token and perplexity against a base (base, models, text)"),
     ("choice", "multiple-choice accuracy (model, tasks)"),

@@ -9,6 +9,7 @@ mod export;
 mod fit;
 mod imatrix;
 mod progress;
+mod prune;
 mod quantize;
 mod report;
 mod run;
@@ -39,6 +40,8 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Importance matrix from calibration text, as llama-imatrix makes it (also merge, resume, statistics).
     Imatrix(imatrix::ImatrixArgs),
+    /// Zero weights of the linear layers: magnitude, Wanda or SparseGPT, unstructured or N:M.
+    Prune(prune::PruneArgs),
     /// Convert a Hugging Face folder to GGUF (optionally quantizing in the same pass).
     Convert(convert::ConvertArgs),
     /// Write a GGUF model back as a Hugging Face folder (config, tokenizer, safetensors).
@@ -93,6 +96,7 @@ pub fn run() -> Result<()> {
     match cli.command {
         Command::Imatrix(a) => imatrix::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Prune(a) => prune::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Export(a) => export::run(a),
         Command::Eval(a) => eval::run(a),

@@ -1,0 +1,309 @@
+//! The `prune` job: magnitude, Wanda or SparseGPT pruning of the linear weights (unstructured or
+//! N:M), written through the quantizer as a dense GGUF with zeros; the output's real zero
+//! fraction is measured per tensor (a type without an exact zero on its grid turns zeros into
+//! small values).
+
+use super::CalibrationSpec;
+use crate::calibrate::prune::{prune_targets, PruneSpec, PrunedTensor};
+use crate::calibrate::{self, MethodOptions};
+use crate::error::{Error, Result};
+use crate::job::record::{metric, Recorder};
+use crate::job::{refuse_overwrite, RunCtx};
+use crate::quantize::{self, Ftype, Plan, QuantizeOptions, QuantizeReport, Reason, TensorPlan};
+use crunch_calib::gptq::GptqOptions;
+use crunch_calib::prune::{PruneMethod, Sparsity};
+use crunch_calib::text::{ChunkOptions, TextSource};
+use crunch_core::gguf::GgufFile;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// `prune`: zero a fraction (or an N:M pattern) of every linear weight of the blocks.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PruneJob {
+    /// Input GGUF (Llama family for the calibrated methods).
+    pub model: PathBuf,
+    /// Output GGUF (dense, with zeros; written atomically with a `.sha256` sidecar).
+    pub output: PathBuf,
+    /// `magnitude`, `wanda` or `sparsegpt`.
+    pub method: String,
+    /// Fraction of each weight zeroed, in (0, 1) (or give `pattern`).
+    #[serde(default)]
+    pub sparsity: Option<f64>,
+    /// `N:M`: N zeros in every M consecutive weights of a row (`2:4`, `4:8`).
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Calibration text (Wanda, SparseGPT); `random:N[:SEED]` for random vocabulary tokens.
+    #[serde(default)]
+    pub text: Option<PathBuf>,
+    /// Output preset or type (`Q4_K_M`, `Q8_0`, `F16`); default: every tensor keeps its type.
+    /// SparseGPT quantizes jointly onto every type GPTQ has a grid for.
+    #[serde(rename = "type", default)]
+    pub ftype: Option<String>,
+    /// Calibration tokens per chunk.
+    #[serde(default = "CalibrationSpec::default_ctx")]
+    pub ctx: usize,
+    /// Calibration chunks.
+    #[serde(default = "CalibrationSpec::default_chunks")]
+    pub chunks: usize,
+}
+
+/// One pruned tensor in the output.
+#[derive(Clone, Debug, Serialize)]
+pub struct PrunedOutput {
+    #[serde(flatten)]
+    pub pruned: PrunedTensor,
+    /// The tensor's type in the output.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Fraction of exact zeros the pruning step left.
+    pub pruned_fraction: f64,
+    /// Fraction of exact zeros in the output tensor as llama.cpp dequantizes it.
+    pub zero_fraction: f64,
+}
+
+/// What `prune` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PruneOutcome {
+    pub method: PruneMethod,
+    pub sparsity: Sparsity,
+    /// The fraction of weights the sparsity asks to zero.
+    pub target: f64,
+    pub plan: Plan,
+    pub result: QuantizeReport,
+    pub tensors: Vec<PrunedOutput>,
+    /// Exact zeros over all pruned tensors of the output.
+    pub zero_fraction: f64,
+    /// Seconds spent pruning (calibration run included), before writing.
+    pub prune_seconds: f64,
+    pub run_id: Option<i64>,
+}
+
+/// Every tensor keeps its type: the plan of a pruned model written in the input's types.
+fn keep_plan(input: &GgufFile) -> Plan {
+    let tensors: Vec<TensorPlan> = input
+        .tensors()
+        .iter()
+        .map(|t| TensorPlan {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            src_type: t.ty,
+            dst_type: t.ty,
+            src_bytes: t.n_bytes(),
+            dst_bytes: t.n_bytes(),
+            reason: Reason::Kept,
+            wanted: None,
+            requires_imatrix: false,
+        })
+        .collect();
+    let ftype =
+        input.metadata().get_u64("general.file_type").and_then(|c| Ftype::from_code(c as u32)).unwrap_or(Ftype::F32);
+    let bytes: u64 = tensors.iter().map(|t| t.src_bytes).sum();
+    let n_elements = tensors.iter().map(|t| t.n_elements()).sum();
+    Plan { ftype, tensors, src_bytes: bytes, dst_bytes: bytes, n_elements, n_fallback: 0 }
+}
+
+/// The method and sparsity a job asks for, checked.
+///
+/// # Errors
+/// An unknown method; a sparsity outside (0, 1); a malformed pattern; neither or both.
+pub fn spec(j: &PruneJob) -> Result<(PruneMethod, Sparsity)> {
+    let method: PruneMethod = j.method.parse().map_err(|e: String| Error::field("prune.method", e))?;
+    let sparsity = match (j.sparsity, j.pattern.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(Error::field("prune.pattern", "give either a sparsity or an N:M pattern, not both"))
+        }
+        (None, None) => {
+            return Err(Error::field("prune.sparsity", "give a sparsity in (0, 1) (e.g. 0.5) or an N:M pattern (2:4)"))
+        }
+        (Some(s), None) => Sparsity::fraction(s).map_err(|e| Error::field("prune.sparsity", e))?,
+        (None, Some(p)) => Sparsity::pattern(p).map_err(|e| Error::field("prune.pattern", e))?,
+    };
+    Ok((method, sparsity))
+}
+
+/// Exact zeros of each pruned tensor in the written file.
+fn measure_zeros(output: &Path, pruned: &[PrunedTensor]) -> Result<Vec<PrunedOutput>> {
+    let file = GgufFile::open(output)?;
+    pruned
+        .iter()
+        .map(|p| {
+            let t = file
+                .tensor(&p.name)
+                .ok_or_else(|| Error::Invalid(format!("{}: no tensor {}", output.display(), p.name)))?;
+            let mut w = vec![0f32; t.n_elements() as usize];
+            crunch_quant::dequantize_rows(t.ty, file.tensor_data(t), t.row_len() as usize, &mut w)
+                .map_err(|source| Error::Quant { tensor: p.name.clone(), source })?;
+            file.release_tensor(t);
+            let zeros = w.par_iter().filter(|v| **v == 0.0).count();
+            let n = p.n_elements.max(1) as f64;
+            Ok(PrunedOutput {
+                pruned: p.clone(),
+                ty: t.ty.name().to_string(),
+                pruned_fraction: p.zeros as f64 / n,
+                zero_fraction: zeros as f64 / n,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn run(j: &PruneJob, ctx: &RunCtx) -> Result<PruneOutcome> {
+    let (method, sparsity) = spec(j)?;
+    let input = GgufFile::open(&j.model)?;
+    // Every N:M pattern must fit every row; name the first tensor it does not.
+    for t in prune_targets(&input)? {
+        sparsity.check_row(&t.name, t.n_cols).map_err(|e| Error::field("prune.pattern", e.to_string()))?;
+    }
+    let plan = match &j.ftype {
+        None => keep_plan(&input),
+        Some(s) => {
+            let ftype: Ftype = s.parse().map_err(|e: String| Error::field("prune.type", e))?;
+            let mut o = QuantizeOptions::new(ftype);
+            o.allow_requantize = true;
+            quantize::build_plan(input.metadata(), input.tensors(), &o)?
+        }
+    };
+    let text = match (&j.text, method.needs_calibration()) {
+        (Some(t), true) => Some(TextSource::parse(&t.to_string_lossy())),
+        (None, true) => {
+            return Err(Error::field(
+                "prune.text",
+                format!(
+                    "{} needs calibration text to measure activations (a text file, or random:N for N random tokens)",
+                    method.name()
+                ),
+            ))
+        }
+        (_, false) => None,
+    };
+    if method.needs_calibration() {
+        if j.ctx == 0 {
+            return Err(Error::field("prune.ctx", "must be positive"));
+        }
+        if j.chunks == 0 {
+            return Err(Error::field("prune.chunks", "must be positive"));
+        }
+    }
+    refuse_overwrite("prune.output", &j.model, &j.output)?;
+    let params = serde_json::json!({ "method": method, "sparsity": j.sparsity, "pattern": j.pattern,
+                                      "type": j.ftype, "ctx": j.ctx, "chunks": j.chunks });
+    let mut inputs: Vec<(&str, &Path)> = vec![("model", &j.model)];
+    if let (Some(t), Some(TextSource::File(_))) = (&j.text, &text) {
+        inputs.push(("text", t));
+    }
+    let label = format!("{} {}", method.name(), sparsity);
+    let mut rec = Recorder::start("prune", ctx.registry.as_deref(), Some(label), params, &inputs);
+    let spec = PruneSpec { method, sparsity, gptq: GptqOptions::default() };
+    let res = (|| {
+        let scratch = PathBuf::from(format!("{}.prune-tmp", j.output.display()));
+        let pruned = match text {
+            None => calibrate::prune::prune_magnitude(&j.model, &spec, &scratch, ctx.progress.as_ref(), &ctx.cancel)?,
+            Some(text) => {
+                let opts = MethodOptions {
+                    method: crate::method::Method::Rtn,
+                    text,
+                    chunks: ChunkOptions { n_ctx: j.ctx, n_chunks: Some(j.chunks), skip: 0, shuffle_seed: None },
+                    gptq: GptqOptions::default(),
+                    awq: Default::default(),
+                    prune: Some(spec),
+                };
+                calibrate::calibrate_model(&j.model, &plan, None, &opts, &scratch, ctx.progress.as_ref(), &ctx.cancel)?
+            }
+        };
+        let replace = |name: &str| pruned.replacement(name);
+        let exec = quantize::ExecOptions {
+            importance: None,
+            replacements: Some(&replace as quantize::ReplacementLookup),
+            extra_metadata: &[],
+        };
+        let report = quantize::execute_with(&input, &plan, &j.output, exec, ctx.progress.as_ref(), &ctx.cancel)?;
+        let tensors = measure_zeros(&j.output, &pruned.pruned)?;
+        Ok((report, tensors, pruned.seconds))
+    })();
+    if res.is_ok() {
+        rec.output(&j.output);
+        rec.plan(&plan, None);
+    }
+    let ((result, tensors, prune_seconds), run_id) = rec.close(res, |(r, t, _)| {
+        vec![
+            (metric::FILE_BYTES, r.file_bytes as f64),
+            (metric::BPW, r.bpw),
+            (metric::SECONDS, r.seconds),
+            (metric::ZERO_FRACTION, zero_fraction(t)),
+        ]
+    })?;
+    let zero_fraction = zero_fraction(&tensors);
+    Ok(PruneOutcome {
+        method,
+        sparsity,
+        target: sparsity.target(),
+        plan,
+        result,
+        tensors,
+        zero_fraction,
+        prune_seconds,
+        run_id,
+    })
+}
+
+fn zero_fraction(t: &[PrunedOutput]) -> f64 {
+    let n: u64 = t.iter().map(|p| p.pruned.n_elements).sum();
+    let z: f64 = t.iter().map(|p| p.zero_fraction * p.pruned.n_elements as f64).sum();
+    if n == 0 {
+        0.0
+    } else {
+        z / n as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{from_json, Job};
+
+    fn job(body: &str) -> PruneJob {
+        match from_json(body.as_bytes()).unwrap() {
+            Job::Prune(p) => p,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn field_of(j: &PruneJob) -> String {
+        match spec(j) {
+            Err(Error::Field { field, .. }) => field,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn prune_jobs_parse_with_defaults_and_round_trip() {
+        let j = job(
+            r#"{"kind": "prune", "model": "m.gguf", "output": "o.gguf", "method": "wanda", "pattern": "2:4", "text": "t.txt"}"#,
+        );
+        assert_eq!((j.ctx, j.chunks, j.ftype.as_deref(), j.sparsity), (512, 64, None, None));
+        assert_eq!(spec(&j).unwrap(), (PruneMethod::Wanda, Sparsity::NM { n: 2, m: 4 }));
+        let back = from_json(&serde_json::to_vec(&Job::Prune(j.clone())).unwrap()).unwrap();
+        assert_eq!(back, Job::Prune(j.clone()));
+        let mut jj = Job::Prune(j);
+        let roles: Vec<&str> = jj.paths_mut().into_iter().map(|(f, _, _)| f).collect();
+        assert_eq!(roles, ["model", "output", "text"]);
+        assert_eq!(jj.kind(), "prune");
+    }
+
+    #[test]
+    fn wrong_fields_are_named() {
+        let base = r#""kind": "prune", "model": "m", "output": "o""#;
+        let j = |extra: &str| job(&format!("{{{base}, {extra}}}"));
+        assert_eq!(field_of(&j(r#""method": "magnitude", "sparsity": 1.0"#)), "prune.sparsity");
+        assert_eq!(field_of(&j(r#""method": "magnitude", "sparsity": 0"#)), "prune.sparsity");
+        assert_eq!(field_of(&j(r#""method": "magnitude""#)), "prune.sparsity");
+        assert_eq!(field_of(&j(r#""method": "magnitude", "pattern": "4:4""#)), "prune.pattern");
+        assert_eq!(field_of(&j(r#""method": "magnitude", "pattern": "2:4", "sparsity": 0.5"#)), "prune.pattern");
+        assert_eq!(field_of(&j(r#""method": "owl", "sparsity": 0.5"#)), "prune.method");
+        match from_json(format!("{{{base}, \"method\": \"wanda\", \"sparsity\": 0.5, \"bogus\": 1}}").as_bytes()) {
+            Err(Error::Field { field, .. }) => assert_eq!(field, "bogus"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
