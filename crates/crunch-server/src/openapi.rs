@@ -23,6 +23,9 @@ pub const KINDS: &[(&str, &str)] = &[
     ("bench", "prompt-processing and generation speed (model, pp, tg, reps)"),
     ("fit", "compress: the best model for a size, bpw, memory or KLD target (model, output, text, max_*)"),
     ("search", "many recipes evaluated, the Pareto front (model, text, grid)"),
+    ("embed", "sentence embeddings of every text line with a BERT encoder, as JSONL (model, text, output)"),
+    ("embed_compare", "cosine similarity of two encoders' sentence embeddings (base, model, text)"),
+    ("generate", "text from a prompt, pieces streamed as progress (model, prompt, n_predict)"),
     ("inspect", "a model file's metadata and tensors (path)"),
     ("verify", "files against their .sha256 sidecars (files)"),
 ];

@@ -258,7 +258,19 @@ async fn openapi_document_describes_the_handlers() {
         assert!(doc["paths"].get(p).is_some(), "{p} missing");
     }
     assert!(doc["paths"]["/v1/jobs"]["post"]["responses"].get("429").is_some());
-    assert_eq!(doc["components"]["schemas"]["Job"]["properties"]["kind"]["enum"].as_array().unwrap().len(), 12);
+    assert_eq!(
+        doc["components"]["schemas"]["Job"]["properties"]["kind"]["enum"].as_array().unwrap().len(),
+        crunch::job::KINDS.len()
+    );
+    let listed: Vec<&str> = doc["components"]["schemas"]["Job"]["properties"]["kind"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for k in crunch::job::KINDS {
+        assert!(listed.contains(&k), "the OpenAPI document does not list the job kind {k}");
+    }
 }
 
 #[tokio::test]

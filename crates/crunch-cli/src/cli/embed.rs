@@ -1,8 +1,9 @@
 //! `crunch eval embed BASE QUANT --text FILE` and `crunch embed MODEL --text FILE -o OUT.jsonl`.
 
+use super::progress::Lines;
 use anyhow::{Context, Result};
-use crunch::eval::embed::{self, EmbedOptions, EmbedReport};
-use std::io::Write;
+use crunch::eval::embed::EmbedReport;
+use crunch::job::{EmbedCompareJob, EmbedJob, Job, Outcome};
 use std::path::PathBuf;
 
 /// Options shared by both commands.
@@ -29,12 +30,6 @@ pub struct EmbedCommon {
     quiet: bool,
 }
 
-impl EmbedCommon {
-    fn options(&self) -> EmbedOptions {
-        EmbedOptions { max_lines: self.max_lines, max_tokens: self.max_tokens, exact: self.exact }
-    }
-}
-
 #[derive(clap::Args)]
 pub struct EvalEmbedArgs {
     /// Base encoder: GGUF (bert) or Hugging Face folder (BertModel + tokenizer.json).
@@ -49,23 +44,27 @@ pub struct EvalEmbedArgs {
 }
 
 pub fn eval_embed(a: EvalEmbedArgs) -> Result<()> {
-    super::set_threads(a.common.threads)?;
-    let progress = super::progress::Lines { quiet: a.common.quiet || a.json };
-    let r = embed::embed_compare(
-        &a.base,
-        &a.quant,
-        &a.common.text,
-        &a.common.options(),
-        &progress,
-        &super::ctrl_c_cancel(),
-    )
-    .with_context(|| format!("comparing embeddings of {} and {}", a.base.display(), a.quant.display()))?;
+    let c = &a.common;
+    let job = Job::EmbedCompare(EmbedCompareJob {
+        base: a.base.clone(),
+        model: a.quant.clone(),
+        text: c.text.clone(),
+        max_lines: c.max_lines,
+        max_tokens: c.max_tokens,
+        exact: c.exact,
+    });
+    let ctx = super::job_ctx(c.threads, Lines::shared(c.quiet || a.json), None)?;
+    let Outcome::EmbedCompare(o) = super::run_job(&job, &ctx)
+        .with_context(|| format!("comparing embeddings of {} and {}", a.base.display(), a.quant.display()))?
+    else {
+        unreachable!("an embed_compare job has an embed_compare outcome")
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        super::print_json(&o.result)
     } else {
-        print_report(&r);
+        print_report(&o.result);
+        Ok(())
     }
-    Ok(())
 }
 
 fn print_report(r: &EmbedReport) {
@@ -113,19 +112,23 @@ pub struct EmbedArgs {
 }
 
 pub fn run(a: EmbedArgs) -> Result<()> {
-    super::set_threads(a.common.threads)?;
-    let progress = super::progress::Lines { quiet: a.common.quiet };
-    let records = embed::embed_file(&a.model, &a.common.text, &a.common.options(), &progress, &super::ctrl_c_cancel())
-        .with_context(|| format!("embedding {} with {}", a.common.text.display(), a.model.display()))?;
-    let mut out = crunch_core::output::AtomicFile::create(&a.output)
-        .with_context(|| format!("creating {}", a.output.display()))?;
-    for r in &records {
-        serde_json::to_writer(&mut out, r)?;
-        out.write_all(b"\n").with_context(|| format!("writing {}", a.output.display()))?;
-    }
-    let sha = out.commit().with_context(|| format!("writing {}", a.output.display()))?;
-    if !a.common.quiet {
-        eprintln!("{}: {} embeddings, sha256 {sha}", a.output.display(), records.len());
+    let c = &a.common;
+    let job = Job::Embed(EmbedJob {
+        model: a.model.clone(),
+        text: c.text.clone(),
+        output: a.output.clone(),
+        max_lines: c.max_lines,
+        max_tokens: c.max_tokens,
+        exact: c.exact,
+    });
+    let ctx = super::job_ctx(c.threads, Lines::shared(c.quiet), None)?;
+    let Outcome::Embed(o) = super::run_job(&job, &ctx)
+        .with_context(|| format!("embedding {} with {}", c.text.display(), a.model.display()))?
+    else {
+        unreachable!("an embed job has an embed outcome")
+    };
+    if !c.quiet {
+        eprintln!("{}: {} embeddings, sha256 {}", o.output, o.embeddings, o.sha256);
     }
     Ok(())
 }

@@ -170,6 +170,7 @@ fn flag_of(field: &str) -> String {
         "evaluate" => "no-eval",
         "format" => "output-format",
         "random_tokens" => "text",
+        "temperature" => "temp",
         other => other,
     };
     format!("--{}", flag.replace('_', "-"))
@@ -210,15 +211,6 @@ fn verify(a: VerifyArgs) -> Result<()> {
     }
     if o.failed > 0 {
         anyhow::bail!("{} file(s) did not match their checksum", o.failed);
-    }
-    Ok(())
-}
-
-/// Use `threads` worker threads for rayon (0 = all cores), for the commands that call one
-/// library function directly (generation, embeddings) in a process of their own.
-pub(crate) fn set_threads(threads: usize) -> Result<()> {
-    if threads > 0 {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("setting up the thread pool")?;
     }
     Ok(())
 }

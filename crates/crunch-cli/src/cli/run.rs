@@ -1,10 +1,11 @@
 //! `crunch run`: generate text from a prompt.
 
 use anyhow::{Context, Result};
-use crunch::eval::{self, RunOptions};
-use crunch_model::generate::SamplerOptions;
+use crunch::job::{GenerateJob, Job, Outcome};
+use crunch::progress::{NoProgress, Progress};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -42,34 +43,44 @@ pub struct RunArgs {
     json: bool,
 }
 
-pub fn run(a: RunArgs) -> Result<()> {
-    super::set_threads(a.threads)?;
-    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
-        anyhow::bail!("--top-p {} must be in (0, 1]", a.top_p);
+/// Prints each generated piece as it comes.
+struct Stream;
+
+impl Progress for Stream {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64, piece: &str) {
+        print!("{piece}");
+        let _ = std::io::stdout().flush();
     }
-    let opts = RunOptions {
+    fn finish(&self, _: &str) {}
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let job = Job::Generate(GenerateJob {
+        model: a.model.clone(),
+        prompt: a.prompt.clone(),
         n_predict: a.n_predict,
-        sampler: SamplerOptions { temperature: a.temp, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
-        exact: a.exact,
+        temperature: a.temp,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
         ignore_eos: a.ignore_eos,
-    };
-    let cancel = super::ctrl_c_cancel();
-    let mut out = std::io::stdout();
+        exact: a.exact,
+    });
+    let progress: Arc<dyn Progress> = if a.json { Arc::new(NoProgress) } else { Arc::new(Stream) };
     if !a.json {
         print!("{}", a.prompt);
-        let _ = out.flush();
+        let _ = std::io::stdout().flush();
     }
-    let json = a.json;
-    let r = eval::run(&a.model, &a.prompt, &opts, &cancel, &mut |piece| {
-        if !json {
-            print!("{piece}");
-            let _ = std::io::stdout().flush();
-        }
-        true
-    })
-    .with_context(|| format!("generating with {}", a.model.display()))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    let ctx = super::job_ctx(a.threads, progress, None)?;
+    let Outcome::Generate(o) =
+        super::run_job(&job, &ctx).with_context(|| format!("generating with {}", a.model.display()))?
+    else {
+        unreachable!("a generate job has a generate outcome")
+    };
+    let r = &o.result;
+    if a.json {
+        super::print_json(r)?;
     } else {
         println!();
         eprintln!(

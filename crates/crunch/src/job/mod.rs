@@ -49,6 +49,12 @@ pub enum Job {
     Fit(FitJob),
     /// Many recipes evaluated; the Pareto front.
     Search(SearchJob),
+    /// Sentence embeddings of every line with a BERT encoder.
+    Embed(EmbedJob),
+    /// Cosine similarity of two encoders' sentence embeddings.
+    EmbedCompare(EmbedCompareJob),
+    /// Text from a prompt.
+    Generate(GenerateJob),
     /// A model file's metadata and tensors.
     Inspect(InspectJob),
     /// Files checked against their `.sha256` sidecars.
@@ -80,6 +86,9 @@ impl Job {
             Job::Bench(_) => "bench",
             Job::Fit(_) => "fit",
             Job::Search(_) => "search",
+            Job::Embed(_) => "embed",
+            Job::EmbedCompare(_) => "embed_compare",
+            Job::Generate(_) => "generate",
             Job::Inspect(_) => "inspect",
             Job::Verify(_) => "verify",
         }
@@ -176,6 +185,17 @@ impl Job {
                 }
                 j.settings.paths_mut(&mut v);
             }
+            Job::Embed(j) => {
+                v.push(("model", I, &mut j.model));
+                v.push(("text", I, &mut j.text));
+                v.push(("output", O, &mut j.output));
+            }
+            Job::EmbedCompare(j) => {
+                v.push(("base", I, &mut j.base));
+                v.push(("model", I, &mut j.model));
+                v.push(("text", I, &mut j.text));
+            }
+            Job::Generate(j) => v.push(("model", I, &mut j.model)),
             Job::Inspect(j) => v.push(("path", I, &mut j.path)),
             Job::Verify(j) => {
                 for p in &mut j.files {
@@ -209,6 +229,9 @@ pub enum Outcome {
     Bench(BenchOutcome),
     Fit(FitOutcome),
     Search(SearchOutcome),
+    Embed(EmbedOutcome),
+    EmbedCompare(EmbedCompareOutcome),
+    Generate(GenerateOutcome),
     Inspect(InspectOutcome),
     Verify(VerifyOutcome),
 }
@@ -228,7 +251,11 @@ impl Outcome {
             Outcome::Bench(o) => o.run_id,
             Outcome::Fit(o) => o.run_id,
             Outcome::Search(o) => o.run_id,
-            Outcome::Inspect(_) | Outcome::Verify(_) => None,
+            Outcome::Embed(_)
+            | Outcome::EmbedCompare(_)
+            | Outcome::Generate(_)
+            | Outcome::Inspect(_)
+            | Outcome::Verify(_) => None,
         }
     }
 }
@@ -253,6 +280,9 @@ pub fn run(job: &Job, ctx: &RunCtx) -> Result<Outcome> {
         Job::Bench(j) => kinds::eval::bench(j, ctx).map(Outcome::Bench),
         Job::Fit(j) => kinds::fit::run(j, ctx).map(Outcome::Fit),
         Job::Search(j) => kinds::search::run(j, ctx).map(Outcome::Search),
+        Job::Embed(j) => kinds::eval::embed(j, ctx).map(Outcome::Embed),
+        Job::EmbedCompare(j) => kinds::eval::embed_compare(j, ctx).map(Outcome::EmbedCompare),
+        Job::Generate(j) => kinds::eval::generate(j, ctx).map(Outcome::Generate),
         Job::Inspect(j) => kinds::inspect(j).map(Outcome::Inspect),
         Job::Verify(j) => kinds::verify(j).map(Outcome::Verify),
     })
@@ -286,6 +316,9 @@ pub fn from_json(body: &[u8]) -> Result<Job> {
         "bench" => Job::Bench(part(rest)?),
         "fit" => Job::Fit(part(rest)?),
         "search" => Job::Search(part(rest)?),
+        "embed" => Job::Embed(part(rest)?),
+        "embed_compare" => Job::EmbedCompare(part(rest)?),
+        "generate" => Job::Generate(part(rest)?),
         "inspect" => Job::Inspect(part(rest)?),
         "verify" => Job::Verify(part(rest)?),
         other => return Err(Error::field("kind", format!("unknown kind {other:?}; one of {}", KINDS.join(", ")))),
@@ -293,7 +326,7 @@ pub fn from_json(body: &[u8]) -> Result<Job> {
 }
 
 /// Every job kind's name.
-pub const KINDS: [&str; 13] = [
+pub const KINDS: [&str; 16] = [
     "quantize",
     "convert",
     "export",
@@ -305,6 +338,9 @@ pub const KINDS: [&str; 13] = [
     "bench",
     "fit",
     "search",
+    "embed",
+    "embed_compare",
+    "generate",
     "inspect",
     "verify",
 ];

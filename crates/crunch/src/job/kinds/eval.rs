@@ -1,7 +1,8 @@
 //! The evaluation jobs: `perplexity`, `compare`, `choice`, `bench`.
 
 use super::{
-    BenchJob, BenchOutcome, ChoiceJob, ChoiceOutcome, CompareJob, CompareOutcome, PerplexityJob, PerplexityOutcome,
+    BenchJob, BenchOutcome, ChoiceJob, ChoiceOutcome, CompareJob, CompareOutcome, EmbedCompareJob, EmbedCompareOutcome,
+    EmbedJob, EmbedOutcome, GenerateJob, GenerateOutcome, PerplexityJob, PerplexityOutcome,
 };
 use crate::error::{Error, Result};
 use crate::eval::{self, BenchOptions, ChoiceOptions, CompareOptions, CompareReport, EvalOptions};
@@ -129,4 +130,53 @@ pub(crate) fn bench(j: &BenchJob, ctx: &RunCtx) -> Result<BenchOutcome> {
         m
     })?;
     Ok(BenchOutcome { result, run_id })
+}
+
+pub(crate) fn embed(j: &EmbedJob, ctx: &RunCtx) -> Result<EmbedOutcome> {
+    use std::io::Write;
+    let opts = crate::eval::embed::EmbedOptions { max_lines: j.max_lines, max_tokens: j.max_tokens, exact: j.exact };
+    let records = crate::eval::embed::embed_file(&j.model, &j.text, &opts, ctx.progress.as_ref(), &ctx.cancel)?;
+    ctx.check_cancel()?;
+    let out = &j.output;
+    let mut f = crunch_core::output::AtomicFile::create(out).map_err(|e| Error::io(out, e))?;
+    for r in &records {
+        serde_json::to_writer(&mut f, r).map_err(|e| Error::io(out, e.into()))?;
+        f.write_all(b"\n").map_err(|e| Error::io(out, e))?;
+    }
+    let sha256 = f.commit().map_err(|e| Error::io(out, e))?;
+    Ok(EmbedOutcome { output: out.display().to_string(), embeddings: records.len(), sha256 })
+}
+
+pub(crate) fn embed_compare(j: &EmbedCompareJob, ctx: &RunCtx) -> Result<EmbedCompareOutcome> {
+    let opts = crate::eval::embed::EmbedOptions { max_lines: j.max_lines, max_tokens: j.max_tokens, exact: j.exact };
+    let result =
+        crate::eval::embed::embed_compare(&j.base, &j.model, &j.text, &opts, ctx.progress.as_ref(), &ctx.cancel)?;
+    Ok(EmbedCompareOutcome { result })
+}
+
+pub(crate) fn generate(j: &GenerateJob, ctx: &RunCtx) -> Result<GenerateOutcome> {
+    if !(j.top_p > 0.0 && j.top_p <= 1.0) {
+        return Err(Error::field("generate.top_p", format!("{} must be in (0, 1]", j.top_p)));
+    }
+    let opts = crate::eval::RunOptions {
+        n_predict: j.n_predict,
+        sampler: crunch_model::generate::SamplerOptions {
+            temperature: j.temperature,
+            top_k: j.top_k,
+            top_p: j.top_p,
+            seed: j.seed,
+        },
+        exact: j.exact,
+        ignore_eos: j.ignore_eos,
+    };
+    let progress = ctx.progress.as_ref();
+    progress.start("generate", j.n_predict as u64);
+    let mut n = 0u64;
+    let result = eval::run(&j.model, &j.prompt, &opts, &ctx.cancel, &mut |piece| {
+        n += 1;
+        progress.advance(n, piece);
+        true
+    })?;
+    progress.finish("");
+    Ok(GenerateOutcome { result })
 }

@@ -439,6 +439,72 @@ impl SearchJob {
     }
 }
 
+/// `embed`: sentence embeddings of every non-empty line with a BERT encoder, as JSONL.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedJob {
+    /// Encoder: GGUF (bert) or Hugging Face folder.
+    pub model: PathBuf,
+    pub text: PathBuf,
+    /// JSONL output: `{"text", "n_tokens", "embedding"}` per line.
+    pub output: PathBuf,
+    #[serde(default)]
+    pub max_lines: Option<usize>,
+    /// Cut inputs to this many tokens (default: the model's limit).
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    #[serde(default)]
+    pub exact: bool,
+}
+
+/// `embed_compare`: cosine similarity of two encoders' sentence embeddings per line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedCompareJob {
+    pub base: PathBuf,
+    pub model: PathBuf,
+    pub text: PathBuf,
+    #[serde(default)]
+    pub max_lines: Option<usize>,
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    #[serde(default)]
+    pub exact: bool,
+}
+
+/// `generate`: text from a prompt (each piece is sent to the progress sink as it comes).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateJob {
+    pub model: PathBuf,
+    /// The prompt (no chat template is applied).
+    pub prompt: String,
+    #[serde(default = "BenchJob::default_tg")]
+    pub n_predict: usize,
+    /// 0 is greedy.
+    #[serde(default)]
+    pub temperature: f32,
+    #[serde(default = "GenerateJob::default_top_k")]
+    pub top_k: usize,
+    #[serde(default = "GenerateJob::default_top_p")]
+    pub top_p: f32,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub ignore_eos: bool,
+    #[serde(default)]
+    pub exact: bool,
+}
+
+impl GenerateJob {
+    pub fn default_top_k() -> usize {
+        40
+    }
+    pub fn default_top_p() -> f32 {
+        0.95
+    }
+}
+
 /// `inspect`: a model file's metadata and tensors.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -531,6 +597,25 @@ pub struct SearchOutcome {
     pub candidates: Vec<crate::search::Candidate>,
     pub summary: crate::search::Summary,
     pub run_id: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EmbedOutcome {
+    pub output: String,
+    pub embeddings: usize,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EmbedCompareOutcome {
+    #[serde(flatten)]
+    pub result: crate::eval::embed::EmbedReport,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GenerateOutcome {
+    #[serde(flatten)]
+    pub result: crate::eval::RunReport,
 }
 
 #[derive(Clone, Debug, Serialize)]
