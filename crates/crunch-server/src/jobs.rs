@@ -125,6 +125,10 @@ pub struct Jobs {
     queued: AtomicUsize,
     queue_cap: usize,
     threads: usize,
+    /// Worker pools of finished jobs, handed to the next job: a job never shares its pool with a
+    /// job running at the same time, and the server does not create (and glibc does not give
+    /// malloc arenas to) a new set of threads for every job.
+    idle_pools: Mutex<Vec<Arc<rayon::ThreadPool>>>,
     metrics: Arc<Metrics>,
     stopping: AtomicBool,
     runtime: tokio::runtime::Handle,
@@ -158,6 +162,7 @@ impl Jobs {
             queued: AtomicUsize::new(0),
             queue_cap: config.queue,
             threads: config.threads,
+            idle_pools: Mutex::new(Vec::new()),
             metrics,
             stopping: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::try_current()
@@ -293,13 +298,21 @@ impl Jobs {
 
         let started = Instant::now();
         let sink = Arc::new(Sink::new(id, a.live.clone(), self.registry.clone()));
-        let (job, cancel, threads, reg) =
-            (a.job.clone(), a.cancel.clone(), self.threads, Some(self.registry_path.clone()));
-        let res = tokio::task::spawn_blocking(move || {
-            let ctx = RunCtx::new(threads)?.with_progress(sink).with_cancel(cancel).with_registry(reg);
-            crunch::job::run(&job, &ctx)
-        })
-        .await;
+        let (job, cancel, reg) = (a.job.clone(), a.cancel.clone(), Some(self.registry_path.clone()));
+        let idle = lock(&self.idle_pools).pop();
+        let pool = match idle {
+            Some(p) => Ok(p),
+            None => crunch::job::pool(self.threads),
+        };
+        let res = match pool {
+            Ok(pool) => {
+                let ctx = RunCtx { progress: sink, cancel, pool: pool.clone(), registry: reg };
+                let res = tokio::task::spawn_blocking(move || crunch::job::run(&job, &ctx)).await;
+                lock(&self.idle_pools).push(pool);
+                res
+            }
+            Err(e) => Ok(Err(e)),
+        };
         drop(permit);
         let seconds = started.elapsed().as_secs_f64();
         let stopping = self.stopping.load(Ordering::SeqCst);

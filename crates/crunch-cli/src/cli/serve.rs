@@ -37,8 +37,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
     opts.token_file = a.token_file;
     opts.jobs = a.jobs;
     opts.queue = a.queue;
+    // Few, long-lived threads: every new thread may get its own malloc arena, and freed memory
+    // kept in many arenas is what made a long-running server's RSS creep (docs/SERVER.md).
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(a.jobs.max(1) + 16)
+        .thread_keep_alive(std::time::Duration::from_secs(600))
         .thread_name("crunch-http")
         .enable_all()
         .build()
