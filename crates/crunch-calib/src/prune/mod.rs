@@ -47,7 +47,10 @@ impl Eq for Sparsity {}
 impl fmt::Display for Sparsity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Sparsity::Fraction(s) => write!(f, "{:.4}", s),
+            Sparsity::Fraction(s) => {
+                let pct = format!("{:.2}", s * 100.0);
+                write!(f, "{}%", pct.trim_end_matches('0').trim_end_matches('.'))
+            }
             Sparsity::NM { n, m } => write!(f, "{n}:{m}"),
         }
     }
@@ -289,4 +292,23 @@ pub fn sparsegpt(
     let r = gptq::sweep(name, w, n_in, h, quantize, Some(sp), opts)?;
     let zeros = count_zeros(&r.weights);
     Ok(SparseGptResult { weights: r.weights, bytes: r.bytes, damp: r.damp, loss: r.loss, zeros })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparsities_parse_and_print() {
+        assert_eq!(Sparsity::fraction(0.5).unwrap().to_string(), "50%");
+        assert_eq!(Sparsity::fraction(0.3).unwrap().to_string(), "30%");
+        assert_eq!(Sparsity::fraction(0.125).unwrap().to_string(), "12.5%");
+        assert_eq!(Sparsity::pattern(" 2:4 ").unwrap().to_string(), "2:4");
+        assert_eq!(Sparsity::pattern("4:8").unwrap().target(), 0.5);
+        assert!(Sparsity::NM { n: 2, m: 4 }.check_row("t", 576).is_ok());
+        assert!(Sparsity::NM { n: 3, m: 7 }.check_row("t", 576).is_err());
+        assert!(Sparsity::Fraction(0.5).check_row("t", 7).is_ok());
+        assert_eq!("SparseGPT".parse::<PruneMethod>().unwrap(), PruneMethod::SparseGpt);
+        assert!(!PruneMethod::Magnitude.needs_calibration() && PruneMethod::Wanda.needs_calibration());
+    }
 }
