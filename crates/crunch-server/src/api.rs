@@ -24,6 +24,13 @@ pub const EVENT_INTERVAL: Duration = Duration::from_millis(200);
 /// Largest page of jobs or runs.
 pub const MAX_LIST: usize = 1000;
 
+/// Every answered request may have left freed memory for the background trim (see [`crate::trim`]).
+async fn freed_after(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let res = next.run(req).await;
+    crate::trim::mark();
+    res
+}
+
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/jobs", get(list_jobs).post(submit_job))
@@ -44,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_doc))
         .route("/", get(dashboard::page))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn(freed_after))
         .layer(DefaultBodyLimit::max(crate::MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -356,6 +356,8 @@ impl Jobs {
         }
         *a.state() = state;
         lock(&self.active).remove(&id);
+        // A job frees most of what it allocated; hand it back now rather than at the next tick.
+        let _ = tokio::task::spawn_blocking(crate::trim::release_free_memory).await;
         // Last: an event stream that sees the final state finds the job ended in the registry.
         a.live.send_modify(|l| l.state = state);
     }

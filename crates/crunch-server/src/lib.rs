@@ -16,7 +16,7 @@
 //! - **[`app`] builds the whole router from an [`AppState`]**, so tests drive it in-process without
 //!   a socket; [`serve`] binds it and shuts down gracefully on SIGTERM or Ctrl-C.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod api;
 mod auth;
@@ -32,6 +32,7 @@ mod openapi;
 pub mod paths;
 mod progress;
 mod report;
+mod trim;
 
 pub use error::ApiError;
 pub use openapi::openapi_json;
@@ -229,6 +230,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     eprintln!("crunch serve: listening on http://{addr}");
     let router = app(state.clone());
     let stopping = state.clone();
+    let trimmer = tokio::spawn(trim::background());
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             signal().await;
@@ -240,6 +242,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         })
         .await
         .context("serving")?;
+    trimmer.abort();
     Ok(())
 }
 
