@@ -21,6 +21,7 @@
 //!   the pruned ones go to the grid value nearest zero (exactly zero on symmetric grids).
 
 mod select;
+pub mod structured;
 
 pub use select::mark_smallest;
 

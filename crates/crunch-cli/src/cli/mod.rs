@@ -168,6 +168,7 @@ fn flag_of(field: &str) -> String {
         "recipes_file" => "recipes",
         "save_every" => "save-frequency",
         "evaluate" => "no-eval",
+        "refit" => "no-refit",
         "format" => "output-format",
         "random_tokens" => "text",
         "temperature" => "temp",

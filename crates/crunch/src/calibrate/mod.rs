@@ -7,6 +7,7 @@
 pub mod imatrix;
 pub mod method;
 pub mod prune;
+pub mod structured;
 
 pub use crate::method::Method;
 pub use imatrix::{run_imatrix, ImatrixJob, ImatrixReport};

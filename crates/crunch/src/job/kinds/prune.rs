@@ -5,6 +5,11 @@
 
 use super::CalibrationSpec;
 use crate::calibrate::prune::{prune_targets, PruneSpec, PrunedTensor};
+use crate::calibrate::structured::{LayerChoice, StructuredReport, StructuredSpec};
+use crate::quantize::rules;
+use crunch_calib::prune::structured::LayerScore;
+use crunch_core::GgmlType;
+use crunch_model::LlamaConfig;
 use crate::calibrate::{self, MethodOptions};
 use crate::error::{Error, Result};
 use crate::job::record::{metric, Recorder};
@@ -26,8 +31,10 @@ pub struct PruneJob {
     pub model: PathBuf,
     /// Output GGUF (dense, with zeros; written atomically with a `.sha256` sidecar).
     pub output: PathBuf,
-    /// `magnitude`, `wanda` or `sparsegpt`.
-    pub method: String,
+    /// Unstructured or N:M pruning: `magnitude`, `wanda` or `sparsegpt` (with `sparsity` or
+    /// `pattern`). Leave out for structured pruning only.
+    #[serde(default)]
+    pub method: Option<String>,
     /// Fraction of each weight zeroed, in (0, 1) (or give `pattern`).
     #[serde(default)]
     pub sparsity: Option<f64>,
@@ -47,6 +54,47 @@ pub struct PruneJob {
     /// Calibration chunks.
     #[serde(default = "CalibrationSpec::default_chunks")]
     pub chunks: usize,
+    /// Structured: remove this many blocks, chosen by `layer_score` on the calibration text.
+    #[serde(default)]
+    pub layers: Option<usize>,
+    /// Structured: remove these blocks (0-based; no calibration needed).
+    #[serde(default)]
+    pub remove_layers: Option<Vec<usize>>,
+    /// How blocks are chosen: `angular` (the run of consecutive blocks whose input and output are
+    /// closest in angle) or `influence` (the blocks that each change their input least).
+    #[serde(default = "default_layer_score")]
+    pub layer_score: String,
+    /// Structured: the fraction of FFN channels every block keeps, in (0, 1).
+    #[serde(default)]
+    pub ffn: Option<f64>,
+    /// The kept FFN width is rounded to a multiple of this (32 fits every GGUF block; 256 avoids
+    /// the k-quants' fallback types).
+    #[serde(default = "default_ffn_multiple")]
+    pub ffn_multiple: usize,
+    /// Structured: KV groups (a K/V head and the query heads sharing it) removed from every block.
+    #[serde(default)]
+    pub drop_kv_groups: Option<usize>,
+    /// Structured: refit `attn_output` and `ffn_down` on the kept columns by least squares over
+    /// the calibration activations (else the kept columns are copied).
+    #[serde(default = "default_refit")]
+    pub refit: bool,
+}
+
+fn default_layer_score() -> String {
+    "angular".into()
+}
+fn default_ffn_multiple() -> usize {
+    32
+}
+fn default_refit() -> bool {
+    true
+}
+
+impl PruneJob {
+    /// Whether the job asks for structured pruning.
+    pub fn is_structured(&self) -> bool {
+        self.layers.is_some() || self.remove_layers.is_some() || self.ffn.is_some() || self.drop_kv_groups.is_some()
+    }
 }
 
 /// One pruned tensor in the output.
@@ -66,10 +114,13 @@ pub struct PrunedOutput {
 /// What `prune` did.
 #[derive(Clone, Debug, Serialize)]
 pub struct PruneOutcome {
-    pub method: PruneMethod,
-    pub sparsity: Sparsity,
+    /// The unstructured method (`None` for structured pruning).
+    pub method: Option<PruneMethod>,
+    pub sparsity: Option<Sparsity>,
     /// The fraction of weights the sparsity asks to zero.
-    pub target: f64,
+    pub target: Option<f64>,
+    /// What structured pruning removed.
+    pub structured: Option<StructuredReport>,
     pub plan: Plan,
     pub result: QuantizeReport,
     pub tensors: Vec<PrunedOutput>,
@@ -109,7 +160,14 @@ fn keep_plan(input: &GgufFile) -> Plan {
 /// # Errors
 /// An unknown method; a sparsity outside (0, 1); a malformed pattern; neither or both.
 pub fn spec(j: &PruneJob) -> Result<(PruneMethod, Sparsity)> {
-    let method: PruneMethod = j.method.parse().map_err(|e: String| Error::field("prune.method", e))?;
+    let Some(method) = j.method.as_deref() else {
+        return Err(Error::field(
+            "prune.method",
+            "give a method (magnitude, wanda, sparsegpt) with a sparsity or pattern, or structured options \
+             (layers, remove_layers, ffn, drop_kv_groups)",
+        ));
+    };
+    let method: PruneMethod = method.parse().map_err(|e: String| Error::field("prune.method", e))?;
     let sparsity = match (j.sparsity, j.pattern.as_deref()) {
         (Some(_), Some(_)) => {
             return Err(Error::field("prune.pattern", "give either a sparsity or an N:M pattern, not both"))
@@ -149,6 +207,9 @@ fn measure_zeros(output: &Path, pruned: &[PrunedTensor]) -> Result<Vec<PrunedOut
 }
 
 pub(crate) fn run(j: &PruneJob, ctx: &RunCtx) -> Result<PruneOutcome> {
+    if j.is_structured() {
+        return run_structured(j, ctx);
+    }
     let (method, sparsity) = spec(j)?;
     let input = GgufFile::open(&j.model)?;
     // Every N:M pattern must fit every row; name the first tensor it does not.
@@ -235,13 +296,213 @@ pub(crate) fn run(j: &PruneJob, ctx: &RunCtx) -> Result<PruneOutcome> {
     })?;
     let zero_fraction = zero_fraction(&tensors);
     Ok(PruneOutcome {
-        method,
-        sparsity,
-        target: sparsity.target(),
+        method: Some(method),
+        sparsity: Some(sparsity),
+        target: Some(sparsity.target()),
+        structured: None,
         plan,
         result,
         tensors,
         zero_fraction,
+        prune_seconds,
+        run_id,
+    })
+}
+
+/// The structured spec a job asks for, checked against the model's widths.
+///
+/// # Errors
+/// Options out of range or mixed with unstructured ones, named by field.
+pub fn structured_spec(j: &PruneJob, cfg: &LlamaConfig) -> Result<StructuredSpec> {
+    if j.method.is_some() || j.sparsity.is_some() || j.pattern.is_some() {
+        return Err(Error::field(
+            "prune.method",
+            "structured pruning (layers, remove_layers, ffn, drop_kv_groups) and unstructured pruning (method with \
+             sparsity or pattern) are separate jobs: prune structurally first, then run the unstructured job on its output",
+        ));
+    }
+    let layers = match (j.layers, &j.remove_layers) {
+        (Some(_), Some(_)) => {
+            return Err(Error::field("prune.remove_layers", "give either a number of blocks to remove or a list, not both"))
+        }
+        (Some(n), None) => {
+            let score: LayerScore = j.layer_score.parse().map_err(|e: String| Error::field("prune.layer_score", e))?;
+            Some(LayerChoice::Count { n, score })
+        }
+        (None, Some(v)) => Some(LayerChoice::List(v.clone())),
+        (None, None) => None,
+    };
+    let ffn_keep = match j.ffn {
+        None => None,
+        Some(f) if !(f.is_finite() && f > 0.0 && f < 1.0) => {
+            return Err(Error::field("prune.ffn", format!("{f} is not a fraction strictly between 0 and 1 (0.75 keeps three quarters of the FFN channels)")))
+        }
+        Some(f) => {
+            let m = j.ffn_multiple;
+            if m == 0 || m >= cfg.n_ff {
+                return Err(Error::field("prune.ffn_multiple", format!("{m} must be positive and below the FFN width {}", cfg.n_ff)));
+            }
+            let keep = (((f * cfg.n_ff as f64) / m as f64).round() as usize).max(1) * m;
+            if keep >= cfg.n_ff {
+                return Err(Error::field(
+                    "prune.ffn",
+                    format!("{f} of {} channels rounded to a multiple of {m} keeps them all; keep fewer", cfg.n_ff),
+                ));
+            }
+            Some(keep)
+        }
+    };
+    let kv_keep = match j.drop_kv_groups {
+        None => None,
+        Some(d) if d == 0 || d >= cfg.n_head_kv => {
+            return Err(Error::field(
+                "prune.drop_kv_groups",
+                format!(
+                    "{d}: this model has {} KV groups per block ({} query heads over {} K/V heads); drop at least one and keep at least one",
+                    cfg.n_head_kv, cfg.n_head, cfg.n_head_kv
+                ),
+            ))
+        }
+        Some(d) => Some(cfg.n_head_kv - d),
+    };
+    if j.ctx == 0 {
+        return Err(Error::field("prune.ctx", "must be positive"));
+    }
+    if j.chunks == 0 {
+        return Err(Error::field("prune.chunks", "must be positive"));
+    }
+    Ok(StructuredSpec { layers, ffn_keep, kv_keep, refit: j.refit, damp: 0.01 })
+}
+
+/// The plan that gives every tensor of a structurally pruned model its input type back (with
+/// llama.cpp's fallback where a new row length does not fit the type's blocks).
+fn restore_plan(pruned: &GgufFile, source_types: &std::collections::BTreeMap<String, GgmlType>, ftype: Ftype) -> Plan {
+    let tensors: Vec<TensorPlan> = pruned
+        .tensors()
+        .iter()
+        .map(|t| {
+            let want = source_types.get(&t.name).copied().unwrap_or(t.ty);
+            let dst = if want == t.ty { Some(want) } else { rules::fallback(want, t.row_len()) };
+            let dst = dst.unwrap_or(GgmlType::F16);
+            let dst_bytes = dst.row_size(t.row_len() as usize).map_or(t.n_bytes(), |r| r as u64 * t.n_rows());
+            TensorPlan {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                src_type: t.ty,
+                dst_type: dst,
+                src_bytes: t.n_bytes(),
+                dst_bytes,
+                reason: if dst == want { Reason::Kept } else { Reason::Fallback },
+                wanted: (dst != want).then_some(want),
+                requires_imatrix: false,
+            }
+        })
+        .collect();
+    Plan {
+        ftype,
+        src_bytes: tensors.iter().map(|t| t.src_bytes).sum(),
+        dst_bytes: tensors.iter().map(|t| t.dst_bytes).sum(),
+        n_elements: tensors.iter().map(|t| t.n_elements()).sum(),
+        n_fallback: tensors.iter().filter(|t| t.reason == Reason::Fallback).count(),
+        tensors,
+    }
+}
+
+/// Removes a scratch folder when dropped.
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run_structured(j: &PruneJob, ctx: &RunCtx) -> Result<PruneOutcome> {
+    let input = GgufFile::open(&j.model)?;
+    let cfg = LlamaConfig::from_metadata(input.metadata())
+        .map_err(|source| Error::Model { context: j.model.display().to_string(), source })?;
+    let spec = structured_spec(j, &cfg)?;
+    let ftype_asked = match &j.ftype {
+        None => None,
+        Some(s) => Some(s.parse::<Ftype>().map_err(|e: String| Error::field("prune.type", e))?),
+    };
+    let text = match (&j.text, spec.needs_calibration()) {
+        (Some(t), true) => Some(TextSource::parse(&t.to_string_lossy())),
+        (None, true) => {
+            return Err(Error::field(
+                "prune.text",
+                "choosing blocks, FFN channels or KV groups to remove needs calibration text (a text file, or random:N)",
+            ))
+        }
+        (_, false) => None,
+    };
+    refuse_overwrite("prune.output", &j.model, &j.output)?;
+    let params = serde_json::json!({ "layers": j.layers, "remove_layers": j.remove_layers, "layer_score": j.layer_score,
+        "ffn": j.ffn, "ffn_multiple": j.ffn_multiple, "drop_kv_groups": j.drop_kv_groups, "refit": j.refit,
+        "type": j.ftype, "ctx": j.ctx, "chunks": j.chunks });
+    let mut inputs: Vec<(&str, &Path)> = vec![("model", &j.model)];
+    if let (Some(t), Some(TextSource::File(_))) = (&j.text, &text) {
+        inputs.push(("text", t));
+    }
+    let mut parts = Vec::new();
+    match &spec.layers {
+        Some(LayerChoice::Count { n, .. }) => parts.push(format!("-{n} blocks")),
+        Some(LayerChoice::List(v)) => parts.push(format!("-{} blocks", v.len())),
+        None => {}
+    }
+    if let Some(k) = spec.ffn_keep {
+        parts.push(format!("FFN {k}/{}", cfg.n_ff));
+    }
+    if let Some(k) = spec.kv_keep {
+        parts.push(format!("KV {k}/{}", cfg.n_head_kv));
+    }
+    let mut rec = Recorder::start("prune", ctx.registry.as_deref(), Some(parts.join(", ")), params, &inputs);
+    let res = (|| {
+        let scratch = Scratch(PathBuf::from(format!("{}.prune-tmp", j.output.display())));
+        std::fs::create_dir_all(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
+        let pruned_path = scratch.0.join("structured.gguf");
+        let chunks = ChunkOptions { n_ctx: j.ctx, n_chunks: Some(j.chunks), skip: 0, shuffle_seed: None };
+        let report = calibrate::structured::prune_structured(
+            &j.model,
+            &spec,
+            text.as_ref().map(|t| (t, chunks)),
+            &pruned_path,
+            ctx.progress.as_ref(),
+            &ctx.cancel,
+        )?;
+        let pruned = GgufFile::open(&pruned_path)?;
+        let file_ftype = input
+            .metadata()
+            .get_u64("general.file_type")
+            .and_then(|c| Ftype::from_code(c as u32))
+            .unwrap_or(Ftype::F32);
+        let plan = match ftype_asked {
+            None => restore_plan(&pruned, &report.source_types, file_ftype),
+            Some(f) => {
+                let mut o = QuantizeOptions::new(f);
+                o.allow_requantize = true;
+                quantize::build_plan(pruned.metadata(), pruned.tensors(), &o)?
+            }
+        };
+        let result = quantize::execute(&pruned, &plan, &j.output, None, ctx.progress.as_ref(), &ctx.cancel)?;
+        Ok((report, plan, result))
+    })();
+    if let Ok((_, plan, _)) = &res {
+        rec.output(&j.output);
+        rec.plan(plan, None);
+    }
+    let ((structured, plan, result), run_id) = rec.close(res, |(_, _, r)| {
+        vec![(metric::FILE_BYTES, r.file_bytes as f64), (metric::BPW, r.bpw), (metric::SECONDS, r.seconds)]
+    })?;
+    let prune_seconds = structured.seconds;
+    Ok(PruneOutcome {
+        method: None,
+        sparsity: None,
+        target: None,
+        structured: Some(structured),
+        plan,
+        result,
+        tensors: Vec::new(),
+        zero_fraction: 0.0,
         prune_seconds,
         run_id,
     })
