@@ -203,3 +203,178 @@ fn bad_prune_inputs_are_clear_errors() {
     assert!(!out.exists());
     assert_eq!(common::listing(sc.path()), Vec::<String>::new(), "nothing left behind");
 }
+
+/// `blk.N.rest` of a name.
+fn block(name: &str) -> Option<(usize, &str)> {
+    let (n, rest) = name.strip_prefix("blk.")?.split_once('.')?;
+    Some((n.parse().ok()?, rest))
+}
+
+/// Blocks removed by list need no text: the other blocks come through byte for byte under their
+/// new numbers, and the block count follows.
+#[test]
+fn removing_listed_blocks_renumbers_and_keeps_every_byte() {
+    let m = crunch_testkit::smollm2_gguf();
+    let sc = Scratch::new("prune-blocks");
+    let out = sc.join("minus2.gguf");
+    let o = ok(&crunch(&["prune", s(&m), s(&out), "--remove-layers", "7,3", "--json", "-q"]));
+    assert_eq!(o["structured"]["removed_layers"], serde_json::json!([3, 7]));
+    let (src, dst) = (GgufFile::open(&m).unwrap(), GgufFile::open(&out).unwrap());
+    let n_src = src.metadata().get_u64("llama.block_count").unwrap() as usize;
+    assert_eq!(dst.metadata().get_u64("llama.block_count"), Some(n_src as u64 - 2));
+    let kept: Vec<usize> = (0..n_src).filter(|l| *l != 3 && *l != 7).collect();
+    let per_block = src.tensors().iter().filter(|t| t.name.starts_with("blk.0.")).count();
+    assert_eq!(dst.tensors().len(), src.tensors().len() - 2 * per_block);
+    for t in dst.tensors() {
+        let src_name = match block(&t.name) {
+            Some((j, rest)) => format!("blk.{}.{rest}", kept[j]),
+            None => t.name.clone(),
+        };
+        let st = src.tensor(&src_name).unwrap_or_else(|| panic!("{} has no source {src_name}", t.name));
+        assert_eq!((t.ty, &t.dims), (st.ty, &st.dims), "{}", t.name);
+        assert!(dst.tensor_data(t) == src.tensor_data(st), "{} differs from {src_name}", t.name);
+    }
+}
+
+/// Calibrated structured pruning on SmolLM2: two blocks, a quarter of the FFN and one KV group
+/// of three go; the file has consistent hyper-parameters and shapes, Q/K/V rows are the kept
+/// heads' rows byte for byte, crunch runs it, and the least-squares refit of the narrowed layers
+/// brings the model closer to the original than copying the kept columns.
+#[test]
+fn structured_pruning_makes_a_consistent_smaller_model() {
+    let m = crunch_testkit::smollm2_gguf();
+    let wiki = crunch_testkit::wikitext_dev();
+    let sc = Scratch::new("prune-structured");
+    let text = std::fs::read_to_string(&wiki).unwrap();
+    let (calib, heldout) = text.split_at(text.len() / 2);
+    let heldout = &heldout[heldout.find('\n').unwrap_or(0)..];
+    let (calib_p, held_p) = (sc.join("calib.txt"), sc.join("heldout.txt"));
+    std::fs::write(&calib_p, calib).unwrap();
+    std::fs::write(&held_p, heldout).unwrap();
+    let prune = |out: &Path, extra: &[&str]| {
+        let mut a = vec!["prune", s(&m), s(out), "--layers", "2", "--ffn", "0.75", "--drop-kv-groups", "1"];
+        a.extend_from_slice(&["--text", s(&calib_p), "--ctx", "512", "--chunks", "8", "--json", "-q"]);
+        a.extend_from_slice(extra);
+        ok(&crunch(&a))
+    };
+    let out = sc.join("structured.gguf");
+    let o = prune(&out, &[]);
+    let st = &o["structured"];
+    assert_eq!((st["n_layer_before"].as_u64(), st["n_layer_after"].as_u64()), (Some(30), Some(28)));
+    assert_eq!(
+        (st["n_ff_after"].as_u64(), st["n_head_after"].as_u64(), st["n_head_kv_after"].as_u64()),
+        (Some(1152), Some(6), Some(2))
+    );
+    let removed: Vec<usize> =
+        st["removed_layers"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    assert_eq!(removed.len(), 2);
+    // Angular distance removes a run of consecutive blocks.
+    assert_eq!(removed[1], removed[0] + 1);
+    for t in st["refit"].as_array().unwrap() {
+        let e = t["output_error"].as_f64().unwrap();
+        assert!(e.is_finite() && (0.0..1.0).contains(&e), "{t}");
+    }
+
+    let (src, dst) = (GgufFile::open(&m).unwrap(), GgufFile::open(&out).unwrap());
+    let md = dst.metadata();
+    for (k, v) in [
+        ("block_count", 28),
+        ("feed_forward_length", 1152),
+        ("attention.head_count", 6),
+        ("attention.head_count_kv", 2),
+        ("attention.key_length", 64),
+        ("attention.value_length", 64),
+    ] {
+        assert_eq!(md.get_u64(&format!("llama.{k}")), Some(v), "{k}");
+    }
+    let kept: Vec<usize> = (0..30).filter(|l| !removed.contains(l)).collect();
+    let groups = st["kept_kv_groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 28);
+    for (j, &i) in kept.iter().enumerate() {
+        let dims = |n: &str| dst.tensor(&format!("blk.{j}.{n}.weight")).unwrap().dims.clone();
+        assert_eq!(dims("attn_q"), [576, 384]);
+        assert_eq!(dims("attn_k"), [576, 128]);
+        assert_eq!(dims("attn_v"), [576, 128]);
+        assert_eq!(dims("attn_output"), [384, 576]);
+        assert_eq!(dims("ffn_gate"), [576, 1152]);
+        assert_eq!(dims("ffn_up"), [576, 1152]);
+        assert_eq!(dims("ffn_down"), [1152, 576]);
+        // K rows are the kept K heads' rows, in order, byte for byte (rows keep their type).
+        let g: Vec<usize> = groups[j].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        assert_eq!(g.len(), 2);
+        let (sk, dk) = (
+            src.tensor(&format!("blk.{i}.attn_k.weight")).unwrap(),
+            dst.tensor(&format!("blk.{j}.attn_k.weight")).unwrap(),
+        );
+        assert_eq!(sk.ty, dk.ty);
+        let row = sk.ty.row_size(576).unwrap();
+        let want: Vec<u8> =
+            g.iter().flat_map(|&h| src.tensor_data(sk)[h * 64 * row..(h + 1) * 64 * row].to_vec()).collect();
+        assert!(dst.tensor_data(dk) == &want[..], "blk.{j}.attn_k rows are not source block {i}'s heads {g:?}");
+    }
+    assert!(std::fs::metadata(&out).unwrap().len() < std::fs::metadata(&m).unwrap().len());
+
+    // crunch runs the pruned model, and the refit beats copying the kept columns.
+    let kld = |f: &Path| -> f64 {
+        let r = ok(&crunch(&[
+            "eval",
+            "compare",
+            s(&m),
+            s(f),
+            "--text",
+            s(&held_p),
+            "--ctx",
+            "256",
+            "--chunks",
+            "6",
+            "--json",
+            "-q",
+        ]));
+        r["kld"]["mean"].as_f64().unwrap()
+    };
+    let plain = sc.join("no-refit.gguf");
+    prune(&plain, &["--no-refit"]);
+    let (k_refit, k_plain) = (kld(&out), kld(&plain));
+    assert!(k_refit.is_finite() && k_refit > 0.0);
+    assert!(k_refit < k_plain, "refit KLD {k_refit} vs copied columns {k_plain}");
+}
+
+#[test]
+fn bad_structured_options_are_clear_errors() {
+    let m = crunch_testkit::smollm2_gguf();
+    let sc = Scratch::new("prune-structured-bad");
+    let out = sc.join("x.gguf");
+    let wiki = crunch_testkit::wikitext_dev();
+    let prune = |extra: &[&str]| {
+        let mut a = vec!["prune", s(&m), s(&out)];
+        a.extend_from_slice(extra);
+        err(&crunch(&a))
+    };
+    let t = ["--text", s(&wiki), "--chunks", "1", "--ctx", "64"];
+    let with_text = |extra: &[&str]| prune(&[extra, &t[..]].concat());
+    let e = with_text(&["--ffn", "1.5"]);
+    assert!(e.contains("--ffn") && e.contains("between 0 and 1"), "{e}");
+    let e = with_text(&["--ffn", "0.99", "--ffn-multiple", "256"]);
+    assert!(e.contains("--ffn") && e.contains("keeps them all"), "{e}");
+    let e = with_text(&["--drop-kv-groups", "3"]);
+    assert!(e.contains("--drop-kv-groups") && e.contains("3 KV groups"), "{e}");
+    let e = with_text(&["--layers", "30"]);
+    assert!(e.contains("--layers") && e.contains("30 of 30"), "{e}");
+    let all: Vec<String> = (0..30).map(|l| l.to_string()).collect();
+    let e = prune(&["--remove-layers", &all.join(",")]);
+    assert!(e.contains("--remove-layers") && e.contains("keep at least one"), "{e}");
+    let e = prune(&["--remove-layers", "40"]);
+    assert!(e.contains("--remove-layers") && e.contains("block 40 does not exist"), "{e}");
+    let e = prune(&["--remove-layers", "4,4"]);
+    assert!(e.contains("listed twice"), "{e}");
+    let e = prune(&["--layers", "2"]);
+    assert!(e.contains("--text"), "{e}");
+    let e = with_text(&["--layers", "2", "--layer-score", "cosine"]);
+    assert!(e.contains("--layer-score") && e.contains("angular, influence"), "{e}");
+    let e = with_text(&["--layers", "2", "--method", "wanda", "--sparsity", "0.5"]);
+    assert!(e.contains("--method") && e.contains("separate jobs"), "{e}");
+    let e = prune(&[]);
+    assert!(e.contains("--method"), "{e}");
+    assert!(!out.exists());
+    assert_eq!(common::listing(sc.path()), Vec::<String>::new(), "nothing left behind");
+}

@@ -169,7 +169,8 @@ pub fn refit_columns(name: &str, w: &[f32], n_in: usize, h: &[f32], keep: &[usiz
     let mut d = damp;
     for _ in 0..5 {
         let lambda = (d * mean).max(1e-10);
-        let a = Mat::<f64>::from_fn(k, k, |p, q| h[keep[p] * n_in + keep[q]] as f64 + if p == q { lambda } else { 0.0 });
+        let a =
+            Mat::<f64>::from_fn(k, k, |p, q| h[keep[p] * n_in + keep[q]] as f64 + if p == q { lambda } else { 0.0 });
         if let Ok(llt) = a.llt(Side::Lower) {
             let z = llt.solve(&rhs);
             let mut out = vec![0f32; n_out * k];
@@ -182,7 +183,11 @@ pub fn refit_columns(name: &str, w: &[f32], n_in: usize, h: &[f32], keep: &[usiz
                 return Ok(out);
             }
         }
-        tracing::warn!(tensor = name, damp = d, "refit: the kept columns' second moment did not factor; more dampening");
+        tracing::warn!(
+            tensor = name,
+            damp = d,
+            "refit: the kept columns' second moment did not factor; more dampening"
+        );
         d *= 10.0;
     }
     Err(CalibError::NotPositiveDefinite { tensor: name.to_string(), damp: (d / 10.0) as f32, tries: 5 })

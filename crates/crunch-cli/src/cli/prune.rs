@@ -106,11 +106,8 @@ pub fn run(a: PruneArgs) -> Result<()> {
     }
     let r = &o.result;
     if let Some(st) = &o.structured {
-        let removed = if st.removed_layers.is_empty() {
-            String::new()
-        } else {
-            format!(" (removed {:?})", st.removed_layers)
-        };
+        let removed =
+            if st.removed_layers.is_empty() { String::new() } else { format!(" (removed {:?})", st.removed_layers) };
         println!(
             "{} -> {}: blocks {} -> {}{removed}, FFN width {} -> {}, heads {}/{} -> {}/{} (query/KV), \
              {} ({:.2} bpw), pruning {:.1} s, writing {:.1} s\nsha256 {}",

@@ -15,10 +15,10 @@
 use super::calib_err;
 use crate::error::{Error, Result};
 use crate::progress::{Cancel, Progress};
+use crunch_calib::linalg;
 use crunch_calib::prune::structured::{self as st, LayerScore};
 use crunch_calib::runner::{Group, Layer, Runner};
 use crunch_calib::text::{self, ChunkOptions, TextSource};
-use crunch_calib::linalg;
 use crunch_core::gguf::{GgufFile, GgufWriter, Metadata, TensorInfo, TensorSpec, Value};
 use crunch_core::GgmlType;
 use crunch_model::LlamaConfig;
@@ -91,6 +91,8 @@ pub struct StructuredReport {
     pub n_head_after: usize,
     pub n_head_kv_before: usize,
     pub n_head_kv_after: usize,
+    /// The KV groups each output block kept (input numbering), when groups were dropped.
+    pub kept_kv_groups: Vec<Vec<usize>>,
     /// Every tensor that lost input columns.
     pub refit: Vec<RefitTensor>,
     /// The type each output tensor had in the input (by output name).
@@ -128,9 +130,27 @@ fn role(rest: &str, spec: &StructuredSpec) -> Option<Role> {
     Some(match rest {
         "attn_norm.weight" | "ffn_norm.weight" | "attn_output.bias" | "ffn_down.bias" | "attn_q_norm.weight"
         | "attn_k_norm.weight" => Role::Copy,
-        "attn_q.weight" | "attn_q.bias" => if kv { Role::QRows } else { Role::Copy },
-        "attn_k.weight" | "attn_k.bias" | "attn_v.weight" | "attn_v.bias" => if kv { Role::KvRows } else { Role::Copy },
-        "attn_output.weight" => if kv { Role::OutCols } else { Role::Copy },
+        "attn_q.weight" | "attn_q.bias" => {
+            if kv {
+                Role::QRows
+            } else {
+                Role::Copy
+            }
+        }
+        "attn_k.weight" | "attn_k.bias" | "attn_v.weight" | "attn_v.bias" => {
+            if kv {
+                Role::KvRows
+            } else {
+                Role::Copy
+            }
+        }
+        "attn_output.weight" => {
+            if kv {
+                Role::OutCols
+            } else {
+                Role::Copy
+            }
+        }
         "ffn_gate.weight" | "ffn_gate.bias" | "ffn_up.weight" | "ffn_up.bias" => {
             if ffn {
                 Role::FfnRows
@@ -138,7 +158,13 @@ fn role(rest: &str, spec: &StructuredSpec) -> Option<Role> {
                 Role::Copy
             }
         }
-        "ffn_down.weight" => if ffn { Role::DownCols } else { Role::Copy },
+        "ffn_down.weight" => {
+            if ffn {
+                Role::DownCols
+            } else {
+                Role::Copy
+            }
+        }
         _ if !spec.prunes_width() => Role::Copy,
         _ => return None,
     })
@@ -246,7 +272,8 @@ fn score_layers(
         }
         progress.advance((i + 1) as u64, &format!("block {}/{n_layer}", i + 1));
     }
-    let removed = st::layers_to_remove(how, &scores, n_layer, n).map_err(|e| Error::field("prune.layers", e.to_string()))?;
+    let removed =
+        st::layers_to_remove(how, &scores, n_layer, n).map_err(|e| Error::field("prune.layers", e.to_string()))?;
     Ok((removed, scores))
 }
 
@@ -338,7 +365,13 @@ fn take_rows(data: &[u8], row_bytes: usize, rows: impl Iterator<Item = usize>) -
 }
 
 /// The output tensor for input tensor `t` of a block, with its data.
-fn block_tensor(file: &GgufFile, t: &TensorInfo, role: Role, cut: &BlockCut, cfg: &LlamaConfig) -> Result<(Vec<u64>, GgmlType, Vec<u8>)> {
+fn block_tensor(
+    file: &GgufFile,
+    t: &TensorInfo,
+    role: Role,
+    cut: &BlockCut,
+    cfg: &LlamaConfig,
+) -> Result<(Vec<u64>, GgmlType, Vec<u8>)> {
     let data = file.tensor_data(t);
     let hd = cfg.head_dim;
     let per_group = cfg.n_head / cfg.n_head_kv;
@@ -363,9 +396,7 @@ fn block_tensor(file: &GgufFile, t: &TensorInfo, role: Role, cut: &BlockCut, cfg
     };
     match role {
         Role::Copy => Ok((t.dims.clone(), t.ty, data.to_vec())),
-        Role::QRows => {
-            rows_of(cut.kv.iter().flat_map(|&g| (g * per_group * hd)..((g + 1) * per_group * hd)).collect())
-        }
+        Role::QRows => rows_of(cut.kv.iter().flat_map(|&g| (g * per_group * hd)..((g + 1) * per_group * hd)).collect()),
         Role::KvRows => rows_of(cut.kv.iter().flat_map(|&g| (g * hd)..((g + 1) * hd)).collect()),
         Role::FfnRows => rows_of(cut.ffn.clone()),
         Role::OutCols | Role::DownCols => {
@@ -373,7 +404,11 @@ fn block_tensor(file: &GgufFile, t: &TensorInfo, role: Role, cut: &BlockCut, cfg
             let k = if role == Role::OutCols { cut.kv.len() * per_group * hd } else { cut.ffn.len() };
             let n_rows = t.n_rows();
             if m.len() as u64 != n_rows * k as u64 {
-                return Err(Error::Invalid(format!("{}: refit has {} values for {n_rows} rows of {k}", t.name, m.len())));
+                return Err(Error::Invalid(format!(
+                    "{}: refit has {} values for {n_rows} rows of {k}",
+                    t.name,
+                    m.len()
+                )));
             }
             let bytes: Vec<u8> = m.iter().flat_map(|v| v.to_le_bytes()).collect();
             Ok((vec![k as u64, n_rows], GgmlType::F32, bytes))
@@ -398,7 +433,10 @@ pub fn prune_structured(
     let t0 = Instant::now();
     let file = Arc::new(GgufFile::open(model)?);
     let meta = file.metadata();
-    let arch = meta.architecture().ok_or_else(|| Error::Invalid(format!("{}: no general.architecture", model.display())))?.to_string();
+    let arch = meta
+        .architecture()
+        .ok_or_else(|| Error::Invalid(format!("{}: no general.architecture", model.display())))?
+        .to_string();
     let cfg = LlamaConfig::from_metadata(meta)
         .map_err(|source| Error::Model { context: model.display().to_string(), source })?;
     check(&cfg, meta, &arch, spec)?;
@@ -514,6 +552,7 @@ pub fn prune_structured(
         (Some((runner, chunks)), true) => Some(runner.embed(&chunks.chunks).map_err(calib_err)?),
         _ => None,
     };
+    let mut kept_kv_groups = Vec::new();
     progress.start("prune", kept.len() as u64);
     for (j, &i) in kept.iter().enumerate() {
         if cancel.is_cancelled() {
@@ -526,6 +565,9 @@ pub fn prune_structured(
             }
             _ => BlockCut::default(),
         };
+        if spec.kv_keep.is_some() {
+            kept_kv_groups.push(cut.kv.clone());
+        }
         for (t, role) in &blocks[&i] {
             let (_, _, data) = block_tensor(&file, t, *role, &cut, &cfg)?;
             w.write_tensor(&rename(&t.name), &data)?;
@@ -556,6 +598,7 @@ pub fn prune_structured(
         n_head_after: n_kv * per_group,
         n_head_kv_before: cfg.n_head_kv,
         n_head_kv_after: n_kv,
+        kept_kv_groups,
         refit,
         source_types,
         seconds,

@@ -6,19 +6,19 @@
 use super::CalibrationSpec;
 use crate::calibrate::prune::{prune_targets, PruneSpec, PrunedTensor};
 use crate::calibrate::structured::{LayerChoice, StructuredReport, StructuredSpec};
-use crate::quantize::rules;
-use crunch_calib::prune::structured::LayerScore;
-use crunch_core::GgmlType;
-use crunch_model::LlamaConfig;
 use crate::calibrate::{self, MethodOptions};
 use crate::error::{Error, Result};
 use crate::job::record::{metric, Recorder};
 use crate::job::{refuse_overwrite, RunCtx};
+use crate::quantize::rules;
 use crate::quantize::{self, Ftype, Plan, QuantizeOptions, QuantizeReport, Reason, TensorPlan};
 use crunch_calib::gptq::GptqOptions;
+use crunch_calib::prune::structured::LayerScore;
 use crunch_calib::prune::{PruneMethod, Sparsity};
 use crunch_calib::text::{ChunkOptions, TextSource};
 use crunch_core::gguf::GgufFile;
+use crunch_core::GgmlType;
+use crunch_model::LlamaConfig;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -323,7 +323,10 @@ pub fn structured_spec(j: &PruneJob, cfg: &LlamaConfig) -> Result<StructuredSpec
     }
     let layers = match (j.layers, &j.remove_layers) {
         (Some(_), Some(_)) => {
-            return Err(Error::field("prune.remove_layers", "give either a number of blocks to remove or a list, not both"))
+            return Err(Error::field(
+                "prune.remove_layers",
+                "give either a number of blocks to remove or a list, not both",
+            ))
         }
         (Some(n), None) => {
             let score: LayerScore = j.layer_score.parse().map_err(|e: String| Error::field("prune.layer_score", e))?;
@@ -332,26 +335,33 @@ pub fn structured_spec(j: &PruneJob, cfg: &LlamaConfig) -> Result<StructuredSpec
         (None, Some(v)) => Some(LayerChoice::List(v.clone())),
         (None, None) => None,
     };
-    let ffn_keep = match j.ffn {
-        None => None,
-        Some(f) if !(f.is_finite() && f > 0.0 && f < 1.0) => {
-            return Err(Error::field("prune.ffn", format!("{f} is not a fraction strictly between 0 and 1 (0.75 keeps three quarters of the FFN channels)")))
-        }
-        Some(f) => {
-            let m = j.ffn_multiple;
-            if m == 0 || m >= cfg.n_ff {
-                return Err(Error::field("prune.ffn_multiple", format!("{m} must be positive and below the FFN width {}", cfg.n_ff)));
+    let ffn_keep =
+        match j.ffn {
+            None => None,
+            Some(f) if !(f.is_finite() && f > 0.0 && f < 1.0) => return Err(Error::field(
+                "prune.ffn",
+                format!(
+                    "{f} is not a fraction strictly between 0 and 1 (0.75 keeps three quarters of the FFN channels)"
+                ),
+            )),
+            Some(f) => {
+                let m = j.ffn_multiple;
+                if m == 0 || m >= cfg.n_ff {
+                    return Err(Error::field(
+                        "prune.ffn_multiple",
+                        format!("{m} must be positive and below the FFN width {}", cfg.n_ff),
+                    ));
+                }
+                let keep = (((f * cfg.n_ff as f64) / m as f64).round() as usize).max(1) * m;
+                if keep >= cfg.n_ff {
+                    return Err(Error::field(
+                        "prune.ffn",
+                        format!("{f} of {} channels rounded to a multiple of {m} keeps them all; keep fewer", cfg.n_ff),
+                    ));
+                }
+                Some(keep)
             }
-            let keep = (((f * cfg.n_ff as f64) / m as f64).round() as usize).max(1) * m;
-            if keep >= cfg.n_ff {
-                return Err(Error::field(
-                    "prune.ffn",
-                    format!("{f} of {} channels rounded to a multiple of {m} keeps them all; keep fewer", cfg.n_ff),
-                ));
-            }
-            Some(keep)
-        }
-    };
+        };
     let kv_keep = match j.drop_kv_groups {
         None => None,
         Some(d) if d == 0 || d >= cfg.n_head_kv => {
@@ -427,12 +437,10 @@ fn run_structured(j: &PruneJob, ctx: &RunCtx) -> Result<PruneOutcome> {
     };
     let text = match (&j.text, spec.needs_calibration()) {
         (Some(t), true) => Some(TextSource::parse(&t.to_string_lossy())),
-        (None, true) => {
-            return Err(Error::field(
-                "prune.text",
-                "choosing blocks, FFN channels or KV groups to remove needs calibration text (a text file, or random:N)",
-            ))
-        }
+        (None, true) => return Err(Error::field(
+            "prune.text",
+            "choosing blocks, FFN channels or KV groups to remove needs calibration text (a text file, or random:N)",
+        )),
         (_, false) => None,
     };
     refuse_overwrite("prune.output", &j.model, &j.output)?;
