@@ -20,6 +20,11 @@ pub struct ExportArgs {
     /// Largest safetensors shard in bytes (a larger model is split, with an index file).
     #[arg(long, default_value_t = export::DEFAULT_SHARD_BYTES)]
     max_shard_bytes: u64,
+    /// Store the blocks' linear weights in compressed-tensors' sparse layout (for pruned models;
+    /// loaded by transformers with compressed-tensors): bitmask (sparse-bitmask, any sparsity) or
+    /// 2:4 (sparse-24-bitmask, every row 2:4). Values keep --dtype.
+    #[arg(long, value_name = "bitmask|2:4")]
+    sparse: Option<String>,
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -37,6 +42,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         output: a.output.clone(),
         dtype: a.dtype.clone(),
         max_shard_bytes: a.max_shard_bytes,
+        sparse: a.sparse.clone(),
     });
     let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json), None)?;
     let Outcome::Export(o) = super::run_job(&job, &ctx)
@@ -57,6 +63,21 @@ pub fn run(a: ExportArgs) -> Result<()> {
             report.files.len(),
             report.seconds
         );
+        if let Some(sp) = &report.sparse {
+            let grew = sp.tensors.iter().filter(|t| t.compressed_bytes > t.dense_bytes).count();
+            println!(
+                "{}: {} linear weights {} dense -> {} ({:.1}%), whole checkpoint {} dense -> {}; global sparsity {:.1}%{}",
+                sp.format,
+                sp.tensors.len(),
+                human_bytes(sp.dense_bytes),
+                human_bytes(sp.compressed_bytes),
+                100.0 * sp.compressed_bytes as f64 / sp.dense_bytes.max(1) as f64,
+                human_bytes(report.tensor_bytes + sp.dense_bytes - sp.compressed_bytes),
+                human_bytes(report.tensor_bytes),
+                100.0 * sp.global_sparsity,
+                if grew > 0 { format!("; {grew} weights are larger compressed (too few zeros)") } else { String::new() }
+            );
+        }
     }
     Ok(())
 }

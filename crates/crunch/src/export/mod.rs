@@ -5,16 +5,18 @@
 //! Key decision: the folder is written so that `crunch convert` gives back the same GGUF metadata
 //! and tensors (Q/K rows un-permuted here, permuted there; every `general.*` and `tokenizer.*`
 //! value put where the converter reads it). Tensors are dequantized one at a time and streamed
-//! into shards.
+//! into shards. How each tensor is stored is a [`Layout`]: plain tensors here, compressed-tensors'
+//! sparse bitmask formats in [`sparse`]; the folder, names, order and streaming are shared.
 
+pub mod sparse;
 pub mod tokenizer;
 
 use crate::error::{Error, Result};
 use crate::progress::{Cancel, Progress};
 use crate::quantize;
-use crunch_core::gguf::{GgufFile, Metadata, Value};
+use crunch_core::gguf::{GgufFile, Metadata, TensorInfo, Value};
 use crunch_core::hf::model_card::{self, CardValue};
-use crunch_core::hf::names::{self, Role};
+use crunch_core::hf::names::{self, Role, TensorId};
 use crunch_core::hf::params::{self, json_f32};
 use crunch_core::hf::{permute, HfArch};
 use crunch_core::output::AtomicFile;
@@ -38,11 +40,13 @@ pub struct ExportOptions {
     pub dtype: Option<GgmlType>,
     /// Largest shard (bytes of tensor data).
     pub max_shard_bytes: u64,
+    /// Store the blocks' linear weights in a compressed-tensors sparse format (see [`sparse`]).
+    pub sparse: Option<sparse::SparseFormat>,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions { dtype: None, max_shard_bytes: DEFAULT_SHARD_BYTES }
+        ExportOptions { dtype: None, max_shard_bytes: DEFAULT_SHARD_BYTES, sparse: None }
     }
 }
 
@@ -57,6 +61,9 @@ pub struct ExportReport {
     pub seconds: f64,
     /// Metadata that has no place in a Hugging Face folder and was left out.
     pub dropped_keys: Vec<String>,
+    /// With [`ExportOptions::sparse`]: the compressed tensors and their sizes against dense.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<sparse::SparseReport>,
 }
 
 fn dtype_of(ty: GgmlType) -> Result<(Dtype, &'static str)> {
@@ -104,13 +111,105 @@ fn dominant_dtype(input: &GgufFile, types: &[GgmlType]) -> GgmlType {
     by_type.into_iter().max_by_key(|&(_, n)| n).map_or(GgmlType::F32, |(ty, _)| ty)
 }
 
-struct Planned<'a> {
-    info: &'a crunch_core::gguf::TensorInfo,
-    hf_name: String,
-    permute_heads: Option<usize>,
+/// One GGUF tensor as export writes it.
+pub(crate) struct ExportTensor<'a> {
+    pub info: &'a TensorInfo,
+    pub hf_name: String,
+    pub id: TensorId,
+    /// Un-permute the Q/K rows with this many heads.
+    pub permute_heads: Option<usize>,
     /// Exported as (F32, F16 or BF16).
-    ty: GgmlType,
-    dtype: Dtype,
+    pub ty: GgmlType,
+    pub dtype: Dtype,
+}
+
+impl ExportTensor<'_> {
+    /// PyTorch-order shape.
+    pub fn shape(&self) -> Vec<u64> {
+        self.info.dims.iter().rev().copied().collect()
+    }
+
+    /// Bytes of one exported element.
+    pub fn elem_bytes(&self) -> usize {
+        (self.dtype.bits() / 8) as usize
+    }
+
+    /// The values as exported (`ty`), in the GGUF's row order (before Q/K un-permutation), into
+    /// `buf` (cleared first).
+    pub fn values(&self, input: &GgufFile, buf: &mut Vec<u8>) -> Result<()> {
+        buf.clear();
+        let src = input.tensor_data(self.info);
+        quantize::convert_tensor(&self.info.name, src, self.info.ty, self.ty, self.info.row_len() as usize, None, buf)
+    }
+
+    /// The bytes of the Hugging Face tensor: [`values`](Self::values) with the Q/K rows
+    /// un-permuted; `buf` and `perm` are scratch.
+    pub fn hf_bytes<'b>(&self, input: &GgufFile, buf: &'b mut Vec<u8>, perm: &'b mut Vec<u8>) -> Result<&'b [u8]> {
+        self.values(input, buf)?;
+        match self.permute_heads {
+            Some(h) => {
+                permute::unpermute(buf, self.info.n_rows() as usize, h, perm).map_err(|e| {
+                    Error::Invalid(format!("tensor {}: {e} (attention.head_count = {h})", self.info.name))
+                })?;
+                Ok(perm)
+            }
+            None => Ok(buf),
+        }
+    }
+}
+
+/// How each tensor is stored in the safetensors shards. [`export`] keeps everything else (the
+/// folder's files, names, tensor order, streaming one tensor at a time, atomic output) and asks
+/// the layout only this.
+pub(crate) trait Layout {
+    /// The safetensors entries of each tensor (`tensors` in the order they are written), before a
+    /// byte is written. May read the tensors' values (for sizes that depend on them, or to refuse
+    /// a tensor early).
+    ///
+    /// # Errors
+    /// A tensor this layout cannot store (naming it), I/O, cancellation.
+    fn plan(
+        &mut self,
+        input: &GgufFile,
+        tensors: &[ExportTensor<'_>],
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<Vec<Vec<TensorSpec>>>;
+
+    /// Write one tensor, `data` being its values as exported (Hugging Face row order), as the
+    /// entries planned for it. Returns the bytes written.
+    ///
+    /// # Errors
+    /// As the writer's.
+    fn write(&mut self, t: &ExportTensor<'_>, data: &[u8], out: &mut ShardedWriter) -> Result<u64>;
+
+    /// Add to `config.json`, once every tensor is written.
+    fn config(&self, _config: &mut Map<String, Json>) {}
+
+    /// A paragraph for the model card.
+    fn card_note(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Every tensor as one plain safetensors tensor.
+struct Dense;
+
+impl Layout for Dense {
+    fn plan(
+        &mut self,
+        _: &GgufFile,
+        tensors: &[ExportTensor<'_>],
+        _: &dyn Progress,
+        _: &Cancel,
+    ) -> Result<Vec<Vec<TensorSpec>>> {
+        Ok(tensors.iter().map(|t| vec![TensorSpec::new(t.hf_name.clone(), t.dtype, t.shape())]).collect())
+    }
+
+    fn write(&mut self, t: &ExportTensor<'_>, data: &[u8], out: &mut ShardedWriter) -> Result<u64> {
+        out.write_tensor(&t.hf_name, data)?;
+        Ok(data.len() as u64)
+    }
 }
 
 fn write_file(dir: &Path, name: &str, bytes: &[u8], files: &mut Vec<(String, String)>) -> Result<()> {
@@ -126,7 +225,7 @@ fn write_file(dir: &Path, name: &str, bytes: &[u8], files: &mut Vec<(String, Str
 }
 
 /// The model card front matter for `general.*` (the keys `crunch convert` and llama.cpp read back).
-fn model_card(md: &Metadata, source: &Path, dropped: &mut Vec<String>) -> String {
+fn model_card(md: &Metadata, source: &Path, note: Option<&str>, dropped: &mut Vec<String>) -> String {
     let mut entries: Vec<(String, CardValue)> = Vec::new();
     let s = |k: &str| md.get_str(&format!("general.{k}")).map(str::to_string);
     for (gk, ck) in [
@@ -187,7 +286,13 @@ fn model_card(md: &Metadata, source: &Path, dropped: &mut Vec<String>) -> String
         }
     }
     let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    format!("{}\nExported from `{name}` by crunch (`crunch export`).\n", model_card::render(&entries))
+    let mut card = format!("{}\nExported from `{name}` by crunch (`crunch export`).\n", model_card::render(&entries));
+    if let Some(note) = note {
+        card.push('\n');
+        card.push_str(note);
+        card.push('\n');
+    }
+    card
 }
 
 fn generation_config(md: &Metadata, tok: &GgufTokenizer) -> Json {
@@ -225,15 +330,32 @@ fn generation_config(md: &Metadata, tok: &GgufTokenizer) -> Json {
     Json::Object(g)
 }
 
-/// Export `input` into the folder `dir` (created if needed).
+/// Export `input` into the folder `dir` (created if needed); with [`ExportOptions::sparse`], the
+/// blocks' linear weights in that compressed-tensors format (see [`sparse`]).
 ///
 /// # Errors
-/// An architecture or tokenizer crunch cannot export, tensors it cannot map, I/O, cancellation.
-/// Files are written atomically; on error, shards already written are removed.
+/// An architecture or tokenizer crunch cannot export, tensors it cannot map, I/O, cancellation;
+/// with `sparse`, what [`sparse::export`] refuses. Files are written atomically; on error, shards
+/// already written are removed.
 pub fn export(
     input: &GgufFile,
     dir: &Path,
     opts: &ExportOptions,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<ExportReport> {
+    match opts.sparse {
+        None => write_folder(input, dir, opts, &mut Dense, progress, cancel),
+        Some(format) => sparse::export(input, dir, opts, format, progress, cancel),
+    }
+}
+
+/// The export itself, each tensor stored as `layout` says.
+pub(crate) fn write_folder(
+    input: &GgufFile,
+    dir: &Path,
+    opts: &ExportOptions,
+    layout: &mut dyn Layout,
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<ExportReport> {
@@ -275,7 +397,7 @@ pub fn export(
             _ => None,
         };
         let (dtype, _) = dtype_of(ty)?;
-        planned.push(Planned { info, hf_name, permute_heads, ty, dtype });
+        planned.push(ExportTensor { info, hf_name, id, permute_heads, ty, dtype });
     }
     let tok = GgufTokenizer::from_metadata(md)?;
     // Check the tokenizer can be written before any tensor is.
@@ -293,7 +415,7 @@ pub fn export(
         t.push('\n');
         Ok(t.into_bytes())
     };
-    side.push(("config.json".into(), json_bytes(&Json::Object(config))?));
+    // config.json goes first, written once the layout has had its say (after the tensors).
     side.push(("generation_config.json".into(), json_bytes(&generation_config(md, &tok))?));
     side.push(("tokenizer.json".into(), json_bytes(&tokenizer_json)?));
     let (tc, stm) = tok.configs(md.get_u64(&key("context_length")));
@@ -329,18 +451,14 @@ pub fn export(
             side.push(("1_Pooling/config.json".into(), json_bytes(&Json::Object(pc))?));
         }
     }
+
+    // The layout's entries (it may read the tensors: a tensor it refuses stops the export here).
+    let specs: Vec<TensorSpec> = layout.plan(input, &planned, progress, cancel)?.into_iter().flatten().collect();
     let mut dropped = Vec::new();
-    side.push(("README.md".into(), model_card(md, &input.path, &mut dropped).into_bytes()));
+    let card = model_card(md, &input.path, layout.card_note().as_deref(), &mut dropped);
+    side.push(("README.md".into(), card.into_bytes()));
 
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let specs: Vec<TensorSpec> = planned
-        .iter()
-        .map(|p| TensorSpec {
-            name: p.hf_name.clone(),
-            dtype: p.dtype,
-            shape: p.info.dims.iter().rev().copied().collect(),
-        })
-        .collect();
     let mut st_meta = std::collections::BTreeMap::new();
     st_meta.insert("format".to_string(), "pt".to_string());
     let mut writer = ShardedWriter::create(dir, st_meta, &specs, opts.max_shard_bytes)?;
@@ -352,19 +470,8 @@ pub fn export(
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let src = input.tensor_data(p.info);
-        buf.clear();
-        quantize::convert_tensor(&p.info.name, src, p.info.ty, p.ty, p.info.row_len() as usize, None, &mut buf)?;
-        let data: &[u8] = match p.permute_heads {
-            Some(h) => {
-                permute::unpermute(&buf, p.info.n_rows() as usize, h, &mut perm)
-                    .map_err(|e| Error::Invalid(format!("tensor {}: {e} (attention.head_count = {h})", p.info.name)))?;
-                &perm
-            }
-            None => &buf,
-        };
-        writer.write_tensor(&p.hf_name, data)?;
-        tensor_bytes += data.len() as u64;
+        let data = p.hf_bytes(input, &mut buf, &mut perm)?;
+        tensor_bytes += layout.write(p, data, &mut writer)?;
         input.release_tensor(p.info);
         done += p.info.n_bytes();
         progress.advance(done, &format!("{} -> {}", p.info.name, p.hf_name));
@@ -372,6 +479,8 @@ pub fn export(
     if cancel.is_cancelled() {
         return Err(Error::Cancelled);
     }
+    layout.config(&mut config);
+    side.insert(0, ("config.json".into(), json_bytes(&Json::Object(config))?));
     let mut files = Vec::new();
     for (name, bytes) in &side {
         write_file(dir, name, bytes, &mut files)?;
@@ -391,6 +500,7 @@ pub fn export(
         tensor_bytes,
         seconds: t0.elapsed().as_secs_f64(),
         dropped_keys: dropped,
+        sparse: None,
     })
 }
 

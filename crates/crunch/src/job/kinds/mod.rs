@@ -154,6 +154,10 @@ pub struct ExportJob {
     /// Largest safetensors shard in bytes.
     #[serde(default = "ExportJob::default_shard")]
     pub max_shard_bytes: u64,
+    /// Store the blocks' linear weights in a compressed-tensors sparse format: `bitmask`
+    /// (`sparse-bitmask`) or `2:4` (`sparse-24-bitmask`, every row 2:4); none writes them dense.
+    #[serde(default)]
+    pub sparse: Option<String>,
 }
 
 impl ExportJob {
