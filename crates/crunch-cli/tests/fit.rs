@@ -6,6 +6,7 @@
 mod common;
 
 use common::{crunch, smollm2_f32};
+use crunch_core::gguf::GgufFile;
 use std::path::{Path, PathBuf};
 
 fn text() -> String {
@@ -294,4 +295,81 @@ fn fit_text_split_inside_a_multibyte_character() {
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     let j = json_of(&o);
     assert!(j["fit"]["file_bytes"].as_u64().unwrap() <= 100_000_000);
+}
+
+/// `fit --prune-layers` and a search recipe with `prune:` quantize a pruned copy of the base and
+/// judge it against the unpruned base; `max_size_of` still means the preset's size on the base;
+/// the pruned copies are removed when the job ends.
+#[test]
+fn fit_and_search_prune_before_quantizing() {
+    let s = crunch_testkit::Scratch::new("fit-prune");
+    let base = smollm2_f32();
+    let (cache, reg) = (s.join("cache"), s.join("registry.db"));
+    let common = small(&cache, &reg);
+    let gguf = s.join("pruned-fit.gguf");
+    let budget = 90_000_000u64;
+    let mut args: Vec<String> = vec![
+        "fit".into(),
+        base.display().to_string(),
+        gguf.display().to_string(),
+        "--max-size".into(),
+        budget.to_string(),
+        "--prune-layers".into(),
+        "2".into(),
+        "--prune-chunks".into(),
+        "2".into(),
+        "--json".into(),
+    ];
+    args.extend(common.clone());
+    let j = json_of(&run(&args));
+    let f = GgufFile::open(&gguf).unwrap();
+    assert_eq!(f.metadata().get_u64("llama.block_count"), Some(28), "the fit quantized the pruned model");
+    let size = std::fs::metadata(&gguf).unwrap().len();
+    assert!(size <= budget);
+    // Judged against the 30-block base: a real, finite loss.
+    let kld = j["measured"]["kld"].as_f64().unwrap();
+    assert!(kld > 0.01 && kld.is_finite(), "KLD of a 2-block-shorter model against the base: {kld}");
+
+    let out = s.join("search-out");
+    let recipes = s.join("r.yaml");
+    std::fs::write(
+        &recipes,
+        "recipes:\n  - fit: { max_size_of: Q4_0 }\n  - prune: { layers: 2, chunks: 2 }\n    fit: { max_size_of: Q4_0 }\n",
+    )
+    .unwrap();
+    let mut sa = vec![
+        "search".to_string(),
+        base.display().to_string(),
+        "--recipes".into(),
+        recipes.display().to_string(),
+        "--out-dir".into(),
+        out.display().to_string(),
+        "--json".into(),
+    ];
+    sa.extend(common.clone());
+    let j = json_of(&run(&sa));
+    let cands = j["candidates"].as_array().unwrap();
+    let by = |n: &str| cands.iter().find(|c| c["name"] == n).unwrap_or_else(|| panic!("no {n} in {cands:?}"));
+    let (plain, pruned) = (by("fit-size-of-Q4_0"), by("prune-2L+fit-size-of-Q4_0"));
+    assert!(pruned["error"].is_null(), "{pruned}");
+    let q4_0 = {
+        let none = s.join("none.gguf");
+        let o = crunch(&["quantize", base.to_str().unwrap(), none.to_str().unwrap(), "Q4_0", "--dry-run", "--json"]);
+        json_of(&o)["plan"]["dst_bytes"].as_u64().unwrap()
+    };
+    // Same budget for both: the Q4_0 preset's size on the unpruned base.
+    for c in [plain, pruned] {
+        let b = c["file_bytes"].as_u64().unwrap();
+        assert!(b <= q4_0 + 8 * 1024 * 1024, "{} {b} vs Q4_0 tensors {q4_0}", c["name"]);
+        assert!(c["measured"]["kld"].as_f64().unwrap() > 0.0);
+    }
+    let pf = GgufFile::open(pruned["output"].as_str().unwrap()).unwrap();
+    assert_eq!(pf.metadata().get_u64("llama.block_count"), Some(28));
+    // Only the candidates stay in the out folder: the pruned base copies are gone.
+    let left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pruned-") || n.starts_with("prune-calib"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

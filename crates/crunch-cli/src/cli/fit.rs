@@ -2,6 +2,7 @@
 
 use super::progress::TermProgress;
 use anyhow::{Context, Result};
+use crunch::calibrate::structured::StructuredOptions;
 use crunch::fit::FitPlan;
 use crunch::inspect::human_bytes;
 use crunch::job::{FitJob, FitSettings, Job, Outcome, SizeSpec};
@@ -103,6 +104,21 @@ pub struct FitArgs {
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Prune first: remove this many blocks (chosen by --prune-layer-score on the calibration half).
+    #[arg(long, value_name = "N", help_heading = "Structured pruning before the fit")]
+    prune_layers: Option<usize>,
+    /// How --prune-layers chooses: angular or influence.
+    #[arg(long, value_name = "SCORE", help_heading = "Structured pruning before the fit")]
+    prune_layer_score: Option<String>,
+    /// Prune first: keep this fraction of every block's FFN channels, in (0, 1).
+    #[arg(long, value_name = "FRACTION", help_heading = "Structured pruning before the fit")]
+    prune_ffn: Option<f64>,
+    /// Prune first: drop this many KV groups from every block.
+    #[arg(long, value_name = "N", help_heading = "Structured pruning before the fit")]
+    prune_drop_kv_groups: Option<usize>,
+    /// Calibration chunks of 512 tokens for the pruning (from the first half of --text).
+    #[arg(long, value_name = "N", default_value_t = 64, help_heading = "Structured pruning before the fit")]
+    prune_chunks: usize,
     #[command(flatten)]
     common: ModelArgs,
 }
@@ -152,6 +168,16 @@ pub fn run(a: FitArgs) -> Result<()> {
         dry_run: a.dry_run,
         evaluate: !a.no_eval,
         settings: a.common.settings(),
+        prune: (a.prune_layers.is_some() || a.prune_ffn.is_some() || a.prune_drop_kv_groups.is_some()).then(|| {
+            StructuredOptions {
+                layers: a.prune_layers,
+                layer_score: a.prune_layer_score.clone(),
+                ffn: a.prune_ffn,
+                drop_kv_groups: a.prune_drop_kv_groups,
+                chunks: Some(a.prune_chunks),
+                ..Default::default()
+            }
+        }),
     });
     let quiet = a.common.quiet || a.json;
     let ctx = super::job_ctx(a.common.threads, TermProgress::shared(quiet), a.common.registry.as_deref())?;

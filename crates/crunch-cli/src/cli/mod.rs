@@ -158,6 +158,13 @@ pub(crate) fn run_job(job: &Job, ctx: &RunCtx) -> Result<Outcome> {
 /// The option (or argument) a job field is given with: `fit.max_kld` -> `--max-kld`.
 fn flag_of(field: &str) -> String {
     let last = field.rsplit('.').next().unwrap_or(field);
+    if let Some(rest) = field.strip_prefix("fit.prune.") {
+        return format!("--prune-{}", rest.replace('_', "-"));
+    }
+    if field.starts_with("search.recipes") {
+        // A recipe file's field: named as the file names it.
+        return field.trim_start_matches("search.").to_string();
+    }
     let flag = match last {
         "model" | "output" | "path" | "files" | "base" | "models" => return last.to_ascii_uppercase(),
         "type" if field.starts_with("quantize") => return "TYPE".into(),

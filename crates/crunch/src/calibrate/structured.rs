@@ -15,6 +15,7 @@
 use super::calib_err;
 use crate::error::{Error, Result};
 use crate::progress::{Cancel, Progress};
+use crate::quantize::{self, rules, Ftype, Plan, QuantizeOptions, QuantizeReport, Reason, TensorPlan};
 use crunch_calib::linalg;
 use crunch_calib::prune::structured::{self as st, LayerScore};
 use crunch_calib::runner::{Group, Layer, Runner};
@@ -24,7 +25,7 @@ use crunch_core::GgmlType;
 use crunch_model::LlamaConfig;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -170,50 +171,25 @@ fn role(rest: &str, spec: &StructuredSpec) -> Option<Role> {
     })
 }
 
-/// Check the spec against the model; the blocks kept.
-fn check(cfg: &LlamaConfig, meta: &Metadata, arch: &str, spec: &StructuredSpec) -> Result<()> {
-    for key in ["feed_forward_length", "attention.head_count", "attention.head_count_kv"] {
-        if matches!(meta.get(&format!("{arch}.{key}")), Some(Value::Array(_))) {
-            return Err(Error::Invalid(format!(
-                "{arch}.{key} differs per block in this model; structured pruning needs one width for all blocks"
-            )));
-        }
-    }
-    if let Some(k) = spec.ffn_keep {
-        if k == 0 || k >= cfg.n_ff {
-            return Err(Error::field(
-                "prune.ffn",
-                format!("keeping {k} of {} FFN channels: keep at least one and remove at least one", cfg.n_ff),
-            ));
-        }
-    }
-    if let Some(k) = spec.kv_keep {
-        if k == 0 || k >= cfg.n_head_kv {
-            return Err(Error::field(
-                "prune.drop_kv_groups",
-                format!(
-                    "this model has {} KV groups per block ({} query heads, {} K/V heads): at least one must stay",
-                    cfg.n_head_kv, cfg.n_head, cfg.n_head_kv
-                ),
-            ));
-        }
-    }
+/// Check what the options cannot: per-block widths, block lists, counts.
+fn check(cfg: &LlamaConfig, spec: &StructuredSpec, prefix: &str) -> Result<()> {
+    let field = |f: &str| format!("{prefix}.{f}");
     if let Some(LayerChoice::List(v)) = &spec.layers {
         let mut seen = std::collections::BTreeSet::new();
         for &l in v {
             if l >= cfg.n_layer {
                 return Err(Error::field(
-                    "prune.remove_layers",
+                    field("remove_layers"),
                     format!("block {l} does not exist (the model has blocks 0..{})", cfg.n_layer - 1),
                 ));
             }
             if !seen.insert(l) {
-                return Err(Error::field("prune.remove_layers", format!("block {l} is listed twice")));
+                return Err(Error::field(field("remove_layers"), format!("block {l} is listed twice")));
             }
         }
         if v.is_empty() || v.len() >= cfg.n_layer {
             return Err(Error::field(
-                "prune.remove_layers",
+                field("remove_layers"),
                 format!("removing {} of {} blocks: remove at least one and keep at least one", v.len(), cfg.n_layer),
             ));
         }
@@ -221,9 +197,21 @@ fn check(cfg: &LlamaConfig, meta: &Metadata, arch: &str, spec: &StructuredSpec) 
     if let Some(LayerChoice::Count { n, .. }) = spec.layers {
         if n == 0 || n >= cfg.n_layer {
             return Err(Error::field(
-                "prune.layers",
+                field("layers"),
                 format!("removing {n} of {} blocks: remove at least one and keep at least one", cfg.n_layer),
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Per-block widths in the metadata, which structured pruning does not handle.
+fn check_uniform(meta: &Metadata, arch: &str) -> Result<()> {
+    for key in ["feed_forward_length", "attention.head_count", "attention.head_count_kv"] {
+        if matches!(meta.get(&format!("{arch}.{key}")), Some(Value::Array(_))) {
+            return Err(Error::Invalid(format!(
+                "{arch}.{key} differs per block in this model; structured pruning needs one width for all blocks"
+            )));
         }
     }
     Ok(())
@@ -439,7 +427,8 @@ pub fn prune_structured(
         .to_string();
     let cfg = LlamaConfig::from_metadata(meta)
         .map_err(|source| Error::Model { context: model.display().to_string(), source })?;
-    check(&cfg, meta, &arch, spec)?;
+    check_uniform(meta, &arch)?;
+    check(&cfg, spec, "prune")?;
 
     let calib = match (spec.needs_calibration(), text) {
         (false, _) => None,
@@ -603,4 +592,242 @@ pub fn prune_structured(
         source_types,
         seconds,
     })
+}
+
+/// Structured pruning options as a job or a recipe writes them (every field optional).
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StructuredOptions {
+    /// Remove this many blocks, chosen by `layer_score` on the calibration text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<usize>,
+    /// Remove these blocks (0-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_layers: Option<Vec<usize>>,
+    /// `angular` (default) or `influence`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_score: Option<String>,
+    /// The fraction of FFN channels every block keeps, in (0, 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn: Option<f64>,
+    /// The kept FFN width is rounded to a multiple of this (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn_multiple: Option<usize>,
+    /// KV groups removed from every block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_kv_groups: Option<usize>,
+    /// Refit the narrowed layers by least squares (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refit: Option<bool>,
+    /// Calibration chunks when a fit or search prunes (default 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<usize>,
+    /// Calibration tokens per chunk when a fit or search prunes (default 512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctx: Option<usize>,
+}
+
+impl StructuredOptions {
+    /// Whether anything is asked for.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_none() && self.remove_layers.is_none() && self.ffn.is_none() && self.drop_kv_groups.is_none()
+    }
+
+    /// A short label: `-4 blocks, FFN 75%, -1 KV group`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(n) = self.layers {
+            parts.push(format!("-{n} blocks"));
+        }
+        if let Some(v) = &self.remove_layers {
+            parts.push(format!("-blocks {}", v.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",")));
+        }
+        if let Some(f) = self.ffn {
+            parts.push(format!("FFN {:.0}%", f * 100.0));
+        }
+        if let Some(d) = self.drop_kv_groups {
+            parts.push(format!("-{d} KV group{}", if d == 1 { "" } else { "s" }));
+        }
+        parts.join(", ")
+    }
+
+    /// Check the options against a model's widths; `prefix` names the fields in errors
+    /// (`prune` gives `prune.ffn`).
+    ///
+    /// # Errors
+    /// Values out of range, nothing asked for, both a count and a list of blocks.
+    pub fn spec(&self, cfg: &LlamaConfig, prefix: &str) -> Result<StructuredSpec> {
+        let field = |f: &str| format!("{prefix}.{f}");
+        if self.is_empty() {
+            return Err(Error::field(
+                field("layers"),
+                "structured pruning needs layers, remove_layers, ffn or drop_kv_groups",
+            ));
+        }
+        let layers = match (self.layers, &self.remove_layers) {
+            (Some(_), Some(_)) => {
+                return Err(Error::field(
+                    field("remove_layers"),
+                    "give either a number of blocks to remove or a list, not both",
+                ))
+            }
+            (Some(n), None) => {
+                let score: LayerScore = self
+                    .layer_score
+                    .as_deref()
+                    .unwrap_or("angular")
+                    .parse()
+                    .map_err(|e: String| Error::field(field("layer_score"), e))?;
+                Some(LayerChoice::Count { n, score })
+            }
+            (None, Some(v)) => Some(LayerChoice::List(v.clone())),
+            (None, None) => None,
+        };
+        let ffn_keep = match self.ffn {
+            None => None,
+            Some(f) if !(f.is_finite() && f > 0.0 && f < 1.0) => return Err(Error::field(
+                field("ffn"),
+                format!(
+                    "{f} is not a fraction strictly between 0 and 1 (0.75 keeps three quarters of the FFN channels)"
+                ),
+            )),
+            Some(f) => {
+                let m = self.ffn_multiple.unwrap_or(32);
+                if m == 0 || m >= cfg.n_ff {
+                    return Err(Error::field(
+                        field("ffn_multiple"),
+                        format!("{m} must be positive and below the FFN width {}", cfg.n_ff),
+                    ));
+                }
+                let keep = (((f * cfg.n_ff as f64) / m as f64).round() as usize).max(1) * m;
+                if keep >= cfg.n_ff {
+                    return Err(Error::field(
+                        field("ffn"),
+                        format!("{f} of {} channels rounded to a multiple of {m} keeps them all; keep fewer", cfg.n_ff),
+                    ));
+                }
+                Some(keep)
+            }
+        };
+        let kv_keep = match self.drop_kv_groups {
+            None => None,
+            Some(d) if d == 0 || d >= cfg.n_head_kv => {
+                return Err(Error::field(
+                    field("drop_kv_groups"),
+                    format!(
+                        "{d}: this model has {} KV groups per block ({} query heads over {} K/V heads); drop at least one and keep at least one",
+                        cfg.n_head_kv, cfg.n_head, cfg.n_head_kv
+                    ),
+                ))
+            }
+            Some(d) => Some(cfg.n_head_kv - d),
+        };
+        let spec = StructuredSpec { layers, ffn_keep, kv_keep, refit: self.refit.unwrap_or(true), damp: 0.01 };
+        check(cfg, &spec, prefix)?;
+        Ok(spec)
+    }
+}
+
+impl StructuredSpec {
+    /// A short label of what goes: `-4 blocks, FFN 1152/1536, KV 2/3`.
+    pub fn label(&self, cfg: &LlamaConfig) -> String {
+        let mut parts = Vec::new();
+        match &self.layers {
+            Some(LayerChoice::Count { n, .. }) => parts.push(format!("-{n} blocks")),
+            Some(LayerChoice::List(v)) => parts.push(format!("-{} blocks", v.len())),
+            None => {}
+        }
+        if let Some(k) = self.ffn_keep {
+            parts.push(format!("FFN {k}/{}", cfg.n_ff));
+        }
+        if let Some(k) = self.kv_keep {
+            parts.push(format!("KV {k}/{}", cfg.n_head_kv));
+        }
+        parts.join(", ")
+    }
+}
+
+/// The plan that gives every tensor of a structurally pruned model its input type back (with
+/// llama.cpp's fallback where a new row length does not fit the type's blocks).
+fn restore_plan(pruned: &GgufFile, source_types: &BTreeMap<String, GgmlType>, ftype: Ftype) -> Plan {
+    let tensors: Vec<TensorPlan> = pruned
+        .tensors()
+        .iter()
+        .map(|t| {
+            let want = source_types.get(&t.name).copied().unwrap_or(t.ty);
+            let dst = if want == t.ty { Some(want) } else { rules::fallback(want, t.row_len()) };
+            let dst = dst.unwrap_or(GgmlType::F16);
+            let dst_bytes = dst.row_size(t.row_len() as usize).map_or(t.n_bytes(), |r| r as u64 * t.n_rows());
+            TensorPlan {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                src_type: t.ty,
+                dst_type: dst,
+                src_bytes: t.n_bytes(),
+                dst_bytes,
+                reason: if dst == want { Reason::Kept } else { Reason::Fallback },
+                wanted: (dst != want).then_some(want),
+                requires_imatrix: false,
+            }
+        })
+        .collect();
+    Plan {
+        ftype,
+        src_bytes: tensors.iter().map(|t| t.src_bytes).sum(),
+        dst_bytes: tensors.iter().map(|t| t.dst_bytes).sum(),
+        n_elements: tensors.iter().map(|t| t.n_elements()).sum(),
+        n_fallback: tensors.iter().filter(|t| t.reason == Reason::Fallback).count(),
+        tensors,
+    }
+}
+
+/// Removes a scratch folder when dropped.
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A structurally pruned model, written.
+#[derive(Clone, Debug)]
+pub struct PrunedFile {
+    pub structured: StructuredReport,
+    pub plan: Plan,
+    pub result: QuantizeReport,
+}
+
+/// Prune `model` structurally and write the result to `output` (atomically, with a `.sha256`
+/// sidecar): every tensor in its input type (`ftype: None`) or planned for a preset. The
+/// intermediate model lives in `OUTPUT.prune-tmp/` and is removed however the work ends.
+///
+/// # Errors
+/// As [`prune_structured`]; planning and writing errors.
+pub fn prune_to_file(
+    model: &Path,
+    spec: &StructuredSpec,
+    text: Option<(&TextSource, ChunkOptions)>,
+    output: &Path,
+    ftype: Option<Ftype>,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<PrunedFile> {
+    let scratch = Scratch(PathBuf::from(format!("{}.prune-tmp", output.display())));
+    std::fs::create_dir_all(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
+    let pruned_path = scratch.0.join("structured.gguf");
+    let structured = prune_structured(model, spec, text, &pruned_path, progress, cancel)?;
+    let pruned = GgufFile::open(&pruned_path)?;
+    let input = GgufFile::open(model)?;
+    let file_ftype =
+        input.metadata().get_u64("general.file_type").and_then(|c| Ftype::from_code(c as u32)).unwrap_or(Ftype::F32);
+    let plan = match ftype {
+        None => restore_plan(&pruned, &structured.source_types, file_ftype),
+        Some(f) => {
+            let mut o = QuantizeOptions::new(f);
+            o.allow_requantize = true;
+            quantize::build_plan(pruned.metadata(), pruned.tensors(), &o)?
+        }
+    };
+    let result = quantize::execute(&pruned, &plan, output, None, progress, cancel)?;
+    Ok(PrunedFile { structured, plan, result })
 }

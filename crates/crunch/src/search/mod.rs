@@ -47,11 +47,12 @@ pub struct Planned {
     pub fit: Option<fit::FitPlan>,
 }
 
-/// Plan a recipe on an open session.
+/// Plan a recipe on an open session (`session`: the model the recipe quantizes, pruned or not;
+/// `base`: the unpruned model, whose preset sizes `max_size_of` means).
 ///
 /// # Errors
 /// Planning errors (an unreachable fit target, a bad override).
-pub fn plan_recipe(session: &Session, r: &Recipe) -> Result<Planned> {
+pub fn plan_recipe(session: &Session, base: &Session, r: &Recipe) -> Result<Planned> {
     match &r.kind {
         RecipeKind::Preset { ftype, tensor_types } => {
             let mut o = QuantizeOptions::new(*ftype);
@@ -76,8 +77,8 @@ pub fn plan_recipe(session: &Session, r: &Recipe) -> Result<Planned> {
         RecipeKind::Fit(_) | RecipeKind::FitSizeOf { .. } => {
             let t = match &r.kind {
                 RecipeKind::FitSizeOf { ftype } => {
-                    let preset = session.preset_plan(*ftype)?;
-                    fit::Target::MaxSize(fit::file_size(&session.file, &preset)?)
+                    let preset = base.preset_plan(*ftype)?;
+                    fit::Target::MaxSize(fit::file_size(&base.file, &preset)?)
                 }
                 RecipeKind::Fit(t) => *t,
                 RecipeKind::Preset { .. } => unreachable!("matched above"),

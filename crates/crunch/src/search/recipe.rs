@@ -14,6 +14,7 @@
 //!
 //! Parsing rejects unknown fields; validation names the recipe and the field of every problem.
 
+use crate::calibrate::structured::StructuredOptions;
 use crate::error::{Error, Result};
 use crate::fit::{parse_size, Target};
 use crate::quantize::Ftype;
@@ -48,6 +49,9 @@ pub struct RawRecipe {
     pub method: Option<String>,
     #[serde(default)]
     pub tensor_types: BTreeMap<String, String>,
+    /// Structured pruning before quantization (`{ layers: 2 }`, `{ ffn: 0.75 }`, ...).
+    #[serde(default)]
+    pub prune: Option<StructuredOptions>,
 }
 
 /// A fit target as written: exactly one of the four.
@@ -101,6 +105,28 @@ pub struct Recipe {
     pub name: String,
     pub method: Method,
     pub kind: RecipeKind,
+    /// Structured pruning of the base before the recipe quantizes it (the candidate is still
+    /// judged against the unpruned base; `max_size_of` still means the preset's size on it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune: Option<StructuredOptions>,
+}
+
+/// A short tag for a structured pruning in recipe names: `prune-4L-ffn75-kv1`.
+pub fn prune_tag(p: &StructuredOptions) -> String {
+    let mut t = vec!["prune".to_string()];
+    if let Some(n) = p.layers {
+        t.push(format!("{n}L"));
+    }
+    if let Some(v) = &p.remove_layers {
+        t.push(format!("L{}", v.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(".")));
+    }
+    if let Some(f) = p.ffn {
+        t.push(format!("ffn{:.0}", f * 100.0));
+    }
+    if let Some(d) = p.drop_kv_groups {
+        t.push(format!("kv{d}"));
+    }
+    t.join("-")
 }
 
 /// Parse and validate a recipe file's text (`source` names it in errors).
@@ -144,6 +170,12 @@ pub fn validate(file: &RecipeFile, source: &str) -> Result<Vec<Recipe>> {
             Some(m) => parse_method(m, source, &format!("{at}.method"))?,
             None => default_method,
         };
+        if let Some(p) = &r.prune {
+            if p.is_empty() {
+                return Err(bad(source, &format!("{at}.prune"), "give layers, remove_layers, ffn or drop_kv_groups"));
+            }
+        }
+        let prefix = r.prune.as_ref().map(|p| format!("{}+", prune_tag(p))).unwrap_or_default();
         let kind = match (&r.preset, &r.fit) {
             (Some(_), Some(_)) => return Err(bad(source, &at, "give either `preset` or `fit`, not both")),
             (None, None) => {
@@ -209,7 +241,7 @@ pub fn validate(file: &RecipeFile, source: &str) -> Result<Vec<Recipe>> {
                     let ftype: Ftype = p.parse().map_err(|e: String| bad(source, &format!("{fa}.max_size_of"), e))?;
                     let name = r.name.clone().unwrap_or_else(|| {
                         let m = if method == Method::Rtn { String::new() } else { format!("+{}", method.name()) };
-                        format!("fit-size-of-{}{m}", ftype.name())
+                        format!("{prefix}fit-size-of-{}{m}", ftype.name())
                     });
                     if out.iter().any(|o| o.name == name) {
                         return Err(bad(
@@ -218,7 +250,7 @@ pub fn validate(file: &RecipeFile, source: &str) -> Result<Vec<Recipe>> {
                             format!("{name:?} is used by an earlier recipe"),
                         ));
                     }
-                    out.push(Recipe { name, method, kind: RecipeKind::FitSizeOf { ftype } });
+                    out.push(Recipe { name, method, kind: RecipeKind::FitSizeOf { ftype }, prune: r.prune.clone() });
                     continue;
                 }
                 let t = if let Some(v) = &f.max_size {
@@ -239,14 +271,14 @@ pub fn validate(file: &RecipeFile, source: &str) -> Result<Vec<Recipe>> {
                 RecipeKind::Fit(t)
             }
         };
-        let name = r.name.clone().unwrap_or_else(|| default_name(&kind, method));
+        let name = r.name.clone().unwrap_or_else(|| format!("{prefix}{}", default_name(&kind, method)));
         if name.trim().is_empty() {
             return Err(bad(source, &format!("{at}.name"), "must not be empty"));
         }
         if out.iter().any(|o| o.name == name) {
             return Err(bad(source, &format!("{at}.name"), format!("{name:?} is used by an earlier recipe")));
         }
-        out.push(Recipe { name, method, kind });
+        out.push(Recipe { name, method, kind, prune: r.prune.clone() });
     }
     Ok(out)
 }

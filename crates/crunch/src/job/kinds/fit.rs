@@ -1,12 +1,16 @@
 //! The `fit` job (and the session both `fit` and `search` open).
 
 use super::{FitJob, FitOutcome, FitSettings};
+use crate::calibrate::structured::{self, StructuredOptions};
 use crate::error::{Error, Result};
 use crate::fit::session::{EvalSettings, Session, SessionOptions};
 use crate::fit::Target;
 use crate::job::record::{file_sha256, measured_metrics, metric, Recorder};
 use crate::job::{refuse_overwrite, RunCtx};
 use crate::sensitivity::{default_work_dir, Method, SensitivityOptions};
+use crunch_calib::text::{ChunkOptions, TextSource};
+use crunch_core::gguf::GgufFile;
+use crunch_model::LlamaConfig;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -79,6 +83,73 @@ pub(crate) fn session(
     Session::open(opts, ctx.progress.as_ref(), &ctx.cancel)
 }
 
+/// A structurally pruned copy of `model`, written once into `dir` (calibrated on the first half
+/// of the settings' text, by default 64 chunks of 512 tokens as the prune job), and a session
+/// on it. `kind` names the job in errors (`fit.prune.ffn`). Returns the session and the file.
+///
+/// # Errors
+/// Options that do not fit the model, pruning and session errors.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pruned_session(
+    s: &FitSettings,
+    kind: &str,
+    model: &Path,
+    method: Method,
+    opts: &StructuredOptions,
+    dir: &Path,
+    reg: Option<&crunch_registry::Registry>,
+    ctx: &RunCtx,
+) -> Result<(Session, PathBuf)> {
+    let file = GgufFile::open(model)?;
+    let cfg = LlamaConfig::from_metadata(file.metadata())
+        .map_err(|source| Error::Model { context: model.display().to_string(), source })?;
+    drop(file);
+    let spec = opts.spec(&cfg, &format!("{kind}.prune"))?;
+    let text = std::fs::read_to_string(&s.text).map_err(|e| Error::io(&s.text, e))?;
+    let (calib, _) = crate::fit::session::split_text(&text);
+    let tag = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(serde_json::to_vec(opts).map_err(|e| Error::Invalid(e.to_string()))?);
+        crunch_core::output::hex(&h.finalize())[..12].to_string()
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let calib_path = dir.join(format!("prune-calib-{tag}.txt"));
+    std::fs::write(&calib_path, calib).map_err(|e| Error::io(&calib_path, e))?;
+    let out = dir.join(format!("pruned-{tag}.gguf"));
+    let chunks = ChunkOptions {
+        n_ctx: opts.ctx.unwrap_or_else(super::CalibrationSpec::default_ctx),
+        n_chunks: Some(opts.chunks.unwrap_or_else(super::CalibrationSpec::default_chunks)),
+        skip: 0,
+        shuffle_seed: None,
+    };
+    if chunks.n_ctx == 0 || chunks.n_chunks == Some(0) {
+        return Err(Error::field(
+            format!("{kind}.prune.chunks"),
+            "calibration chunks and their length must be positive",
+        ));
+    }
+    let res = structured::prune_to_file(
+        model,
+        &spec,
+        Some((&TextSource::File(calib_path.clone()), chunks)),
+        &out,
+        None,
+        ctx.progress.as_ref(),
+        &ctx.cancel,
+    );
+    let _ = std::fs::remove_file(&calib_path);
+    res?;
+    let session = session(s, kind, &out, method, reg, ctx)?;
+    Ok((session, out))
+}
+
+/// Remove a pruned model [`pruned_session`] wrote.
+pub(crate) fn remove_pruned(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(crunch_core::output::sidecar_path(path));
+}
+
 /// The profile a session used, for outcomes and the registry.
 pub(crate) fn profile_summary(s: &Session) -> serde_json::Value {
     json!({
@@ -138,11 +209,15 @@ pub(crate) fn run(j: &FitJob, ctx: &RunCtx) -> Result<FitOutcome> {
         Recorder::off()
     } else {
         let params = json!({ "target": target, "method": j.settings.method, "sensitivity": sens,
-                              "eval_ctx": j.settings.eval_ctx, "eval_chunks": j.settings.eval_chunks });
+                              "eval_ctx": j.settings.eval_ctx, "eval_chunks": j.settings.eval_chunks,
+                              "prune": j.prune });
         Recorder::start(
             "fit",
             ctx.registry.as_deref(),
-            Some(format!("fit {target}")),
+            Some(match &j.prune {
+                Some(p) => format!("fit {target} after pruning ({})", p.describe()),
+                None => format!("fit {target}"),
+            }),
             params,
             &[("model", &j.model), ("text", &j.settings.text)],
         )
@@ -163,11 +238,45 @@ fn fit(
     rec: &mut Recorder,
     ctx: &RunCtx,
 ) -> Result<(FitOutcome, Metrics)> {
+    let mut base = session(&j.settings, "fit", &j.model, method, rec.registry(), ctx)?;
+    // With pruning, the plan is solved on the pruned model and the file judged against the base.
+    let pruned = match &j.prune {
+        None => None,
+        Some(p) => {
+            let dir = default_work_dir().join(format!("crunch-fit-prune-{}", std::process::id()));
+            let r = pruned_session(&j.settings, "fit", &j.model, method, p, &dir, rec.registry(), ctx);
+            match r {
+                Ok((s, path)) => Some((s, path, dir)),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let res = fit_on(j, target, output, &mut base, pruned.as_ref().map(|p| &p.0), rec, ctx);
+    if let Some((_, path, dir)) = &pruned {
+        remove_pruned(path);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fit_on(
+    j: &FitJob,
+    target: Target,
+    output: Option<&Path>,
+    base: &mut Session,
+    pruned: Option<&Session>,
+    rec: &mut Recorder,
+    ctx: &RunCtx,
+) -> Result<(FitOutcome, Metrics)> {
     let (progress, cancel) = (ctx.progress.as_ref(), &ctx.cancel);
-    let mut session = session(&j.settings, "fit", &j.model, method, rec.registry(), ctx)?;
-    let mut fp = session.fit(target)?;
+    let solver: &Session = pruned.unwrap_or(base);
+    let mut fp = solver.fit(target)?;
     let Some(output) = output else {
-        let profile = profile_summary(&session);
+        let profile = profile_summary(solver);
         let o = FitOutcome { fit: fp, profile, result: None, measured: None, rounds: 0, run_id: None };
         return Ok((o, Vec::new()));
     };
@@ -176,11 +285,11 @@ fn fit(
     let mut rounds = 0;
     loop {
         rounds += 1;
-        report = session.write(&fp.plan, output, progress, cancel)?;
+        report = pruned.unwrap_or(base).write(&fp.plan, output, progress, cancel)?;
         if !j.evaluate {
             break;
         }
-        let m = session.evaluate(output, progress, cancel)?;
+        let m = base.evaluate(output, progress, cancel)?;
         let miss = match target {
             Target::MaxKld(k) if m.kld > k && rounds < 4 => Some(k),
             _ => None,
@@ -194,7 +303,7 @@ fn fit(
             m.kld,
             fp.predicted_kld
         );
-        let mut next = session.fit(Target::MaxKld(aim))?;
+        let mut next = pruned.unwrap_or(base).fit(Target::MaxKld(aim))?;
         next.target = target;
         fp = next;
     }
@@ -208,7 +317,7 @@ fn fit(
     if let Some(m) = &measured {
         metrics.extend(measured_metrics(m));
     }
-    let profile = profile_summary(&session);
+    let profile = profile_summary(pruned.unwrap_or(base));
     rec.output(output);
     let klds = fp.tensor_kld.clone();
     rec.plan(&fp.plan, Some(&|n: &str| klds.get(n).copied()));

@@ -382,6 +382,10 @@ pub struct FitJob {
     pub evaluate: bool,
     /// Text, calibration and evaluation settings.
     pub settings: FitSettings,
+    /// Structured pruning of the base before fitting (blocks, FFN width, KV groups), calibrated
+    /// on the first half of the text; the result is still judged against the unpruned base.
+    #[serde(default)]
+    pub prune: Option<crate::calibrate::structured::StructuredOptions>,
 }
 
 impl FitJob {

@@ -5,19 +5,16 @@
 
 use super::CalibrationSpec;
 use crate::calibrate::prune::{prune_targets, PruneSpec, PrunedTensor};
-use crate::calibrate::structured::{LayerChoice, StructuredReport, StructuredSpec};
+use crate::calibrate::structured::{self, StructuredOptions, StructuredReport};
 use crate::calibrate::{self, MethodOptions};
 use crate::error::{Error, Result};
 use crate::job::record::{metric, Recorder};
 use crate::job::{refuse_overwrite, RunCtx};
-use crate::quantize::rules;
 use crate::quantize::{self, Ftype, Plan, QuantizeOptions, QuantizeReport, Reason, TensorPlan};
 use crunch_calib::gptq::GptqOptions;
-use crunch_calib::prune::structured::LayerScore;
 use crunch_calib::prune::{PruneMethod, Sparsity};
 use crunch_calib::text::{ChunkOptions, TextSource};
 use crunch_core::gguf::GgufFile;
-use crunch_core::GgmlType;
 use crunch_model::LlamaConfig;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -309,11 +306,24 @@ pub(crate) fn run(j: &PruneJob, ctx: &RunCtx) -> Result<PruneOutcome> {
     })
 }
 
-/// The structured spec a job asks for, checked against the model's widths.
-///
-/// # Errors
-/// Options out of range or mixed with unstructured ones, named by field.
-pub fn structured_spec(j: &PruneJob, cfg: &LlamaConfig) -> Result<StructuredSpec> {
+impl PruneJob {
+    /// The structured options of the job.
+    pub fn structured(&self) -> StructuredOptions {
+        StructuredOptions {
+            layers: self.layers,
+            remove_layers: self.remove_layers.clone(),
+            layer_score: Some(self.layer_score.clone()),
+            ffn: self.ffn,
+            ffn_multiple: Some(self.ffn_multiple),
+            drop_kv_groups: self.drop_kv_groups,
+            refit: Some(self.refit),
+            chunks: None,
+            ctx: None,
+        }
+    }
+}
+
+fn run_structured(j: &PruneJob, ctx: &RunCtx) -> Result<PruneOutcome> {
     if j.method.is_some() || j.sparsity.is_some() || j.pattern.is_some() {
         return Err(Error::field(
             "prune.method",
@@ -321,117 +331,18 @@ pub fn structured_spec(j: &PruneJob, cfg: &LlamaConfig) -> Result<StructuredSpec
              sparsity or pattern) are separate jobs: prune structurally first, then run the unstructured job on its output",
         ));
     }
-    let layers = match (j.layers, &j.remove_layers) {
-        (Some(_), Some(_)) => {
-            return Err(Error::field(
-                "prune.remove_layers",
-                "give either a number of blocks to remove or a list, not both",
-            ))
-        }
-        (Some(n), None) => {
-            let score: LayerScore = j.layer_score.parse().map_err(|e: String| Error::field("prune.layer_score", e))?;
-            Some(LayerChoice::Count { n, score })
-        }
-        (None, Some(v)) => Some(LayerChoice::List(v.clone())),
-        (None, None) => None,
-    };
-    let ffn_keep =
-        match j.ffn {
-            None => None,
-            Some(f) if !(f.is_finite() && f > 0.0 && f < 1.0) => return Err(Error::field(
-                "prune.ffn",
-                format!(
-                    "{f} is not a fraction strictly between 0 and 1 (0.75 keeps three quarters of the FFN channels)"
-                ),
-            )),
-            Some(f) => {
-                let m = j.ffn_multiple;
-                if m == 0 || m >= cfg.n_ff {
-                    return Err(Error::field(
-                        "prune.ffn_multiple",
-                        format!("{m} must be positive and below the FFN width {}", cfg.n_ff),
-                    ));
-                }
-                let keep = (((f * cfg.n_ff as f64) / m as f64).round() as usize).max(1) * m;
-                if keep >= cfg.n_ff {
-                    return Err(Error::field(
-                        "prune.ffn",
-                        format!("{f} of {} channels rounded to a multiple of {m} keeps them all; keep fewer", cfg.n_ff),
-                    ));
-                }
-                Some(keep)
-            }
-        };
-    let kv_keep = match j.drop_kv_groups {
-        None => None,
-        Some(d) if d == 0 || d >= cfg.n_head_kv => {
-            return Err(Error::field(
-                "prune.drop_kv_groups",
-                format!(
-                    "{d}: this model has {} KV groups per block ({} query heads over {} K/V heads); drop at least one and keep at least one",
-                    cfg.n_head_kv, cfg.n_head, cfg.n_head_kv
-                ),
-            ))
-        }
-        Some(d) => Some(cfg.n_head_kv - d),
-    };
     if j.ctx == 0 {
         return Err(Error::field("prune.ctx", "must be positive"));
     }
     if j.chunks == 0 {
         return Err(Error::field("prune.chunks", "must be positive"));
     }
-    Ok(StructuredSpec { layers, ffn_keep, kv_keep, refit: j.refit, damp: 0.01 })
-}
-
-/// The plan that gives every tensor of a structurally pruned model its input type back (with
-/// llama.cpp's fallback where a new row length does not fit the type's blocks).
-fn restore_plan(pruned: &GgufFile, source_types: &std::collections::BTreeMap<String, GgmlType>, ftype: Ftype) -> Plan {
-    let tensors: Vec<TensorPlan> = pruned
-        .tensors()
-        .iter()
-        .map(|t| {
-            let want = source_types.get(&t.name).copied().unwrap_or(t.ty);
-            let dst = if want == t.ty { Some(want) } else { rules::fallback(want, t.row_len()) };
-            let dst = dst.unwrap_or(GgmlType::F16);
-            let dst_bytes = dst.row_size(t.row_len() as usize).map_or(t.n_bytes(), |r| r as u64 * t.n_rows());
-            TensorPlan {
-                name: t.name.clone(),
-                dims: t.dims.clone(),
-                src_type: t.ty,
-                dst_type: dst,
-                src_bytes: t.n_bytes(),
-                dst_bytes,
-                reason: if dst == want { Reason::Kept } else { Reason::Fallback },
-                wanted: (dst != want).then_some(want),
-                requires_imatrix: false,
-            }
-        })
-        .collect();
-    Plan {
-        ftype,
-        src_bytes: tensors.iter().map(|t| t.src_bytes).sum(),
-        dst_bytes: tensors.iter().map(|t| t.dst_bytes).sum(),
-        n_elements: tensors.iter().map(|t| t.n_elements()).sum(),
-        n_fallback: tensors.iter().filter(|t| t.reason == Reason::Fallback).count(),
-        tensors,
-    }
-}
-
-/// Removes a scratch folder when dropped.
-struct Scratch(PathBuf);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn run_structured(j: &PruneJob, ctx: &RunCtx) -> Result<PruneOutcome> {
     let input = GgufFile::open(&j.model)?;
     let cfg = LlamaConfig::from_metadata(input.metadata())
         .map_err(|source| Error::Model { context: j.model.display().to_string(), source })?;
-    let spec = structured_spec(j, &cfg)?;
-    let ftype_asked = match &j.ftype {
+    let spec = j.structured().spec(&cfg, "prune")?;
+    drop(input);
+    let ftype = match &j.ftype {
         None => None,
         Some(s) => Some(s.parse::<Ftype>().map_err(|e: String| Error::field("prune.type", e))?),
     };
@@ -444,71 +355,41 @@ fn run_structured(j: &PruneJob, ctx: &RunCtx) -> Result<PruneOutcome> {
         (_, false) => None,
     };
     refuse_overwrite("prune.output", &j.model, &j.output)?;
-    let params = serde_json::json!({ "layers": j.layers, "remove_layers": j.remove_layers, "layer_score": j.layer_score,
-        "ffn": j.ffn, "ffn_multiple": j.ffn_multiple, "drop_kv_groups": j.drop_kv_groups, "refit": j.refit,
-        "type": j.ftype, "ctx": j.ctx, "chunks": j.chunks });
+    let params = serde_json::json!({ "structured": j.structured(), "type": j.ftype, "ctx": j.ctx, "chunks": j.chunks });
     let mut inputs: Vec<(&str, &Path)> = vec![("model", &j.model)];
     if let (Some(t), Some(TextSource::File(_))) = (&j.text, &text) {
         inputs.push(("text", t));
     }
-    let mut parts = Vec::new();
-    match &spec.layers {
-        Some(LayerChoice::Count { n, .. }) => parts.push(format!("-{n} blocks")),
-        Some(LayerChoice::List(v)) => parts.push(format!("-{} blocks", v.len())),
-        None => {}
-    }
-    if let Some(k) = spec.ffn_keep {
-        parts.push(format!("FFN {k}/{}", cfg.n_ff));
-    }
-    if let Some(k) = spec.kv_keep {
-        parts.push(format!("KV {k}/{}", cfg.n_head_kv));
-    }
-    let mut rec = Recorder::start("prune", ctx.registry.as_deref(), Some(parts.join(", ")), params, &inputs);
-    let res = (|| {
-        let scratch = Scratch(PathBuf::from(format!("{}.prune-tmp", j.output.display())));
-        std::fs::create_dir_all(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
-        let pruned_path = scratch.0.join("structured.gguf");
-        let chunks = ChunkOptions { n_ctx: j.ctx, n_chunks: Some(j.chunks), skip: 0, shuffle_seed: None };
-        let report = calibrate::structured::prune_structured(
-            &j.model,
-            &spec,
-            text.as_ref().map(|t| (t, chunks)),
-            &pruned_path,
-            ctx.progress.as_ref(),
-            &ctx.cancel,
-        )?;
-        let pruned = GgufFile::open(&pruned_path)?;
-        let file_ftype = input
-            .metadata()
-            .get_u64("general.file_type")
-            .and_then(|c| Ftype::from_code(c as u32))
-            .unwrap_or(Ftype::F32);
-        let plan = match ftype_asked {
-            None => restore_plan(&pruned, &report.source_types, file_ftype),
-            Some(f) => {
-                let mut o = QuantizeOptions::new(f);
-                o.allow_requantize = true;
-                quantize::build_plan(pruned.metadata(), pruned.tensors(), &o)?
-            }
-        };
-        let result = quantize::execute(&pruned, &plan, &j.output, None, ctx.progress.as_ref(), &ctx.cancel)?;
-        Ok((report, plan, result))
-    })();
-    if let Ok((_, plan, _)) = &res {
+    let mut rec = Recorder::start("prune", ctx.registry.as_deref(), Some(spec.label(&cfg)), params, &inputs);
+    let chunks = ChunkOptions { n_ctx: j.ctx, n_chunks: Some(j.chunks), skip: 0, shuffle_seed: None };
+    let res = structured::prune_to_file(
+        &j.model,
+        &spec,
+        text.as_ref().map(|t| (t, chunks)),
+        &j.output,
+        ftype,
+        ctx.progress.as_ref(),
+        &ctx.cancel,
+    );
+    if let Ok(w) = &res {
         rec.output(&j.output);
-        rec.plan(plan, None);
+        rec.plan(&w.plan, None);
     }
-    let ((structured, plan, result), run_id) = rec.close(res, |(_, _, r)| {
-        vec![(metric::FILE_BYTES, r.file_bytes as f64), (metric::BPW, r.bpw), (metric::SECONDS, r.seconds)]
+    let (w, run_id) = rec.close(res, |w| {
+        vec![
+            (metric::FILE_BYTES, w.result.file_bytes as f64),
+            (metric::BPW, w.result.bpw),
+            (metric::SECONDS, w.result.seconds),
+        ]
     })?;
-    let prune_seconds = structured.seconds;
+    let prune_seconds = w.structured.seconds;
     Ok(PruneOutcome {
         method: None,
         sparsity: None,
         target: None,
-        structured: Some(structured),
-        plan,
-        result,
+        structured: Some(w.structured),
+        plan: w.plan,
+        result: w.result,
         tensors: Vec::new(),
         zero_fraction: 0.0,
         prune_seconds,

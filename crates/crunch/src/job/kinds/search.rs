@@ -88,8 +88,6 @@ fn search(
     parent: &Recorder,
     ctx: &RunCtx,
 ) -> Result<(Vec<Candidate>, search::Summary)> {
-    let progress = ctx.progress.as_ref();
-    let cancel = &ctx.cancel;
     let (out_dir, temporary) = match &j.out_dir {
         Some(d) => (d.clone(), false),
         None => (
@@ -98,7 +96,53 @@ fn search(
         ),
     };
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
+    // Sessions on the base, one per method; sessions on pruned copies of the base, one per
+    // (method, pruning), each pruned file kept in the out folder until the search ends.
     let mut sessions: BTreeMap<&'static str, crate::fit::session::Session> = BTreeMap::new();
+    let mut pruned: BTreeMap<String, (crate::fit::session::Session, std::path::PathBuf)> = BTreeMap::new();
+    let res = candidates(j, recipes, parent, ctx, &out_dir, temporary, &mut sessions, &mut pruned);
+    for (_, path) in pruned.values() {
+        super::fit::remove_pruned(path);
+    }
+    if temporary {
+        let _ = std::fs::remove_dir(&out_dir);
+    }
+    let mut cands = res?;
+    search::mark_fronts(&mut cands);
+    let summary = search::summarize(&cands);
+    // What the report needs: candidates, and the sensitivity of every tensor at every type.
+    parent.data("candidates", &serde_json::to_value(&cands).map_err(json_err)?);
+    parent.data("summary", &serde_json::to_value(&summary).map_err(json_err)?);
+    if let Some(s) = sessions.values().next() {
+        let sens: BTreeMap<&str, BTreeMap<&str, f64>> = s
+            .profile
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t.choices.iter().map(|c| (c.ty.name(), c.kld)).collect()))
+            .collect();
+        parent.data("sensitivity", &serde_json::to_value(&sens).map_err(json_err)?);
+        parent.data("profile", &profile_summary(s));
+    }
+    Ok((cands, summary))
+}
+
+type Sessions = BTreeMap<&'static str, crate::fit::session::Session>;
+type PrunedSessions = BTreeMap<String, (crate::fit::session::Session, std::path::PathBuf)>;
+
+/// Plan, write and evaluate every recipe.
+#[allow(clippy::too_many_arguments)]
+fn candidates(
+    j: &SearchJob,
+    recipes: &[Recipe],
+    parent: &Recorder,
+    ctx: &RunCtx,
+    out_dir: &Path,
+    temporary: bool,
+    sessions: &mut Sessions,
+    pruned: &mut PrunedSessions,
+) -> Result<Vec<Candidate>> {
+    let progress = ctx.progress.as_ref();
+    let cancel = &ctx.cancel;
     let mut cands: Vec<Candidate> = Vec::new();
     for (i, r) in recipes.iter().enumerate() {
         ctx.check_cancel()?;
@@ -106,7 +150,24 @@ fn search(
             let s = session(&j.settings, "search", &j.model, r.method, parent.registry(), ctx)?;
             sessions.insert(r.method.name(), s);
         }
-        let session = sessions.get_mut(r.method.name()).expect("inserted above");
+        let prune_key =
+            r.prune.as_ref().map(|p| format!("{}|{}", r.method.name(), serde_json::to_string(p).unwrap_or_default()));
+        if let (Some(key), Some(p)) = (&prune_key, &r.prune) {
+            if !pruned.contains_key(key) {
+                let at = format!("search.recipes ({})", r.name);
+                let s = super::fit::pruned_session(
+                    &j.settings,
+                    &at,
+                    &j.model,
+                    r.method,
+                    p,
+                    out_dir,
+                    parent.registry(),
+                    ctx,
+                )?;
+                pruned.insert(key.clone(), s);
+            }
+        }
         progress.start(&format!("[{}/{}] {}", i + 1, recipes.len(), r.name), 1);
         let kind = match r.kind {
             RecipeKind::Fit(_) | RecipeKind::FitSizeOf { .. } => "fit",
@@ -129,7 +190,12 @@ fn search(
             types: BTreeMap::new(),
             tensor_kld: BTreeMap::new(),
         };
-        let planned = match search::plan_recipe(session, r) {
+        let base = sessions.get_mut(r.method.name()).expect("inserted above");
+        let solver: &crate::fit::session::Session = match &prune_key {
+            Some(k) => &pruned[k].0,
+            None => base,
+        };
+        let planned = match search::plan_recipe(solver, base, r) {
             Ok(p) => p,
             Err(e) => {
                 progress.finish(&format!("{}: {e}", r.name));
@@ -138,12 +204,12 @@ fn search(
                 continue;
             }
         };
-        c.file_bytes = crate::fit::file_size(&session.file, &planned.plan)?;
+        c.file_bytes = crate::fit::file_size(&solver.file, &planned.plan)?;
         c.bpw = planned.plan.bpw();
         c.predicted_kld = planned.predicted_kld;
         c.tensor_kld = planned.tensor_kld.clone();
         c.types = planned.plan.tensors.iter().map(|t| (t.name.clone(), t.dst_type.name().to_string())).collect();
-        c.ram = ram::estimate(session.file.metadata(), c.file_bytes, j.ram_ctx).ok();
+        c.ram = ram::estimate(solver.file.metadata(), c.file_bytes, j.ram_ctx).ok();
         if j.dry_run {
             cands.push(c);
             continue;
@@ -158,7 +224,7 @@ fn search(
         );
         let path = out_dir.join(format!("{}.gguf", sanitize(&r.name)));
         let res = (|| -> Result<()> {
-            let rep = session.write(&planned.plan, &path, &NoProgress, cancel)?;
+            let rep = solver.write(&planned.plan, &path, &NoProgress, cancel)?;
             c.quantize_seconds = rep.seconds;
             c.file_bytes = rep.file_bytes;
             child.output(&path);
@@ -167,10 +233,14 @@ fn search(
             if let Some(fp) = &planned.fit {
                 child.data("fit", &serde_json::to_value(fp).map_err(json_err)?);
             }
-            let m = session.evaluate(&path, progress, cancel)?;
-            c.measured = Some(m);
             Ok(())
         })();
+        // Judged against the unpruned base whatever the recipe quantized.
+        let res = res.and_then(|()| {
+            let base = sessions.get_mut(r.method.name()).expect("inserted above");
+            c.measured = Some(base.evaluate(&path, progress, cancel)?);
+            Ok(())
+        });
         if temporary {
             let _ = std::fs::remove_file(&path);
             let _ = std::fs::remove_file(crunch_core::output::sidecar_path(&path));
@@ -205,9 +275,6 @@ fn search(
             }
             Err(Error::Cancelled) => {
                 child.fail("interrupted");
-                if temporary {
-                    let _ = std::fs::remove_dir(&out_dir);
-                }
                 return Err(Error::Cancelled);
             }
             Err(e) => {
@@ -218,25 +285,7 @@ fn search(
         }
         cands.push(c);
     }
-    if temporary {
-        let _ = std::fs::remove_dir(&out_dir);
-    }
-    search::mark_fronts(&mut cands);
-    let summary = search::summarize(&cands);
-    // What the report needs: candidates, and the sensitivity of every tensor at every type.
-    parent.data("candidates", &serde_json::to_value(&cands).map_err(json_err)?);
-    parent.data("summary", &serde_json::to_value(&summary).map_err(json_err)?);
-    if let Some(s) = sessions.values().next() {
-        let sens: BTreeMap<&str, BTreeMap<&str, f64>> = s
-            .profile
-            .tensors
-            .iter()
-            .map(|t| (t.name.as_str(), t.choices.iter().map(|c| (c.ty.name(), c.kld)).collect()))
-            .collect();
-        parent.data("sensitivity", &serde_json::to_value(&sens).map_err(json_err)?);
-        parent.data("profile", &profile_summary(s));
-    }
-    Ok((cands, summary))
+    Ok(cands)
 }
 
 /// A number unique within this process (two searches in one server use different folders).
