@@ -50,6 +50,9 @@ def main():
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-llama-ppl", action="store_true")
     ap.add_argument("--no-fit", action="store_true", help="skip quantization alone at the same size")
+    ap.add_argument("--speed-only", type=int, metavar="ROUNDS", default=0,
+                    help="only measure llama.cpp speed again for every file of WORK/results.json: ROUNDS rounds, "
+                         "files in a different order each round, the median kept")
     ap.add_argument("--text", default=os.path.join(os.path.dirname(REPO), "shared", "data", "wikitext2-test-dev.txt"))
     ap.add_argument("--base", default=os.path.join(CACHE, "models", "smollm2-f32.gguf"))
     ap.add_argument("--work", default=os.path.join(CACHE, "structured-table"))
@@ -87,6 +90,24 @@ def main():
 
     results = []
     save = lambda: json.dump(results, open(os.path.join(a.work, "results.json"), "w"), indent=1)
+    if a.speed_only:
+        import random
+        import statistics
+        results = json.load(open(os.path.join(a.work, "results.json")))
+        runs = {r["file"]: [] for r in results}
+        order = list(runs)
+        for k in range(a.speed_only):
+            random.Random(k).shuffle(order)
+            for f in order:
+                runs[f].append(speed(f))
+                print(f"round {k + 1}: {os.path.basename(f)} {runs[f][-1]}", file=sys.stderr, flush=True)
+        for r in results:
+            r["pp"] = statistics.median(x["pp"] for x in runs[r["file"]])
+            r["tg"] = statistics.median(x["tg"] for x in runs[r["file"]])
+            r["speed_rounds"] = a.speed_only
+        save()
+        print_table(a, results, {})
+        return
     variants = [(f"-{n} blocks", ["--layers", n, "--layer-score", a.layer_score]) for n in a.layers.split(",") if n]
     variants += [(f"FFN {float(f):.0%}", ["--ffn", f]) for f in a.ffn.split(",") if f]
     for ty in a.types.split(","):
@@ -131,6 +152,10 @@ def main():
         sys.stderr.write(p.stdout[-4000:])
         for r in json.load(open(out_json)):
             llama_ppl[r["model"]] = r
+    print_table(a, results, llama_ppl)
+
+
+def print_table(a, results, llama_ppl):
     lines = ["| model | type | size (MB) | KLD | same top (%) | PPL | llama.cpp pp512 (t/s) | llama.cpp tg128 (t/s) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:

@@ -196,6 +196,8 @@ fn bad_prune_inputs_are_clear_errors() {
     assert!(e.contains("--method") && e.contains("magnitude, wanda, sparsegpt"), "{e}");
     let e = prune(&["--method", "wanda", "--sparsity", "0.5", "--text", s(&wiki), "--ctx", "0"]);
     assert!(e.contains("--ctx"), "{e}");
+    let e = prune(&["--method", "magnitude", "--sparsity", "0.5", "--type", "IQ2_XS"]);
+    assert!(e.contains("--type") && e.contains("importance matrix") && e.contains("crunch quantize --imatrix"), "{e}");
     let e = prune(&["--method", "magnitude", "--sparsity", "0.5", "--type", "Q9_9"]);
     assert!(e.contains("--type") && e.contains("Q9_9"), "{e}");
     let e = err(&crunch(&["prune", s(&f32m), s(&f32m), "--method", "magnitude", "--sparsity", "0.5"]));

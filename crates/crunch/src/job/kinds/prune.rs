@@ -222,6 +222,7 @@ pub(crate) fn run(j: &PruneJob, ctx: &RunCtx) -> Result<PruneOutcome> {
             quantize::build_plan(input.metadata(), input.tensors(), &o)?
         }
     };
+    refuse_imatrix_types(&plan)?;
     let text = match (&j.text, method.needs_calibration()) {
         (Some(t), true) => Some(TextSource::parse(&t.to_string_lossy())),
         (None, true) => {
@@ -341,11 +342,17 @@ fn run_structured(j: &PruneJob, ctx: &RunCtx) -> Result<PruneOutcome> {
     let cfg = LlamaConfig::from_metadata(input.metadata())
         .map_err(|source| Error::Model { context: j.model.display().to_string(), source })?;
     let spec = j.structured().spec(&cfg, "prune")?;
-    drop(input);
     let ftype = match &j.ftype {
         None => None,
         Some(s) => Some(s.parse::<Ftype>().map_err(|e: String| Error::field("prune.type", e))?),
     };
+    if let Some(f) = ftype {
+        // The same preset on the unpruned model asks for the same importance matrices.
+        let mut o = QuantizeOptions::new(f);
+        o.allow_requantize = true;
+        refuse_imatrix_types(&quantize::build_plan(input.metadata(), input.tensors(), &o)?)?;
+    }
+    drop(input);
     let text = match (&j.text, spec.needs_calibration()) {
         (Some(t), true) => Some(TextSource::parse(&t.to_string_lossy())),
         (None, true) => return Err(Error::field(
@@ -395,6 +402,24 @@ fn run_structured(j: &PruneJob, ctx: &RunCtx) -> Result<PruneOutcome> {
         prune_seconds,
         run_id,
     })
+}
+
+/// Types llama.cpp writes only with an importance matrix (IQ1_*, IQ2_*, some Q2_K tensors), which
+/// `prune` does not take: refuse before any work.
+fn refuse_imatrix_types(plan: &Plan) -> Result<()> {
+    if let Some(t) = plan.tensors.iter().find(|t| t.converts() && t.requires_imatrix) {
+        return Err(Error::field(
+            "prune.type",
+            format!(
+                "{} needs an importance matrix for {} ({}), which prune does not take: prune to F16 (or leave out \
+                 the type), then `crunch quantize --imatrix` the pruned file",
+                plan.ftype.name(),
+                t.name,
+                t.dst_type
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn zero_fraction(t: &[PrunedOutput]) -> f64 {
