@@ -63,6 +63,9 @@ pub fn collect(reg: &Registry, ids: &[i64]) -> Result<ReportData> {
                 let full = reg.get(c.id)?;
                 let mut p = point_of(&full);
                 p.kind = if full.summary.kind == "fit" { "fit".into() } else { "preset".into() };
+                if full.params.get("recipe").and_then(|r| r.get("prune")).is_some() {
+                    p.kind = format!("prune + {}", p.kind);
+                }
                 p.pareto = fronts.get(&p.name).copied().unwrap_or(false);
                 if full.summary.status == crunch_registry::RunStatus::Ok {
                     d.points.push(p);

@@ -305,6 +305,7 @@ pub fn html(d: &ReportData) -> String {
         );
     }
     h += "</table>";
+    h += &pruned_beside_plain(&pts);
     if let Some(b) = d.base_ppl {
         let _ = write!(h, "<p>Base model perplexity on the same text: {b:.4}</p>");
     }
@@ -321,6 +322,37 @@ pub fn html(d: &ReportData) -> String {
     }
     h += "</body></html>\n";
     h
+}
+
+/// Search recipes that prune before quantizing, each beside the recipe that quantizes the base
+/// alone with the same budget (`prune-…+NAME` beside `NAME`); empty when there are none.
+fn pruned_beside_plain(pts: &[&Point]) -> String {
+    let f = |v: Option<f64>, d: usize| v.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "-".into());
+    let mut rows = String::new();
+    for p in pts.iter().filter(|p| p.kind.starts_with("prune")) {
+        let Some((_, plain_name)) = p.name.split_once('+') else { continue };
+        let Some(q) = pts.iter().find(|q| q.name == plain_name && !q.kind.starts_with("prune")) else { continue };
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&p.name),
+            p.file_bytes,
+            f(p.kld, 5),
+            f(p.ppl, 4),
+            esc(&q.name),
+            q.file_bytes,
+            f(q.kld, 5),
+            f(q.ppl, 4)
+        );
+    }
+    if rows.is_empty() {
+        return rows;
+    }
+    format!(
+        "<h2>Prune + quantize beside quantize only, same budget</h2><table id=\"pruned\"><tr><th>prune + quantize</th>\
+         <th>size (bytes)</th><th>KLD</th><th>PPL</th><th>quantize only</th><th>size (bytes)</th><th>KLD</th>\
+         <th>PPL</th></tr>{rows}</table>"
+    )
 }
 
 #[cfg(test)]
@@ -360,5 +392,19 @@ mod tests {
         assert!(page.contains("Tensor types: fit") && page.contains("0.950"));
         assert!(!page.contains("<script"));
         assert_eq!(plots(&d).len(), 4);
+        assert!(!page.contains("id=\"pruned\""), "no pruned recipes, no pairing table");
+
+        // A pruned recipe is paired with the plain recipe of the same budget.
+        let mut d2 = d.clone();
+        d2.points.push(p("fit-size-of-Q4_0", "fit", 88_000_000, 0.02, true));
+        d2.points.push(p("prune-2L+fit-size-of-Q4_0", "prune + fit", 87_000_000, 0.25, false));
+        let page = html(&d2);
+        let table = &page[page.find("id=\"pruned\"").expect("pairing table")..];
+        let row = &table[table.find("prune-2L+fit-size-of-Q4_0").unwrap()..];
+        let row = &row[..row.find("</tr>").unwrap()];
+        assert!(
+            row.contains("87000000") && row.contains("0.25000") && row.contains("fit-size-of-Q4_0</td><td>88000000"),
+            "{row}"
+        );
     }
 }

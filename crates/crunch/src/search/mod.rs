@@ -21,6 +21,8 @@ pub struct Candidate {
     pub recipe: Recipe,
     pub file_bytes: u64,
     pub bpw: f64,
+    /// KLD the profile predicts from the quantization alone: from the base, or for a pruned
+    /// recipe from its pruned copy (pruning's own loss is only in `measured`).
     pub predicted_kld: f64,
     pub measured: Option<Measured>,
     /// llama.cpp memory estimate at the search's context.
@@ -165,15 +167,17 @@ pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
 pub struct Summary {
     pub n_candidates: usize,
     pub n_evaluated: usize,
-    /// Rank correlation of predicted and measured KLD over the evaluated candidates.
+    /// Rank correlation of predicted and measured KLD over the evaluated candidates that quantize
+    /// the base itself (a pruned recipe's prediction is relative to its pruned copy).
     pub kld_rank_correlation: Option<f64>,
     pub front: Vec<String>,
 }
 
 pub fn summarize(cands: &[Candidate]) -> Summary {
     let ev: Vec<&Candidate> = cands.iter().filter(|c| c.measured.is_some()).collect();
-    let pred: Vec<f64> = ev.iter().map(|c| c.predicted_kld).collect();
-    let meas: Vec<f64> = ev.iter().map(|c| c.measured.as_ref().map_or(0.0, |m| m.kld)).collect();
+    let same_base: Vec<&&Candidate> = ev.iter().filter(|c| c.recipe.prune.is_none()).collect();
+    let pred: Vec<f64> = same_base.iter().map(|c| c.predicted_kld).collect();
+    let meas: Vec<f64> = same_base.iter().map(|c| c.measured.as_ref().map_or(0.0, |m| m.kld)).collect();
     Summary {
         n_candidates: cands.len(),
         n_evaluated: ev.len(),
