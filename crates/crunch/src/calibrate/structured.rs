@@ -15,7 +15,7 @@
 use super::calib_err;
 use crate::error::{Error, Result};
 use crate::progress::{Cancel, Progress};
-use crate::quantize::{self, rules, Ftype, Plan, QuantizeOptions, QuantizeReport, Reason, TensorPlan};
+use crate::quantize::{self, Ftype, Plan, QuantizeOptions, QuantizeReport};
 use crunch_calib::linalg;
 use crunch_calib::prune::structured::{self as st, LayerScore};
 use crunch_calib::runner::{Group, Layer, Runner};
@@ -557,7 +557,7 @@ pub fn prune_structured(
         if spec.kv_keep.is_some() {
             kept_kv_groups.push(cut.kv.clone());
         }
-        for (t, role) in &blocks[&i] {
+        for (t, role) in blocks.get(&i).map(Vec::as_slice).unwrap_or_default() {
             let (_, _, data) = block_tensor(&file, t, *role, &cut, &cfg)?;
             w.write_tensor(&rename(&t.name), &data)?;
             file.release_tensor(t);
@@ -685,12 +685,14 @@ impl StructuredOptions {
         };
         let ffn_keep = match self.ffn {
             None => None,
-            Some(f) if !(f.is_finite() && f > 0.0 && f < 1.0) => return Err(Error::field(
-                field("ffn"),
-                format!(
+            Some(f) if !(f.is_finite() && f > 0.0 && f < 1.0) => {
+                return Err(Error::field(
+                    field("ffn"),
+                    format!(
                     "{f} is not a fraction strictly between 0 and 1 (0.75 keeps three quarters of the FFN channels)"
                 ),
-            )),
+                ))
+            }
             Some(f) => {
                 let m = self.ffn_multiple.unwrap_or(32);
                 if m == 0 || m >= cfg.n_ff {
@@ -747,40 +749,6 @@ impl StructuredSpec {
     }
 }
 
-/// The plan that gives every tensor of a structurally pruned model its input type back (with
-/// llama.cpp's fallback where a new row length does not fit the type's blocks).
-fn restore_plan(pruned: &GgufFile, source_types: &BTreeMap<String, GgmlType>, ftype: Ftype) -> Plan {
-    let tensors: Vec<TensorPlan> = pruned
-        .tensors()
-        .iter()
-        .map(|t| {
-            let want = source_types.get(&t.name).copied().unwrap_or(t.ty);
-            let dst = if want == t.ty { Some(want) } else { rules::fallback(want, t.row_len()) };
-            let dst = dst.unwrap_or(GgmlType::F16);
-            let dst_bytes = dst.row_size(t.row_len() as usize).map_or(t.n_bytes(), |r| r as u64 * t.n_rows());
-            TensorPlan {
-                name: t.name.clone(),
-                dims: t.dims.clone(),
-                src_type: t.ty,
-                dst_type: dst,
-                src_bytes: t.n_bytes(),
-                dst_bytes,
-                reason: if dst == want { Reason::Kept } else { Reason::Fallback },
-                wanted: (dst != want).then_some(want),
-                requires_imatrix: false,
-            }
-        })
-        .collect();
-    Plan {
-        ftype,
-        src_bytes: tensors.iter().map(|t| t.src_bytes).sum(),
-        dst_bytes: tensors.iter().map(|t| t.dst_bytes).sum(),
-        n_elements: tensors.iter().map(|t| t.n_elements()).sum(),
-        n_fallback: tensors.iter().filter(|t| t.reason == Reason::Fallback).count(),
-        tensors,
-    }
-}
-
 /// Removes a scratch folder when dropped.
 struct Scratch(PathBuf);
 impl Drop for Scratch {
@@ -821,7 +789,7 @@ pub fn prune_to_file(
     let file_ftype =
         input.metadata().get_u64("general.file_type").and_then(|c| Ftype::from_code(c as u32)).unwrap_or(Ftype::F32);
     let plan = match ftype {
-        None => restore_plan(&pruned, &structured.source_types, file_ftype),
+        None => quantize::plan::with_types(pruned.tensors(), &structured.source_types, file_ftype),
         Some(f) => {
             let mut o = QuantizeOptions::new(f);
             o.allow_requantize = true;

@@ -274,3 +274,37 @@ pub fn build(meta: &Metadata, tensors: &[TensorInfo], opts: &QuantizeOptions) ->
     let n_elements = out.iter().map(|t| t.n_elements()).sum();
     Ok(Plan { ftype: opts.ftype, tensors: out, src_bytes, dst_bytes, n_elements, n_fallback })
 }
+
+/// A plan that writes every tensor in the type `types` names for it (its own type when absent),
+/// with llama.cpp's block-size fallback where the row length does not fit (F16 when none does):
+/// a model kept in its types, or a reshaped one given its source types back.
+pub fn with_types(tensors: &[TensorInfo], types: &std::collections::BTreeMap<String, GgmlType>, ftype: Ftype) -> Plan {
+    let tensors: Vec<TensorPlan> = tensors
+        .iter()
+        .map(|t| {
+            let want = types.get(&t.name).copied().unwrap_or(t.ty);
+            let dst = if want == t.ty { Some(want) } else { rules::fallback(want, t.row_len()) };
+            let dst = dst.unwrap_or(GgmlType::F16);
+            let dst_bytes = dst.row_size(t.row_len() as usize).map_or(t.n_bytes(), |r| r as u64 * t.n_rows());
+            TensorPlan {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                src_type: t.ty,
+                dst_type: dst,
+                src_bytes: t.n_bytes(),
+                dst_bytes,
+                reason: if dst == want { Reason::Kept } else { Reason::Fallback },
+                wanted: (dst != want).then_some(want),
+                requires_imatrix: false,
+            }
+        })
+        .collect();
+    Plan {
+        ftype,
+        src_bytes: tensors.iter().map(|t| t.src_bytes).sum(),
+        dst_bytes: tensors.iter().map(|t| t.dst_bytes).sum(),
+        n_elements: tensors.iter().map(|t| t.n_elements()).sum(),
+        n_fallback: tensors.iter().filter(|t| t.reason == Reason::Fallback).count(),
+        tensors,
+    }
+}

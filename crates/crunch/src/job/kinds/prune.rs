@@ -10,7 +10,7 @@ use crate::calibrate::{self, MethodOptions};
 use crate::error::{Error, Result};
 use crate::job::record::{metric, Recorder};
 use crate::job::{refuse_overwrite, RunCtx};
-use crate::quantize::{self, Ftype, Plan, QuantizeOptions, QuantizeReport, Reason, TensorPlan};
+use crate::quantize::{self, Ftype, Plan, QuantizeOptions, QuantizeReport};
 use crunch_calib::gptq::GptqOptions;
 use crunch_calib::prune::{PruneMethod, Sparsity};
 use crunch_calib::text::{ChunkOptions, TextSource};
@@ -130,26 +130,9 @@ pub struct PruneOutcome {
 
 /// Every tensor keeps its type: the plan of a pruned model written in the input's types.
 fn keep_plan(input: &GgufFile) -> Plan {
-    let tensors: Vec<TensorPlan> = input
-        .tensors()
-        .iter()
-        .map(|t| TensorPlan {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            src_type: t.ty,
-            dst_type: t.ty,
-            src_bytes: t.n_bytes(),
-            dst_bytes: t.n_bytes(),
-            reason: Reason::Kept,
-            wanted: None,
-            requires_imatrix: false,
-        })
-        .collect();
     let ftype =
         input.metadata().get_u64("general.file_type").and_then(|c| Ftype::from_code(c as u32)).unwrap_or(Ftype::F32);
-    let bytes: u64 = tensors.iter().map(|t| t.src_bytes).sum();
-    let n_elements = tensors.iter().map(|t| t.n_elements()).sum();
-    Plan { ftype, tensors, src_bytes: bytes, dst_bytes: bytes, n_elements, n_fallback: 0 }
+    quantize::plan::with_types(input.tensors(), &Default::default(), ftype)
 }
 
 /// The method and sparsity a job asks for, checked.
