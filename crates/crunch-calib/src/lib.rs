@@ -15,6 +15,7 @@ pub mod error;
 pub mod gptq;
 pub mod imatrix;
 pub mod linalg;
+pub mod lowrank;
 pub mod prune;
 pub mod runner;
 pub mod targets;
