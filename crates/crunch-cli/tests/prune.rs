@@ -28,6 +28,13 @@ fn err(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `crunch prune MODEL OUT EXTRA...`, which must fail; its stderr.
+fn prune_fails(model: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut a = vec!["prune", s(model), s(out)];
+    a.extend_from_slice(extra);
+    err(&crunch(&a))
+}
+
 const LINEAR: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
 
 fn is_linear(name: &str) -> bool {
@@ -171,11 +178,7 @@ fn bad_prune_inputs_are_clear_errors() {
     let sc = Scratch::new("prune-bad");
     let out = sc.join("x.gguf");
     let wiki = crunch_testkit::wikitext_dev();
-    let prune = |extra: &[&str]| {
-        let mut a = vec!["prune", s(&f32m), s(&out)];
-        a.extend_from_slice(extra);
-        err(&crunch(&a))
-    };
+    let prune = |extra: &[&str]| prune_fails(&f32m, &out, extra);
     for bad in ["0", "1.2", "1", "-0.5"] {
         let e = prune(&["--method", "magnitude", &format!("--sparsity={bad}")]);
         assert!(e.contains("--sparsity") && e.contains("between 0 and 1"), "{bad}: {e}");
@@ -347,11 +350,7 @@ fn bad_structured_options_are_clear_errors() {
     let sc = Scratch::new("prune-structured-bad");
     let out = sc.join("x.gguf");
     let wiki = crunch_testkit::wikitext_dev();
-    let prune = |extra: &[&str]| {
-        let mut a = vec!["prune", s(&m), s(&out)];
-        a.extend_from_slice(extra);
-        err(&crunch(&a))
-    };
+    let prune = |extra: &[&str]| prune_fails(&m, &out, extra);
     let t = ["--text", s(&wiki), "--chunks", "1", "--ctx", "64"];
     let with_text = |extra: &[&str]| prune(&[extra, &t[..]].concat());
     let e = with_text(&["--ffn", "1.5"]);

@@ -211,14 +211,10 @@ mod tests {
     use super::*;
     use crate::linalg;
 
+    /// Uniform in [-1, 1).
     fn rng(seed: u64) -> impl FnMut() -> f32 {
-        let mut s = seed;
-        move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        }
+        let mut r = crunch_testkit::Rng::new(seed);
+        move || r.uniform() * 2.0 - 1.0
     }
 
     #[test]

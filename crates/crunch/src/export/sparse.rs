@@ -560,29 +560,14 @@ pub fn export(
 mod tests {
     use super::*;
 
-    /// Deterministic pseudo-random numbers (xorshift64*).
-    struct Rng(u64);
+    use crunch_testkit::Rng;
 
-    impl Rng {
-        fn new(seed: u64) -> Self {
-            Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-        }
-        fn next_u64(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn uniform(&mut self) -> f32 {
-            (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-        }
-        /// A nonzero f16 (any sign, normal exponent).
-        fn f16_bits(&mut self) -> u16 {
-            let r = self.next_u64();
-            let sign = ((r & 1) as u16) << 15;
-            let exp = (1 + (r >> 1) % 30) as u16;
-            sign | exp << 10 | ((r >> 8) as u16 & 0x3ff)
-        }
+    /// A nonzero f16 (any sign, normal exponent).
+    fn f16_bits(r: &mut Rng) -> u16 {
+        let r = r.next_u64();
+        let sign = ((r & 1) as u16) << 15;
+        let exp = (1 + (r >> 1) % 30) as u16;
+        sign | exp << 10 | ((r >> 8) as u16 & 0x3ff)
     }
 
     fn f16_le(bits: u16) -> [u8; 2] {
@@ -602,7 +587,7 @@ mod tests {
         let mut out = Vec::with_capacity(rows * cols * 2);
         for _ in 0..rows * cols {
             let bits: u16 = if rng.uniform() < density {
-                rng.f16_bits()
+                f16_bits(&mut rng)
             } else if rng.uniform() < 0.2 {
                 0x8000
             } else {
