@@ -14,7 +14,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use crunch_registry::{Filter, JobFilter, JobState, RunStatus};
+use crunch_registry::{JobFilter, JobState};
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::time::Duration;
@@ -443,15 +443,9 @@ pub async fn list_runs(
     q: Result<Query<RunsQuery>, QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let q = query(q)?;
-    let status = match q.status.as_deref() {
-        None => None,
-        Some("running") => Some(RunStatus::Running),
-        Some("ok") => Some(RunStatus::Ok),
-        Some("failed") => Some(RunStatus::Failed),
-        Some(o) => return Err(ApiError::field("status", format!("unknown status {o:?} (running, ok, failed)"))),
-    };
-    let f = Filter { kind: q.kind, status, parent: q.parent, limit: Some(q.limit.unwrap_or(100).clamp(1, MAX_LIST)) };
-    let runs = s.inner().jobs.with_registry(move |r| r.list(&f)).await?;
+    let limit = Some(q.limit.unwrap_or(100).clamp(1, MAX_LIST));
+    let f = crunch::history::filter(q.kind, q.status.as_deref(), q.parent, limit)?;
+    let runs = s.inner().jobs.with_registry(move |r| crunch::history::list(r, &f)).await?;
     Ok(Json(serde_json::to_value(runs).map_err(|e| ApiError::internal(e.to_string()))?))
 }
 
@@ -461,7 +455,7 @@ pub async fn list_runs(
               (status = 404, description = "No such run", body = ErrorBody)))]
 pub async fn get_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
     let id = parse_id(&id, "run")?;
-    let run = s.inner().jobs.with_registry(move |r| r.get(id)).await?;
+    let run = s.inner().jobs.with_registry(move |r| crunch::history::get(r, Some(id))).await?;
     Ok(Json(serde_json::to_value(run).map_err(|e| ApiError::internal(e.to_string()))?))
 }
 

@@ -93,6 +93,19 @@ impl From<crunch_registry::RegistryError> for ApiError {
     }
 }
 
+/// A library error from a registry query: a wrong field is a `400` naming it, a missing run a
+/// `404` (as [`crunch::Error::Invalid`] says when a run list is empty), the rest a `500`.
+impl From<crunch::Error> for ApiError {
+    fn from(e: crunch::Error) -> Self {
+        match e {
+            crunch::Error::Field { field, message } => ApiError::field(field, message),
+            crunch::Error::Registry(r) => ApiError::from(r),
+            crunch::Error::Invalid(m) => ApiError::not_found(m),
+            e => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: self.message, field: self.field };

@@ -13,6 +13,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod fit;
+pub mod history;
 pub mod inspect;
 pub mod job;
 pub mod memory;

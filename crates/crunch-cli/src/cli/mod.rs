@@ -149,10 +149,15 @@ pub(crate) fn job_ctx(threads: usize, progress: Arc<dyn Progress>, registry: Opt
 
 /// Run a job; a wrong job field is worded as the command-line option it came from.
 pub(crate) fn run_job(job: &Job, ctx: &RunCtx) -> Result<Outcome> {
-    crunch::job::run(job, ctx).map_err(|e| match e {
+    crunch::job::run(job, ctx).map_err(field_error)
+}
+
+/// A library error, a wrong field worded as the command-line option it came from.
+pub(crate) fn field_error(e: crunch::Error) -> anyhow::Error {
+    match e {
         crunch::Error::Field { field, message } => anyhow::anyhow!("{}: {message}", flag_of(&field)),
         other => anyhow::Error::new(other),
-    })
+    }
 }
 
 /// The option (or argument) a job field is given with: `fit.max_kld` -> `--max-kld`.

@@ -1,9 +1,10 @@
 //! `crunch runs list|show|compare|export`: the registry's runs, printed.
 
 use anyhow::{Context, Result};
-use crunch::job::record::{metric, registry_path};
-use crunch_registry::{Filter, Registry, RunStatus, RunSummary};
-use std::path::{Path, PathBuf};
+use crunch::history;
+use crunch::job::record::metric;
+use crunch_registry::RunSummary;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct RunsArgs {
@@ -78,31 +79,12 @@ struct ExportArgs {
     output: Option<PathBuf>,
 }
 
-fn open(flag: Option<&Path>) -> Result<Registry> {
-    let path = registry_path(flag).context("the registry is turned off (CRUNCH_REGISTRY=off)")?;
-    Registry::open(&path).with_context(|| format!("opening the registry {}", path.display()))
-}
-
-fn parse_status(s: &str) -> Result<RunStatus> {
-    match s {
-        "running" => Ok(RunStatus::Running),
-        "ok" => Ok(RunStatus::Ok),
-        "failed" => Ok(RunStatus::Failed),
-        _ => anyhow::bail!("--status {s:?}: expected running, ok or failed"),
-    }
-}
-
 pub fn run(a: RunsArgs) -> Result<()> {
-    let reg = open(a.registry.as_deref())?;
+    let reg = history::open(a.registry.as_deref()).map_err(super::field_error)?;
     match a.command {
         RunsCommand::List(l) => {
-            let f = Filter {
-                kind: l.kind,
-                status: l.status.as_deref().map(parse_status).transpose()?,
-                parent: l.parent,
-                limit: l.limit,
-            };
-            let runs = reg.list(&f)?;
+            let f = history::filter(l.kind, l.status.as_deref(), l.parent, l.limit).map_err(super::field_error)?;
+            let runs = history::list(&reg, &f)?;
             if l.json {
                 println!("{}", serde_json::to_string_pretty(&runs)?);
             } else if l.csv {
@@ -112,11 +94,7 @@ pub fn run(a: RunsArgs) -> Result<()> {
             }
         }
         RunsCommand::Show(s) => {
-            let id = match s.id {
-                Some(id) => id,
-                None => reg.latest(None)?.context("the registry holds no runs")?,
-            };
-            let r = reg.get(id)?;
+            let r = history::get(&reg, s.id)?;
             if s.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -124,7 +102,7 @@ pub fn run(a: RunsArgs) -> Result<()> {
             }
         }
         RunsCommand::Compare(c) => {
-            let recs = c.ids.iter().map(|&id| reg.get(id)).collect::<crunch_registry::Result<Vec<_>>>()?;
+            let recs = history::get_many(&reg, &c.ids)?;
             if c.json {
                 println!("{}", serde_json::to_string_pretty(&recs)?);
             } else if c.csv {
@@ -135,11 +113,11 @@ pub fn run(a: RunsArgs) -> Result<()> {
             }
         }
         RunsCommand::Export(e) => {
-            let runs = reg.list(&Filter::default())?;
+            let runs = history::list(&reg, &Default::default())?;
             let text = match e.format.as_str() {
                 "json" => {
-                    let full = runs.iter().map(|r| reg.get(r.id)).collect::<crunch_registry::Result<Vec<_>>>()?;
-                    serde_json::to_string_pretty(&full)? + "\n"
+                    let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
+                    serde_json::to_string_pretty(&history::get_many(&reg, &ids)?)? + "\n"
                 }
                 "csv" => csv(&runs),
                 f => anyhow::bail!("--format {f:?}: expected json or csv"),

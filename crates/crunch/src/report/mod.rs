@@ -324,6 +324,55 @@ pub fn html(d: &ReportData) -> String {
     h
 }
 
+/// A Chromium binary (`$CRUNCH_CHROMIUM`, else `chromium`, `chromium-browser`, `google-chrome` or
+/// `chrome` on the `PATH`), if one is installed.
+pub fn chromium() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("CRUNCH_CHROMIUM") {
+        return Some(std::path::PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| ["chromium", "chromium-browser", "google-chrome", "chrome"].map(|n| dir.join(n)))
+        .find(|p| p.is_file())
+}
+
+/// Render an SVG or HTML file to a PNG of `width` x `height` with headless Chromium.
+///
+/// # Errors
+/// No Chromium, or Chromium did not write the PNG (its stderr is in the message).
+pub fn screenshot(page: &std::path::Path, png: &std::path::Path, width: u32, height: u32) -> crate::error::Result<()> {
+    use crate::error::Error;
+    let chrome = chromium()
+        .ok_or_else(|| Error::field("png", "PNG plots need Chromium (apt-get install chromium); SVG needs nothing"))?;
+    let abs = |p: &std::path::Path| std::path::absolute(p).map_err(|e| Error::io(p, e));
+    let out = std::process::Command::new(&chrome)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+        .arg(format!("--screenshot={}", abs(png)?.display()))
+        .arg(format!("--window-size={width},{height}"))
+        .arg(format!("file://{}", abs(page)?.display()))
+        .output()
+        .map_err(|e| Error::io(&chrome, e))?;
+    if !png.is_file() {
+        return Err(Error::Invalid(format!(
+            "{} did not write {}: {}",
+            chrome.display(),
+            png.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// The `width` and `height` an SVG declares (900 x 520 when it does not).
+pub fn svg_size(svg: &str) -> (u32, u32) {
+    let get = |k: &str| -> Option<u32> {
+        let i = svg.find(&format!("{k}=\""))? + k.len() + 2;
+        let j = svg[i..].find('"')? + i;
+        svg[i..j].parse::<f64>().ok().map(|v| v.ceil() as u32)
+    };
+    (get("width").unwrap_or(900), get("height").unwrap_or(520))
+}
+
 /// Search recipes that prune before quantizing, each beside the recipe that quantizes the base
 /// alone with the same budget (`prune-…+NAME` beside `NAME`); empty when there are none.
 fn pruned_beside_plain(pts: &[&Point]) -> String {
