@@ -32,18 +32,14 @@ fn point_of(r: &RunRecord) -> Point {
 /// Gather what the page shows from the registry.
 ///
 /// # Errors
-/// Registry errors; no run ids given and no search run recorded.
+/// Registry errors; no run ids.
 pub fn collect(reg: &Registry, ids: &[i64]) -> Result<ReportData> {
-    let ids: Vec<i64> = if ids.is_empty() {
-        vec![reg
-            .latest(Some("search"))?
-            .ok_or_else(|| Error::Invalid("no search run in the registry; give run ids".into()))?]
-    } else {
-        ids.to_vec()
-    };
+    if ids.is_empty() {
+        return Err(Error::Invalid("no runs to report (crunch::history::report_runs chooses the default ones)".into()));
+    }
     let mut d = ReportData { title: "crunch report".into(), ..Default::default() };
     let mut subtitle = Vec::new();
-    for id in ids {
+    for &id in ids {
         let r = reg.get(id)?;
         if r.summary.kind == "search" {
             let children = reg.list(&Filter { parent: Some(id), ..Default::default() })?;
