@@ -5,6 +5,7 @@
 //! projection → residual, RMSNorm → SwiGLU FFN → residual; final RMSNorm and the output projection
 //! (tied to `token_embd.weight` when `output.weight` is absent).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use crate::attention::{attention, AttnShape};
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
+use crate::lora::{LoraAdapter, LoraSpec};
 use crate::matmul::{matmul, MatmulMode};
 use crate::ops::{add_assign, add_bias, rms_norm, swiglu};
 use crate::rope::Rope;
@@ -68,6 +70,9 @@ pub struct LlamaModel {
     rope: Rope,
     /// How quantized weights are multiplied (default: as llama.cpp does).
     pub mode: MatmulMode,
+    /// LoRA adapters applied on top: per weight name, the adapter, its pair and the factor of `B A`.
+    loras: HashMap<String, Vec<(Arc<LoraAdapter>, usize, f32)>>,
+    adapters: Vec<(Arc<LoraAdapter>, f32)>,
 }
 
 impl std::fmt::Debug for LlamaModel {
@@ -119,7 +124,70 @@ impl LlamaModel {
             freq_base: c.rope_freq_base,
             freq_factors: load_optional_vector(f, "rope_freqs.weight", c.n_rot / 2)?,
         };
-        Ok(LlamaModel { file, config: c, tok_embd, layers, output_norm, output, rope, mode: MatmulMode::Native })
+        Ok(LlamaModel {
+            file,
+            config: c,
+            tok_embd,
+            layers,
+            output_norm,
+            output,
+            rope,
+            mode: MatmulMode::Native,
+            loras: HashMap::new(),
+            adapters: Vec::new(),
+        })
+    }
+
+    /// Open a GGUF file with LoRA adapters applied (`--lora FILE[:SCALE]`, in order).
+    pub fn open_with_adapters(path: impl AsRef<Path>, adapters: &[LoraSpec]) -> Result<Self> {
+        let mut m = Self::open(path)?;
+        for a in adapters {
+            m.add_adapter(Arc::new(LoraAdapter::open(&a.path)?), a.scale)?;
+        }
+        Ok(m)
+    }
+
+    /// The linear weights an adapter can target: name -> (n_in, n_out).
+    fn linear_shapes(&self) -> HashMap<&str, (usize, usize)> {
+        let mut m = HashMap::new();
+        for l in &self.layers {
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
+                m.insert(w.name.as_str(), (w.n_in, w.n_out));
+            }
+        }
+        if self.output.name != self.tok_embd.name {
+            m.insert(self.output.name.as_str(), (self.output.n_in, self.output.n_out));
+        }
+        m
+    }
+
+    /// Apply `adapter` at `scale` in every later forward pass: each adapted layer computes
+    /// `W x + s · B (A x)` as llama.cpp's `--lora-scaled` does; several adapters add up.
+    ///
+    /// # Errors
+    /// An adapter for another architecture, for weights this model does not have or of other
+    /// shapes, or on the token embedding (not supported).
+    pub fn add_adapter(&mut self, adapter: Arc<LoraAdapter>, scale: f32) -> Result<()> {
+        let arch = self.file.metadata().architecture().unwrap_or(self.config.arch.name()).to_string();
+        if let Some(p) = adapter.pairs().iter().find(|p| p.base == self.tok_embd.name) {
+            return Err(ModelError::File {
+                path: adapter.path().display().to_string(),
+                reason: format!("tensor {}: adapters on the token embedding are not supported by crunch", p.a.name),
+            });
+        }
+        let shapes = self.linear_shapes();
+        adapter.check_model(&self.file.path.display().to_string(), &arch, |n| shapes.get(n).copied())?;
+        for (i, p) in adapter.pairs().iter().enumerate() {
+            let s = adapter.scale_of(p, scale);
+            self.loras.entry(p.base.clone()).or_default().push((adapter.clone(), i, s));
+        }
+        self.adapters.push((adapter, scale));
+        Ok(())
+    }
+
+    /// The adapters applied, with their user scales.
+    pub fn adapters(&self) -> &[(Arc<LoraAdapter>, f32)] {
+        &self.adapters
     }
 
     /// The GGUF file the weights live in.
@@ -213,7 +281,17 @@ impl LlamaModel {
             if let Some(o) = obs.as_mut() {
                 o.observe(&w.name, input, input.len() / w.n_in);
             }
-            matmul(input, input.len() / w.n_in, &w.view(f), mode)
+            let n_tok = input.len() / w.n_in;
+            let mut y = matmul(input, n_tok, &w.view(f), mode)?;
+            if let Some(terms) = self.loras.get(&w.name) {
+                for (ad, i, s) in terms {
+                    let p = &ad.pairs()[*i];
+                    let t = matmul(input, n_tok, &ad.a_view(p), mode)?;
+                    let d = matmul(&t, n_tok, &ad.b_view(p), mode)?;
+                    y.iter_mut().zip(&d).for_each(|(y, d)| *y += s * d);
+                }
+            }
+            Ok(y)
         };
         let angles = self.rope.angles_rows(pos0, n);
         for (li, l) in self.layers.iter().enumerate() {
