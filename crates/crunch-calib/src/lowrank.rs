@@ -100,6 +100,37 @@ pub fn correction(name: &str, err: &[f32], n_in: usize, h: Option<&[f32]>, rank:
 }
 
 impl LowRank {
+    /// Rescale each component so that its column of `B` and its row of `A` have the same norm
+    /// (`B A` is unchanged). The whitened factors are lopsided (`B` carries the singular values,
+    /// `A` the inverse of the activations' scale); balanced ones keep their precision in f16.
+    pub fn balance(&mut self, n_in: usize) {
+        let r = self.rank;
+        for k in 0..r {
+            let nb = (0..self.n_out).map(|i| (self.b[i * r + k] as f64).powi(2)).sum::<f64>().sqrt();
+            let na = self.a[k * n_in..(k + 1) * n_in].iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+            if nb <= 0.0 || na <= 0.0 || !nb.is_finite() || !na.is_finite() {
+                continue;
+            }
+            let c = (nb / na).sqrt();
+            for i in 0..self.n_out {
+                self.b[i * r + k] = (self.b[i * r + k] as f64 / c) as f32;
+            }
+            for x in &mut self.a[k * n_in..(k + 1) * n_in] {
+                *x = (*x as f64 * c) as f32;
+            }
+        }
+    }
+
+    /// Keep the first `rank` components (of at most `self.rank`).
+    pub fn truncate(&mut self, n_in: usize, rank: usize) {
+        let r = self.rank;
+        let k = rank.min(r);
+        self.a.truncate(k * n_in);
+        self.b = (0..self.n_out).flat_map(|i| self.b[i * r..i * r + k].to_vec()).collect();
+        self.rank = k;
+        self.energy_after = self.singular_values[k..].iter().map(|x| x * x).sum();
+    }
+
     /// `B A` as a full `n_out × n_in` matrix (for applying or checking a correction).
     pub fn product(&self, n_in: usize) -> Vec<f32> {
         let n_out = self.n_out;
@@ -187,6 +218,29 @@ mod tests {
         assert!((w.energy_before - e0).abs() < 1e-3 * e0, "{} vs {e0}", w.energy_before);
         assert!((w.energy_after - ew).abs() < 1e-3 * e0, "{} vs {ew}", w.energy_after);
         assert!(w.singular_values.windows(2).all(|s| s[0] >= s[1]));
+    }
+
+    #[test]
+    fn balance_and_truncate_keep_the_product() {
+        let (n_out, n_in) = (9, 6);
+        let mut r = rng(7);
+        let e: Vec<f32> = (0..n_out * n_in).map(|_| r()).collect();
+        let x = inputs(100, n_in, 2);
+        let mut h = vec![0f32; n_in * n_in];
+        linalg::add_xtx(&mut h, &x, n_in);
+        let mut c = correction("t", &e, n_in, Some(&h), 4, 1e-6).unwrap();
+        let before = c.product(n_in);
+        c.balance(n_in);
+        for (a, b) in c.product(n_in).iter().zip(&before) {
+            assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        let two = correction("t", &e, n_in, Some(&h), 2, 1e-6).unwrap();
+        c.truncate(n_in, 2);
+        assert_eq!((c.rank, c.a.len(), c.b.len()), (2, 2 * n_in, 2 * n_out));
+        assert!((c.energy_after - two.energy_after).abs() < 1e-9 * c.energy_before);
+        for (a, b) in c.product(n_in).iter().zip(&two.product(n_in)) {
+            assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
+        }
     }
 
     #[test]

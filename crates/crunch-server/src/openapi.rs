@@ -15,17 +15,19 @@ pub const KINDS: &[(&str, &str)] = &[
     ("quantize", "a GGUF model to a llama.cpp preset or type (model, output, type, …)"),
     ("convert", "a Hugging Face folder to GGUF (model, output, type)"),
     ("export", "a GGUF model back to a Hugging Face folder (model, output, dtype)"),
-    ("imatrix", "an importance matrix from calibration text (model, text, output)"),
+    ("imatrix", "an importance matrix from calibration text (model, text, output, lora)"),
     ("prune", "zero weights of the linear layers: magnitude, wanda or sparsegpt (model, output, method, sparsity|pattern, text)"),
-    ("perplexity", "perplexity over a text (model, text, ctx, chunks)"),
-    ("compare", "KL-divergence, same top token and perplexity against a base (base, models, text)"),
-    ("choice", "multiple-choice accuracy (model, tasks)"),
-    ("bench", "prompt-processing and generation speed (model, pp, tg, reps)"),
+    ("lowrank", "a LoRA adapter correcting a quantized model's error by whitened SVD (base, quant, output, rank|budget, text)"),
+    ("merge", "LoRA adapters merged into a model, optionally quantized in the same pass (model, adapters, output, type)"),
+    ("perplexity", "perplexity over a text (model, text, ctx, chunks, lora)"),
+    ("compare", "KL-divergence, same top token and perplexity against a base (base, models, text, lora: on the models only)"),
+    ("choice", "multiple-choice accuracy (model, tasks, lora)"),
+    ("bench", "prompt-processing and generation speed (model, pp, tg, reps, lora)"),
     ("fit", "compress: the best model for a size, bpw, memory or KLD target (model, output, text, max_*)"),
     ("search", "many recipes evaluated, the Pareto front (model, text, grid)"),
     ("embed", "sentence embeddings of every text line with a BERT encoder, as JSONL (model, text, output)"),
     ("embed_compare", "cosine similarity of two encoders' sentence embeddings (base, model, text)"),
-    ("generate", "text from a prompt, pieces streamed as progress (model, prompt, n_predict)"),
+    ("generate", "text from a prompt, pieces streamed as progress (model, prompt, n_predict, lora)"),
     ("inspect", "a model file's metadata and tensors (path)"),
     ("verify", "files against their .sha256 sidecars (files)"),
 ];
@@ -40,7 +42,9 @@ impl PartialSchema for JobBody {
         ObjectBuilder::new()
             .description(Some(format!(
                 "A crunch job. `kind` selects the job; the other fields are that kind's (unknown fields are \
-                 refused with a 400 naming them). Paths are resolved against the server's folders. Kinds: {}.",
+                 refused with a 400 naming them). Paths are resolved against the server's folders. The jobs \
+                 that run a model take `lora`: LoRA adapters as `[{{\"path\": FILE, \"scale\": 1.0}}]`, applied as \
+                 llama.cpp's --lora-scaled (the scale multiplies alpha/rank). Kinds: {}.",
                 described.join("; ")
             )))
             .property(

@@ -1,6 +1,7 @@
 //! Command-line front end: clap arguments become a `crunch::job::Job`, `crunch::job::run` runs
 //! it, and the outcome is printed. One small module per subcommand; no job logic here.
 
+mod adapter;
 mod bench;
 mod convert;
 mod embed;
@@ -42,6 +43,10 @@ enum Command {
     Imatrix(imatrix::ImatrixArgs),
     /// Zero weights of the linear layers: magnitude, Wanda or SparseGPT, unstructured or N:M.
     Prune(prune::PruneArgs),
+    /// Correct a quantized model's error with a low-rank LoRA adapter llama.cpp loads (--lora).
+    Lowrank(adapter::LowrankArgs),
+    /// Merge LoRA adapters into a model, optionally quantizing in the same pass.
+    Merge(adapter::MergeArgs),
     /// Convert a Hugging Face folder to GGUF (optionally quantizing in the same pass).
     Convert(convert::ConvertArgs),
     /// Write a GGUF model back as a Hugging Face folder (config, tokenizer, safetensors).
@@ -97,6 +102,8 @@ pub fn run() -> Result<()> {
         Command::Imatrix(a) => imatrix::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Prune(a) => prune::run(a),
+        Command::Lowrank(a) => adapter::lowrank(a),
+        Command::Merge(a) => adapter::merge(a),
         Command::Convert(a) => convert::run(a),
         Command::Export(a) => export::run(a),
         Command::Eval(a) => eval::run(a),
@@ -152,6 +159,16 @@ pub(crate) fn run_job(job: &Job, ctx: &RunCtx) -> Result<Outcome> {
     crunch::job::run(job, ctx).map_err(field_error)
 }
 
+/// `--lora FILE[:SCALE]`, repeatable: the adapters of a command that runs a model.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub(crate) struct LoraArgs {
+    /// Apply a LoRA adapter (GGUF, llama.cpp's layout) to the model, repeatable. Each adapted
+    /// layer computes W x + s·B(A x) with s = SCALE·alpha/rank, as llama.cpp's --lora-scaled
+    /// FILE SCALE (SCALE defaults to 1; 0 turns the adapter off).
+    #[arg(long = "lora", value_name = "FILE[:SCALE]", value_parser = crunch_model::LoraSpec::parse)]
+    pub lora: Vec<crunch_model::LoraSpec>,
+}
+
 /// A library error, a wrong field worded as the command-line option it came from.
 pub(crate) fn field_error(e: crunch::Error) -> anyhow::Error {
     match e {
@@ -183,6 +200,8 @@ fn flag_of(field: &str) -> String {
         "refit" => "no-refit",
         "format" => "output-format",
         "random_tokens" => "text",
+        "quant" => return "QUANT".into(),
+        "adapters" => return "ADAPTER".into(),
         "temperature" => "temp",
         other => other,
     };

@@ -37,6 +37,10 @@ pub enum Job {
     Imatrix(ImatrixJob),
     /// Zero weights of the linear layers (magnitude, Wanda, SparseGPT; unstructured or N:M).
     Prune(PruneJob),
+    /// A LoRA adapter correcting a quantized model's error (whitened SVD).
+    Lowrank(LowrankJob),
+    /// LoRA adapters merged into a model (optionally quantized in the same pass).
+    Merge(MergeJob),
     /// Perplexity over a text, as llama-perplexity computes it.
     Perplexity(PerplexityJob),
     /// KL-divergence, same top token and perplexity of quantized models against a base.
@@ -80,6 +84,8 @@ impl Job {
             Job::Export(_) => "export",
             Job::Imatrix(_) => "imatrix",
             Job::Prune(_) => "prune",
+            Job::Lowrank(_) => "lowrank",
+            Job::Merge(_) => "merge",
             Job::Perplexity(_) => "perplexity",
             Job::Compare(_) => "compare",
             Job::Choice(_) => "choice",
@@ -118,10 +124,16 @@ impl Job {
             Job::Convert(j) => {
                 v.push(("model", I, &mut j.model));
                 v.push(("output", O, &mut j.output));
+                if let Some(p) = &mut j.base {
+                    v.push(("base", I, p));
+                }
             }
             Job::Export(j) => {
                 v.push(("model", I, &mut j.model));
                 v.push(("output", O, &mut j.output));
+                if let Some(p) = &mut j.base {
+                    v.push(("base", I, p));
+                }
             }
             Job::Imatrix(j) => {
                 if let Some(p) = &mut j.model {
@@ -134,6 +146,9 @@ impl Job {
                 for p in &mut j.in_files {
                     v.push(("in_files", I, p));
                 }
+                for a in &mut j.lora {
+                    v.push(("lora", I, &mut a.path));
+                }
             }
             Job::Prune(j) => {
                 v.push(("model", I, &mut j.model));
@@ -142,9 +157,27 @@ impl Job {
                     v.push(("text", I, p));
                 }
             }
+            Job::Lowrank(j) => {
+                v.push(("base", I, &mut j.base));
+                v.push(("quant", I, &mut j.quant));
+                v.push(("output", O, &mut j.output));
+                if let Some(p) = &mut j.text {
+                    v.push(("text", I, p));
+                }
+            }
+            Job::Merge(j) => {
+                v.push(("model", I, &mut j.model));
+                for a in &mut j.adapters {
+                    v.push(("adapters", I, &mut a.path));
+                }
+                v.push(("output", O, &mut j.output));
+            }
             Job::Perplexity(j) => {
                 v.push(("model", I, &mut j.model));
                 v.push(("text", I, &mut j.text));
+                for a in &mut j.lora {
+                    v.push(("lora", I, &mut a.path));
+                }
             }
             Job::Compare(j) => {
                 if let Some(p) = &mut j.base {
@@ -162,12 +195,23 @@ impl Job {
                 if let Some(p) = &mut j.save_base {
                     v.push(("save_base", O, p));
                 }
+                for a in &mut j.lora {
+                    v.push(("lora", I, &mut a.path));
+                }
             }
             Job::Choice(j) => {
                 v.push(("model", I, &mut j.model));
                 v.push(("tasks", I, &mut j.tasks));
+                for a in &mut j.lora {
+                    v.push(("lora", I, &mut a.path));
+                }
             }
-            Job::Bench(j) => v.push(("model", I, &mut j.model)),
+            Job::Bench(j) => {
+                v.push(("model", I, &mut j.model));
+                for a in &mut j.lora {
+                    v.push(("lora", I, &mut a.path));
+                }
+            }
             Job::Fit(j) => {
                 v.push(("model", I, &mut j.model));
                 if let Some(p) = &mut j.output {
@@ -195,7 +239,12 @@ impl Job {
                 v.push(("model", I, &mut j.model));
                 v.push(("text", I, &mut j.text));
             }
-            Job::Generate(j) => v.push(("model", I, &mut j.model)),
+            Job::Generate(j) => {
+                v.push(("model", I, &mut j.model));
+                for a in &mut j.lora {
+                    v.push(("lora", I, &mut a.path));
+                }
+            }
             Job::Inspect(j) => v.push(("path", I, &mut j.path)),
             Job::Verify(j) => {
                 for p in &mut j.files {
@@ -223,6 +272,8 @@ pub enum Outcome {
     Export(ExportOutcome),
     Imatrix(ImatrixOutcome),
     Prune(PruneOutcome),
+    Lowrank(LowrankOutcome),
+    Merge(MergeOutcome),
     Perplexity(PerplexityOutcome),
     Compare(CompareOutcome),
     Choice(ChoiceOutcome),
@@ -245,6 +296,8 @@ impl Outcome {
             Outcome::Export(o) => o.run_id,
             Outcome::Imatrix(o) => o.run_id,
             Outcome::Prune(o) => o.run_id,
+            Outcome::Lowrank(o) => o.run_id,
+            Outcome::Merge(o) => o.run_id,
             Outcome::Perplexity(o) => o.run_id,
             Outcome::Compare(o) => o.run_ids.last().copied().flatten(),
             Outcome::Choice(o) => o.run_id,
@@ -274,6 +327,8 @@ pub fn run(job: &Job, ctx: &RunCtx) -> Result<Outcome> {
         Job::Export(j) => kinds::export::run(j, ctx).map(Outcome::Export),
         Job::Imatrix(j) => kinds::imatrix::run(j, ctx).map(Outcome::Imatrix),
         Job::Prune(j) => kinds::prune::run(j, ctx).map(Outcome::Prune),
+        Job::Lowrank(j) => kinds::adapter::run_lowrank(j, ctx).map(Outcome::Lowrank),
+        Job::Merge(j) => kinds::adapter::run_merge(j, ctx).map(Outcome::Merge),
         Job::Perplexity(j) => kinds::eval::perplexity(j, ctx).map(Outcome::Perplexity),
         Job::Compare(j) => kinds::eval::compare(j, ctx).map(Outcome::Compare),
         Job::Choice(j) => kinds::eval::choice(j, ctx).map(Outcome::Choice),
@@ -310,6 +365,8 @@ pub fn from_json(body: &[u8]) -> Result<Job> {
         "export" => Job::Export(part(rest)?),
         "imatrix" => Job::Imatrix(part(rest)?),
         "prune" => Job::Prune(part(rest)?),
+        "lowrank" => Job::Lowrank(part(rest)?),
+        "merge" => Job::Merge(part(rest)?),
         "perplexity" => Job::Perplexity(part(rest)?),
         "compare" => Job::Compare(part(rest)?),
         "choice" => Job::Choice(part(rest)?),
@@ -326,12 +383,14 @@ pub fn from_json(body: &[u8]) -> Result<Job> {
 }
 
 /// Every job kind's name.
-pub const KINDS: [&str; 16] = [
+pub const KINDS: [&str; 18] = [
     "quantize",
     "convert",
     "export",
     "imatrix",
     "prune",
+    "lowrank",
+    "merge",
     "perplexity",
     "compare",
     "choice",
@@ -437,6 +496,20 @@ mod tests {
         let p: Vec<(&str, PathRole)> = j.paths_mut().into_iter().map(|(f, r, _)| (f, r)).collect();
         assert_eq!(p, [("model", PathRole::Input), ("output", PathRole::Output), ("imatrix", PathRole::Input)]);
         assert_eq!(j.outputs(), [PathBuf::from("b.gguf")]);
+
+        // every adapter of a job that runs a model is an input, scale 1 by default
+        let mut j = from_json(
+            br#"{"kind": "compare", "base": "a.gguf", "models": ["q.gguf"], "text": "t.txt",
+                 "lora": [{"path": "l1.gguf"}, {"path": "l2.gguf", "scale": 0.5}]}"#,
+        )
+        .unwrap();
+        let Job::Compare(c) = &j else { panic!() };
+        assert_eq!((c.lora[0].scale, c.lora[1].scale), (1.0, 0.5));
+        assert_eq!(from_json(&serde_json::to_vec(&j).unwrap()).unwrap(), j);
+        let p: Vec<&str> = j.paths_mut().into_iter().filter(|(f, ..)| *f == "lora").map(|(.., p)| p.to_str().unwrap()).collect();
+        assert_eq!(p, ["l1.gguf", "l2.gguf"]);
+        let no_lora = serde_json::to_value(from_json(br#"{"kind": "bench", "model": "a.gguf"}"#).unwrap()).unwrap();
+        assert!(no_lora.get("lora").is_none(), "{no_lora}");
     }
 
     #[test]

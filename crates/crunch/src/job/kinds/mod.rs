@@ -1,6 +1,8 @@
 //! The fields of every job kind (the wire format) and of its outcome. Each kind's runner is in
 //! its own file.
 
+pub(super) mod adapter;
+pub use adapter::{LowrankJob, LowrankOutcome, MergeJob, MergeOutcome};
 pub(super) mod convert;
 pub use convert::ConvertSummary;
 pub(super) mod eval;
@@ -22,6 +24,30 @@ use std::path::PathBuf;
 
 fn yes() -> bool {
     true
+}
+
+/// A job's LoRA adapters in its registry run: `params["lora"]` lists their paths and scales
+/// (left out without adapters, so such runs are recorded as before), and each file is an input
+/// of role `lora` (hashed like the model).
+pub(super) fn record_lora<'a>(
+    params: &mut serde_json::Value,
+    inputs: &mut Vec<(&'static str, &'a std::path::Path)>,
+    lora: &'a [crunch_model::LoraSpec],
+) {
+    if lora.is_empty() {
+        return;
+    }
+    let list: Vec<serde_json::Value> = lora
+        .iter()
+        .map(|a| {
+            let path = std::path::absolute(&a.path).unwrap_or_else(|_| a.path.clone());
+            serde_json::json!({ "path": path, "scale": a.scale })
+        })
+        .collect();
+    if let Some(m) = params.as_object_mut() {
+        m.insert("lora".into(), serde_json::Value::Array(list));
+    }
+    inputs.extend(lora.iter().map(|a| ("lora", a.path.as_path())));
 }
 
 /// `quantize`: a GGUF model to a llama.cpp preset or type.
@@ -133,6 +159,10 @@ pub struct ConvertJob {
     pub name: Option<String>,
     #[serde(default)]
     pub dry_run: bool,
+    /// The base model (GGUF file or Hugging Face folder) of a PEFT adapter folder being converted
+    /// to a GGUF LoRA adapter (`crunch::peft`); only for adapters.
+    #[serde(default)]
+    pub base: Option<PathBuf>,
 }
 
 impl ConvertJob {
@@ -158,6 +188,10 @@ pub struct ExportJob {
     /// (`sparse-bitmask`) or `2:4` (`sparse-24-bitmask`, every row 2:4); none writes them dense.
     #[serde(default)]
     pub sparse: Option<String>,
+    /// The base model (GGUF file or Hugging Face folder) of a GGUF LoRA adapter being exported as
+    /// a PEFT adapter folder (`crunch::peft`); only for adapters.
+    #[serde(default)]
+    pub base: Option<PathBuf>,
 }
 
 impl ExportJob {
@@ -199,6 +233,10 @@ pub struct ImatrixJob {
     pub save_every: usize,
     #[serde(default)]
     pub process_output: bool,
+    /// LoRA adapters applied to the model while collecting, in order (`FILE[:SCALE]` on the
+    /// command line).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<crunch_model::LoraSpec>,
 }
 
 impl ImatrixJob {
@@ -220,6 +258,9 @@ pub struct PerplexityJob {
     /// Dequantize weights and multiply in f32.
     #[serde(default)]
     pub exact: bool,
+    /// LoRA adapters applied to the model, in order (`FILE[:SCALE]` on the command line).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<crunch_model::LoraSpec>,
 }
 
 /// `compare`: quantized models against a base (KL-divergence, same top token, perplexity).
@@ -250,6 +291,9 @@ pub struct CompareJob {
     pub base_logits: Option<PathBuf>,
     #[serde(default)]
     pub exact: bool,
+    /// LoRA adapters applied to each of `models` (never to the base), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<crunch_model::LoraSpec>,
 }
 
 impl CompareJob {
@@ -268,6 +312,9 @@ pub struct ChoiceJob {
     pub limit: Option<usize>,
     #[serde(default)]
     pub exact: bool,
+    /// LoRA adapters applied to the model, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<crunch_model::LoraSpec>,
 }
 
 /// `bench`: speed and peak memory.
@@ -285,6 +332,9 @@ pub struct BenchJob {
     pub reps: usize,
     #[serde(default)]
     pub exact: bool,
+    /// LoRA adapters applied to the model, in order (their cost is part of the speed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<crunch_model::LoraSpec>,
 }
 
 impl BenchJob {
@@ -502,6 +552,9 @@ pub struct GenerateJob {
     pub ignore_eos: bool,
     #[serde(default)]
     pub exact: bool,
+    /// LoRA adapters applied to the model, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<crunch_model::LoraSpec>,
 }
 
 impl GenerateJob {
