@@ -33,6 +33,7 @@ use crunch_calib::text::{self, ChunkOptions, TextSource};
 use crunch_core::gguf::{GgufFile, TensorInfo};
 use crunch_core::GgmlType;
 use crunch_model::lora::{self, LoraTensor};
+use rayon::prelude::*;
 use regex::Regex;
 use serde::Serialize;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -137,7 +138,11 @@ fn targets(base: &GgufFile, quant: &GgufFile, pattern: Option<&Regex>) -> Result
             continue;
         }
         let q = quant.tensor(&t.name).ok_or_else(|| {
-            Error::Invalid(format!("{}: tensor {} of the base is missing (another model?)", quant.path.display(), t.name))
+            Error::Invalid(format!(
+                "{}: tensor {} of the base is missing (another model?)",
+                quant.path.display(),
+                t.name
+            ))
         })?;
         if q.dims != t.dims || t.dims.len() != 2 {
             return Err(Error::Invalid(format!(
@@ -159,7 +164,12 @@ fn targets(base: &GgufFile, quant: &GgufFile, pattern: Option<&Regex>) -> Result
                 )));
             }
         }
-        out.push(Target { name: t.name.clone(), n_in: t.dims[0] as usize, n_out: t.dims[1] as usize, quant: q.clone() });
+        out.push(Target {
+            name: t.name.clone(),
+            n_in: t.dims[0] as usize,
+            n_out: t.dims[1] as usize,
+            quant: q.clone(),
+        });
     }
     if out.is_empty() {
         return Err(Error::field(
@@ -180,20 +190,12 @@ fn dequantize(file: &GgufFile, info: &TensorInfo) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// `tr(W H Wᵀ)`: the squared norm of `W`'s outputs for inputs of second moment `h`.
+/// `tr(W H Wᵀ)`: the squared norm of `W`'s outputs for inputs of second moment `h` (`W H` by
+/// one matrix product, then its entries against `W`'s).
 fn output_energy(w: &[f32], n_in: usize, h: &[f32]) -> f64 {
-    use rayon::prelude::*;
-    w.par_chunks(n_in)
-        .map(|row| {
-            let mut s = 0f64;
-            for (i, &wi) in row.iter().enumerate() {
-                let hr = &h[i * n_in..(i + 1) * n_in];
-                let dot: f64 = hr.iter().zip(row).map(|(&a, &b)| a as f64 * b as f64).sum();
-                s += wi as f64 * dot;
-            }
-            s
-        })
-        .sum()
+    // H is symmetric, so W Hᵀ = W H.
+    let wh = linalg::matmul_xwt(w, n_in, h, n_in);
+    wh.iter().zip(w).map(|(&a, &b)| a as f64 * b as f64).sum()
 }
 
 /// Spread ranks under `budget` bytes: `gains[t][i]` is what component `i` of tensor `t` buys
@@ -277,7 +279,10 @@ pub fn lowrank(
                 return Err(Error::field("lowrank.rank", "must be at least 1"));
             }
             if !r.is_multiple_of(step) {
-                return Err(Error::field("lowrank.rank", format!("{r} is not a multiple of {}'s block of {step}", o.ty)));
+                return Err(Error::field(
+                    "lowrank.rank",
+                    format!("{r} is not a multiple of {}'s block of {step}", o.ty),
+                ));
             }
             if let Some(t) = targets.iter().find(|t| r > t.n_in.min(t.n_out)) {
                 return Err(Error::field(
@@ -318,8 +323,8 @@ pub fn lowrank(
             None => w.iter().map(|&x| (x as f64).powi(2)).sum(),
         };
         let max = cap.min(t.n_in.min(t.n_out)) / step * step;
-        let mut lr = correction(&t.name, &err, t.n_in, h, max, if h.is_some() { o.damp } else { 0.0 })
-            .map_err(calib_err)?;
+        let mut lr =
+            correction(&t.name, &err, t.n_in, h, max, if h.is_some() { o.damp } else { 0.0 }).map_err(calib_err)?;
         lr.balance(t.n_in);
         Ok(Candidate { name: t.name.clone(), n_in: t.n_in, quant_type: t.quant.ty, lr, energy })
     };
@@ -340,16 +345,23 @@ pub fn lowrank(
                 let mut layer = runner.load_layer(i).map_err(calib_err)?;
                 let mut failed: Option<Error> = None;
                 let mut hook = |grp: Group, l: &mut Layer, input: &mut [f32]| -> crunch_calib::Result<()> {
-                    let lins: Vec<&crunch_calib::runner::Linear> =
-                        l.group_mut(grp).into_iter().map(|x| &*x).filter(|x| by_name.contains_key(x.name.as_str())).collect();
+                    let lins: Vec<&crunch_calib::runner::Linear> = l
+                        .group_mut(grp)
+                        .into_iter()
+                        .map(|x| &*x)
+                        .filter(|x| by_name.contains_key(x.name.as_str()))
+                        .collect();
                     if lins.is_empty() || failed.is_some() {
                         return Ok(());
                     }
                     let n_in = lins[0].n_in;
                     let mut h = vec![0f32; n_in * n_in];
                     linalg::add_xtx(&mut h, input, n_in);
-                    for lin in lins {
-                        match correct(by_name[lin.name.as_str()], &lin.w, Some(&h)) {
+                    // The group's tensors share H: their SVDs run side by side.
+                    let done: Vec<Result<Candidate>> =
+                        lins.par_iter().map(|lin| correct(by_name[lin.name.as_str()], &lin.w, Some(&h))).collect();
+                    for c in done {
+                        match c {
                             Ok(c) => cands.push(c),
                             Err(e) => {
                                 failed = Some(e);
@@ -368,14 +380,23 @@ pub fn lowrank(
         }
         None => {
             progress.start("lowrank", targets.len() as u64);
-            for (i, t) in targets.iter().enumerate() {
+            // A few tensors at a time: their SVDs run side by side, memory stays at a few weights.
+            let width = rayon::current_num_threads().max(1);
+            for (n, group) in targets.chunks(width).enumerate() {
                 if cancel.is_cancelled() {
                     return Err(Error::Cancelled);
                 }
-                let info = base.tensor(&t.name).expect("target comes from the base");
-                let w = dequantize(&base, info)?;
-                cands.push(correct(t, &w, None)?);
-                progress.advance((i + 1) as u64, &t.name);
+                let done: Vec<Result<Candidate>> = group
+                    .par_iter()
+                    .map(|t| {
+                        let info = base.tensor(&t.name).expect("target comes from the base");
+                        correct(t, &dequantize(&base, info)?, None)
+                    })
+                    .collect();
+                for c in done {
+                    cands.push(c?);
+                }
+                progress.advance((n * width + group.len()) as u64, &group[group.len() - 1].name);
             }
         }
     }
@@ -385,7 +406,9 @@ pub fn lowrank(
         RankChoice::Budget(b) => {
             let gains: Vec<Vec<f64>> = cands
                 .iter()
-                .map(|c| c.lr.singular_values[..c.lr.rank].iter().map(|s| s * s / c.energy.max(f64::MIN_POSITIVE)).collect())
+                .map(|c| {
+                    c.lr.singular_values[..c.lr.rank].iter().map(|s| s * s / c.energy.max(f64::MIN_POSITIVE)).collect()
+                })
                 .collect();
             let cost: Vec<u64> = cands.iter().map(|c| bytes_per(by_name[c.name.as_str()]).max(1)).collect();
             allocate(&gains, &cost, b, step)
