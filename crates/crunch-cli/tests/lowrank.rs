@@ -184,7 +184,7 @@ fn bad_requests_name_the_tensor_key_or_option() {
         a: vec![0.0; 128],
         b: vec![0.0; 128],
     };
-    write_adapter(&other, adapter_metadata("llama", 2.0), GgmlType::F32, &[t.clone()]).unwrap();
+    write_adapter(&other, adapter_metadata("llama", 2.0), GgmlType::F32, std::slice::from_ref(&t)).unwrap();
     let e = fails(&["lowrank", s(&base), s(&other), "-o", s(&out), "--rank", "8"]);
     assert!(e.contains("blk.0.attn_k.weight") || e.contains("blk.0.attn_q.weight"), "{e}");
     assert!(!out.exists());

@@ -13,8 +13,8 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 /// The job kinds and what each does.
 pub const KINDS: &[(&str, &str)] = &[
     ("quantize", "a GGUF model to a llama.cpp preset or type (model, output, type, …)"),
-    ("convert", "a Hugging Face folder to GGUF (model, output, type)"),
-    ("export", "a GGUF model back to a Hugging Face folder (model, output, dtype)"),
+    ("convert", "a Hugging Face folder to GGUF, or with base a PEFT adapter folder to a GGUF LoRA adapter (model, output, type, base)"),
+    ("export", "a GGUF model back to a Hugging Face folder, or with base a GGUF LoRA adapter to a PEFT folder (model, output, dtype, base)"),
     ("imatrix", "an importance matrix from calibration text (model, text, output, lora)"),
     ("prune", "zero weights of the linear layers: magnitude, wanda or sparsegpt (model, output, method, sparsity|pattern, text)"),
     ("lowrank", "a LoRA adapter correcting a quantized model's error by whitened SVD (base, quant, output, rank|budget, text)"),

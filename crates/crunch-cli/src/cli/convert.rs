@@ -8,16 +8,23 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct ConvertArgs {
-    /// Hugging Face model folder (config.json, tokenizer files, *.safetensors).
+    /// Hugging Face model folder (config.json, tokenizer files, *.safetensors), or a PEFT LoRA
+    /// adapter folder (adapter_config.json, adapter_model.safetensors; needs --base).
     input: PathBuf,
     /// Output GGUF file (written atomically; OUTPUT.sha256 is written beside it).
     output: PathBuf,
     /// f32, f16, bf16 (convert), auto (the checkpoint's own float type: f32, f16 or bf16, as its
     /// first matrix is stored), or any quantization
     /// preset (q8_0, q4_k_m, …): converted and quantized in one pass, with the same result as
-    /// converting to the checkpoint's float type and running `crunch quantize`.
+    /// converting to the checkpoint's float type and running `crunch quantize`. A PEFT adapter is
+    /// written as auto (its safetensors dtype), f32, f16, bf16 or q8_0.
     #[arg(long = "type", short = 't', value_name = "TYPE", default_value = "auto")]
     ftype: String,
+    /// For a PEFT adapter folder: its base model (GGUF file or Hugging Face folder), which gives
+    /// the architecture, the attention heads of the Q/K row order and the shapes to check. The
+    /// output is a GGUF LoRA adapter (llama.cpp's --lora).
+    #[arg(long, value_name = "MODEL")]
+    base: Option<PathBuf>,
     /// Pre-tokenizer name to write (tokenizer.ggml.pre) when crunch cannot recognise it.
     #[arg(long, value_name = "NAME")]
     pre: Option<String>,
@@ -56,7 +63,28 @@ fn print_plan(plan: &ConvertSummary) {
 }
 
 fn summary(plan: &ConvertSummary) {
-    let v = &plan.tokenizer;
+    if let Some(a) = &plan.adapter {
+        let ranks: Vec<String> = a.ranks.iter().map(|r| r.to_string()).collect();
+        let rescaled = if a.rescaled.is_empty() {
+            String::new()
+        } else {
+            format!("; PEFT's scale folded into lora_B of {}", a.rescaled.join(", "))
+        };
+        println!(
+            "{} -> {} LoRA adapter ({}), {} weights, rank {}, alpha {}, base {}{rescaled}; {} -> {}",
+            plan.architecture,
+            plan.gguf_architecture,
+            plan.ftype,
+            a.pairs,
+            ranks.join("/"),
+            a.alpha,
+            a.base,
+            human_bytes(plan.src_bytes),
+            human_bytes(plan.dst_bytes)
+        );
+        return;
+    }
+    let Some(v) = &plan.tokenizer else { return };
     let pre = match (&v.pre, &v.pre_source) {
         (Some(p), Some(s)) => format!(", pre-tokenizer {p} ({s:?})"),
         _ => String::new(),
@@ -83,6 +111,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         pre: a.pre.clone(),
         name: a.name.clone(),
         dry_run: a.dry_run,
+        base: a.base.clone(),
     });
     let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json || a.dry_run), None)?;
     let Outcome::Convert(o) =
@@ -100,7 +129,10 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         return Ok(());
     };
     if a.json {
-        super::print_json(&serde_json::json!({"tokenizer": plan.tokenizer, "result": report}))?;
+        match &plan.adapter {
+            Some(adapter) => super::print_json(&serde_json::json!({"adapter": adapter, "result": report}))?,
+            None => super::print_json(&serde_json::json!({"tokenizer": plan.tokenizer, "result": report}))?,
+        }
     } else {
         if !a.quiet {
             summary(plan);

@@ -9,9 +9,11 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
-    /// GGUF model (any type crunch reads; quantized tensors are dequantized).
+    /// GGUF model (any type crunch reads; quantized tensors are dequantized), or a GGUF LoRA
+    /// adapter (needs --base).
     input: PathBuf,
-    /// Output folder (created if needed): config.json, tokenizer files, *.safetensors.
+    /// Output folder (created if needed): config.json, tokenizer files, *.safetensors; for an
+    /// adapter, PEFT's adapter_config.json and adapter_model.safetensors.
     output: PathBuf,
     /// Tensor type of the safetensors: auto (keep the source's precision: F32, F16 and BF16
     /// tensors as they are, quantized ones as the file's float matrices, else f16), f16, bf16 or f32.
@@ -25,6 +27,11 @@ pub struct ExportArgs {
     /// 2:4 (sparse-24-bitmask, every row 2:4). Values keep --dtype.
     #[arg(long, value_name = "bitmask|2:4")]
     sparse: Option<String>,
+    /// For a LoRA adapter: its base model (GGUF file or Hugging Face folder), which gives the module
+    /// names, the attention heads of the Q/K row order and the shapes to check. The output is a
+    /// PEFT adapter folder (auto keeps F32/F16/BF16 and writes Q8_0 as f32).
+    #[arg(long, value_name = "MODEL")]
+    base: Option<PathBuf>,
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -43,6 +50,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         dtype: a.dtype.clone(),
         max_shard_bytes: a.max_shard_bytes,
         sparse: a.sparse.clone(),
+        base: a.base.clone(),
     });
     let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json), None)?;
     let Outcome::Export(o) = super::run_job(&job, &ctx)

@@ -183,6 +183,9 @@ fn flag_of(field: &str) -> String {
     if let Some(rest) = field.strip_prefix("fit.prune.") {
         return format!("--prune-{}", rest.replace('_', "-"));
     }
+    if field == "convert.base" || field == "export.base" {
+        return "--base".into(); // an option there, not compare's positional BASE
+    }
     if field.starts_with("search.recipes") {
         // A recipe file's field: named as the file names it.
         return field.trim_start_matches("search.").to_string();

@@ -506,7 +506,8 @@ mod tests {
         let Job::Compare(c) = &j else { panic!() };
         assert_eq!((c.lora[0].scale, c.lora[1].scale), (1.0, 0.5));
         assert_eq!(from_json(&serde_json::to_vec(&j).unwrap()).unwrap(), j);
-        let p: Vec<&str> = j.paths_mut().into_iter().filter(|(f, ..)| *f == "lora").map(|(.., p)| p.to_str().unwrap()).collect();
+        let p: Vec<&str> =
+            j.paths_mut().into_iter().filter(|(f, ..)| *f == "lora").map(|(.., p)| p.to_str().unwrap()).collect();
         assert_eq!(p, ["l1.gguf", "l2.gguf"]);
         let no_lora = serde_json::to_value(from_json(br#"{"kind": "bench", "model": "a.gguf"}"#).unwrap()).unwrap();
         assert!(no_lora.get("lora").is_none(), "{no_lora}");

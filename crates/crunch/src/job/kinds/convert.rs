@@ -1,10 +1,12 @@
-//! The `convert` job: a Hugging Face folder to GGUF.
+//! The `convert` job: a Hugging Face folder to GGUF, or a PEFT adapter folder to a GGUF LoRA
+//! adapter (with `base`).
 
 use super::{ConvertJob, ConvertOutcome};
 use crate::convert::{self, ConvertOptions, MappingRow, VocabSummary};
 use crate::error::{Error, Result};
 use crate::job::record::{metric, Recorder};
 use crate::job::RunCtx;
+use crate::peft;
 use crate::quantize::Ftype;
 use crunch_core::safetensors::{Dtype, SafetensorsModel};
 use serde::Serialize;
@@ -18,7 +20,12 @@ pub struct ConvertSummary {
     #[serde(rename = "type")]
     pub ftype: String,
     pub base_type: String,
-    pub tokenizer: VocabSummary,
+    /// The tokenizer found (none for a PEFT adapter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<VocabSummary>,
+    /// What a PEFT adapter folder holds (none for a model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<peft::AdapterSummary>,
     pub total_params: u64,
     pub src_bytes: u64,
     pub dst_bytes: u64,
@@ -39,6 +46,20 @@ fn auto_type(dir: &Path) -> Result<Ftype> {
 }
 
 pub(crate) fn run(j: &ConvertJob, ctx: &RunCtx) -> Result<ConvertOutcome> {
+    if peft::is_peft_dir(&j.model) {
+        return run_peft(j, ctx);
+    }
+    if j.base.is_some() {
+        return Err(Error::field(
+            "convert.base",
+            format!(
+                "{} is not a PEFT adapter folder ({} + {}); a base model is only given for adapters",
+                j.model.display(),
+                peft::CONFIG_FILE,
+                peft::WEIGHTS_FILE
+            ),
+        ));
+    }
     let ftype = if j.ftype.eq_ignore_ascii_case("auto") {
         auto_type(&j.model)?
     } else {
@@ -53,7 +74,8 @@ pub(crate) fn run(j: &ConvertJob, ctx: &RunCtx) -> Result<ConvertOutcome> {
         gguf_architecture: plan.config.arch.gguf_name().to_string(),
         ftype: plan.ftype.name().to_string(),
         base_type: plan.base_ftype.name().to_string(),
-        tokenizer: plan.vocab.clone(),
+        tokenizer: Some(plan.vocab.clone()),
+        adapter: None,
         total_params: plan.total_params,
         src_bytes: plan.src_bytes(),
         dst_bytes: plan.dst_bytes(),
@@ -62,13 +84,7 @@ pub(crate) fn run(j: &ConvertJob, ctx: &RunCtx) -> Result<ConvertOutcome> {
     if j.dry_run {
         return Ok(ConvertOutcome { plan: summary, result: None, run_id: None });
     }
-    let out_abs = std::path::absolute(&j.output).unwrap_or_else(|_| j.output.clone());
-    for input in plan.inputs() {
-        let in_abs = input.canonicalize().unwrap_or(input.clone());
-        if out_abs.canonicalize().ok().as_ref() == Some(&in_abs) || out_abs == in_abs {
-            return Err(Error::field("convert.output", format!("{} is one of the input files", j.output.display())));
-        }
-    }
+    refuse_input_as_output(&j.output, &plan.inputs())?;
     let params = serde_json::json!({ "type": plan.ftype.name(), "pre": j.pre, "name": j.name });
     let rec = Recorder::start(
         "convert",
@@ -88,5 +104,78 @@ pub(crate) fn run(j: &ConvertJob, ctx: &RunCtx) -> Result<ConvertOutcome> {
             (metric::PEAK_RSS_BYTES, r.peak_rss_bytes as f64),
         ]
     })?;
+    Ok(ConvertOutcome { plan: summary, result: Some(report), run_id })
+}
+
+fn refuse_input_as_output(output: &Path, inputs: &[std::path::PathBuf]) -> Result<()> {
+    let out_abs = std::path::absolute(output).unwrap_or_else(|_| output.to_path_buf());
+    for input in inputs {
+        let in_abs = input.canonicalize().unwrap_or(input.clone());
+        if out_abs.canonicalize().ok().as_ref() == Some(&in_abs) || out_abs == in_abs {
+            return Err(Error::field("convert.output", format!("{} is one of the input files", output.display())));
+        }
+    }
+    Ok(())
+}
+
+/// A PEFT adapter folder to a GGUF LoRA adapter against `base`.
+fn run_peft(j: &ConvertJob, ctx: &RunCtx) -> Result<ConvertOutcome> {
+    let base_path = j.base.as_ref().ok_or_else(|| {
+        Error::field(
+            "convert.base",
+            format!(
+                "{} is a PEFT adapter folder: name its base model (GGUF file or Hugging Face folder), which gives the \
+                 architecture, the attention heads of the Q/K row order and the shapes to check",
+                j.model.display()
+            ),
+        )
+    })?;
+    let ty = peft::to_gguf::parse_type(&j.ftype).ok_or_else(|| {
+        Error::field(
+            "convert.type",
+            format!("{:?}: a LoRA adapter is written as auto, f32, f16, bf16 or q8_0", j.ftype),
+        )
+    })?;
+    if j.pre.is_some() {
+        return Err(Error::field("convert.pre", "a LoRA adapter has no tokenizer"));
+    }
+    if j.name.is_some() {
+        return Err(Error::field(
+            "convert.name",
+            "a LoRA adapter's metadata is exactly its architecture, type and alpha",
+        ));
+    }
+    let base = peft::BaseModel::open(base_path)?;
+    let plan = peft::plan_gguf(&j.model, base, ty)?;
+    let summary = ConvertSummary {
+        architecture: format!("PEFT LoRA adapter ({})", plan.base.arch.hf_name()),
+        gguf_architecture: plan.base.arch.gguf_name().to_string(),
+        ftype: plan.ty.name().to_string(),
+        base_type: plan.ty.name().to_string(),
+        tokenizer: None,
+        adapter: Some(plan.summary()),
+        total_params: plan.n_params(),
+        src_bytes: plan.src_bytes(),
+        dst_bytes: plan.dst_bytes(),
+        tensors: plan.rows(),
+    };
+    if j.dry_run {
+        return Ok(ConvertOutcome { plan: summary, result: None, run_id: None });
+    }
+    refuse_input_as_output(&j.output, &plan.inputs())?;
+    let params = serde_json::json!({ "type": plan.ty.name(), "adapter": "peft" });
+    let rec = Recorder::start(
+        "convert",
+        ctx.registry.as_deref(),
+        Some(format!("lora {}", plan.ty.name())),
+        params,
+        &[("model", &plan.dir.join(peft::WEIGHTS_FILE)), ("base", base_path)],
+    );
+    let res = peft::write_gguf(&plan, &j.output, ctx.progress.as_ref(), &ctx.cancel);
+    if res.is_ok() {
+        rec.output(&j.output);
+    }
+    let (report, run_id) =
+        rec.close(res, |r| vec![(metric::FILE_BYTES, r.file_bytes as f64), (metric::SECONDS, r.seconds)])?;
     Ok(ConvertOutcome { plan: summary, result: Some(report), run_id })
 }
