@@ -2,7 +2,7 @@
 """Perplexity and prompt-processing speed of crunch vs llama.cpp on the same GGUF models and text.
 
   compare_perplexity.py TEXT MODEL.gguf [MODEL.gguf ...] [--ctx 512] [--chunks N] [--threads 2]
-                        [--crunch PATH] [--json OUT] [--tolerance 0.5]
+                        [--lora FILE[:SCALE]] [--crunch PATH] [--json OUT] [--tolerance 0.5]
 
 Run with the llama.cpp venv ($CRUNCH_CACHE/llama-venv/bin/python: llama_cpp + numpy).
 
@@ -13,6 +13,9 @@ For each model, in the same run and one after the other (never concurrently):
   asking for logits from position ctx/2 on (as llama-perplexity does), and score positions ctx/2 .. ctx-2 with llama.cpp's log-softmax (max in
   f32, sum of expf in f64). Tokens/s = evaluated tokens / evaluation time; peak RSS of the child.
 - crunch: `crunch eval perplexity MODEL --text TEXT --ctx N --chunks N --threads T --json`.
+With --lora FILE[:SCALE] (one LoRA adapter, scale 1 by default) both run every model with the adapter:
+llama.cpp through `Llama(..., lora_path=FILE, lora_scale=SCALE)` (its --lora-scaled), crunch with
+`--lora FILE:SCALE`.
 Prints both perplexities, their difference in percent, both speeds and peak memory; exits 1 if a
 difference exceeds --tolerance percent.
 """
@@ -31,13 +34,39 @@ import llama_build
 REPO = Path(__file__).resolve().parent.parent
 
 
-def llama_cpp_worker(model, text_path, n_ctx, n_chunks, threads):
+def parse_lora(spec):
+    """`FILE[:SCALE]` as crunch's --lora reads it: the part after the last ':' is a scale if it is a number."""
+    if not spec:
+        return None
+    path, sep, scale = spec.rpartition(":")
+    if sep:
+        try:
+            value = float(scale)
+        except ValueError:
+            return spec, 1.0
+        if not math.isfinite(value):
+            sys.exit(f"--lora {spec}: the scale must be a finite number")
+        return path, value
+    return spec, 1.0
+
+
+def open_llama(model, n_ctx, threads, lora):
+    """A llama_cpp.Llama for perplexity-style batches, with the LoRA adapter `lora` = (FILE, SCALE) if given."""
+    import llama_cpp
+
+    kw = {}
+    if lora:
+        kw = {"lora_path": str(lora[0]), "lora_scale": float(lora[1])}
+    return llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+                           n_threads=threads, n_threads_batch=threads, verbose=False, **kw)
+
+
+def llama_cpp_worker(model, text_path, n_ctx, n_chunks, threads, lora=None):
     import numpy as np
     import llama_cpp
 
     text = Path(text_path).read_text(encoding="utf-8")
-    llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                          n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = open_llama(model, n_ctx, threads, parse_lora(lora))
     ctx = llm.ctx
     n_vocab = llm.n_vocab()
     add_bos = bool(llm._model.add_bos_token())
@@ -94,18 +123,22 @@ def llama_cpp_worker(model, text_path, n_ctx, n_chunks, threads):
     }))
 
 
-def llama_cpp_perplexity(model, text, n_ctx, n_chunks, threads):
+def llama_cpp_perplexity(model, text, n_ctx, n_chunks, threads, lora=None):
     cmd = [sys.executable, __file__, "--worker", str(model), str(text), "--ctx", str(n_ctx),
            "--chunks", str(n_chunks or 0), "--threads", str(threads)]
+    if lora:
+        cmd += ["--lora", lora]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"llama.cpp worker failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def crunch_perplexity(crunch, model, text, n_ctx, n_chunks, threads):
+def crunch_perplexity(crunch, model, text, n_ctx, n_chunks, threads, lora=None):
     cmd = [crunch, "eval", "perplexity", str(model), "--text", str(text), "--ctx", str(n_ctx),
            "--threads", str(threads), "--json"]
+    if lora:
+        cmd += ["--lora", lora]
     if n_chunks:
         cmd += ["--chunks", str(n_chunks)]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -130,32 +163,38 @@ def main():
     ap.add_argument("--crunch", default=str(Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release/crunch"))
     ap.add_argument("--json", help="write all results to this file")
     ap.add_argument("--tolerance", type=float, default=0.5, help="allowed PPL difference in percent")
+    ap.add_argument("--lora", metavar="FILE[:SCALE]",
+                    help="LoRA adapter applied to every model in both tools (scale multiplies alpha/rank, "
+                         "as llama.cpp's --lora-scaled)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         # argv: --worker MODEL TEXT (parsed as text=MODEL, models=[TEXT])
-        return llama_cpp_worker(a.text, a.models[0], a.ctx, a.chunks, a.threads)
+        return llama_cpp_worker(a.text, a.models[0], a.ctx, a.chunks, a.threads, a.lora)
+    if a.lora:
+        parse_lora(a.lora)  # refuse a bad scale before running anything
     llama_build.print_build()
     results = []
     ok = True
     for model in a.models:
         name = Path(model).name
-        ref = llama_cpp_perplexity(model, a.text, a.ctx, a.chunks, a.threads)
-        ours = crunch_perplexity(a.crunch, model, a.text, a.ctx, a.chunks, a.threads)
+        ref = llama_cpp_perplexity(model, a.text, a.ctx, a.chunks, a.threads, a.lora)
+        ours = crunch_perplexity(a.crunch, model, a.text, a.ctx, a.chunks, a.threads, a.lora)
         if ours["n_tokens"] != ref["n_tokens"] or ours["count"] != ref["count"]:
             print(f"{name}: token counts differ: llama.cpp {ref['n_tokens']}/{ref['count']}, "
                   f"crunch {ours['n_tokens']}/{ours['count']}")
             ok = False
         rel = 100.0 * (ours["ppl"] - ref["ppl"]) / ref["ppl"]
         ok &= abs(rel) <= a.tolerance
-        print(f"{name}: {ref['n_chunks']} chunks of {a.ctx}, {ref['count']} scored, {a.threads} threads")
+        with_lora = f", LoRA {a.lora}" if a.lora else ""
+        print(f"{name}{with_lora}: {ref['n_chunks']} chunks of {a.ctx}, {ref['count']} scored, {a.threads} threads")
         print(f"  llama.cpp  PPL = {ref['ppl']:.4f} +/- {ref['ppl_err']:.5f}  {ref['tokens_per_second']:8.1f} tokens/s"
               f"  peak RSS {mib(ref['peak_rss_bytes'])}")
         print(f"  crunch     PPL = {ours['ppl']:.4f} +/- {ours['ppl_err']:.5f}  {ours['tokens_per_second']:8.1f} tokens/s"
               f"  peak RSS {mib(ours.get('peak_rss_bytes'))}")
         print(f"  difference {rel:+.3f}% (tolerance {a.tolerance}%), speed ratio crunch/llama.cpp "
               f"{ours['tokens_per_second'] / ref['tokens_per_second']:.2f}", flush=True)
-        results.append({"model": name, "ctx": a.ctx, "threads": a.threads, "llama_cpp": ref,
+        results.append({"model": name, "lora": a.lora, "ctx": a.ctx, "threads": a.threads, "llama_cpp": ref,
                         "crunch": {k: v for k, v in ours.items() if k != "chunks"}, "ppl_diff_pct": rel})
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))

@@ -70,7 +70,7 @@ fn greedy_generation_matches_llama_cpp() {
 #[test]
 fn compare_quantizations_with_f32() {
     let text = crunch_testkit::wikitext_dev();
-    let opts = CompareOptions { eval: EvalOptions { ctx: 128, chunks: Some(3), exact: false }, top_k: 32 };
+    let opts = CompareOptions { eval: EvalOptions { ctx: 128, chunks: Some(3), ..Default::default() }, top_k: 32 };
     let f32_path = smollm2_f32();
     let loaded = eval::open_model(&f32_path, false).unwrap();
     let t = eval::read_text(&text).unwrap();
@@ -292,7 +292,7 @@ fn topk_approximation_error() {
     let t = eval::read_text(&crunch_testkit::wikitext_dev()).unwrap();
     let tokens = base.tokenizer.encode(&t, true).unwrap();
     let bos = base.tokenizer.add_bos().then(|| base.tokenizer.bos()).flatten();
-    let opts = EvalOptions { ctx: 512, chunks: Some(4), exact: false };
+    let opts = EvalOptions { ctx: 512, chunks: Some(4), ..Default::default() };
     let ks = [1, 4, 16, 32, 64, 256];
     for ftype in [Ftype::Q8_0, Ftype::Q4_K_M, Ftype::Q4_0] {
         let q = eval::open_model(&quantized(ftype), false).unwrap();

@@ -96,19 +96,24 @@ impl LoraAdapter {
         let key_str = |key: &str| -> Result<String> {
             match meta.get(key) {
                 None => Err(file_err(&path, format!("missing metadata key {key} (is this a LoRA adapter?)"))),
-                Some(v) => v
-                    .as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| file_err(&path, format!("metadata key {key} is a {:?}, not a string", v.value_type()))),
+                Some(v) => v.as_str().map(str::to_string).ok_or_else(|| {
+                    file_err(&path, format!("metadata key {key} is a {:?}, not a string", v.value_type()))
+                }),
             }
         };
         let general_type = key_str(KEY_GENERAL_TYPE)?;
         if general_type != "adapter" {
-            return Err(file_err(&path, format!("{KEY_GENERAL_TYPE} is {general_type:?}, a LoRA adapter has \"adapter\"")));
+            return Err(file_err(
+                &path,
+                format!("{KEY_GENERAL_TYPE} is {general_type:?}, a LoRA adapter has \"adapter\""),
+            ));
         }
         let adapter_type = key_str(KEY_ADAPTER_TYPE)?;
         if adapter_type != "lora" {
-            return Err(file_err(&path, format!("{KEY_ADAPTER_TYPE} is {adapter_type:?}; crunch reads \"lora\" adapters")));
+            return Err(file_err(
+                &path,
+                format!("{KEY_ADAPTER_TYPE} is {adapter_type:?}; crunch reads \"lora\" adapters"),
+            ));
         }
         let arch = key_str("general.architecture")?;
         let alpha = match meta.get(KEY_ALPHA) {
@@ -120,7 +125,10 @@ impl LoraAdapter {
             }
             Some(Value::F32(a)) if a.is_finite() => *a,
             Some(v) => {
-                return Err(file_err(&path, format!("metadata key {KEY_ALPHA} is {v} ({:?}); llama.cpp reads a finite f32", v.value_type())))
+                return Err(file_err(
+                    &path,
+                    format!("metadata key {KEY_ALPHA} is {v} ({:?}); llama.cpp reads a finite f32", v.value_type()),
+                ))
             }
         };
         let mut halves: HashMap<&str, (Option<&TensorInfo>, Option<&TensorInfo>)> = HashMap::new();
@@ -155,7 +163,10 @@ impl LoraAdapter {
             };
             for t in [a, b] {
                 if t.dims.len() != 2 {
-                    return Err(file_err(&path, format!("tensor {}: shape {}, a LoRA half is 2-D", t.name, t.shape_string())));
+                    return Err(file_err(
+                        &path,
+                        format!("tensor {}: shape {}, a LoRA half is 2-D", t.name, t.shape_string()),
+                    ));
                 }
                 if crunch_quant::kernels(t.ty).is_none() {
                     return Err(ModelError::UnsupportedType { tensor: t.name.clone(), ty: t.ty, what: "dequantize" });
@@ -218,7 +229,12 @@ impl LoraAdapter {
     ///
     /// # Errors
     /// Another architecture, a tensor the model does not have, a shape that differs.
-    pub fn check_model(&self, model: &str, arch: &str, shape_of: impl Fn(&str) -> Option<(usize, usize)>) -> Result<()> {
+    pub fn check_model(
+        &self,
+        model: &str,
+        arch: &str,
+        shape_of: impl Fn(&str) -> Option<(usize, usize)>,
+    ) -> Result<()> {
         let path = self.path();
         if self.arch != arch {
             return Err(file_err(
@@ -333,6 +349,48 @@ pub fn adapter_metadata(arch: &str, alpha: f32) -> Metadata {
     m
 }
 
+/// The header entries of an adapter's tensors: `(base, n_in, n_out, rank)` each, `A` then `B`.
+fn adapter_specs(
+    ty: GgmlType,
+    shapes: impl IntoIterator<Item = (String, usize, usize, usize)>,
+) -> Result<Vec<TensorSpec>> {
+    let mut specs = Vec::new();
+    for (base, n_in, n_out, rank) in shapes {
+        for (row, what) in [(n_in, "n_in"), (rank, "rank")] {
+            if !row.is_multiple_of(ty.block_size()) {
+                return Err(ModelError::Input(format!(
+                    "{base}: {what} {row} is not a multiple of {}'s block of {}; write the adapter as f32 or f16",
+                    ty.name(),
+                    ty.block_size()
+                )));
+            }
+        }
+        specs.push(TensorSpec { name: format!("{base}{LORA_A}"), ty, dims: vec![n_in as u64, rank as u64] });
+        specs.push(TensorSpec { name: format!("{base}{LORA_B}"), ty, dims: vec![rank as u64, n_out as u64] });
+    }
+    Ok(specs)
+}
+
+/// The exact size of the file [`write_adapter`] writes for `meta` and tensors
+/// `(base, n_in, n_out, rank)` in type `ty` (what an adapter adds to a model's size).
+///
+/// # Errors
+/// Row lengths the type's block does not divide, names or shapes GGUF cannot hold.
+pub fn adapter_file_bytes(meta: Metadata, ty: GgmlType, shapes: &[(String, usize, usize, usize)]) -> Result<u64> {
+    let specs = adapter_specs(ty, shapes.iter().cloned())?;
+    let alignment = crunch_core::gguf::limits::DEFAULT_ALIGNMENT;
+    let (infos, data) = crunch_core::gguf::layout(&specs, alignment)?;
+    let header = crunch_core::gguf::GgufHeader {
+        version: crunch_core::gguf::limits::WRITE_VERSION,
+        metadata: meta,
+        tensors: infos,
+        alignment,
+        data_start: 0,
+    };
+    let head = crunch_core::gguf::encode_header(&header).len() as u64;
+    Ok(if specs.is_empty() { head } else { crunch_core::gguf::align_up(head, alignment).unwrap_or(head) + data })
+}
+
 /// Write an adapter atomically: metadata `meta` (see [`adapter_metadata`]), then `A` and `B` of
 /// each tensor in order, in type `ty` (one of [`WRITE_TYPES`]). Returns the file's SHA-256.
 ///
@@ -347,7 +405,6 @@ pub fn write_adapter(dest: &Path, meta: Metadata, ty: GgmlType, tensors: &[LoraT
         )));
     }
     let k = crunch_quant::kernels(ty).ok_or_else(|| ModelError::Input(format!("no kernels for {ty}")))?;
-    let mut specs = Vec::with_capacity(2 * tensors.len());
     for t in tensors {
         if t.a.len() != t.rank * t.n_in || t.b.len() != t.n_out * t.rank || t.rank == 0 {
             return Err(ModelError::Input(format!(
@@ -360,19 +417,8 @@ pub fn write_adapter(dest: &Path, meta: Metadata, ty: GgmlType, tensors: &[LoraT
                 t.n_out
             )));
         }
-        for (row, what) in [(t.n_in, "n_in"), (t.rank, "rank")] {
-            if !row.is_multiple_of(ty.block_size()) {
-                return Err(ModelError::Input(format!(
-                    "{}: {what} {row} is not a multiple of {}'s block of {}; write the adapter as f32 or f16",
-                    t.base,
-                    ty.name(),
-                    ty.block_size()
-                )));
-            }
-        }
-        specs.push(TensorSpec { name: format!("{}{LORA_A}", t.base), ty, dims: vec![t.n_in as u64, t.rank as u64] });
-        specs.push(TensorSpec { name: format!("{}{LORA_B}", t.base), ty, dims: vec![t.rank as u64, t.n_out as u64] });
     }
+    let specs = adapter_specs(ty, tensors.iter().map(|t| (t.base.clone(), t.n_in, t.n_out, t.rank)))?;
     let mut w = GgufWriter::create(dest, meta, &specs)?;
     for t in tensors {
         for (suffix, vals, row) in [(LORA_A, &t.a, t.n_in), (LORA_B, &t.b, t.rank)] {
@@ -408,6 +454,9 @@ mod tests {
         let p = dir.path().join("a.gguf");
         let ts = [tensor("blk.0.attn_q.weight", 4, 64, 32, 1.0), tensor("blk.0.ffn_down.weight", 2, 96, 64, 2.0)];
         write_adapter(&p, adapter_metadata("llama", 8.0), GgmlType::F32, &ts).unwrap();
+        let shapes: Vec<_> = ts.iter().map(|t| (t.base.clone(), t.n_in, t.n_out, t.rank)).collect();
+        let predicted = adapter_file_bytes(adapter_metadata("llama", 8.0), GgmlType::F32, &shapes).unwrap();
+        assert_eq!(predicted, std::fs::metadata(&p).unwrap().len());
         let a = LoraAdapter::open(&p).unwrap();
         assert_eq!(a.arch, "llama");
         assert_eq!(a.pairs().len(), 2);
@@ -429,7 +478,8 @@ mod tests {
         assert!(e.contains("general.architecture") && e.contains("qwen2"), "{e}");
         let e = a.check_model("m", "llama", |n| shapes(n).map(|(i, o)| (i, o + 1))).unwrap_err().to_string();
         assert!(e.contains("blk.0.attn_q.weight") && e.contains("[64, 33]"), "{e}");
-        let e = a.check_model("m", "llama", |n| if n.contains("ffn") { None } else { shapes(n) }).unwrap_err().to_string();
+        let e =
+            a.check_model("m", "llama", |n| if n.contains("ffn") { None } else { shapes(n) }).unwrap_err().to_string();
         assert!(e.contains("blk.0.ffn_down.weight"), "{e}");
     }
 

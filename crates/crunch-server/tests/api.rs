@@ -72,6 +72,14 @@ async fn paths_outside_the_roots_are_403() {
         (json!({"kind": "quantize", "model": "m.gguf", "output": "/tmp/escaped.gguf", "type": "Q8_0"}), "output"),
         (json!({"kind": "quantize", "model": "link/key.gguf", "output": "x.gguf", "type": "Q8_0"}), "model"),
         (json!({"kind": "quantize", "model": "m.gguf", "output": s.models.join("m2.gguf"), "type": "Q8_0"}), "output"),
+        (
+            json!({"kind": "perplexity", "model": "m.gguf", "text": "m.gguf", "lora": [{"path": "../secret/key.gguf"}]}),
+            "lora",
+        ),
+        (
+            json!({"kind": "bench", "model": "m.gguf", "lora": [{"path": "m.gguf"}, {"path": secret.join("key.gguf")}]}),
+            "lora",
+        ),
     ];
     for (job, field) in cases {
         let r = s.post("/v1/jobs", &job).await;

@@ -124,17 +124,19 @@ struct Candidate {
 
 const LINEARS: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
 
+/// Whether `name` is a linear weight of a block (`blk.N.attn_q.weight`, …).
+fn is_block_linear(name: &str) -> bool {
+    name.strip_prefix("blk.")
+        .and_then(|r| r.split_once('.'))
+        .and_then(|(_, rest)| rest.strip_suffix(".weight"))
+        .is_some_and(|kind| LINEARS.contains(&kind))
+}
+
 /// The linear weights of the blocks both files have, filtered by `pattern`, in file order.
 fn targets(base: &GgufFile, quant: &GgufFile, pattern: Option<&Regex>) -> Result<Vec<Target>> {
-    let is_linear = |name: &str| {
-        name.strip_prefix("blk.")
-            .and_then(|r| r.split_once('.'))
-            .and_then(|(_, rest)| rest.strip_suffix(".weight"))
-            .is_some_and(|kind| LINEARS.contains(&kind))
-    };
     let mut out = Vec::new();
     for t in base.tensors() {
-        if !is_linear(&t.name) || pattern.is_some_and(|p| !p.is_match(&t.name)) {
+        if !is_block_linear(&t.name) || pattern.is_some_and(|p| !p.is_match(&t.name)) {
             continue;
         }
         let q = quant.tensor(&t.name).ok_or_else(|| {
@@ -476,6 +478,139 @@ pub fn lowrank(
         calibration_tokens,
         seconds,
     })
+}
+
+/// How ranks are asked for: exactly one of `rank` and `budget` (`field` names the option in
+/// errors, e.g. `lowrank` or `fit.correction`).
+///
+/// # Errors
+/// Neither or both, a budget that is not a size.
+pub fn rank_choice(rank: Option<usize>, budget: Option<&str>, field: &str) -> Result<RankChoice> {
+    match (rank, budget) {
+        (Some(r), None) => Ok(RankChoice::Fixed(r)),
+        (None, Some(b)) => Ok(RankChoice::Budget(
+            crate::fit::parse_size(b, "budget").map_err(|e| Error::field(format!("{field}.budget"), e.to_string()))?,
+        )),
+        (None, None) => Err(Error::field(format!("{field}.rank"), "give a rank or a budget")),
+        (Some(_), Some(_)) => Err(Error::field(format!("{field}.budget"), "give a rank or a budget, not both")),
+    }
+}
+
+/// The adapter type named `s` (f32, f16, bf16, q8_0).
+///
+/// # Errors
+/// Any other name, reported at `field`.
+pub fn adapter_type(s: &str, field: &str) -> Result<GgmlType> {
+    match s.to_ascii_lowercase().as_str() {
+        "f32" => Ok(GgmlType::F32),
+        "f16" => Ok(GgmlType::F16),
+        "bf16" => Ok(GgmlType::BF16),
+        "q8_0" => Ok(GgmlType::Q8_0),
+        other => Err(Error::field(field, format!("{other:?}: choose f32, f16, bf16 or q8_0"))),
+    }
+}
+
+/// A correction asked for beside a quantization (`fit --correction-rank`, a search recipe's
+/// `correction:`): its adapter's bytes count against the size target.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectionSpec {
+    /// The same rank for every linear weight of the blocks.
+    #[serde(default)]
+    pub rank: Option<usize>,
+    /// Or bytes of adapter data spread over them (`4MiB`).
+    #[serde(default)]
+    pub budget: Option<String>,
+    /// f32, f16 (default), bf16, q8_0.
+    #[serde(default)]
+    pub adapter_type: Option<String>,
+    /// The largest rank a budget gives one tensor (256).
+    #[serde(default)]
+    pub max_rank: Option<usize>,
+    /// Calibration tokens per chunk (512) and chunks (32), from the first half of the text.
+    #[serde(default)]
+    pub ctx: Option<usize>,
+    #[serde(default)]
+    pub chunks: Option<usize>,
+}
+
+impl CorrectionSpec {
+    /// A short tag for names: `r64`, `lr4MiB`.
+    pub fn tag(&self) -> String {
+        match (self.rank, &self.budget) {
+            (Some(r), _) => format!("r{r}"),
+            (_, Some(b)) => format!("lr{b}"),
+            _ => "lr".into(),
+        }
+    }
+
+    /// The lowrank options, calibrated on `text` (`field` names the spec in errors).
+    ///
+    /// # Errors
+    /// Neither or both of rank and budget, a bad type, empty chunks.
+    pub fn options(&self, field: &str, text: TextSource) -> Result<LowrankOptions> {
+        let chunks = ChunkOptions {
+            n_ctx: self.ctx.unwrap_or(512),
+            n_chunks: Some(self.chunks.unwrap_or(32)),
+            skip: 0,
+            shuffle_seed: None,
+        };
+        if chunks.n_ctx == 0 || chunks.n_chunks == Some(0) {
+            return Err(Error::field(
+                format!("{field}.chunks"),
+                "calibration chunks and their length must be positive",
+            ));
+        }
+        Ok(LowrankOptions {
+            ranks: rank_choice(self.rank, self.budget.as_deref(), field)?,
+            text: Some(text),
+            chunks,
+            tensors: None,
+            max_rank: self.max_rank.unwrap_or(256),
+            ty: adapter_type(self.adapter_type.as_deref().unwrap_or("f16"), &format!("{field}.adapter_type"))?,
+            damp: 0.01,
+        })
+    }
+
+    /// The most bytes the adapter file can take for the model in `file` (exact for a fixed rank;
+    /// a budget's data plus the header of every tensor at the largest rank).
+    ///
+    /// # Errors
+    /// As [`CorrectionSpec::options`]; a rank larger than a weight allows.
+    pub fn reserve_bytes(&self, field: &str, file: &GgufFile) -> Result<u64> {
+        let o = self.options(field, TextSource::Random { n_tokens: 0, seed: 0 })?;
+        let arch = file.metadata().architecture().unwrap_or("llama");
+        let shapes: Vec<(String, usize, usize)> = file
+            .tensors()
+            .iter()
+            .filter(|t| is_block_linear(&t.name) && t.dims.len() == 2)
+            .map(|t| (t.name.clone(), t.dims[0] as usize, t.dims[1] as usize))
+            .collect();
+        let (ranks, extra): (Vec<(String, usize, usize, usize)>, u64) = match o.ranks {
+            RankChoice::Fixed(r) => {
+                if let Some((n, i, out)) = shapes.iter().find(|(_, i, o)| r > *i.min(o)) {
+                    return Err(Error::field(
+                        format!("{field}.rank"),
+                        format!("{r} is larger than tensor {n} ([{i}, {out}]) allows: at most {}", i.min(out)),
+                    ));
+                }
+                (shapes.into_iter().map(|(n, i, out)| (n, i, out, r)).collect(), 0)
+            }
+            // Header of every tensor (at the smallest rank a block allows), plus the data budget.
+            RankChoice::Budget(b) => {
+                (shapes.into_iter().map(|(n, i, out)| (n, i, out, o.ty.block_size())).collect(), b)
+            }
+        };
+        let head_and_data = lora::adapter_file_bytes(lora::adapter_metadata(arch, 1.0), o.ty, &ranks)
+            .map_err(|e| Error::field(format!("{field}.rank"), e.to_string()))?;
+        Ok(match o.ranks {
+            RankChoice::Fixed(_) => head_and_data,
+            RankChoice::Budget(_) => {
+                let data_at_step: u64 = ranks.iter().map(|(_, i, out, r)| lora_bytes(o.ty, i + out) * *r as u64).sum();
+                head_and_data - data_at_step.min(head_and_data) + extra + 32 * ranks.len() as u64 * 2
+            }
+        })
+    }
 }
 
 /// Bytes of one rank of a tensor's `A` and `B` together: `n` elements (`n_in + n_out`) of `ty`.

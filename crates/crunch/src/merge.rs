@@ -136,7 +136,8 @@ pub fn merge(
         for &(ai, pi, s) in ts {
             let a = &adapters[ai].0;
             let p = &a.pairs()[pi];
-            let (av, bv) = a.dequantize(p).map_err(|e| Error::Model { context: a.path().display().to_string(), source: e })?;
+            let (av, bv) =
+                a.dequantize(p).map_err(|e| Error::Model { context: a.path().display().to_string(), source: e })?;
             add_product(&mut w, n_in, &av, &bv, p.rank, s);
         }
         Ok(Some(Replacement::F32(w)))

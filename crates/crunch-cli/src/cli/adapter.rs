@@ -155,7 +155,8 @@ impl MergeArgs {
 
 pub fn merge(a: MergeArgs) -> Result<()> {
     let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json), None)?;
-    let Outcome::Merge(o) = super::run_job(&a.job(), &ctx).with_context(|| format!("merging into {}", a.model.display()))?
+    let Outcome::Merge(o) =
+        super::run_job(&a.job(), &ctx).with_context(|| format!("merging into {}", a.model.display()))?
     else {
         unreachable!("a merge job has a merge outcome")
     };

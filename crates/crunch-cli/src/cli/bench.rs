@@ -28,10 +28,19 @@ pub struct BenchArgs {
     /// JSON instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    lora: super::LoraArgs,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let job = Job::Bench(BenchJob { model: a.model.clone(), pp: a.pp, tg: a.tg, reps: a.reps, exact: a.exact });
+    let job = Job::Bench(BenchJob {
+        model: a.model.clone(),
+        pp: a.pp,
+        tg: a.tg,
+        reps: a.reps,
+        exact: a.exact,
+        lora: a.lora.lora.clone(),
+    });
     let ctx = super::job_ctx(a.threads, std::sync::Arc::new(NoProgress), None)?;
     let Outcome::Bench(o) =
         super::run_job(&job, &ctx).with_context(|| format!("benchmarking {}", a.model.display()))?

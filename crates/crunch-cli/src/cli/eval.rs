@@ -19,6 +19,7 @@ pub enum EvalCommand {
     Perplexity(PerplexityArgs),
     /// KL-divergence of QUANT's next-token distributions from BASE's, same-top-token %,
     /// perplexity of both. Save the base once with --save-base, reuse it with --base-logits.
+    /// --lora adapters apply to each QUANT, never to BASE.
     Compare(CompareArgs),
     /// Multiple-choice accuracy (HellaSwag-style) from a JSONL task file.
     Choice(ChoiceArgs),
@@ -58,6 +59,8 @@ pub struct PerplexityArgs {
     #[arg(long)]
     chunks: Option<usize>,
     #[command(flatten)]
+    lora: super::LoraArgs,
+    #[command(flatten)]
     common: CommonArgs,
 }
 
@@ -84,6 +87,9 @@ pub struct CompareArgs {
     /// Read the base from FILE (written by --save-base) instead of running a base model.
     #[arg(long, value_name = "FILE", conflicts_with = "save_base")]
     base_logits: Option<PathBuf>,
+    // applied to each QUANT, never to the base
+    #[command(flatten)]
+    lora: super::LoraArgs,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -98,6 +104,8 @@ pub struct ChoiceArgs {
     /// Score only the first N tasks.
     #[arg(long)]
     limit: Option<usize>,
+    #[command(flatten)]
+    lora: super::LoraArgs,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -119,6 +127,7 @@ fn perplexity(a: PerplexityArgs) -> Result<()> {
         ctx: a.ctx,
         chunks: a.chunks,
         exact: c.exact,
+        lora: a.lora.lora.clone(),
     });
     let ctx = super::job_ctx(c.threads, Lines::shared(c.quiet || c.json), None)?;
     let Outcome::Perplexity(o) =
@@ -185,6 +194,7 @@ fn compare(a: CompareArgs) -> Result<()> {
         save_base: a.save_base.clone(),
         base_logits: a.base_logits.clone(),
         exact: c.exact,
+        lora: a.lora.lora.clone(),
     });
     let ctx = super::job_ctx(c.threads, Lines::shared(c.quiet || c.json), None)?;
     let Outcome::Compare(o) = super::run_job(&job, &ctx).context("comparing models")? else {
@@ -206,7 +216,13 @@ fn compare(a: CompareArgs) -> Result<()> {
 
 fn choice(a: ChoiceArgs) -> Result<()> {
     let c = &a.common;
-    let job = Job::Choice(ChoiceJob { model: a.model.clone(), tasks: a.tasks.clone(), limit: a.limit, exact: c.exact });
+    let job = Job::Choice(ChoiceJob {
+        model: a.model.clone(),
+        tasks: a.tasks.clone(),
+        limit: a.limit,
+        exact: c.exact,
+        lora: a.lora.lora.clone(),
+    });
     let ctx = super::job_ctx(c.threads, Lines::shared(c.quiet || c.json), None)?;
     let Outcome::Choice(o) =
         super::run_job(&job, &ctx).with_context(|| format!("multiple choice with {}", a.model.display()))?

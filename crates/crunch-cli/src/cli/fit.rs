@@ -6,6 +6,7 @@ use crunch::calibrate::structured::StructuredOptions;
 use crunch::fit::FitPlan;
 use crunch::inspect::human_bytes;
 use crunch::job::{FitJob, FitSettings, Job, Outcome, SizeSpec};
+use crunch::lowrank::CorrectionSpec;
 use crunch::sensitivity::Method;
 use serde_json::json;
 use std::path::PathBuf;
@@ -119,6 +120,17 @@ pub struct FitArgs {
     /// Calibration chunks of 512 tokens for the pruning (from the first half of --text).
     #[arg(long, value_name = "N", default_value_t = 64, help_heading = "Structured pruning before the fit")]
     prune_chunks: usize,
+    /// Ship a low-rank correction beside the model: this rank on every linear weight of the
+    /// blocks (OUTPUT.lora.gguf, a LoRA adapter llama.cpp loads with --lora). Its bytes count
+    /// against the target.
+    #[arg(long, value_name = "R", conflicts_with = "correction_budget", help_heading = "Low-rank correction")]
+    correction_rank: Option<usize>,
+    /// Or: this many bytes of correction (4MiB), spread by what each rank buys.
+    #[arg(long, value_name = "BYTES", help_heading = "Low-rank correction")]
+    correction_budget: Option<String>,
+    /// The correction adapter's tensor type: f32, f16, bf16, q8_0.
+    #[arg(long, value_name = "TYPE", default_value = "f16", help_heading = "Low-rank correction")]
+    correction_type: String,
     #[command(flatten)]
     common: ModelArgs,
 }
@@ -178,6 +190,12 @@ pub fn run(a: FitArgs) -> Result<()> {
                 ..Default::default()
             }
         }),
+        correction: (a.correction_rank.is_some() || a.correction_budget.is_some()).then(|| CorrectionSpec {
+            rank: a.correction_rank,
+            budget: a.correction_budget.clone(),
+            adapter_type: Some(a.correction_type.clone()),
+            ..Default::default()
+        }),
     });
     let quiet = a.common.quiet || a.json;
     let ctx = super::job_ctx(a.common.threads, TermProgress::shared(quiet), a.common.registry.as_deref())?;
@@ -199,7 +217,8 @@ pub fn run(a: FitArgs) -> Result<()> {
         return Ok(());
     };
     if a.json {
-        super::print_json(&json!({ "fit": fp, "result": report, "measured": o.measured, "profile": o.profile }))?;
+        super::print_json(&json!({ "fit": fp, "result": report, "measured": o.measured, "profile": o.profile,
+                                   "adapter": o.adapter, "correction": o.correction, "total_bytes": o.total_bytes }))?;
     } else if !a.common.quiet {
         if !a.print_tensor_types {
             let counts: Vec<String> = fp.plan.type_counts().iter().map(|(t, n)| format!("{t}: {n}")).collect();
@@ -214,6 +233,16 @@ pub fn run(a: FitArgs) -> Result<()> {
             fp.bpw,
             fp.target
         );
+        if let (Some(p), Some(c)) = (&o.adapter, &o.correction) {
+            println!(
+                "correction {}: {} ({} tensors), model + correction {} ({} bytes)",
+                p.display(),
+                human_bytes(c.file_bytes),
+                c.tensors.iter().filter(|t| t.rank > 0).count(),
+                human_bytes(o.total_bytes.unwrap_or(report.file_bytes)),
+                o.total_bytes.unwrap_or(report.file_bytes)
+            );
+        }
         match &o.measured {
             Some(m) => println!(
                 "KLD on held-out text: predicted {:.5}, measured {:.5} +/- {:.5}; same top token {:.2}%; PPL {:.4} (base {:.4})",

@@ -56,6 +56,8 @@ pub struct ImatrixArgs {
     json: bool,
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    lora: super::LoraArgs,
 }
 
 pub fn run(a: ImatrixArgs) -> Result<()> {
@@ -85,6 +87,7 @@ pub fn run(a: ImatrixArgs) -> Result<()> {
         resume: a.resume,
         save_every: a.save_frequency,
         process_output: a.process_output,
+        lora: a.lora.lora.clone(),
     });
     let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json), None)?;
     let Outcome::Imatrix(o) = super::run_job(&job, &ctx).with_context(|| format!("making {}", a.output.display()))?

@@ -183,6 +183,12 @@ fn flag_of(field: &str) -> String {
     if let Some(rest) = field.strip_prefix("fit.prune.") {
         return format!("--prune-{}", rest.replace('_', "-"));
     }
+    if let Some(rest) = field.strip_prefix("fit.correction.") {
+        return format!("--correction-{}", rest.replace("adapter_", "").replace('_', "-"));
+    }
+    if field == "fit.correction" {
+        return "--correction-rank/--correction-budget".into();
+    }
     if field == "convert.base" || field == "export.base" {
         return "--base".into(); // an option there, not compare's positional BASE
     }

@@ -41,6 +41,8 @@ pub struct RunArgs {
     /// Print the result (token ids, text, speed) as JSON instead of streaming text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    lora: super::LoraArgs,
 }
 
 /// Prints each generated piece as it comes.
@@ -66,6 +68,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         seed: a.seed,
         ignore_eos: a.ignore_eos,
         exact: a.exact,
+        lora: a.lora.lora.clone(),
     });
     let progress: Arc<dyn Progress> = if a.json { Arc::new(NoProgress) } else { Arc::new(Stream) };
     if !a.json {

@@ -33,6 +33,9 @@ pub struct ImatrixJob {
     /// Save every this many chunks (0: only at the end).
     pub save_every: usize,
     pub process_output: bool,
+    /// LoRA adapters applied to the model while collecting (a bad one is an error of the
+    /// `imatrix.lora` field).
+    pub lora: Vec<crunch_model::LoraSpec>,
 }
 
 /// What a finished run reports.
@@ -89,8 +92,9 @@ pub fn run_imatrix(job: &ImatrixJob, progress: &dyn Progress, cancel: &Cancel) -
     let model_path = job.model.as_ref().ok_or_else(|| Error::Invalid("collecting needs a model".into()))?;
     let file = Arc::new(GgufFile::open(model_path)?);
     check_model(&base, &file)?;
-    let model = crunch_model::LlamaModel::from_gguf(file.clone())
+    let mut model = crunch_model::LlamaModel::from_gguf(file.clone())
         .map_err(|source| Error::Model { context: model_path.display().to_string(), source })?;
+    crate::eval::apply_adapters(&mut model, &job.lora, "imatrix.lora")?;
     let tok = crunch_model::tokenizer::Tokenizer::from_gguf(&file)?;
     let opts = ChunkOptions {
         n_ctx: job.n_ctx,

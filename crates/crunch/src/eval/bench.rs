@@ -6,12 +6,14 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_cancel, model_err, open_model, peak_rss_bytes};
+use crunch_model::LoraSpec;
+
+use super::{check_cancel, model_err, open_model_with, peak_rss_bytes};
 use crate::error::Result;
 use crate::progress::Cancel;
 
 /// Options of `crunch bench`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BenchOptions {
     /// Prompt tokens processed in one batch (0 skips the test).
     pub pp: usize,
@@ -20,11 +22,14 @@ pub struct BenchOptions {
     /// Repetitions of each test; the report gives the mean and standard deviation.
     pub reps: usize,
     pub exact: bool,
+    /// LoRA adapters applied to the model measured, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<LoraSpec>,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { pp: 512, tg: 128, reps: 1, exact: false }
+        BenchOptions { pp: 512, tg: 128, reps: 1, exact: false, lora: Vec::new() }
     }
 }
 
@@ -68,7 +73,7 @@ fn summarize(test: String, tokens: usize, seconds: Vec<f64>) -> SpeedResult {
 /// `crunch bench MODEL`: token ids are a fixed pseudo-random sequence (as llama-bench's).
 pub fn bench(model_path: &Path, opts: &BenchOptions, cancel: &Cancel) -> Result<BenchReport> {
     let t0 = Instant::now();
-    let loaded = open_model(model_path, opts.exact)?;
+    let loaded = open_model_with(model_path, opts.exact, &opts.lora, "bench.lora")?;
     let load_seconds = t0.elapsed().as_secs_f64();
     let m = &loaded.model;
     let err = || model_err(model_path.display());

@@ -11,8 +11,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crunch_model::choice::{score_task, Accuracy, ChoiceTask, TaskScore};
+use crunch_model::LoraSpec;
 
-use super::{check_cancel, model_err, open_model};
+use super::{check_cancel, model_err, open_model_with};
 use crate::error::{Error, Result};
 use crate::progress::{Cancel, Progress};
 
@@ -68,11 +69,14 @@ pub fn load_tasks(path: &Path) -> Result<Vec<ChoiceTask>> {
 }
 
 /// Options of `crunch eval choice`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChoiceOptions {
     /// Score only the first `limit` tasks.
     pub limit: Option<usize>,
     pub exact: bool,
+    /// LoRA adapters applied to the model, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<LoraSpec>,
 }
 
 /// The result of `crunch eval choice`.
@@ -103,7 +107,7 @@ pub fn choice(
     if let Some(n) = opts.limit {
         tasks.truncate(n.max(1));
     }
-    let loaded = open_model(model_path, opts.exact)?;
+    let loaded = open_model_with(model_path, opts.exact, &opts.lora, "choice.lora")?;
     let t0 = Instant::now();
     let mut cache = loaded.model.new_cache(loaded.model.config.n_ctx_train.min(4096));
     let (mut acc, mut acc_norm) = (0usize, 0usize);

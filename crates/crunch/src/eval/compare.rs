@@ -12,12 +12,12 @@ use crunch_model::perplexity::eval_chunk;
 use crunch_model::{LlamaModel, ModelError};
 
 use super::perplexity::{layout_for, tokenize_for_eval, EvalOptions};
-use super::{check_cancel, model_err, open_model, read_text};
+use super::{check_cancel, model_err, open_model, open_model_with, read_text};
 use crate::error::{Error, Result};
 use crate::progress::{Cancel, Progress};
 
 /// Options of a comparison.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CompareOptions {
     pub eval: EvalOptions,
     /// Base tokens kept per position (log-probabilities of the `top_k` most likely).
@@ -145,7 +145,8 @@ pub fn compare_with(
 }
 
 /// `crunch eval compare BASE QUANT --text FILE`, or against saved logits (then `text` may be
-/// `None`: the tokens are in the file).
+/// `None`: the tokens are in the file). The adapters of `opts.eval.lora` are applied to `quant`
+/// only.
 ///
 /// # Errors
 /// As [`super::perplexity`], plus base logits from another vocabulary or an unreadable logits file.
@@ -166,7 +167,7 @@ pub fn compare(
         }
         Base::Logits(p) => load_base_logits(p)?,
     };
-    let loaded = open_model(quant, opts.eval.exact)?;
+    let loaded = open_model_with(quant, opts.eval.exact, &opts.eval.lora, "compare.lora")?;
     let t0 = Instant::now();
     let stats = compare_with(&base_logits, &loaded.model, progress, cancel)?;
     let seconds = t0.elapsed().as_secs_f64();

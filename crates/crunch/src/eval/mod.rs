@@ -18,9 +18,10 @@ pub mod perplexity;
 pub mod run;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crunch_model::tokenizer::Tokenizer;
-use crunch_model::{LlamaModel, MatmulMode, ModelError};
+use crunch_model::{LlamaModel, LoraAdapter, LoraSpec, MatmulMode, ModelError};
 
 use crate::error::{Error, Result};
 use crate::progress::Cancel;
@@ -66,6 +67,37 @@ pub fn open_model(path: &Path, exact: bool) -> Result<Loaded> {
         .map_err(ModelError::from)
         .map_err(model_err(format!("{}: tokenizer", path.display())))?;
     Ok(Loaded { model, tokenizer })
+}
+
+/// [`open_model`] with LoRA adapters applied in order (each layer they adapt computes
+/// `W x + s·B(A x)`, as llama.cpp's `--lora-scaled`).
+///
+/// # Errors
+/// As [`open_model`]; an adapter that cannot be read, is not a LoRA adapter, or does not fit the
+/// model is an error of the job field `field` (`perplexity.lora`) naming the adapter file and
+/// the tensor or key at fault.
+pub fn open_model_with(path: &Path, exact: bool, lora: &[LoraSpec], field: &str) -> Result<Loaded> {
+    let mut loaded = open_model(path, exact)?;
+    apply_adapters(&mut loaded.model, lora, field)?;
+    Ok(loaded)
+}
+
+/// Apply LoRA adapters to an opened model; errors as [`open_model_with`]'s.
+pub fn apply_adapters(model: &mut LlamaModel, lora: &[LoraSpec], field: &str) -> Result<()> {
+    for spec in lora {
+        let adapter_err = |e: ModelError| {
+            let message = match &e {
+                // these already begin with the adapter's path
+                ModelError::File { .. } => e.to_string(),
+                ModelError::Gguf(g) if g.path().is_some() => g.to_string(),
+                _ => format!("{}: {e}", spec.path.display()),
+            };
+            Error::field(field, message)
+        };
+        let adapter = LoraAdapter::open(&spec.path).map_err(adapter_err)?;
+        model.add_adapter(Arc::new(adapter), spec.scale).map_err(adapter_err)?;
+    }
+    Ok(())
 }
 
 /// Read a UTF-8 text file; an empty (or all-whitespace) file is an error.

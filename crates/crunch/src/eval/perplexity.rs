@@ -6,14 +6,14 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crunch_model::perplexity::{eval_chunk, row_nlls, ChunkResult, NllSum};
-use crunch_model::{ChunkLayout, LlamaModel, ModelError, PerplexityOptions};
+use crunch_model::{ChunkLayout, LlamaModel, LoraSpec, ModelError, PerplexityOptions};
 
-use super::{check_cancel, model_err, open_model, peak_rss_bytes, read_text};
+use super::{check_cancel, model_err, open_model_with, peak_rss_bytes, read_text};
 use crate::error::Result;
 use crate::progress::{Cancel, Progress};
 
 /// What text window an evaluation uses, shared by perplexity and compare.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalOptions {
     /// Tokens per chunk (llama.cpp's `-c`).
     pub ctx: usize,
@@ -21,11 +21,15 @@ pub struct EvalOptions {
     pub chunks: Option<usize>,
     /// Dequantize weights instead of quantizing activations.
     pub exact: bool,
+    /// LoRA adapters applied to the model evaluated, in order (in a comparison: to the model
+    /// under test, never to the base).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<LoraSpec>,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { ctx: 512, chunks: None, exact: false }
+        EvalOptions { ctx: 512, chunks: None, exact: false, lora: Vec::new() }
     }
 }
 
@@ -136,7 +140,7 @@ pub fn perplexity(
     cancel: &Cancel,
 ) -> Result<PerplexityReport> {
     let text = read_text(text_path)?;
-    let loaded = open_model(model_path, opts.exact)?;
+    let loaded = open_model_with(model_path, opts.exact, &opts.lora, "perplexity.lora")?;
     let (tokens, bos) = tokenize_for_eval(&loaded, &text, text_path)?;
     let layout = layout_for(&loaded.model, tokens.len(), opts, text_path)?;
     let t0 = Instant::now();

@@ -5,13 +5,14 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crunch_model::generate::{generate, Sampler, SamplerOptions, StopReason};
+use crunch_model::LoraSpec;
 
-use super::{model_err, open_model};
+use super::{model_err, open_model_with};
 use crate::error::{Error, Result};
 use crate::progress::Cancel;
 
 /// Options of `crunch run`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunOptions {
     /// Tokens to generate at most.
     pub n_predict: usize,
@@ -19,11 +20,20 @@ pub struct RunOptions {
     pub exact: bool,
     /// Keep going past end-of-generation tokens.
     pub ignore_eos: bool,
+    /// LoRA adapters applied to the model, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<LoraSpec>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { n_predict: 128, sampler: SamplerOptions::default(), exact: false, ignore_eos: false }
+        RunOptions {
+            n_predict: 128,
+            sampler: SamplerOptions::default(),
+            exact: false,
+            ignore_eos: false,
+            lora: Vec::new(),
+        }
     }
 }
 
@@ -78,7 +88,7 @@ pub fn run(
     if prompt.is_empty() {
         return Err(Error::Invalid("the prompt is empty".into()));
     }
-    let loaded = open_model(model_path, opts.exact)?;
+    let loaded = open_model_with(model_path, opts.exact, &opts.lora, "generate.lora")?;
     let tok = &loaded.tokenizer;
     let ids = tok.encode(prompt, true).map_err(|e| model_err(model_path.display())(e.into()))?;
     let mut sampler = Sampler::new(opts.sampler);

@@ -56,7 +56,10 @@ impl HeldOut {
             }
         }
         let loaded = eval::open_model(model, false)?;
-        let opts = CompareOptions { eval: EvalOptions { ctx, chunks: Some(chunks), exact: false }, top_k: 32 };
+        let opts = CompareOptions {
+            eval: EvalOptions { ctx, chunks: Some(chunks), exact: false, lora: Vec::new() },
+            top_k: 32,
+        };
         let base = eval::base_logits(&loaded, &model.display().to_string(), text, &opts, progress, cancel)?;
         if let Some(c) = cache {
             if let Some(dir) = c.parent() {
@@ -72,8 +75,17 @@ impl HeldOut {
     /// # Errors
     /// The model cannot be loaded or run, or its vocabulary differs.
     pub fn evaluate(&self, path: &Path, cancel: &Cancel) -> Result<Measured> {
+        self.evaluate_with(path, &[], cancel)
+    }
+
+    /// [`HeldOut::evaluate`] with LoRA adapters applied to the model (a correction shipped beside it).
+    ///
+    /// # Errors
+    /// As [`HeldOut::evaluate`]; an adapter that does not fit the model.
+    pub fn evaluate_with(&self, path: &Path, lora: &[crunch_model::LoraSpec], cancel: &Cancel) -> Result<Measured> {
         let t0 = Instant::now();
-        let model = LlamaModel::open(path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        let mut model = LlamaModel::open(path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        eval::apply_adapters(&mut model, lora, "lora")?;
         let t1 = Instant::now();
         let s = eval::compare_with(&self.base, &model, &NoProgress, cancel)?;
         let eval_s = t1.elapsed().as_secs_f64();

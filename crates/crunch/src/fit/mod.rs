@@ -256,6 +256,34 @@ pub fn solve(file: &GgufFile, profile: &Profile, target: Target) -> Result<FitPl
     })
 }
 
+/// `target` with `bytes` set aside for something shipped beside the model (a correction
+/// adapter): a size or memory target shrinks by them, a bits-per-weight target by their bits per
+/// weight of the model's `n_elements`; a KL-divergence target is unchanged.
+///
+/// # Errors
+/// A target the set-aside bytes already fill (`field` names the option).
+pub fn reserve(target: Target, bytes: u64, n_elements: u64, field: &str) -> Result<Target> {
+    let too_small = |what: String| {
+        Error::field(field, format!("the correction alone takes {} ({what})", crate::inspect::human_bytes(bytes)))
+    };
+    Ok(match target {
+        Target::MaxSize(b) if bytes >= b => return Err(too_small(format!("the size target is {b} bytes"))),
+        Target::MaxSize(b) => Target::MaxSize(b - bytes),
+        Target::MaxRam { bytes: b, .. } if bytes >= b => {
+            return Err(too_small(format!("the memory target is {b} bytes")))
+        }
+        Target::MaxRam { bytes: b, ctx } => Target::MaxRam { bytes: b - bytes, ctx },
+        Target::MaxBpw(x) => {
+            let extra = bytes as f64 * 8.0 / n_elements.max(1) as f64;
+            if extra >= x {
+                return Err(too_small(format!("{extra:.3} bits per weight of the {x} asked for")));
+            }
+            Target::MaxBpw(x - extra)
+        }
+        t @ Target::MaxKld(_) => t,
+    })
+}
+
 /// Parse a size with an optional binary or decimal unit: `4GiB`, `3.5G`, `800MB`, `123456`.
 ///
 /// # Errors

@@ -183,4 +183,18 @@ impl Session {
     pub fn evaluate(&mut self, path: &Path, progress: &dyn Progress, cancel: &Cancel) -> Result<Measured> {
         self.heldout(progress, cancel)?.evaluate(path, cancel)
     }
+
+    /// [`Session::evaluate`] with LoRA adapters applied to the model at `path`.
+    ///
+    /// # Errors
+    /// As [`Session::evaluate`]; an adapter that does not fit.
+    pub fn evaluate_with(
+        &mut self,
+        path: &Path,
+        lora: &[crunch_model::LoraSpec],
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<Measured> {
+        self.heldout(progress, cancel)?.evaluate_with(path, lora, cancel)
+    }
 }

@@ -33,6 +33,8 @@ pub mod metric {
     pub const RAM_BYTES: &str = "ram_bytes";
     /// Fraction of exact zeros in the pruned weights of an output.
     pub const ZERO_FRACTION: &str = "zero_fraction";
+    /// Bytes of a correction adapter shipped beside the model (counted in `file_bytes`).
+    pub const ADAPTER_BYTES: &str = "adapter_bytes";
 }
 
 /// The registry metrics of a model measured against its base on held-out text.

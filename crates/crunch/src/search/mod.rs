@@ -19,7 +19,11 @@ use std::collections::BTreeMap;
 pub struct Candidate {
     pub name: String,
     pub recipe: Recipe,
+    /// The model file plus its correction adapter, if any.
     pub file_bytes: u64,
+    /// Bytes of the correction adapter (counted in `file_bytes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter_bytes: Option<u64>,
     pub bpw: f64,
     /// KLD the profile predicts from the quantization alone: from the base, or for a pruned
     /// recipe from its pruned copy (pruning's own loss is only in `measured`).
@@ -55,6 +59,17 @@ pub struct Planned {
 /// # Errors
 /// Planning errors (an unreachable fit target, a bad override).
 pub fn plan_recipe(session: &Session, base: &Session, r: &Recipe) -> Result<Planned> {
+    // A correction ships beside the model: its bytes come off a fit's target.
+    let reserve = |t: fit::Target| -> Result<fit::Target> {
+        match &r.correction {
+            None => Ok(t),
+            Some(c) => {
+                let at = format!("search.recipes ({}).correction", r.name);
+                let n = session.file.tensors().iter().map(|t| t.n_elements()).sum();
+                fit::reserve(t, c.reserve_bytes(&at, &session.file)?, n, &at)
+            }
+        }
+    };
     match &r.kind {
         RecipeKind::Preset { ftype, tensor_types } => {
             let mut o = QuantizeOptions::new(*ftype);
@@ -85,7 +100,7 @@ pub fn plan_recipe(session: &Session, base: &Session, r: &Recipe) -> Result<Plan
                 RecipeKind::Fit(t) => *t,
                 RecipeKind::Preset { .. } => unreachable!("matched above"),
             };
-            let fp = session.fit(t)?;
+            let fp = session.fit(reserve(t)?)?;
             Ok(Planned {
                 plan: fp.plan.clone(),
                 predicted_kld: fp.predicted_kld,

@@ -52,6 +52,11 @@ pub struct RawRecipe {
     /// Structured pruning before quantization (`{ layers: 2 }`, `{ ffn: 0.75 }`, ...).
     #[serde(default)]
     pub prune: Option<StructuredOptions>,
+    /// A low-rank correction shipped beside the quantized model as a LoRA adapter
+    /// (`{ rank: 64 }`, `{ budget: 4MiB }`); its bytes count against a size target and in the
+    /// candidate's size.
+    #[serde(default)]
+    pub correction: Option<crate::lowrank::CorrectionSpec>,
 }
 
 /// A fit target as written: exactly one of the four.
@@ -109,6 +114,9 @@ pub struct Recipe {
     /// judged against the unpruned base; `max_size_of` still means the preset's size on it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prune: Option<StructuredOptions>,
+    /// A low-rank correction adapter shipped beside the candidate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correction: Option<crate::lowrank::CorrectionSpec>,
 }
 
 /// A short tag for a structured pruning in recipe names: `prune-4L-ffn75-kv1`.
@@ -176,6 +184,13 @@ pub fn validate(file: &RecipeFile, source: &str) -> Result<Vec<Recipe>> {
             }
         }
         let prefix = r.prune.as_ref().map(|p| format!("{}+", prune_tag(p))).unwrap_or_default();
+        if let Some(c) = &r.correction {
+            crate::lowrank::rank_choice(c.rank, c.budget.as_deref(), "correction")
+                .map_err(|e| bad(source, &format!("{at}.correction"), e))?;
+            crate::lowrank::adapter_type(c.adapter_type.as_deref().unwrap_or("f16"), "adapter_type")
+                .map_err(|e| bad(source, &format!("{at}.correction"), e))?;
+        }
+        let suffix = r.correction.as_ref().map(|c| format!("+{}", c.tag())).unwrap_or_default();
         let kind = match (&r.preset, &r.fit) {
             (Some(_), Some(_)) => return Err(bad(source, &at, "give either `preset` or `fit`, not both")),
             (None, None) => {
@@ -241,7 +256,7 @@ pub fn validate(file: &RecipeFile, source: &str) -> Result<Vec<Recipe>> {
                     let ftype: Ftype = p.parse().map_err(|e: String| bad(source, &format!("{fa}.max_size_of"), e))?;
                     let name = r.name.clone().unwrap_or_else(|| {
                         let m = if method == Method::Rtn { String::new() } else { format!("+{}", method.name()) };
-                        format!("{prefix}fit-size-of-{}{m}", ftype.name())
+                        format!("{prefix}fit-size-of-{}{m}{suffix}", ftype.name())
                     });
                     if out.iter().any(|o| o.name == name) {
                         return Err(bad(
@@ -250,7 +265,13 @@ pub fn validate(file: &RecipeFile, source: &str) -> Result<Vec<Recipe>> {
                             format!("{name:?} is used by an earlier recipe"),
                         ));
                     }
-                    out.push(Recipe { name, method, kind: RecipeKind::FitSizeOf { ftype }, prune: r.prune.clone() });
+                    out.push(Recipe {
+                        name,
+                        method,
+                        kind: RecipeKind::FitSizeOf { ftype },
+                        prune: r.prune.clone(),
+                        correction: r.correction.clone(),
+                    });
                     continue;
                 }
                 let t = if let Some(v) = &f.max_size {
@@ -271,14 +292,14 @@ pub fn validate(file: &RecipeFile, source: &str) -> Result<Vec<Recipe>> {
                 RecipeKind::Fit(t)
             }
         };
-        let name = r.name.clone().unwrap_or_else(|| format!("{prefix}{}", default_name(&kind, method)));
+        let name = r.name.clone().unwrap_or_else(|| format!("{prefix}{}{suffix}", default_name(&kind, method)));
         if name.trim().is_empty() {
             return Err(bad(source, &format!("{at}.name"), "must not be empty"));
         }
         if out.iter().any(|o| o.name == name) {
             return Err(bad(source, &format!("{at}.name"), format!("{name:?} is used by an earlier recipe")));
         }
-        out.push(Recipe { name, method, kind, prune: r.prune.clone() });
+        out.push(Recipe { name, method, kind, prune: r.prune.clone(), correction: r.correction.clone() });
     }
     Ok(out)
 }

@@ -5,10 +5,9 @@ use super::CalibrationSpec;
 use crate::error::{Error, Result};
 use crate::job::record::{metric, Recorder};
 use crate::job::{refuse_overwrite, RunCtx};
-use crate::lowrank::{self, LowrankOptions, LowrankReport, RankChoice};
+use crate::lowrank::{self, LowrankOptions, LowrankReport};
 use crate::merge::{self, MergeReport};
 use crunch_calib::text::{ChunkOptions, TextSource};
-use crunch_core::GgmlType;
 use crunch_model::LoraSpec;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -105,21 +104,8 @@ pub struct MergeOutcome {
 /// # Errors
 /// Neither or both of `rank` and `budget`, a bad budget, pattern, type or chunk size.
 pub fn lowrank_options(j: &LowrankJob) -> Result<LowrankOptions> {
-    let ranks = match (j.rank, &j.budget) {
-        (Some(r), None) => RankChoice::Fixed(r),
-        (None, Some(b)) => RankChoice::Budget(
-            crate::fit::parse_size(b, "budget").map_err(|e| Error::field("lowrank.budget", e.to_string()))?,
-        ),
-        (None, None) => return Err(Error::field("lowrank.rank", "give a rank or a budget")),
-        (Some(_), Some(_)) => return Err(Error::field("lowrank.budget", "give a rank or a budget, not both")),
-    };
-    let ty = match j.adapter_type.to_ascii_lowercase().as_str() {
-        "f32" => GgmlType::F32,
-        "f16" => GgmlType::F16,
-        "bf16" => GgmlType::BF16,
-        "q8_0" => GgmlType::Q8_0,
-        other => return Err(Error::field("lowrank.adapter_type", format!("{other:?}: choose f32, f16, bf16 or q8_0"))),
-    };
+    let ranks = lowrank::rank_choice(j.rank, j.budget.as_deref(), "lowrank")?;
+    let ty = lowrank::adapter_type(&j.adapter_type, "lowrank.adapter_type")?;
     let tensors = j
         .tensors
         .as_deref()
@@ -166,9 +152,9 @@ pub(crate) fn run_lowrank(j: &LowrankJob, ctx: &RunCtx) -> Result<LowrankOutcome
 pub(crate) fn run_merge(j: &MergeJob, ctx: &RunCtx) -> Result<MergeOutcome> {
     let quantize = match &j.ftype {
         None => None,
-        Some(t) => Some(crate::quantize::QuantizeOptions::new(
-            t.parse().map_err(|e: String| Error::field("merge.type", e))?,
-        )),
+        Some(t) => {
+            Some(crate::quantize::QuantizeOptions::new(t.parse().map_err(|e: String| Error::field("merge.type", e))?))
+        }
     };
     refuse_overwrite("merge.output", &j.model, &j.output)?;
     for a in &j.adapters {
@@ -182,7 +168,11 @@ pub(crate) fn run_merge(j: &MergeJob, ctx: &RunCtx) -> Result<MergeOutcome> {
     let rec = Recorder::start("merge", ctx.registry.as_deref(), j.ftype.clone(), params, &inputs);
     let res = merge::merge(&j.model, &j.adapters, &j.output, quantize, ctx.progress.as_ref(), &ctx.cancel);
     let (result, run_id) = rec.close(res, |r| {
-        vec![(metric::FILE_BYTES, r.result.file_bytes as f64), (metric::BPW, r.result.bpw), (metric::SECONDS, r.result.seconds)]
+        vec![
+            (metric::FILE_BYTES, r.result.file_bytes as f64),
+            (metric::BPW, r.result.bpw),
+            (metric::SECONDS, r.result.seconds),
+        ]
     })?;
     Ok(MergeOutcome { result, run_id })
 }

@@ -1,8 +1,8 @@
 //! The evaluation jobs: `perplexity`, `compare`, `choice`, `bench`.
 
 use super::{
-    BenchJob, BenchOutcome, ChoiceJob, ChoiceOutcome, CompareJob, CompareOutcome, EmbedCompareJob, EmbedCompareOutcome,
-    EmbedJob, EmbedOutcome, GenerateJob, GenerateOutcome, PerplexityJob, PerplexityOutcome,
+    record_lora, BenchJob, BenchOutcome, ChoiceJob, ChoiceOutcome, CompareJob, CompareOutcome, EmbedCompareJob,
+    EmbedCompareOutcome, EmbedJob, EmbedOutcome, GenerateJob, GenerateOutcome, PerplexityJob, PerplexityOutcome,
 };
 use crate::error::{Error, Result};
 use crate::eval::{self, BenchOptions, ChoiceOptions, CompareOptions, CompareReport, EvalOptions};
@@ -18,9 +18,10 @@ fn window(ctx: usize, kind: &str) -> Result<()> {
 
 pub(crate) fn perplexity(j: &PerplexityJob, ctx: &RunCtx) -> Result<PerplexityOutcome> {
     window(j.ctx, "perplexity")?;
-    let opts = EvalOptions { ctx: j.ctx, chunks: j.chunks, exact: j.exact };
-    let params = serde_json::json!({ "ctx": j.ctx, "chunks": j.chunks, "exact": j.exact });
-    let inputs = [("model", j.model.as_path()), ("text", j.text.as_path())];
+    let opts = EvalOptions { ctx: j.ctx, chunks: j.chunks, exact: j.exact, lora: j.lora.clone() };
+    let mut params = serde_json::json!({ "ctx": j.ctx, "chunks": j.chunks, "exact": j.exact });
+    let mut inputs = vec![("model", j.model.as_path()), ("text", j.text.as_path())];
+    record_lora(&mut params, &mut inputs, &j.lora);
     let rec = Recorder::start("eval", ctx.registry.as_deref(), Some("perplexity".into()), params, &inputs);
     let r = eval::perplexity(&j.model, &j.text, &opts, ctx.progress.as_ref(), &ctx.cancel);
     let (result, run_id) = rec.close(r, |r| {
@@ -39,7 +40,11 @@ pub(crate) fn compare(j: &CompareJob, ctx: &RunCtx) -> Result<CompareOutcome> {
     if j.top_k == 0 {
         return Err(Error::field("compare.top_k", "must be positive"));
     }
-    let opts = CompareOptions { eval: EvalOptions { ctx: j.ctx, chunks: j.chunks, exact: j.exact }, top_k: j.top_k };
+    // The base is run without the adapters: they are applied to the models under test only.
+    let opts = CompareOptions {
+        eval: EvalOptions { ctx: j.ctx, chunks: j.chunks, exact: j.exact, lora: Vec::new() },
+        top_k: j.top_k,
+    };
     let progress = ctx.progress.as_ref();
     let mut saved_base = None;
     let base = match (&j.base_logits, &j.base) {
@@ -69,13 +74,14 @@ pub(crate) fn compare(j: &CompareJob, ctx: &RunCtx) -> Result<CompareOutcome> {
     let mut run_ids = Vec::new();
     for q in &j.models {
         ctx.check_cancel()?;
-        let params =
+        let mut params =
             serde_json::json!({ "base": base.model, "ctx": base.n_ctx, "chunks": base.n_chunks, "top_k": base.top_k });
-        let rec =
-            Recorder::start("eval", ctx.registry.as_deref(), Some("compare".into()), params, &[("model", q.as_path())]);
+        let mut inputs = vec![("model", q.as_path())];
+        record_lora(&mut params, &mut inputs, &j.lora);
+        let rec = Recorder::start("eval", ctx.registry.as_deref(), Some("compare".into()), params, &inputs);
         let t0 = std::time::Instant::now();
-        let stats =
-            eval::open_model(q, j.exact).and_then(|m| eval::compare_with(&base, &m.model, progress, &ctx.cancel));
+        let stats = eval::open_model_with(q, j.exact, &j.lora, "compare.lora")
+            .and_then(|m| eval::compare_with(&base, &m.model, progress, &ctx.cancel));
         let (stats, id) = rec.close(stats, |s| {
             vec![
                 (metric::KLD, s.kld.mean),
@@ -101,9 +107,10 @@ pub(crate) fn compare(j: &CompareJob, ctx: &RunCtx) -> Result<CompareOutcome> {
 }
 
 pub(crate) fn choice(j: &ChoiceJob, ctx: &RunCtx) -> Result<ChoiceOutcome> {
-    let opts = ChoiceOptions { limit: j.limit, exact: j.exact };
-    let params = serde_json::json!({ "limit": j.limit, "exact": j.exact });
-    let inputs = [("model", j.model.as_path()), ("tasks", j.tasks.as_path())];
+    let opts = ChoiceOptions { limit: j.limit, exact: j.exact, lora: j.lora.clone() };
+    let mut params = serde_json::json!({ "limit": j.limit, "exact": j.exact });
+    let mut inputs = vec![("model", j.model.as_path()), ("tasks", j.tasks.as_path())];
+    record_lora(&mut params, &mut inputs, &j.lora);
     let rec = Recorder::start("eval", ctx.registry.as_deref(), Some("choice".into()), params, &inputs);
     let r = eval::choice(&j.model, &j.tasks, &opts, ctx.progress.as_ref(), &ctx.cancel);
     let (result, run_id) = rec.close(r, |r| vec![(metric::ACC, r.acc.pct), (metric::ACC_NORM, r.acc_norm.pct)])?;
@@ -114,9 +121,11 @@ pub(crate) fn bench(j: &BenchJob, ctx: &RunCtx) -> Result<BenchOutcome> {
     if j.reps == 0 {
         return Err(Error::field("bench.reps", "must be positive"));
     }
-    let opts = BenchOptions { pp: j.pp, tg: j.tg, reps: j.reps, exact: j.exact };
-    let params = serde_json::json!({ "pp": j.pp, "tg": j.tg, "reps": j.reps, "exact": j.exact });
-    let rec = Recorder::start("bench", ctx.registry.as_deref(), None, params, &[("model", j.model.as_path())]);
+    let opts = BenchOptions { pp: j.pp, tg: j.tg, reps: j.reps, exact: j.exact, lora: j.lora.clone() };
+    let mut params = serde_json::json!({ "pp": j.pp, "tg": j.tg, "reps": j.reps, "exact": j.exact });
+    let mut inputs = vec![("model", j.model.as_path())];
+    record_lora(&mut params, &mut inputs, &j.lora);
+    let rec = Recorder::start("bench", ctx.registry.as_deref(), None, params, &inputs);
     let r = eval::bench(&j.model, &opts, &ctx.cancel);
     let (result, run_id) = rec.close(r, |r| {
         let mut m = Vec::new();
@@ -168,6 +177,7 @@ pub(crate) fn generate(j: &GenerateJob, ctx: &RunCtx) -> Result<GenerateOutcome>
         },
         exact: j.exact,
         ignore_eos: j.ignore_eos,
+        lora: j.lora.clone(),
     };
     let progress = ctx.progress.as_ref();
     progress.start("generate", j.n_predict as u64);

@@ -83,6 +83,51 @@ pub(crate) fn session(
     Session::open(opts, ctx.progress.as_ref(), &ctx.cancel)
 }
 
+/// The first half of the settings' text (the calibration half: held-out chunks come from the
+/// second) written to `dir/NAME.txt`, for methods that read calibration text from a file.
+///
+/// # Errors
+/// I/O errors.
+pub(crate) fn calibration_half(s: &FitSettings, dir: &Path, name: &str) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(&s.text).map_err(|e| Error::io(&s.text, e))?;
+    let (calib, _) = crate::fit::session::split_text(&text);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join(format!("{name}.txt"));
+    std::fs::write(&path, calib).map_err(|e| Error::io(&path, e))?;
+    Ok(path)
+}
+
+/// The adapter a correction of the model at `model_path` is written to: `NAME.lora.gguf` beside it.
+pub(crate) fn adapter_path(model_path: &Path) -> PathBuf {
+    let stem = model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    model_path.with_file_name(format!("{stem}.lora.gguf"))
+}
+
+/// Correct the model written at `written` (made from `base`) with `spec`, calibrated on the first
+/// half of the settings' text; the adapter goes to [`adapter_path`].
+///
+/// # Errors
+/// As [`crate::lowrank::lowrank`]; `field` names the spec.
+pub(crate) fn correct(
+    s: &FitSettings,
+    spec: &crate::lowrank::CorrectionSpec,
+    field: &str,
+    base: &Path,
+    written: &Path,
+    ctx: &RunCtx,
+) -> Result<(PathBuf, crate::lowrank::LowrankReport)> {
+    let dir = default_work_dir().join(format!("crunch-correction-{}", std::process::id()));
+    let res = (|| {
+        let text = calibration_half(s, &dir, "calibration")?;
+        let o = spec.options(field, TextSource::File(text))?;
+        let out = adapter_path(written);
+        let r = crate::lowrank::lowrank(base, written, &out, &o, ctx.progress.as_ref(), &ctx.cancel)?;
+        Ok((out, r))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    res
+}
+
 /// A structurally pruned copy of `model`, written once into `dir` (calibrated on the first half
 /// of the settings' text, by default 64 chunks of 512 tokens as the prune job), and a session
 /// on it. `kind` names the job in errors (`fit.prune.ffn`). Returns the session and the file.
@@ -105,17 +150,13 @@ pub(crate) fn pruned_session(
         .map_err(|source| Error::Model { context: model.display().to_string(), source })?;
     drop(file);
     let spec = opts.spec(&cfg, &format!("{kind}.prune"))?;
-    let text = std::fs::read_to_string(&s.text).map_err(|e| Error::io(&s.text, e))?;
-    let (calib, _) = crate::fit::session::split_text(&text);
     let tag = {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
         h.update(serde_json::to_vec(opts).map_err(|e| Error::Invalid(e.to_string()))?);
         crunch_core::output::hex(&h.finalize())[..12].to_string()
     };
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let calib_path = dir.join(format!("prune-calib-{tag}.txt"));
-    std::fs::write(&calib_path, calib).map_err(|e| Error::io(&calib_path, e))?;
+    let calib_path = calibration_half(s, dir, &format!("prune-calib-{tag}"))?;
     let out = dir.join(format!("pruned-{tag}.gguf"));
     let chunks = ChunkOptions {
         n_ctx: opts.ctx.unwrap_or_else(super::CalibrationSpec::default_ctx),
@@ -274,22 +315,46 @@ fn fit_on(
 ) -> Result<(FitOutcome, Metrics)> {
     let (progress, cancel) = (ctx.progress.as_ref(), &ctx.cancel);
     let solver: &Session = pruned.unwrap_or(base);
+    // A correction's adapter ships beside the model: its bytes come off the target.
+    let target = match &j.correction {
+        Some(c) => {
+            let n = solver.file.tensors().iter().map(|t| t.n_elements()).sum();
+            crate::fit::reserve(target, c.reserve_bytes("fit.correction", &solver.file)?, n, "fit.correction")?
+        }
+        None => target,
+    };
     let mut fp = solver.fit(target)?;
     let Some(output) = output else {
         let profile = profile_summary(solver);
-        let o = FitOutcome { fit: fp, profile, result: None, measured: None, rounds: 0, run_id: None };
+        let o = FitOutcome {
+            fit: fp,
+            profile,
+            result: None,
+            measured: None,
+            rounds: 0,
+            adapter: None,
+            correction: None,
+            total_bytes: None,
+            run_id: None,
+        };
         return Ok((o, Vec::new()));
     };
     let mut report;
     let mut measured = None;
     let mut rounds = 0;
+    let mut correction = None;
     loop {
         rounds += 1;
         report = pruned.unwrap_or(base).write(&fp.plan, output, progress, cancel)?;
+        if let Some(c) = &j.correction {
+            correction = Some(correct(&j.settings, c, "fit.correction", &j.model, output, ctx)?);
+        }
         if !j.evaluate {
             break;
         }
-        let m = base.evaluate(output, progress, cancel)?;
+        let lora: Vec<crunch_model::LoraSpec> =
+            correction.iter().map(|(p, _)| crunch_model::LoraSpec { path: p.clone(), scale: 1.0 }).collect();
+        let m = base.evaluate_with(output, &lora, progress, cancel)?;
         let miss = match target {
             Target::MaxKld(k) if m.kld > k && rounds < 4 => Some(k),
             _ => None,
@@ -307,8 +372,10 @@ fn fit_on(
         next.target = target;
         fp = next;
     }
+    let adapter_bytes = correction.as_ref().map_or(0, |(_, r)| r.file_bytes);
+    let total_bytes = report.file_bytes + adapter_bytes;
     let mut metrics: Metrics = vec![
-        (metric::FILE_BYTES, report.file_bytes as f64),
+        (metric::FILE_BYTES, total_bytes as f64),
         (metric::BPW, fp.bpw),
         (metric::PREDICTED_KLD, fp.predicted_kld),
         (metric::SOLVER_GAP, fp.gap),
@@ -326,6 +393,21 @@ fn fit_on(
     if let Some(m) = &measured {
         rec.data("measured", &serde_json::to_value(m).map_err(|e| Error::Invalid(e.to_string()))?);
     }
-    let o = FitOutcome { fit: fp, profile, result: Some(report), measured, rounds, run_id: None };
+    if let Some((_, r)) = &correction {
+        metrics.push((metric::ADAPTER_BYTES, r.file_bytes as f64));
+        rec.data("correction", &serde_json::to_value(r).map_err(|e| Error::Invalid(e.to_string()))?);
+    }
+    let (adapter, correction) = correction.map_or((None, None), |(p, r)| (Some(p), Some(r)));
+    let o = FitOutcome {
+        fit: fp,
+        profile,
+        result: Some(report),
+        measured,
+        rounds,
+        adapter,
+        correction,
+        total_bytes: Some(total_bytes),
+        run_id: None,
+    };
     Ok((o, metrics))
 }

@@ -46,6 +46,7 @@ pub(crate) fn run(j: &ImatrixJob, ctx: &RunCtx) -> Result<ImatrixOutcome> {
         resume: j.resume,
         save_every: j.save_every,
         process_output: j.process_output,
+        lora: j.lora.clone(),
     };
     let mut inputs: Vec<(&str, &Path)> = Vec::new();
     if let Some(m) = &j.model {
@@ -54,8 +55,9 @@ pub(crate) fn run(j: &ImatrixJob, ctx: &RunCtx) -> Result<ImatrixOutcome> {
     if let Some(t) = &j.text {
         inputs.push(("text", t));
     }
-    let params = serde_json::json!({ "ctx": j.ctx, "chunks": j.chunks, "skip_chunks": j.skip_chunks,
+    let mut params = serde_json::json!({ "ctx": j.ctx, "chunks": j.chunks, "skip_chunks": j.skip_chunks,
                                       "seed": j.seed, "in_files": j.in_files, "resume": j.resume });
+    super::record_lora(&mut params, &mut inputs, &j.lora);
     let rec = Recorder::start("imatrix", ctx.registry.as_deref(), None, params, &inputs);
     let res = run_imatrix(&run, ctx.progress.as_ref(), &ctx.cancel);
     if res.is_ok() {

@@ -436,6 +436,10 @@ pub struct FitJob {
     /// on the first half of the text; the result is still judged against the unpruned base.
     #[serde(default)]
     pub prune: Option<crate::calibrate::structured::StructuredOptions>,
+    /// A low-rank correction of the written model, shipped as a LoRA adapter beside it
+    /// (`OUTPUT` with `.lora.gguf`); its bytes count against the size, bpw or memory target.
+    #[serde(default)]
+    pub correction: Option<crate::lowrank::CorrectionSpec>,
 }
 
 impl FitJob {
@@ -650,6 +654,13 @@ pub struct FitOutcome {
     pub measured: Option<crate::fit::heldout::Measured>,
     /// How many times the plan was solved and written (a KLD target missed is solved again).
     pub rounds: usize,
+    /// The correction adapter written beside the model, and what it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correction: Option<crate::lowrank::LowrankReport>,
+    /// Model file plus adapter.
+    pub total_bytes: Option<u64>,
     pub run_id: Option<i64>,
 }
 

@@ -177,6 +177,7 @@ fn candidates(
             name: r.name.clone(),
             recipe: r.clone(),
             file_bytes: 0,
+            adapter_bytes: None,
             bpw: 0.0,
             predicted_kld: f64::NAN,
             measured: None,
@@ -205,6 +206,14 @@ fn candidates(
             }
         };
         c.file_bytes = crate::fit::file_size(&solver.file, &planned.plan)?;
+        if let Some(corr) = &r.correction {
+            // Planned size: the model plus the most its adapter can take.
+            let at = format!("search.recipes ({}).correction", r.name);
+            let reserve = corr.reserve_bytes(&at, &solver.file)?;
+            c.adapter_bytes = Some(reserve);
+            c.file_bytes += reserve;
+        }
+        let solver_model = solver.opts.model.clone();
         c.bpw = planned.plan.bpw();
         c.predicted_kld = planned.predicted_kld;
         c.tensor_kld = planned.tensor_kld.clone();
@@ -223,10 +232,20 @@ fn candidates(
             parent.id(),
         );
         let path = out_dir.join(format!("{}.gguf", sanitize(&r.name)));
+        let mut lora: Vec<crunch_model::LoraSpec> = Vec::new();
         let res = (|| -> Result<()> {
             let rep = solver.write(&planned.plan, &path, &NoProgress, cancel)?;
             c.quantize_seconds = rep.seconds;
             c.file_bytes = rep.file_bytes;
+            if let Some(corr) = &r.correction {
+                // Corrected against the model the recipe quantized (the pruned copy if pruned).
+                let at = format!("search.recipes ({}).correction", r.name);
+                let (adapter, rep) = super::fit::correct(&j.settings, corr, &at, &solver_model, &path, ctx)?;
+                c.adapter_bytes = Some(rep.file_bytes);
+                c.file_bytes += rep.file_bytes;
+                child.data("correction", &serde_json::to_value(&rep).map_err(json_err)?);
+                lora.push(crunch_model::LoraSpec { path: adapter, scale: 1.0 });
+            }
             child.output(&path);
             let klds = planned.tensor_kld.clone();
             child.plan(&planned.plan, Some(&|n: &str| klds.get(n).copied()));
@@ -238,12 +257,14 @@ fn candidates(
         // Judged against the unpruned base whatever the recipe quantized.
         let res = res.and_then(|()| {
             let base = sessions.get_mut(r.method.name()).expect("inserted above");
-            c.measured = Some(base.evaluate(&path, progress, cancel)?);
+            c.measured = Some(base.evaluate_with(&path, &lora, progress, cancel)?);
             Ok(())
         });
         if temporary {
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(crunch_core::output::sidecar_path(&path));
+            for p in std::iter::once(path.clone()).chain(lora.iter().map(|l| l.path.clone())) {
+                let _ = std::fs::remove_file(&p);
+                let _ = std::fs::remove_file(crunch_core::output::sidecar_path(&p));
+            }
         } else {
             c.output = Some(path.display().to_string());
         }
@@ -270,6 +291,9 @@ fn candidates(
                 metrics.extend(measured_metrics(&m));
                 if let Some(r) = c.ram {
                     metrics.push((metric::RAM_BYTES, r.total as f64));
+                }
+                if let Some(b) = c.adapter_bytes {
+                    metrics.push((metric::ADAPTER_BYTES, b as f64));
                 }
                 c.run_id = child.finish(&metrics);
             }
