@@ -373,3 +373,77 @@ fn fit_and_search_prune_before_quantizing() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// `fit --correction-rank` and a recipe's `correction:` ship a LoRA adapter beside the model: its
+/// bytes come off the size target and count in the candidate's size, and the model is judged with
+/// the adapter applied.
+#[test]
+fn fit_and_search_with_a_correction() {
+    let s = crunch_testkit::Scratch::new("fit-correction");
+    let base = smollm2_f32();
+    let (cache, reg) = (s.join("cache"), s.join("registry.db"));
+    let common = small(&cache, &reg);
+    let gguf = s.join("corrected.gguf");
+    let budget = 90_000_000u64;
+    let mut args: Vec<String> = [
+        "fit",
+        base.to_str().unwrap(),
+        gguf.to_str().unwrap(),
+        "--max-size",
+        &budget.to_string(),
+        "--correction-rank",
+        "8",
+        "--correction-ctx",
+        "64",
+        "--correction-chunks",
+        "2",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(common.clone());
+    let j = json_of(&run(&args));
+    let adapter = s.join("corrected.lora.gguf");
+    assert_eq!(j["adapter"].as_str().unwrap(), adapter.to_str().unwrap());
+    let (m, a) = (std::fs::metadata(&gguf).unwrap().len(), std::fs::metadata(&adapter).unwrap().len());
+    assert_eq!(j["total_bytes"].as_u64().unwrap(), m + a);
+    assert!(m + a <= budget, "model {m} + adapter {a} over the budget {budget}");
+    assert!(m + a > budget - 2_000_000, "the budget is used: {} of {budget}", m + a);
+    let ad = crunch_model::LoraAdapter::open(&adapter).unwrap();
+    assert_eq!(ad.pairs().len(), 30 * 7);
+    assert!(j["measured"]["kld"].as_f64().unwrap().is_finite());
+
+    let out = s.join("search-out");
+    let recipes = s.join("r.yaml");
+    std::fs::write(
+        &recipes,
+        "recipes:\n  - preset: Q4_0\n  - preset: Q4_0\n    correction: { rank: 8, ctx: 64, chunks: 2 }\n  \
+         - fit: { max_size_of: Q4_0 }\n    correction: { rank: 8, ctx: 64, chunks: 2 }\n",
+    )
+    .unwrap();
+    let mut sa = vec![
+        "search".to_string(),
+        base.display().to_string(),
+        "--recipes".into(),
+        recipes.display().to_string(),
+        "--out-dir".into(),
+        out.display().to_string(),
+        "--json".into(),
+    ];
+    sa.extend(common);
+    let j = json_of(&run(&sa));
+    let cands = j["candidates"].as_array().unwrap();
+    let by = |n: &str| cands.iter().find(|c| c["name"] == n).unwrap_or_else(|| panic!("no {n} in {cands:?}"));
+    let (plain, corrected, fitted) = (by("Q4_0"), by("Q4_0+r8"), by("fit-size-of-Q4_0+r8"));
+    for c in [plain, corrected, fitted] {
+        assert!(c["error"].is_null(), "{c}");
+    }
+    let adapter_bytes = corrected["adapter_bytes"].as_u64().unwrap();
+    assert!(adapter_bytes > 0);
+    assert_eq!(corrected["file_bytes"].as_u64().unwrap(), plain["file_bytes"].as_u64().unwrap() + adapter_bytes);
+    // The fit made room for its adapter inside the preset's size.
+    assert!(fitted["file_bytes"].as_u64().unwrap() <= plain["file_bytes"].as_u64().unwrap());
+    let kept = corrected["output"].as_str().unwrap();
+    assert!(std::path::Path::new(&kept.replace(".gguf", ".lora.gguf")).exists());
+}

@@ -131,6 +131,12 @@ pub struct FitArgs {
     /// The correction adapter's tensor type: f32, f16, bf16, q8_0.
     #[arg(long, value_name = "TYPE", default_value = "f16", help_heading = "Low-rank correction")]
     correction_type: String,
+    /// Calibration chunks for the correction (from the first half of --text).
+    #[arg(long, value_name = "N", default_value_t = 32, help_heading = "Low-rank correction")]
+    correction_chunks: usize,
+    /// Tokens per calibration chunk for the correction.
+    #[arg(long, value_name = "N", default_value_t = 512, help_heading = "Low-rank correction")]
+    correction_ctx: usize,
     #[command(flatten)]
     common: ModelArgs,
 }
@@ -194,6 +200,8 @@ pub fn run(a: FitArgs) -> Result<()> {
             rank: a.correction_rank,
             budget: a.correction_budget.clone(),
             adapter_type: Some(a.correction_type.clone()),
+            ctx: Some(a.correction_ctx),
+            chunks: Some(a.correction_chunks),
             ..Default::default()
         }),
     });
