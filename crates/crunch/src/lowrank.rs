@@ -586,7 +586,12 @@ impl CorrectionSpec {
             .filter(|t| is_block_linear(&t.name) && t.dims.len() == 2)
             .map(|t| (t.name.clone(), t.dims[0] as usize, t.dims[1] as usize))
             .collect();
-        let (ranks, extra): (Vec<(String, usize, usize, usize)>, u64) = match o.ranks {
+        let meta = lora::adapter_metadata(arch, 1.0);
+        let file_bytes = |ranks: &[(String, usize, usize, usize)]| {
+            lora::adapter_file_bytes(meta.clone(), o.ty, ranks)
+                .map_err(|e| Error::field(format!("{field}.rank"), e.to_string()))
+        };
+        match o.ranks {
             RankChoice::Fixed(r) => {
                 if let Some((n, i, out)) = shapes.iter().find(|(_, i, o)| r > *i.min(o)) {
                     return Err(Error::field(
@@ -594,22 +599,18 @@ impl CorrectionSpec {
                         format!("{r} is larger than tensor {n} ([{i}, {out}]) allows: at most {}", i.min(out)),
                     ));
                 }
-                (shapes.into_iter().map(|(n, i, out)| (n, i, out, r)).collect(), 0)
+                file_bytes(&shapes.into_iter().map(|(n, i, out)| (n, i, out, r)).collect::<Vec<_>>())
             }
-            // Header of every tensor (at the smallest rank a block allows), plus the data budget.
-            RankChoice::Budget(b) => {
-                (shapes.into_iter().map(|(n, i, out)| (n, i, out, o.ty.block_size())).collect(), b)
+            RankChoice::Budget(budget) => {
+                // The header of every tensor (sized at the smallest rank), the budget's data and
+                // the most alignment padding two tensors per weight can add.
+                let step = o.ty.block_size();
+                let ranks: Vec<_> = shapes.into_iter().map(|(n, i, out)| (n, i, out, step)).collect();
+                let data: u64 = ranks.iter().map(|(_, i, out, r)| lora_bytes(o.ty, i + out) * *r as u64).sum();
+                let align = 2 * crunch_core::gguf::limits::DEFAULT_ALIGNMENT * ranks.len() as u64;
+                Ok(file_bytes(&ranks)?.saturating_sub(data) + budget + align)
             }
-        };
-        let head_and_data = lora::adapter_file_bytes(lora::adapter_metadata(arch, 1.0), o.ty, &ranks)
-            .map_err(|e| Error::field(format!("{field}.rank"), e.to_string()))?;
-        Ok(match o.ranks {
-            RankChoice::Fixed(_) => head_and_data,
-            RankChoice::Budget(_) => {
-                let data_at_step: u64 = ranks.iter().map(|(_, i, out, r)| lora_bytes(o.ty, i + out) * *r as u64).sum();
-                head_and_data - data_at_step.min(head_and_data) + extra + 32 * ranks.len() as u64 * 2
-            }
-        })
+        }
     }
 }
 

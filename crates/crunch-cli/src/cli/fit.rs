@@ -196,13 +196,15 @@ pub fn run(a: FitArgs) -> Result<()> {
                 ..Default::default()
             }
         }),
-        correction: (a.correction_rank.is_some() || a.correction_budget.is_some()).then(|| CorrectionSpec {
-            rank: a.correction_rank,
-            budget: a.correction_budget.clone(),
-            adapter_type: Some(a.correction_type.clone()),
-            ctx: Some(a.correction_ctx),
-            chunks: Some(a.correction_chunks),
-            ..Default::default()
+        correction: (a.correction_rank.is_some() || a.correction_budget.is_some()).then(|| {
+            Box::new(CorrectionSpec {
+                rank: a.correction_rank,
+                budget: a.correction_budget.clone(),
+                adapter_type: Some(a.correction_type.clone()),
+                ctx: Some(a.correction_ctx),
+                chunks: Some(a.correction_chunks),
+                ..Default::default()
+            })
         }),
     });
     let quiet = a.common.quiet || a.json;

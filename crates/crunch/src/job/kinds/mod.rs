@@ -439,7 +439,7 @@ pub struct FitJob {
     /// A low-rank correction of the written model, shipped as a LoRA adapter beside it
     /// (`OUTPUT` with `.lora.gguf`); its bytes count against the size, bpw or memory target.
     #[serde(default)]
-    pub correction: Option<crate::lowrank::CorrectionSpec>,
+    pub correction: Option<Box<crate::lowrank::CorrectionSpec>>,
 }
 
 impl FitJob {
