@@ -41,34 +41,52 @@ pub struct LowRank {
 /// Sizes that do not match, an SVD that does not converge, a second moment that does not factor
 /// even dampened (named by `name`).
 pub fn correction(name: &str, err: &[f32], n_in: usize, h: Option<&[f32]>, rank: usize, damp: f64) -> Result<LowRank> {
-    if n_in == 0 || !err.len().is_multiple_of(n_in) {
+    let l = h.map(|h| whitening(name, h, n_in, damp)).transpose()?;
+    correction_whitened(name, err, n_in, l.as_ref(), rank)
+}
+
+/// A whitening factor (lower triangular, `n_in × n_in`).
+pub type Whitening = Mat<f64>;
+
+/// The whitening factor `L` of inputs with second moment `h` (`n_in × n_in`, row-major):
+/// `H + λI = L Lᵀ` with `λ = damp ·` mean diagonal. Computed once, it serves every weight that
+/// reads the same inputs ([`correction_whitened`]).
+///
+/// # Errors
+/// A size that does not match, a matrix that does not factor even dampened (named by `name`).
+pub fn whitening(name: &str, h: &[f32], n_in: usize, damp: f64) -> Result<Mat<f64>> {
+    if n_in == 0 || h.len() != n_in * n_in {
+        return Err(CalibError::Invalid(format!("{name}: second moment of {} values for rows of {n_in}", h.len())));
+    }
+    let mean = (0..n_in).map(|i| h[i * n_in + i] as f64).sum::<f64>() / n_in as f64;
+    let lambda = (damp * mean).max(1e-12);
+    let hm = Mat::<f64>::from_fn(n_in, n_in, |i, j| h[i * n_in + j] as f64 + if i == j { lambda } else { 0.0 });
+    let llt = hm.llt(Side::Lower).map_err(|_| CalibError::NotPositiveDefinite {
+        tensor: name.to_string(),
+        damp: damp as f32,
+        tries: 1,
+    })?;
+    Ok(llt.L().to_owned())
+}
+
+/// [`correction`] with the whitening factor already computed ([`whitening`]; `None`: plain SVD).
+///
+/// # Errors
+/// As [`correction`].
+pub fn correction_whitened(name: &str, err: &[f32], n_in: usize, l: Option<&Mat<f64>>, rank: usize) -> Result<LowRank> {
+    if n_in == 0 || err.is_empty() || !err.len().is_multiple_of(n_in) {
         return Err(CalibError::Invalid(format!("{name}: {} values are not rows of {n_in}", err.len())));
     }
     let n_out = err.len() / n_in;
-    if let Some(h) = h {
-        if h.len() != n_in * n_in {
-            return Err(CalibError::Invalid(format!("{name}: second moment of {} values for rows of {n_in}", h.len())));
+    if let Some(l) = l {
+        if l.nrows() != n_in || l.ncols() != n_in {
+            return Err(CalibError::Invalid(format!("{name}: whitening of size {} for rows of {n_in}", l.nrows())));
         }
     }
     let e = Mat::<f64>::from_fn(n_out, n_in, |i, j| err[i * n_in + j] as f64);
-    // L with H + λI = L Lᵀ, or none (identity).
-    let l = match h {
-        None => None,
-        Some(h) => {
-            let mean = (0..n_in).map(|i| h[i * n_in + i] as f64).sum::<f64>() / n_in as f64;
-            let lambda = (damp * mean).max(1e-12);
-            let hm = Mat::<f64>::from_fn(n_in, n_in, |i, j| h[i * n_in + j] as f64 + if i == j { lambda } else { 0.0 });
-            let llt = hm.llt(Side::Lower).map_err(|_| CalibError::NotPositiveDefinite {
-                tensor: name.to_string(),
-                damp: damp as f32,
-                tries: 1,
-            })?;
-            Some(llt.L().to_owned())
-        }
-    };
-    let m = match &l {
+    let m = match l {
         Some(l) => &e * l,
-        None => e.clone(),
+        None => e,
     };
     let svd = m.thin_svd().map_err(|e| CalibError::Invalid(format!("{name}: SVD did not converge ({e:?})")))?;
     let s: Vec<f64> = svd.S().column_vector().iter().copied().collect();
@@ -82,7 +100,7 @@ pub fn correction(name: &str, err: &[f32], n_in: usize, h: Option<&[f32]>, rank:
     }
     // Aᵀ = L⁻ᵀ V_r: solve Lᵀ Aᵀ = V_r.
     let mut at = Mat::<f64>::from_fn(n_in, r, |i, k| v[(i, k)]);
-    if let Some(l) = &l {
+    if let Some(l) = l {
         faer::linalg::triangular_solve::solve_upper_triangular_in_place(l.transpose(), at.as_mut(), Par::rayon(0));
     }
     let mut a = vec![0f32; r * n_in];

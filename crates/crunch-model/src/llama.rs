@@ -15,7 +15,7 @@ use crate::attention::{attention, AttnShape};
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
-use crate::lora::{LoraAdapter, LoraSpec};
+use crate::lora::LoraAdapter;
 use crate::matmul::{matmul, MatmulMode};
 use crate::ops::{add_assign, add_bias, rms_norm, swiglu};
 use crate::rope::Rope;
@@ -138,15 +138,6 @@ impl LlamaModel {
         })
     }
 
-    /// Open a GGUF file with LoRA adapters applied (`--lora FILE[:SCALE]`, in order).
-    pub fn open_with_adapters(path: impl AsRef<Path>, adapters: &[LoraSpec]) -> Result<Self> {
-        let mut m = Self::open(path)?;
-        for a in adapters {
-            m.add_adapter(Arc::new(LoraAdapter::open(&a.path)?), a.scale)?;
-        }
-        Ok(m)
-    }
-
     /// The linear weights an adapter can target: name -> (n_in, n_out).
     fn linear_shapes(&self) -> HashMap<&str, (usize, usize)> {
         let mut m = HashMap::new();
@@ -169,12 +160,7 @@ impl LlamaModel {
     /// shapes, or on the token embedding (not supported).
     pub fn add_adapter(&mut self, adapter: Arc<LoraAdapter>, scale: f32) -> Result<()> {
         let arch = self.file.metadata().architecture().unwrap_or(self.config.arch.name()).to_string();
-        if let Some(p) = adapter.pairs().iter().find(|p| p.base == self.tok_embd.name) {
-            return Err(ModelError::File {
-                path: adapter.path().display().to_string(),
-                reason: format!("tensor {}: adapters on the token embedding are not supported by crunch", p.a.name),
-            });
-        }
+        adapter.refuse_token_embedding()?;
         let shapes = self.linear_shapes();
         adapter.check_model(&self.file.path.display().to_string(), &arch, |n| shapes.get(n).copied())?;
         for (i, p) in adapter.pairs().iter().enumerate() {

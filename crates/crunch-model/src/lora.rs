@@ -31,6 +31,8 @@ pub const KEY_GENERAL_TYPE: &str = "general.type";
 pub const KEY_ADAPTER_TYPE: &str = "adapter.type";
 /// `adapter.lora.alpha` (f32).
 pub const KEY_ALPHA: &str = "adapter.lora.alpha";
+/// `adapter.alora.invocation_tokens`: an activated LoRA (llama.cpp applies it only after these).
+pub const KEY_ALORA_TOKENS: &str = "adapter.alora.invocation_tokens";
 
 /// One adapted weight: its `A` and `B` tensors in the adapter file.
 #[derive(Clone, Debug)]
@@ -116,6 +118,12 @@ impl LoraAdapter {
             ));
         }
         let arch = key_str("general.architecture")?;
+        if meta.get(KEY_ALORA_TOKENS).is_some() {
+            return Err(file_err(
+                &path,
+                format!("{KEY_ALORA_TOKENS}: activated LoRA (applied only after its invocation tokens) is not supported by crunch"),
+            ));
+        }
         let alpha = match meta.get(KEY_ALPHA) {
             None => {
                 return Err(file_err(
@@ -173,7 +181,7 @@ impl LoraAdapter {
                 }
             }
             let (n_in, rank, n_out) = (dim(a, 0), dim(a, 1), dim(b, 1));
-            if dim(b, 0) != rank || rank == 0 {
+            if dim(b, 0) != rank || rank == 0 || n_in == 0 || n_out == 0 {
                 return Err(file_err(
                     &path,
                     format!(
@@ -218,9 +226,19 @@ impl LoraAdapter {
         }
     }
 
-    /// Bytes of tensor data.
-    pub fn data_bytes(&self) -> u64 {
-        self.pairs.iter().map(|p| p.a.n_bytes() + p.b.n_bytes()).sum()
+    /// Refuse an adapter on the token embedding (llama.cpp stores those transposed; crunch does
+    /// not apply them).
+    ///
+    /// # Errors
+    /// A pair on `token_embd.weight`, named.
+    pub fn refuse_token_embedding(&self) -> Result<()> {
+        match self.pair("token_embd.weight") {
+            Some(p) => Err(file_err(
+                self.path(),
+                format!("tensor {}: adapters on the token embedding are not supported by crunch", p.a.name),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Check the adapter fits a model of architecture `arch` whose 2-D weights have the shapes
@@ -315,6 +333,9 @@ impl LoraSpec {
                 if !scale.is_finite() {
                     return Err(format!("{s}: the scale after ':' must be a finite number"));
                 }
+                if p.is_empty() {
+                    return Err(format!("{s}: no adapter file before ':'"));
+                }
                 return Ok(LoraSpec { path: PathBuf::from(p), scale });
             }
         }
@@ -356,6 +377,11 @@ fn adapter_specs(
 ) -> Result<Vec<TensorSpec>> {
     let mut specs = Vec::new();
     for (base, n_in, n_out, rank) in shapes {
+        if n_in == 0 || n_out == 0 || rank == 0 {
+            return Err(ModelError::Input(format!(
+                "{base}: a [{n_in}, {n_out}] weight with rank {rank} has nothing to adapt"
+            )));
+        }
         for (row, what) in [(n_in, "n_in"), (rank, "rank")] {
             if !row.is_multiple_of(ty.block_size()) {
                 return Err(ModelError::Input(format!(
@@ -519,5 +545,6 @@ mod tests {
         assert_eq!(LoraSpec::parse("dir/a.gguf:0.5").unwrap(), LoraSpec { path: "dir/a.gguf".into(), scale: 0.5 });
         assert_eq!(LoraSpec::parse("c:/x.gguf").unwrap().path, PathBuf::from("c:/x.gguf"));
         assert!(LoraSpec::parse("a.gguf:inf").is_err());
+        assert!(LoraSpec::parse(":0.5").is_err());
     }
 }

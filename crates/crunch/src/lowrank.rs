@@ -27,7 +27,7 @@ use crate::calibrate::calib_err;
 use crate::error::{Error, Result};
 use crate::progress::{Cancel, Progress};
 use crunch_calib::linalg;
-use crunch_calib::lowrank::{correction, LowRank};
+use crunch_calib::lowrank::{correction_whitened, whitening, LowRank, Whitening};
 use crunch_calib::runner::{Group, Layer, Runner};
 use crunch_calib::text::{self, ChunkOptions, TextSource};
 use crunch_core::gguf::{GgufFile, TensorInfo};
@@ -65,6 +65,79 @@ pub struct LowrankOptions {
     pub ty: GgmlType,
     /// Dampening of `H`'s diagonal, relative to its mean.
     pub damp: f64,
+    /// Where these options came from, for errors (`lowrank`, `fit.correction`).
+    pub field: String,
+}
+
+/// Defaults shared by the job, the CLI and [`CorrectionSpec`].
+pub const DEFAULT_MAX_RANK: usize = 256;
+pub const DEFAULT_ADAPTER_TYPE: &str = "f16";
+pub const DEFAULT_CTX: usize = 512;
+pub const DEFAULT_CHUNKS: usize = 32;
+pub const DEFAULT_DAMP: f64 = 0.01;
+
+impl LowrankOptions {
+    /// Check the options against the targeted weights `(name, n_in, n_out)`; returns the largest
+    /// rank any tensor is computed at.
+    ///
+    /// # Errors
+    /// A rank of 0, not a multiple of the adapter type's block, or larger than a weight allows; an
+    /// empty budget; a largest rank below one block; a bad dampening.
+    pub fn check(&self, shapes: &[(String, usize, usize)]) -> Result<usize> {
+        let f = &self.field;
+        let step = self.ty.block_size();
+        if !lora::WRITE_TYPES.contains(&self.ty) {
+            return Err(Error::field(
+                format!("{f}.adapter_type"),
+                format!("{}: choose f32, f16, bf16 or q8_0", self.ty),
+            ));
+        }
+        if !(self.damp.is_finite() && self.damp >= 0.0) {
+            return Err(Error::field(format!("{f}.damp"), "must be a non-negative number"));
+        }
+        match self.ranks {
+            RankChoice::Fixed(r) => {
+                if r == 0 {
+                    return Err(Error::field(format!("{f}.rank"), "must be at least 1"));
+                }
+                if !r.is_multiple_of(step) {
+                    return Err(Error::field(
+                        format!("{f}.rank"),
+                        format!("{r} is not a multiple of {}'s block of {step}", self.ty),
+                    ));
+                }
+                if let Some((n, i, o)) = shapes.iter().find(|(_, i, o)| r > *i.min(o)) {
+                    return Err(Error::field(
+                        format!("{f}.rank"),
+                        format!("{r} is larger than tensor {n} ([{i}, {o}]) allows: at most {}", i.min(o)),
+                    ));
+                }
+                Ok(r)
+            }
+            RankChoice::Budget(b) => {
+                if b == 0 {
+                    return Err(Error::field(format!("{f}.budget"), "must be positive"));
+                }
+                if self.max_rank < step {
+                    return Err(Error::field(
+                        format!("{f}.max_rank"),
+                        format!("{} is below one block of {} ({step})", self.max_rank, self.ty),
+                    ));
+                }
+                let cheapest = shapes.iter().map(|(_, i, o)| lora_bytes(self.ty, i + o) * step as u64).min();
+                if let Some(c) = cheapest.filter(|&c| c > b) {
+                    return Err(Error::field(
+                        format!("{f}.budget"),
+                        format!(
+                            "{b} bytes is too small for one rank of any targeted tensor (the cheapest takes {c}); \
+                             raise it or use a fixed rank"
+                        ),
+                    ));
+                }
+                Ok(self.max_rank)
+            }
+        }
+    }
 }
 
 /// What the correction did to one tensor.
@@ -133,7 +206,7 @@ fn is_block_linear(name: &str) -> bool {
 }
 
 /// The linear weights of the blocks both files have, filtered by `pattern`, in file order.
-fn targets(base: &GgufFile, quant: &GgufFile, pattern: Option<&Regex>) -> Result<Vec<Target>> {
+fn targets(base: &GgufFile, quant: &GgufFile, pattern: Option<&Regex>, field: &str) -> Result<Vec<Target>> {
     let mut out = Vec::new();
     for t in base.tensors() {
         if !is_block_linear(&t.name) || pattern.is_some_and(|p| !p.is_match(&t.name)) {
@@ -146,7 +219,7 @@ fn targets(base: &GgufFile, quant: &GgufFile, pattern: Option<&Regex>) -> Result
                 t.name
             ))
         })?;
-        if q.dims != t.dims || t.dims.len() != 2 {
+        if q.dims != t.dims || t.dims.len() != 2 || t.dims.contains(&0) {
             return Err(Error::Invalid(format!(
                 "tensor {}: shape {} in {}, {} in {} (the quantized file must be made from this base)",
                 t.name,
@@ -175,7 +248,7 @@ fn targets(base: &GgufFile, quant: &GgufFile, pattern: Option<&Regex>) -> Result
     }
     if out.is_empty() {
         return Err(Error::field(
-            "lowrank.tensors",
+            format!("{field}.tensors"),
             match pattern {
                 Some(p) => format!("no linear weight of the blocks matches {:?}", p.as_str()),
                 None => "the base model has no linear weights in blocks (blk.N.attn_q.weight, …)".into(),
@@ -270,63 +343,23 @@ pub fn lowrank(
             base_path.display()
         )));
     }
-    if !lora::WRITE_TYPES.contains(&o.ty) {
-        return Err(Error::field("lowrank.adapter_type", format!("{}: choose f32, f16, bf16 or q8_0", o.ty)));
-    }
     let step = o.ty.block_size();
-    let targets = targets(&base, &quant, o.tensors.as_ref())?;
-    let cap = match o.ranks {
-        RankChoice::Fixed(r) => {
-            if r == 0 {
-                return Err(Error::field("lowrank.rank", "must be at least 1"));
-            }
-            if !r.is_multiple_of(step) {
-                return Err(Error::field(
-                    "lowrank.rank",
-                    format!("{r} is not a multiple of {}'s block of {step}", o.ty),
-                ));
-            }
-            if let Some(t) = targets.iter().find(|t| r > t.n_in.min(t.n_out)) {
-                return Err(Error::field(
-                    "lowrank.rank",
-                    format!(
-                        "{r} is larger than tensor {} ([{}, {}]) allows: at most {}",
-                        t.name,
-                        t.n_in,
-                        t.n_out,
-                        t.n_in.min(t.n_out)
-                    ),
-                ));
-            }
-            r
-        }
-        RankChoice::Budget(b) => {
-            if b == 0 {
-                return Err(Error::field("lowrank.budget", "must be positive"));
-            }
-            if o.max_rank == 0 {
-                return Err(Error::field("lowrank.max_rank", "must be at least 1"));
-            }
-            o.max_rank
-        }
-    };
-    if !(o.damp.is_finite() && o.damp >= 0.0) {
-        return Err(Error::field("lowrank.damp", "must be a non-negative number"));
-    }
+    let targets = targets(&base, &quant, o.tensors.as_ref(), &o.field)?;
+    let shapes: Vec<(String, usize, usize)> = targets.iter().map(|t| (t.name.clone(), t.n_in, t.n_out)).collect();
+    let cap = o.check(&shapes)?;
     let bytes_per = |t: &Target| -> u64 { lora_bytes(o.ty, t.n_in + t.n_out) };
     let by_name: BTreeMap<&str, &Target> = targets.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut cands: Vec<Candidate> = Vec::with_capacity(targets.len());
     let mut calibration_tokens = 0;
-    let correct = |t: &Target, w: &[f32], h: Option<&[f32]>| -> Result<Candidate> {
+    let correct = |t: &Target, w: &[f32], h: Option<(&[f32], &Whitening)>| -> Result<Candidate> {
         let wq = dequantize(&quant, &t.quant)?;
         let err: Vec<f32> = w.iter().zip(&wq).map(|(a, b)| a - b).collect();
         let energy = match h {
-            Some(h) => output_energy(w, t.n_in, h),
+            Some((h, _)) => output_energy(w, t.n_in, h),
             None => w.iter().map(|&x| (x as f64).powi(2)).sum(),
         };
         let max = cap.min(t.n_in.min(t.n_out)) / step * step;
-        let mut lr =
-            correction(&t.name, &err, t.n_in, h, max, if h.is_some() { o.damp } else { 0.0 }).map_err(calib_err)?;
+        let mut lr = correction_whitened(&t.name, &err, t.n_in, h.map(|(_, l)| l), max).map_err(calib_err)?;
         lr.balance(t.n_in);
         Ok(Candidate { name: t.name.clone(), n_in: t.n_in, quant_type: t.quant.ty, lr, energy })
     };
@@ -359,9 +392,12 @@ pub fn lowrank(
                     let n_in = lins[0].n_in;
                     let mut h = vec![0f32; n_in * n_in];
                     linalg::add_xtx(&mut h, input, n_in);
-                    // The group's tensors share H: their SVDs run side by side.
-                    let done: Vec<Result<Candidate>> =
-                        lins.par_iter().map(|lin| correct(by_name[lin.name.as_str()], &lin.w, Some(&h))).collect();
+                    // The group's tensors share H and its factor: their SVDs run side by side.
+                    let l = whitening(&lins[0].name, &h, n_in, o.damp)?;
+                    let done: Vec<Result<Candidate>> = lins
+                        .par_iter()
+                        .map(|lin| correct(by_name[lin.name.as_str()], &lin.w, Some((&h, &l))))
+                        .collect();
                     for c in done {
                         match c {
                             Ok(c) => cands.push(c),
@@ -382,8 +418,10 @@ pub fn lowrank(
         }
         None => {
             progress.start("lowrank", targets.len() as u64);
-            // A few tensors at a time: their SVDs run side by side, memory stays at a few weights.
-            let width = rayon::current_num_threads().max(1);
+            // A few tensors at a time: their SVDs run side by side, as many as fit in about 2 GiB
+            // (an SVD holds about four f64 copies of its matrix).
+            let largest = targets.iter().map(|t| 32 * t.n_in as u64 * t.n_out as u64).max().unwrap_or(1);
+            let width = ((2u64 << 30) / largest.max(1)).clamp(1, rayon::current_num_threads().max(1) as u64) as usize;
             for (n, group) in targets.chunks(width).enumerate() {
                 if cancel.is_cancelled() {
                     return Err(Error::Cancelled);
@@ -418,7 +456,7 @@ pub fn lowrank(
     };
     if ranks.iter().all(|&r| r == 0) {
         return Err(Error::field(
-            "lowrank.budget",
+            format!("{}.budget", o.field),
             "too small for one rank of any targeted tensor; raise it or use a fixed rank".to_string(),
         ));
     }
@@ -550,25 +588,29 @@ impl CorrectionSpec {
     /// Neither or both of rank and budget, a bad type, empty chunks.
     pub fn options(&self, field: &str, text: TextSource) -> Result<LowrankOptions> {
         let chunks = ChunkOptions {
-            n_ctx: self.ctx.unwrap_or(512),
-            n_chunks: Some(self.chunks.unwrap_or(32)),
+            n_ctx: self.ctx.unwrap_or(DEFAULT_CTX),
+            n_chunks: Some(self.chunks.unwrap_or(DEFAULT_CHUNKS)),
             skip: 0,
             shuffle_seed: None,
         };
-        if chunks.n_ctx == 0 || chunks.n_chunks == Some(0) {
-            return Err(Error::field(
-                format!("{field}.chunks"),
-                "calibration chunks and their length must be positive",
-            ));
+        if chunks.n_ctx == 0 {
+            return Err(Error::field(format!("{field}.ctx"), "must be positive"));
+        }
+        if chunks.n_chunks == Some(0) {
+            return Err(Error::field(format!("{field}.chunks"), "must be positive"));
         }
         Ok(LowrankOptions {
             ranks: rank_choice(self.rank, self.budget.as_deref(), field)?,
             text: Some(text),
             chunks,
             tensors: None,
-            max_rank: self.max_rank.unwrap_or(256),
-            ty: adapter_type(self.adapter_type.as_deref().unwrap_or("f16"), &format!("{field}.adapter_type"))?,
-            damp: 0.01,
+            max_rank: self.max_rank.unwrap_or(DEFAULT_MAX_RANK),
+            ty: adapter_type(
+                self.adapter_type.as_deref().unwrap_or(DEFAULT_ADAPTER_TYPE),
+                &format!("{field}.adapter_type"),
+            )?,
+            damp: DEFAULT_DAMP,
+            field: field.to_string(),
         })
     }
 
@@ -586,6 +628,7 @@ impl CorrectionSpec {
             .filter(|t| is_block_linear(&t.name) && t.dims.len() == 2)
             .map(|t| (t.name.clone(), t.dims[0] as usize, t.dims[1] as usize))
             .collect();
+        o.check(&shapes)?;
         let meta = lora::adapter_metadata(arch, 1.0);
         let file_bytes = |ranks: &[(String, usize, usize, usize)]| {
             lora::adapter_file_bytes(meta.clone(), o.ty, ranks)
@@ -593,12 +636,6 @@ impl CorrectionSpec {
         };
         match o.ranks {
             RankChoice::Fixed(r) => {
-                if let Some((n, i, out)) = shapes.iter().find(|(_, i, o)| r > *i.min(o)) {
-                    return Err(Error::field(
-                        format!("{field}.rank"),
-                        format!("{r} is larger than tensor {n} ([{i}, {out}]) allows: at most {}", i.min(out)),
-                    ));
-                }
                 file_bytes(&shapes.into_iter().map(|(n, i, out)| (n, i, out, r)).collect::<Vec<_>>())
             }
             RankChoice::Budget(budget) => {
@@ -617,12 +654,6 @@ impl CorrectionSpec {
 /// Bytes of one rank of a tensor's `A` and `B` together: `n` elements (`n_in + n_out`) of `ty`.
 fn lora_bytes(ty: GgmlType, n: usize) -> u64 {
     (n as f64 * ty.type_size() as f64 / ty.block_size() as f64).ceil() as u64
-}
-
-/// Bytes of tensor data of an adapter with rank `rank` on every tensor `(n_in, n_out)` of
-/// `shapes`, in type `ty` (what a fixed-rank correction adds to a model's size).
-pub fn adapter_data_bytes(shapes: &[(usize, usize)], rank: usize, ty: GgmlType) -> u64 {
-    shapes.iter().map(|&(i, o)| lora_bytes(ty, i + o) * rank.min(i.min(o)) as u64).sum()
 }
 
 #[cfg(test)]
@@ -644,11 +675,5 @@ mod tests {
         // steps of 2: t0's first step is worth (8+4)/20 = 0.6 per byte.
         assert_eq!(allocate(&gains, &cost, 30, 2), vec![2, 0]);
         assert_eq!(allocate(&gains, &cost, 40, 2), vec![4, 0]);
-    }
-
-    #[test]
-    fn adapter_bytes_count_both_halves() {
-        assert_eq!(adapter_data_bytes(&[(576, 192)], 16, GgmlType::F16), (576 + 192) * 2 * 16);
-        assert_eq!(adapter_data_bytes(&[(64, 8)], 16, GgmlType::F32), (64 + 8) * 4 * 8);
     }
 }

@@ -49,18 +49,14 @@ pub fn open_adapters(base: &GgufFile, specs: &[LoraSpec]) -> Result<Vec<(Arc<Lor
     let model = base.path.display().to_string();
     let mut out = Vec::with_capacity(specs.len());
     for s in specs {
-        let ctx = s.path.display().to_string();
-        let a = LoraAdapter::open(&s.path).map_err(|e| Error::Model { context: ctx.clone(), source: e })?;
-        if let Some(p) = a.pairs().iter().find(|p| p.base == "token_embd.weight") {
-            return Err(Error::Invalid(format!(
-                "{ctx}: tensor {}: adapters on the token embedding are not supported by crunch",
-                p.a.name
-            )));
-        }
+        let err =
+            |e: crunch_model::ModelError| Error::field("merge.adapters", crate::eval::adapter_message(&s.path, &e));
+        let a = LoraAdapter::open(&s.path).map_err(err)?;
+        a.refuse_token_embedding().map_err(err)?;
         a.check_model(&model, &arch, |n| {
             base.tensor(n).filter(|t| t.dims.len() == 2).map(|t| (t.dims[0] as usize, t.dims[1] as usize))
         })
-        .map_err(|e| Error::Model { context: ctx, source: e })?;
+        .map_err(err)?;
         out.push((Arc::new(a), s.scale));
     }
     Ok(out)

@@ -82,18 +82,20 @@ pub fn open_model_with(path: &Path, exact: bool, lora: &[LoraSpec], field: &str)
     Ok(loaded)
 }
 
+/// An adapter's error as text that names the adapter file once.
+pub fn adapter_message(path: &Path, e: &ModelError) -> String {
+    match e {
+        // these already begin with the adapter's path
+        ModelError::File { .. } => e.to_string(),
+        ModelError::Gguf(g) if g.path().is_some() => g.to_string(),
+        _ => format!("{}: {e}", path.display()),
+    }
+}
+
 /// Apply LoRA adapters to an opened model; errors as [`open_model_with`]'s.
 pub fn apply_adapters(model: &mut LlamaModel, lora: &[LoraSpec], field: &str) -> Result<()> {
     for spec in lora {
-        let adapter_err = |e: ModelError| {
-            let message = match &e {
-                // these already begin with the adapter's path
-                ModelError::File { .. } => e.to_string(),
-                ModelError::Gguf(g) if g.path().is_some() => g.to_string(),
-                _ => format!("{}: {e}", spec.path.display()),
-            };
-            Error::field(field, message)
-        };
+        let adapter_err = |e: ModelError| Error::field(field, adapter_message(&spec.path, &e));
         let adapter = LoraAdapter::open(&spec.path).map_err(adapter_err)?;
         model.add_adapter(Arc::new(adapter), spec.scale).map_err(adapter_err)?;
     }

@@ -57,16 +57,16 @@ pub struct LowrankJob {
 }
 
 fn default_max_rank() -> usize {
-    256
+    lowrank::DEFAULT_MAX_RANK
 }
 fn default_adapter_type() -> String {
-    "f16".into()
+    lowrank::DEFAULT_ADAPTER_TYPE.into()
 }
 fn default_lowrank_chunks() -> usize {
-    32
+    lowrank::DEFAULT_CHUNKS
 }
 fn default_damp() -> f64 {
-    0.01
+    lowrank::DEFAULT_DAMP
 }
 
 /// What `lowrank` did.
@@ -111,8 +111,11 @@ pub fn lowrank_options(j: &LowrankJob) -> Result<LowrankOptions> {
         .as_deref()
         .map(|p| regex::Regex::new(p).map_err(|e| Error::field("lowrank.tensors", format!("{p:?}: {e}"))))
         .transpose()?;
-    if j.ctx == 0 || j.chunks == 0 {
-        return Err(Error::field("lowrank.chunks", "ctx and chunks must be positive"));
+    if j.ctx == 0 {
+        return Err(Error::field("lowrank.ctx", "must be positive"));
+    }
+    if j.chunks == 0 {
+        return Err(Error::field("lowrank.chunks", "must be positive"));
     }
     Ok(LowrankOptions {
         ranks,
@@ -122,6 +125,7 @@ pub fn lowrank_options(j: &LowrankJob) -> Result<LowrankOptions> {
         max_rank: j.max_rank,
         ty,
         damp: j.damp,
+        field: "lowrank".into(),
     })
 }
 

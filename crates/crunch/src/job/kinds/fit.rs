@@ -116,7 +116,10 @@ pub(crate) fn correct(
     written: &Path,
     ctx: &RunCtx,
 ) -> Result<(PathBuf, crate::lowrank::LowrankReport)> {
-    let dir = default_work_dir().join(format!("crunch-correction-{}", std::process::id()));
+    // One folder per call: two jobs of one server never share it.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = default_work_dir().join(format!("crunch-correction-{}-{n}", std::process::id()));
     let res = (|| {
         let text = calibration_half(s, &dir, "calibration")?;
         let o = spec.options(field, TextSource::File(text))?;
@@ -185,8 +188,8 @@ pub(crate) fn pruned_session(
     Ok((session, out))
 }
 
-/// Remove a pruned model [`pruned_session`] wrote.
-pub(crate) fn remove_pruned(path: &Path) {
+/// Remove a file this job wrote and its `.sha256` sidecar (a pruned copy, a model whose correction failed).
+pub(crate) fn remove_output(path: &Path) {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(crunch_core::output::sidecar_path(path));
 }
@@ -251,14 +254,15 @@ pub(crate) fn run(j: &FitJob, ctx: &RunCtx) -> Result<FitOutcome> {
     } else {
         let params = json!({ "target": target, "method": j.settings.method, "sensitivity": sens,
                               "eval_ctx": j.settings.eval_ctx, "eval_chunks": j.settings.eval_chunks,
-                              "prune": j.prune });
+                              "prune": j.prune, "correction": j.correction });
         Recorder::start(
             "fit",
             ctx.registry.as_deref(),
-            Some(match &j.prune {
-                Some(p) => format!("fit {target} after pruning ({})", p.describe()),
-                None => format!("fit {target}"),
-            }),
+            Some(format!(
+                "fit {target}{}{}",
+                j.prune.as_ref().map(|p| format!(" after pruning ({})", p.describe())).unwrap_or_default(),
+                j.correction.as_ref().map(|c| format!(" + correction {}", c.tag())).unwrap_or_default()
+            )),
             params,
             &[("model", &j.model), ("text", &j.settings.text)],
         )
@@ -297,7 +301,7 @@ fn fit(
     };
     let res = fit_on(j, target, output, &mut base, pruned.as_ref().map(|p| &p.0), rec, ctx);
     if let Some((_, path, dir)) = &pruned {
-        remove_pruned(path);
+        remove_output(path);
         let _ = std::fs::remove_dir_all(dir);
     }
     res
@@ -347,7 +351,16 @@ fn fit_on(
         rounds += 1;
         report = pruned.unwrap_or(base).write(&fp.plan, output, progress, cancel)?;
         if let Some(c) = &j.correction {
-            correction = Some(correct(&j.settings, c, "fit.correction", &j.model, output, ctx)?);
+            // Corrected against the model the plan quantized (the pruned copy when pruning).
+            let made_from = pruned.map_or(j.model.as_path(), |p| p.opts.model.as_path());
+            match correct(&j.settings, c, "fit.correction", made_from, output, ctx) {
+                Ok(r) => correction = Some(r),
+                Err(e) => {
+                    // No model without the correction it was sized for.
+                    remove_output(output);
+                    return Err(e);
+                }
+            }
         }
         if !j.evaluate {
             break;
@@ -374,9 +387,11 @@ fn fit_on(
     }
     let adapter_bytes = correction.as_ref().map_or(0, |(_, r)| r.file_bytes);
     let total_bytes = report.file_bytes + adapter_bytes;
+    let n_weights = fp.plan.n_elements.max(1);
     let mut metrics: Metrics = vec![
         (metric::FILE_BYTES, total_bytes as f64),
-        (metric::BPW, fp.bpw),
+        // With a correction, its bytes count in the bits per weight too.
+        (metric::BPW, fp.bpw + (adapter_bytes * 8) as f64 / n_weights as f64),
         (metric::PREDICTED_KLD, fp.predicted_kld),
         (metric::SOLVER_GAP, fp.gap),
         (metric::QUANTIZE_SECONDS, report.seconds),

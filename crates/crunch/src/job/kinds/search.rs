@@ -102,7 +102,7 @@ fn search(
     let mut pruned: BTreeMap<String, (crate::fit::session::Session, std::path::PathBuf)> = BTreeMap::new();
     let res = candidates(j, recipes, parent, ctx, &out_dir, temporary, &mut sessions, &mut pruned);
     for (_, path) in pruned.values() {
-        super::fit::remove_pruned(path);
+        super::fit::remove_output(path);
     }
     if temporary {
         let _ = std::fs::remove_dir(&out_dir);
@@ -260,7 +260,9 @@ fn candidates(
             c.measured = Some(base.evaluate_with(&path, &lora, progress, cancel)?);
             Ok(())
         });
-        if temporary {
+        // A model whose correction failed is not the candidate the recipe asked for.
+        let uncorrected = r.correction.is_some() && lora.is_empty();
+        if temporary || uncorrected {
             for p in std::iter::once(path.clone()).chain(lora.iter().map(|l| l.path.clone())) {
                 let _ = std::fs::remove_file(&p);
                 let _ = std::fs::remove_file(crunch_core::output::sidecar_path(&p));
