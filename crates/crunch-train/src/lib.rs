@@ -1,0 +1,56 @@
+//! crunch-train: training on the CPU (groundwork for LoRA / QLoRA fine-tuning and distillation
+//! onto a quantized model, issue 16). This first part is the backward pass of crunch's Llama block,
+//! checked against finite differences.
+//!
+//! - [`ops`]: every op of the block — RMSNorm, RoPE (normal and NeoX, crunch-model's angles),
+//!   causal grouped-query attention, SwiGLU, the residual add, and the linear layer
+//!   `y = x Wᵀ + s·(x Aᵀ) Bᵀ` with `W` frozen and the LoRA factors `A`, `B` trainable — each a
+//!   forward that mirrors crunch-model's math and its vector-Jacobian product.
+//! - [`loss`]: causal-LM cross-entropy and `KL(p_base ‖ p_model)`, with their logit gradients.
+//! - [`block`]: a whole block forward (keeping its activations) and backward (input gradient and
+//!   the LoRA gradients of its seven linears); [`model`]: embedding → blocks → final norm →
+//!   output projection → loss, and the LoRA gradient of every block.
+//! - [`gradcheck`]: central differences and the relative error the tests use.
+//!
+//! Everything is generic over [`Float`] (`f32` to train, `f64` to check gradients).
+//!
+//! # Why a hand-written backward over crunch's own ops, not an autograd crate
+//! candle-core's backprop (the obvious candidate) would need the frozen model as candle tensors,
+//! that is an f32 (or f16) copy of every weight: its quantized matmul has no backward upstream
+//! (huggingface/candle pull request 2729, still open when this was written, proposes one). Here the frozen weights stay in their GGUF type in the memory map and are multiplied
+//! by crunch's own kernels (`crunch_model::matmul`, the tiled quantized products); the backward
+//! pass needs only `dX = dY·W`, which reads `W` by rows, so a weight can be dequantized a panel
+//! of rows at a time and never copied whole. The graph is fixed (one block type, repeated), so
+//! writing its backward by hand is a few hundred lines, each op checked against finite
+//! differences in f64; and only the LoRA factors need gradients, so nothing keeps or computes
+//! gradients of the frozen weights, norms or embeddings. The speed comparison with candle (issue
+//! 16 asks for it) has not been made yet.
+//!
+//! [`ops::GgufWeight`] is that frozen weight (forward by crunch-model's `matmul`, backward by
+//! panels of 32 dequantized rows), tested against its dequantized matrix; the tiny [`Model`] of
+//! the gradient checks uses dense weights. Not here yet: a model built on `GgufWeight`s,
+//! optimizers, the training loop and the `distill` / `finetune` jobs.
+
+#![forbid(unsafe_code)]
+
+pub mod block;
+pub mod float;
+pub mod gradcheck;
+pub mod loss;
+pub mod model;
+pub mod ops;
+
+#[cfg(test)]
+mod tests;
+
+pub use block::{Block, BlockGrads, BlockShape, BlockTape, Proj};
+pub use float::Float;
+pub use model::{Model, ModelConfig, Target};
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    /// `n` normal samples times `scale`, in f64.
+    pub fn randn(rng: &mut crunch_testkit::Rng, n: usize, scale: f64) -> Vec<f64> {
+        (0..n).map(|_| rng.normal() as f64 * scale).collect()
+    }
+}
