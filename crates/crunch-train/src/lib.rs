@@ -1,6 +1,6 @@
 //! crunch-train: training on the CPU (groundwork for LoRA / QLoRA fine-tuning and distillation
-//! onto a quantized model, issue 16). This first part is the backward pass of crunch's Llama block,
-//! checked against finite differences.
+//! onto a quantized model, issue 16): the backward pass of crunch's Llama block, checked against
+//! finite differences, and the optimizer side of LoRA training on top of it.
 //!
 //! - [`ops`]: every op of the block — RMSNorm, RoPE (normal and NeoX, crunch-model's angles),
 //!   causal grouped-query attention, SwiGLU, the residual add, and the linear layer
@@ -11,6 +11,19 @@
 //!   the LoRA gradients of its seven linears); [`model`]: embedding → blocks → final norm →
 //!   output projection → loss, and the LoRA gradient of every block.
 //! - [`gradcheck`]: central differences and the relative error the tests use.
+//! - [`optim`]: AdamW (decoupled weight decay, bias correction; its state — step count and
+//!   moments — serde for checkpoints), the learning-rate [`Schedule`] (linear warmup, then cosine
+//!   or linear decay to a floor), global-norm clipping (returns the pre-clip norm) and
+//!   [`GradBuffer`], gradient accumulation over micro-batches (per-sample gradients summed in f64,
+//!   then averaged over the samples, so `k` micro-batches equal one batch of all their samples).
+//! - [`init`]: LoRA initialisation as PEFT does it (`A` Kaiming-uniform with `a = √5` from a
+//!   seeded [`SplitMix64`], `B = 0`), or from given factors by base-weight name (a `crunch lowrank`
+//!   correction to start distillation from).
+//! - [`train`]: [`accumulate`] (forward, loss — cross-entropy or KL against given base
+//!   log-probabilities — backward and accumulation for a micro-batch) and [`Trainer`]: steps of
+//!   micro-batches drawn from a list of [`Chunk`]s in an order fixed by the seed, clipping,
+//!   schedule and AdamW; returns the loss curve, bit-identical for the same seed, and resumes
+//!   from a [`TrainerState`].
 //!
 //! Everything is generic over [`Float`] (`f32` to train, `f64` to check gradients).
 //!
@@ -28,24 +41,30 @@
 //!
 //! [`ops::GgufWeight`] is that frozen weight (forward by crunch-model's `matmul`, backward by
 //! panels of 32 dequantized rows), tested against its dequantized matrix; the tiny [`Model`] of
-//! the gradient checks uses dense weights. Not here yet: a model built on `GgufWeight`s,
-//! optimizers, the training loop and the `distill` / `finetune` jobs.
+//! the gradient checks uses dense weights; the trainer runs on that [`Model`]. Not here yet: a
+//! model built on `GgufWeight`s, checkpoint files, and the `distill` / `finetune` jobs.
 
 #![forbid(unsafe_code)]
 
 pub mod block;
 pub mod float;
 pub mod gradcheck;
+pub mod init;
 pub mod loss;
 pub mod model;
 pub mod ops;
+pub mod optim;
+pub mod train;
 
 #[cfg(test)]
 mod tests;
 
 pub use block::{Block, BlockGrads, BlockShape, BlockTape, Proj};
 pub use float::Float;
+pub use init::{init_from_factors, init_lora, LoraInit, SplitMix64};
 pub use model::{Model, ModelConfig, Target};
+pub use optim::{clip_grad_norm, AdamW, AdamWConfig, AdamWState, GradBuffer, Schedule};
+pub use train::{accumulate, Chunk, StepStats, TrainConfig, Trainer, TrainerState};
 
 #[cfg(test)]
 pub(crate) mod testutil {

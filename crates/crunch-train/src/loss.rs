@@ -2,7 +2,9 @@
 //! logits: causal-LM cross-entropy (fine-tuning) and `KL(p_base ‖ p_model)` against given base
 //! log-probabilities (distillation; full vocabulary for now, top-k later).
 //!
-//! Losses are means over the scored rows; the gradients are of that mean.
+//! Losses are means over the scored rows; the gradients are of that mean. The per-row losses are
+//! summed in row order (not by a parallel reduction, whose tree depends on work stealing), so a
+//! loss is bit-identical from run to run.
 
 use rayon::prelude::*;
 
@@ -42,6 +44,8 @@ pub fn cross_entropy<T: Float>(logits: &[T], n_vocab: usize, targets: &[u32]) ->
             g[t] -= inv;
             -lp[t].to_f64()
         })
+        .collect::<Vec<f64>>()
+        .iter()
         .sum();
     (T::from_f64(loss / targets.len() as f64), grad)
 }
@@ -93,6 +97,8 @@ pub fn kl_divergence<T: Float>(logits: &[T], n_vocab: usize, base_logprobs: &[T]
             }
             kl
         })
+        .collect::<Vec<f64>>()
+        .iter()
         .sum();
     (T::from_f64(loss / rows as f64), grad)
 }

@@ -1,0 +1,442 @@
+//! The training loop on a [`Model`]: [`accumulate`] (forward, loss, backward and the gradient
+//! added to a [`GradBuffer`] for each sample of a micro-batch), [`Trainer::step`] (micro-batches,
+//! mean, clipping, schedule, AdamW) and [`Trainer::run`] (a fixed number of steps over a list of
+//! chunks, drawn in an order fixed by the seed; returns the loss curve).
+
+use serde::{Deserialize, Serialize};
+
+use crate::float::Float;
+use crate::init::SplitMix64;
+use crate::model::{Model, Target};
+use crate::optim::{
+    clip_grad_norm, grads_to_tensors, AdamW, AdamWConfig, AdamWState, GradBuffer, Schedule, StateMismatch,
+};
+
+/// One training sample: a context's tokens and what its logits are scored against (the base
+/// model's log-probabilities, `tokens.len() × n_vocab`, for distillation).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chunk<T> {
+    pub tokens: Vec<u32>,
+    pub base_logprobs: Option<Vec<T>>,
+}
+
+impl<T: Float> Chunk<T> {
+    pub fn target(&self) -> Target<'_, T> {
+        match &self.base_logprobs {
+            Some(b) => Target::Distill(b),
+            None => Target::NextToken,
+        }
+    }
+}
+
+/// Forward, loss and backward of every sample of a micro-batch, each sample's loss and LoRA
+/// gradient added to `buf`. Returns the micro-batch's mean loss (0 for an empty batch).
+pub fn accumulate<T: Float>(model: &Model<T>, batch: &[&Chunk<T>], buf: &mut GradBuffer) -> f64 {
+    let mut sum = 0.0;
+    for c in batch {
+        let (loss, grads) = model.loss_and_grad(&c.tokens, c.target());
+        buf.add(loss, &grads_to_tensors(grads));
+        sum += loss.to_f64();
+    }
+    if batch.is_empty() {
+        0.0
+    } else {
+        sum / batch.len() as f64
+    }
+}
+
+/// Hyper-parameters of a training run.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub adamw: AdamWConfig,
+    pub schedule: Schedule,
+    /// Optimizer updates.
+    pub steps: u64,
+    /// Samples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per update (their gradients averaged).
+    pub grad_accum: usize,
+    /// Global-norm clipping (`None`: off).
+    pub max_grad_norm: Option<f64>,
+    /// The order chunks are drawn in.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            adamw: AdamWConfig::default(),
+            schedule: Schedule::Constant,
+            steps: 100,
+            batch_size: 1,
+            grad_accum: 1,
+            max_grad_norm: Some(1.0),
+            seed: 0,
+        }
+    }
+}
+
+/// What one update did.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// The update's index (from 0).
+    pub step: u64,
+    /// Mean loss of the step's samples, before the update.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The learning rate used.
+    pub lr: f64,
+}
+
+/// What a checkpoint needs to resume a [`Trainer`] exactly: the optimizer state and where the
+/// chunk order stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "T: Serialize + serde::de::DeserializeOwned")]
+pub struct TrainerState<T> {
+    pub optim: AdamWState<T>,
+    pub rng: SplitMix64,
+    pub order: Vec<usize>,
+    pub next: usize,
+}
+
+/// Runs updates of a model's LoRA factors.
+#[derive(Clone, Debug)]
+pub struct Trainer<T> {
+    pub config: TrainConfig,
+    optim: AdamW<T>,
+    buf: GradBuffer,
+    rng: SplitMix64,
+    /// Chunk indices of the current epoch and how many were used.
+    order: Vec<usize>,
+    next: usize,
+}
+
+impl<T: Float> Trainer<T> {
+    /// A trainer for `model`'s current LoRA parameters (a fresh AdamW state).
+    pub fn new(config: TrainConfig, model: &mut Model<T>) -> Self {
+        let sizes: Vec<usize> = model.lora_params_mut().iter().map(|p| p.len()).collect();
+        Trainer {
+            config,
+            optim: AdamW::new(config.adamw, &sizes),
+            buf: GradBuffer::new(),
+            rng: SplitMix64::new(config.seed),
+            order: Vec::new(),
+            next: 0,
+        }
+    }
+
+    /// Resume from a checkpoint's state (checked against `model`'s LoRA parameters).
+    pub fn resume(config: TrainConfig, state: TrainerState<T>, model: &mut Model<T>) -> Result<Self, StateMismatch> {
+        let sizes: Vec<usize> = model.lora_params_mut().iter().map(|p| p.len()).collect();
+        if state.next > state.order.len() {
+            return Err(StateMismatch(format!("position {} in an order of {}", state.next, state.order.len())));
+        }
+        Ok(Trainer {
+            config,
+            optim: AdamW::from_state(config.adamw, state.optim, &sizes)?,
+            buf: GradBuffer::new(),
+            rng: state.rng,
+            order: state.order,
+            next: state.next,
+        })
+    }
+
+    /// The state to checkpoint (taken between steps).
+    pub fn state(&self) -> TrainerState<T> {
+        TrainerState {
+            optim: self.optim.state().clone(),
+            rng: self.rng.clone(),
+            order: self.order.clone(),
+            next: self.next,
+        }
+    }
+
+    pub fn optimizer(&self) -> &AdamW<T> {
+        &self.optim
+    }
+
+    /// One update from `micro_batches` (gradients averaged over all their samples, clipped,
+    /// AdamW at the schedule's learning rate).
+    ///
+    /// # Panics
+    /// When the micro-batches hold no sample.
+    pub fn step(&mut self, model: &mut Model<T>, micro_batches: &[Vec<&Chunk<T>>]) -> StepStats {
+        for mb in micro_batches {
+            accumulate(model, mb, &mut self.buf);
+        }
+        let (loss, mut grads) = self.buf.take_mean::<T>().expect("a training step without samples");
+        let grad_norm = match self.config.max_grad_norm {
+            Some(max) => clip_grad_norm(&mut grads, max),
+            None => crate::optim::global_norm(&grads),
+        };
+        let step = self.optim.step_count();
+        let lr = self.config.adamw.lr * self.config.schedule.factor(step);
+        self.optim.step(&mut model.lora_params_mut(), &grads, lr);
+        StepStats { step, loss, grad_norm, lr }
+    }
+
+    /// The next `n` chunk indices: epochs of `n_chunks`, each in a fresh order from the seed.
+    fn draw(&mut self, n: usize, n_chunks: usize) -> Vec<usize> {
+        (0..n)
+            .map(|_| {
+                if self.next >= self.order.len() {
+                    self.order = (0..n_chunks).collect();
+                    self.rng.shuffle(&mut self.order);
+                    self.next = 0;
+                }
+                self.next += 1;
+                self.order[self.next - 1]
+            })
+            .collect()
+    }
+
+    /// `config.steps` updates (less those already made: a resumed trainer finishes the run), each of `grad_accum` micro-batches of `batch_size` chunks drawn
+    /// from `chunks` (every chunk once per epoch, in an order fixed by the seed). Returns the
+    /// statistics of every update (the loss curve). The same model, chunks and configuration
+    /// give a bit-identical curve.
+    ///
+    /// # Panics
+    /// When `chunks` is empty or the batch size or accumulation is 0.
+    pub fn run(&mut self, model: &mut Model<T>, chunks: &[Chunk<T>]) -> Vec<StepStats> {
+        assert!(!chunks.is_empty(), "no training chunks");
+        let (bs, accum) = (self.config.batch_size, self.config.grad_accum);
+        assert!(bs > 0 && accum > 0, "batch size {bs}, accumulation {accum}");
+        (self.optim.step_count()..self.config.steps)
+            .map(|_| {
+                let idx = self.draw(bs * accum, chunks.len());
+                let mbs: Vec<Vec<&Chunk<T>>> =
+                    idx.chunks(bs).map(|c| c.iter().map(|&i| &chunks[i]).collect()).collect();
+                self.step(model, &mbs)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{central_differences, relative_error};
+    use crate::init::{init_lora, LoraInit};
+    use crate::loss::log_softmax;
+    use crate::model::ModelConfig;
+    use crunch_model::config::RopeMode;
+
+    fn config() -> ModelConfig {
+        ModelConfig {
+            n_vocab: 11,
+            n_embd: 16,
+            n_ff: 24,
+            n_head: 2,
+            n_head_kv: 1,
+            n_layer: 2,
+            n_rot: 8,
+            rope_mode: RopeMode::Normal,
+            rope_freq_base: 10000.0,
+            rms_eps: 1e-5,
+            qkv_bias: false,
+            rank: 0,
+            lora_scale: 1.0,
+        }
+    }
+
+    /// A tiny random model with PEFT-initialised LoRA of rank 4.
+    fn model<T: Float>(seed: u64) -> Model<T> {
+        let mut rng = crunch_testkit::Rng::new(seed);
+        let mut m = Model::random(&config(), &mut || rng.normal() as f64);
+        init_lora(&mut m, 4, 2.0, LoraInit::Peft { seed: seed + 1 });
+        m
+    }
+
+    fn random_tokens(seed: u64, n: usize) -> Vec<u32> {
+        let mut rng = crunch_testkit::Rng::new(seed);
+        (0..n).map(|_| (rng.next_u64() % config().n_vocab as u64) as u32).collect()
+    }
+
+    /// `n` chunks of `len` tokens cut from one random sequence.
+    fn lm_chunks<T: Float>(seed: u64, n: usize, len: usize) -> Vec<Chunk<T>> {
+        random_tokens(seed, n * len).chunks(len).map(|t| Chunk { tokens: t.to_vec(), base_logprobs: None }).collect()
+    }
+
+    /// The chunks with a teacher's log-probabilities as targets.
+    fn distill_chunks<T: Float>(teacher: &Model<T>, chunks: &[Chunk<T>]) -> Vec<Chunk<T>> {
+        let v = teacher.config.n_vocab;
+        chunks
+            .iter()
+            .map(|c| {
+                let logits = teacher.forward(&c.tokens).0;
+                Chunk {
+                    tokens: c.tokens.clone(),
+                    base_logprobs: Some(logits.chunks(v).flat_map(log_softmax).collect()),
+                }
+            })
+            .collect()
+    }
+
+    fn mean_loss<T: Float>(m: &Model<T>, chunks: &[Chunk<T>]) -> f64 {
+        chunks.iter().map(|c| m.loss(&c.tokens, c.target()).to_f64()).sum::<f64>() / chunks.len() as f64
+    }
+
+    fn train_config(seed: u64, steps: u64) -> TrainConfig {
+        TrainConfig {
+            adamw: AdamWConfig { lr: 2e-2, ..AdamWConfig::default() },
+            schedule: Schedule::Cosine { warmup: 5, total: steps, floor: 0.1 },
+            steps,
+            batch_size: 2,
+            grad_accum: 2,
+            max_grad_norm: Some(1.0),
+            seed,
+        }
+    }
+
+    /// k micro-batches accumulated give the gradient of one batch of all their samples (the
+    /// gradient of the samples' mean loss), and the same update.
+    #[test]
+    fn accumulation_equals_one_batch() {
+        let mut m = model::<f64>(1);
+        // B ≠ 0, so that every gradient path is live.
+        for p in m.lora_params_mut() {
+            for (i, v) in p.iter_mut().enumerate() {
+                *v += 0.05 * ((i % 7) as f64 - 3.0);
+            }
+        }
+        let lm = lm_chunks::<f64>(2, 6, 7);
+        let teacher = model::<f64>(3);
+        let mut chunks = lm[..3].to_vec();
+        chunks.extend(distill_chunks(&teacher, &lm[3..]));
+        let all: Vec<&Chunk<f64>> = chunks.iter().collect();
+
+        let mut one = GradBuffer::new();
+        let l1 = accumulate(&m, &all, &mut one);
+        let (loss1, g1) = one.take_mean::<f64>().unwrap();
+        assert_eq!(l1, loss1);
+        let mut acc = GradBuffer::new();
+        let mut start = 0;
+        for size in [1, 3, 2] {
+            accumulate(&m, &all[start..start + size], &mut acc);
+            start += size;
+        }
+        assert_eq!(acc.samples(), 6);
+        let (loss_k, gk) = acc.take_mean::<f64>().unwrap();
+        assert!((loss_k - loss1).abs() < 1e-14);
+        let flat = |g: &[Vec<f64>]| g.iter().flatten().copied().collect::<Vec<f64>>();
+        let e = relative_error(&flat(&gk), &flat(&g1));
+        assert!(e < 1e-14, "{e:e}");
+        assert!((loss1 - mean_loss(&m, &chunks)).abs() < 1e-12);
+
+        // The averaged gradient is the gradient of the mean loss (checked on a few tensors).
+        for pi in [0, 1, 13, 27] {
+            let len = m.lora_params_mut()[pi].len();
+            let want = central_differences(len, 1e-5, |i, d| {
+                m.lora_params_mut()[pi][i] += d;
+                let v = mean_loss(&m, &chunks);
+                m.lora_params_mut()[pi][i] -= d;
+                v
+            });
+            let e = relative_error(&g1[pi], &want);
+            assert!(e < 1e-6, "tensor {pi}: {e:e}");
+        }
+
+        // And the trainer's update is the same from three micro-batches as from one batch.
+        let mut m2 = model::<f64>(1);
+        for (p, q) in m2.lora_params_mut().into_iter().zip(m.lora_params_mut()) {
+            p.clone_from(q);
+        }
+        let cfg = train_config(0, 10);
+        let s1 = Trainer::new(cfg, &mut m).step(&mut m, std::slice::from_ref(&all));
+        let s2 = Trainer::new(cfg, &mut m2).step(&mut m2, &[all[..1].to_vec(), all[1..4].to_vec(), all[4..].to_vec()]);
+        assert!((s1.loss - s2.loss).abs() < 1e-14 && (s1.grad_norm - s2.grad_norm).abs() < 1e-12);
+        let (p1, p2): (Vec<f64>, Vec<f64>) = (
+            m.lora_params_mut().into_iter().flat_map(|p| p.clone()).collect(),
+            m2.lora_params_mut().into_iter().flat_map(|p| p.clone()).collect(),
+        );
+        assert!(relative_error(&p1, &p2) < 1e-12);
+    }
+
+    #[test]
+    fn training_lowers_cross_entropy() {
+        let mut m = model::<f32>(10);
+        let chunks = lm_chunks::<f32>(11, 4, 16);
+        let before = mean_loss(&m, &chunks);
+        let curve = Trainer::new(train_config(5, 50), &mut m).run(&mut m, &chunks);
+        let after = mean_loss(&m, &chunks);
+        eprintln!(
+            "cross-entropy {before:.4} -> {after:.4}; curve {:?}",
+            curve.iter().map(|s| s.loss as f32).collect::<Vec<_>>()
+        );
+        assert_eq!(curve.len(), 50);
+        assert!((curve[0].loss - before).abs() < 0.5);
+        assert!(after < 0.7 * before, "cross-entropy {before} -> {after}");
+        assert!(curve.iter().all(|s| s.loss.is_finite() && s.grad_norm.is_finite()));
+        assert!((curve[4].lr - 2e-2).abs() < 1e-12 && (curve[49].lr - 2e-3).abs() < 1e-12);
+    }
+
+    #[test]
+    fn distillation_lowers_kl_to_a_teacher() {
+        let mut m = model::<f32>(20);
+        let teacher = model::<f32>(21);
+        let chunks = distill_chunks(&teacher, &lm_chunks::<f32>(22, 4, 16));
+        let before = mean_loss(&m, &chunks);
+        let curve = Trainer::new(train_config(6, 50), &mut m).run(&mut m, &chunks);
+        let after = mean_loss(&m, &chunks);
+        eprintln!("KL {before:.4} -> {after:.4}; curve {:?}", curve.iter().map(|s| s.loss as f32).collect::<Vec<_>>());
+        assert!(before > 0.1);
+        assert!(after < 0.7 * before, "KL {before} -> {after}");
+    }
+
+    #[test]
+    fn same_seed_gives_a_bit_identical_loss_curve() {
+        let run = |seed: u64| {
+            let mut m = model::<f32>(30);
+            let chunks = lm_chunks::<f32>(31, 5, 12);
+            let mut cfg = train_config(seed, 12);
+            cfg.batch_size = 1;
+            cfg.grad_accum = 3;
+            let curve = Trainer::new(cfg, &mut m).run(&mut m, &chunks);
+            let params: Vec<u32> = m.lora_params_mut().into_iter().flatten().map(|v| v.to_bits()).collect();
+            (curve.iter().map(|s| (s.loss.to_bits(), s.grad_norm.to_bits())).collect::<Vec<_>>(), params)
+        };
+        let a = run(7);
+        assert_eq!(a, run(7));
+        assert_ne!(a.0, run(8).0, "another seed draws the chunks in another order");
+    }
+
+    /// A run stopped after some steps and resumed from its state ends where the straight run does.
+    #[test]
+    fn resumed_run_matches_a_straight_run() {
+        let chunks = lm_chunks::<f32>(41, 5, 10);
+        let cfg = train_config(4, 9);
+        let mut m = model::<f32>(40);
+        let straight = Trainer::new(cfg, &mut m).run(&mut m, &chunks);
+        let want: Vec<f32> = m.lora_params_mut().into_iter().flat_map(|p| p.clone()).collect();
+
+        let mut m2 = model::<f32>(40);
+        // Stopped after 4 steps; the state a checkpoint would hold taken there.
+        let mut t = Trainer::new(TrainConfig { steps: 4, ..cfg }, &mut m2);
+        let first = t.run(&mut m2, &chunks);
+        let state = t.state();
+        assert_eq!(state.optim.step, 4);
+        let mut resumed = Trainer::resume(cfg, state.clone(), &mut m2).unwrap();
+        let rest = resumed.run(&mut m2, &chunks);
+        assert_eq!(first.len() + rest.len(), straight.len());
+        let got: Vec<StepStats> = first.into_iter().chain(rest).collect();
+        assert_eq!(got, straight);
+        let params: Vec<f32> = m2.lora_params_mut().into_iter().flat_map(|p| p.clone()).collect();
+        assert_eq!(params, want);
+        // A state for another model is refused.
+        let mut other = model::<f32>(40);
+        init_lora(&mut other, 2, 1.0, LoraInit::Peft { seed: 0 });
+        assert!(Trainer::resume(cfg, state, &mut other).is_err());
+    }
+
+    #[test]
+    fn train_config_round_trips_through_serde() {
+        let c = train_config(3, 40);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), c);
+        let d: TrainConfig = serde_json::from_str(r#"{"steps": 7, "adamw": {"lr": 0.5}}"#).unwrap();
+        assert_eq!((d.steps, d.adamw.lr, d.adamw.beta2), (7, 0.5, 0.999));
+        assert!(serde_json::from_str::<TrainConfig>(r#"{"stepz": 7}"#).is_err());
+    }
+}
