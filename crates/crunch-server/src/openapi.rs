@@ -23,7 +23,7 @@ pub const KINDS: &[(&str, &str)] = &[
     ("compare", "KL-divergence, same top token and perplexity against a base (base, models, text, lora: on the models only)"),
     ("choice", "multiple-choice accuracy (model, tasks, lora)"),
     ("bench", "prompt-processing and generation speed (model, pp, tg, reps, lora)"),
-    ("fit", "compress: the best model for a size, bpw, memory or KLD target (model, output, text, max_*)"),
+    ("fit", "compress: the best model for a size, bpw, memory or KLD target (model, output, text, max_*, prune, correction)"),
     ("search", "many recipes evaluated, the Pareto front (model, text, grid)"),
     ("embed", "sentence embeddings of every text line with a BERT encoder, as JSONL (model, text, output)"),
     ("embed_compare", "cosine similarity of two encoders' sentence embeddings (base, model, text)"),
