@@ -9,7 +9,13 @@
 //! - [`loss`]: causal-LM cross-entropy and `KL(p_base ‖ p_model)`, with their logit gradients.
 //! - [`block`]: a whole block forward (keeping its activations) and backward (input gradient and
 //!   the LoRA gradients of its seven linears); [`model`]: embedding → blocks → final norm →
-//!   output projection → loss, and the LoRA gradient of every block.
+//!   output projection → loss, and the LoRA gradient of every block, on a tiny dense model.
+//! - [`gguf_model`]: [`GgufModel`], the same blocks over a real GGUF Llama-family file with the
+//!   frozen base in its stored types (QLoRA-style): every linear, the output projection (or the
+//!   tied embedding) included, is an [`ops::GgufWeight`]; tokens are embedded by dequantizing
+//!   their rows; only norms and biases are f32. With zero LoRA its logits are crunch-model's
+//!   `LlamaModel`'s (SmolLM2, `MatmulMode::Exact`: 3e-6 relative), with LoRA those of the
+//!   model plus the written adapter, and its LoRA gradients match finite differences.
 //! - [`gradcheck`]: central differences and the relative error the tests use.
 //! - [`optim`]: AdamW (decoupled weight decay, bias correction; its state — step count and
 //!   moments — serde for checkpoints), the learning-rate [`Schedule`] (linear warmup, then cosine
@@ -19,13 +25,16 @@
 //! - [`init`]: LoRA initialisation as PEFT does it (`A` Kaiming-uniform with `a = √5` from a
 //!   seeded [`SplitMix64`], `B = 0`), or from given factors by base-weight name (a `crunch lowrank`
 //!   correction to start distillation from).
-//! - [`train`]: [`accumulate`] (forward, loss — cross-entropy or KL against given base
-//!   log-probabilities — backward and accumulation for a micro-batch) and [`Trainer`]: steps of
+//! - [`train`]: [`LoraModel`] (what training needs of a model: loss and LoRA gradients of a
+//!   sample, the LoRA factors; implemented by [`Model`] and [`GgufModel`]), [`accumulate`]
+//!   (forward, loss — cross-entropy or KL against given base log-probabilities — backward and
+//!   accumulation for a micro-batch) and [`Trainer`]: steps of
 //!   micro-batches drawn from a list of [`Chunk`]s in an order fixed by the seed, clipping,
 //!   schedule and AdamW; returns the loss curve, bit-identical for the same seed, and resumes
 //!   from a [`TrainerState`].
 //!
-//! Everything is generic over [`Float`] (`f32` to train, `f64` to check gradients).
+//! Everything is generic over [`Float`] (`f32` to train, `f64` to check gradients) but
+//! [`GgufModel`], which is f32 as crunch's kernels are.
 //!
 //! # Why a hand-written backward over crunch's own ops, not an autograd crate
 //! candle-core's backprop (the obvious candidate) would need the frozen model as candle tensors,
@@ -41,13 +50,15 @@
 //!
 //! [`ops::GgufWeight`] is that frozen weight (forward by crunch-model's `matmul`, backward by
 //! panels of 32 dequantized rows), tested against its dequantized matrix; the tiny [`Model`] of
-//! the gradient checks uses dense weights; the trainer runs on that [`Model`]. Not here yet: a
-//! model built on `GgufWeight`s, checkpoint files, and the `distill` / `finetune` jobs.
+//! the gradient checks uses dense weights; [`GgufModel`] is built on `GgufWeight`s; the trainer
+//! runs on either through [`LoraModel`]. Not here yet: checkpoint files, top-k KL, and the
+//! `distill` / `finetune` jobs.
 
 #![forbid(unsafe_code)]
 
 pub mod block;
 pub mod float;
+pub mod gguf_model;
 pub mod gradcheck;
 pub mod init;
 pub mod loss;
@@ -61,10 +72,11 @@ mod tests;
 
 pub use block::{Block, BlockGrads, BlockShape, BlockTape, Proj};
 pub use float::Float;
+pub use gguf_model::{GgufModel, GgufModelTape};
 pub use init::{init_from_factors, init_lora, LoraInit, SplitMix64};
 pub use model::{Model, ModelConfig, Target};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, AdamWState, GradBuffer, Schedule};
-pub use train::{accumulate, Chunk, StepStats, TrainConfig, Trainer, TrainerState};
+pub use train::{accumulate, Chunk, LoraModel, StepStats, TrainConfig, Trainer, TrainerState};
 
 #[cfg(test)]
 pub(crate) mod testutil {

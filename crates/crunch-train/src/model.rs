@@ -1,7 +1,7 @@
 //! A whole Llama-family model on dense weights: token embedding → blocks → final RMSNorm →
 //! output projection → loss, with the LoRA gradient of every block. Small enough for the f64
-//! finite-difference checks; the real models will keep their frozen weights in their GGUF
-//! types behind `Frozen`.
+//! finite-difference checks; the real models ([`crate::GgufModel`]) keep their frozen weights in
+//! their GGUF types behind `Frozen` and run the same blocks.
 
 use crunch_model::config::RopeMode;
 use crunch_model::rope::Rope;

@@ -1,11 +1,14 @@
-//! The training loop on a [`Model`]: [`accumulate`] (forward, loss, backward and the gradient
-//! added to a [`GradBuffer`] for each sample of a micro-batch), [`Trainer::step`] (micro-batches,
-//! mean, clipping, schedule, AdamW) and [`Trainer::run`] (a fixed number of steps over a list of
-//! chunks, drawn in an order fixed by the seed; returns the loss curve).
+//! The training loop on any [`LoraModel`] (the tiny [`Model`] or a [`GgufModel`]): [`accumulate`]
+//! (forward, loss, backward and the gradient added to a [`GradBuffer`] for each sample of a
+//! micro-batch), [`Trainer::step`] (micro-batches, mean, clipping, schedule, AdamW) and
+//! [`Trainer::run`] (a fixed number of steps over a list of chunks, drawn in an order fixed by the
+//! seed; returns the loss curve).
 
 use serde::{Deserialize, Serialize};
 
+use crate::block::BlockGrads;
 use crate::float::Float;
+use crate::gguf_model::GgufModel;
 use crate::init::SplitMix64;
 use crate::model::{Model, Target};
 use crate::optim::{
@@ -29,9 +32,40 @@ impl<T: Float> Chunk<T> {
     }
 }
 
+/// What the trainer needs of a model: the loss and LoRA gradients of a sample, and the LoRA
+/// factors to update (in the order of the gradients, [`BlockGrads::flatten`] order per layer).
+/// The tiny dense [`Model`] and the GGUF-backed [`GgufModel`] are both trained through it.
+pub trait LoraModel<T: Float> {
+    /// The loss of `tokens` against `target` and the LoRA gradients of every block.
+    ///
+    /// # Panics
+    /// On input the model cannot run (a token outside the vocabulary, a context too long).
+    fn loss_and_grad(&self, tokens: &[u32], target: Target<'_, T>) -> (T, Vec<BlockGrads<T>>);
+    /// Every trainable LoRA factor.
+    fn lora_params_mut(&mut self) -> Vec<&mut Vec<T>>;
+}
+
+impl<T: Float> LoraModel<T> for Model<T> {
+    fn loss_and_grad(&self, tokens: &[u32], target: Target<'_, T>) -> (T, Vec<BlockGrads<T>>) {
+        Model::loss_and_grad(self, tokens, target)
+    }
+    fn lora_params_mut(&mut self) -> Vec<&mut Vec<T>> {
+        Model::lora_params_mut(self)
+    }
+}
+
+impl LoraModel<f32> for GgufModel {
+    fn loss_and_grad(&self, tokens: &[u32], target: Target<'_, f32>) -> (f32, Vec<BlockGrads<f32>>) {
+        GgufModel::loss_and_grad(self, tokens, target).unwrap_or_else(|e| panic!("training sample: {e}"))
+    }
+    fn lora_params_mut(&mut self) -> Vec<&mut Vec<f32>> {
+        GgufModel::lora_params_mut(self)
+    }
+}
+
 /// Forward, loss and backward of every sample of a micro-batch, each sample's loss and LoRA
 /// gradient added to `buf`. Returns the micro-batch's mean loss (0 for an empty batch).
-pub fn accumulate<T: Float>(model: &Model<T>, batch: &[&Chunk<T>], buf: &mut GradBuffer) -> f64 {
+pub fn accumulate<T: Float, M: LoraModel<T> + ?Sized>(model: &M, batch: &[&Chunk<T>], buf: &mut GradBuffer) -> f64 {
     let mut sum = 0.0;
     for c in batch {
         let (loss, grads) = model.loss_and_grad(&c.tokens, c.target());
@@ -115,7 +149,7 @@ pub struct Trainer<T> {
 
 impl<T: Float> Trainer<T> {
     /// A trainer for `model`'s current LoRA parameters (a fresh AdamW state).
-    pub fn new(config: TrainConfig, model: &mut Model<T>) -> Self {
+    pub fn new<M: LoraModel<T> + ?Sized>(config: TrainConfig, model: &mut M) -> Self {
         let sizes: Vec<usize> = model.lora_params_mut().iter().map(|p| p.len()).collect();
         Trainer {
             config,
@@ -128,7 +162,11 @@ impl<T: Float> Trainer<T> {
     }
 
     /// Resume from a checkpoint's state (checked against `model`'s LoRA parameters).
-    pub fn resume(config: TrainConfig, state: TrainerState<T>, model: &mut Model<T>) -> Result<Self, StateMismatch> {
+    pub fn resume<M: LoraModel<T> + ?Sized>(
+        config: TrainConfig,
+        state: TrainerState<T>,
+        model: &mut M,
+    ) -> Result<Self, StateMismatch> {
         let sizes: Vec<usize> = model.lora_params_mut().iter().map(|p| p.len()).collect();
         if state.next > state.order.len() {
             return Err(StateMismatch(format!("position {} in an order of {}", state.next, state.order.len())));
@@ -162,9 +200,9 @@ impl<T: Float> Trainer<T> {
     ///
     /// # Panics
     /// When the micro-batches hold no sample.
-    pub fn step(&mut self, model: &mut Model<T>, micro_batches: &[Vec<&Chunk<T>>]) -> StepStats {
+    pub fn step<M: LoraModel<T> + ?Sized>(&mut self, model: &mut M, micro_batches: &[Vec<&Chunk<T>>]) -> StepStats {
         for mb in micro_batches {
-            accumulate(model, mb, &mut self.buf);
+            accumulate(&*model, mb, &mut self.buf);
         }
         let (loss, mut grads) = self.buf.take_mean::<T>().expect("a training step without samples");
         let grad_norm = match self.config.max_grad_norm {
@@ -199,7 +237,7 @@ impl<T: Float> Trainer<T> {
     ///
     /// # Panics
     /// When `chunks` is empty or the batch size or accumulation is 0.
-    pub fn run(&mut self, model: &mut Model<T>, chunks: &[Chunk<T>]) -> Vec<StepStats> {
+    pub fn run<M: LoraModel<T> + ?Sized>(&mut self, model: &mut M, chunks: &[Chunk<T>]) -> Vec<StepStats> {
         assert!(!chunks.is_empty(), "no training chunks");
         let (bs, accum) = (self.config.batch_size, self.config.grad_accum);
         assert!(bs > 0 && accum > 0, "batch size {bs}, accumulation {accum}");

@@ -11,7 +11,7 @@ use crunch_model::matmul::{matmul, MatmulMode};
 use crunch_model::weights::Weight;
 
 use crate::ops::linear::Frozen;
-use crate::ops::matmul::axpy;
+use crunch_quant::tiled::{gemm_f32_strided, Strides};
 
 /// Weight rows dequantized together in [`GgufWeight`]'s backward pass.
 const PANEL: usize = 32;
@@ -58,8 +58,9 @@ impl Frozen<f32> for GgufWeight {
         matmul(x, n, &self.weight.view(&self.file), self.mode).expect("weight checked by GgufWeight::load")
     }
 
-    /// Each worker dequantizes panels of 32 rows of `W` and adds `dy[:, rows] · W[rows]`
-    /// into its own `dx`; the workers' sums are added at the end.
+    /// Each worker dequantizes panels of 32 rows of `W`, multiplies `dy[:, rows] · W[rows]` by
+    /// crunch-quant's blocked f32 GEMM and adds it into its own `dx`; the workers' sums are added
+    /// at the end.
     fn backward(&self, dy: &[f32], n: usize) -> Vec<f32> {
         let (n_in, n_out) = (self.weight.n_in, self.weight.n_out);
         assert_eq!(dy.len(), n * n_out, "dy for {n} rows of {n_out}");
@@ -70,22 +71,30 @@ impl Frozen<f32> for GgufWeight {
         (0..n_out.div_ceil(PANEL))
             .into_par_iter()
             .fold(
-                || (vec![0f32; n * n_in], vec![0f32; PANEL * n_in]),
-                |(mut acc, mut panel), p| {
+                || (vec![0f32; n * n_in], vec![0f32; PANEL * n_in], vec![0f32; n * n_in]),
+                |(mut acc, mut panel, mut part), p| {
                     let r0 = p * PANEL;
                     let rows = PANEL.min(n_out - r0);
                     for (j, row) in panel.chunks_exact_mut(n_in).take(rows).enumerate() {
                         view.dequantize_row(r0 + j, row).expect("weight checked by GgufWeight::load");
                     }
-                    for (dyt, dxt) in dy.chunks_exact(n_out).zip(acc.chunks_exact_mut(n_in)) {
-                        for (&g, row) in dyt[r0..r0 + rows].iter().zip(panel.chunks_exact(n_in)) {
-                            axpy(g, row, dxt);
-                        }
-                    }
-                    (acc, panel)
+                    // part (n × n_in) = dy[:, r0..r0 + rows] (row stride n_out) · panel (rows × n_in).
+                    gemm_f32_strided(
+                        n,
+                        n_in,
+                        rows,
+                        &mut part,
+                        Strides { rs: n_in, cs: 1 },
+                        &dy[r0..],
+                        Strides { rs: n_out, cs: 1 },
+                        &panel,
+                        Strides { rs: n_in, cs: 1 },
+                    );
+                    acc.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
+                    (acc, panel, part)
                 },
             )
-            .map(|(acc, _)| acc)
+            .map(|(acc, _, _)| acc)
             .reduce(
                 || vec![0f32; n * n_in],
                 |mut a, b| {
