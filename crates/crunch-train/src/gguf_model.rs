@@ -17,11 +17,10 @@ use crunch_model::rope::Rope;
 use crunch_model::weights::{load_optional_vector, load_vector, Weight};
 use crunch_model::{ModelError, Result};
 
-use crate::block::{Block, BlockGrads, BlockShape, BlockTape, Proj};
+use crate::block::{Block, BlockGrads, BlockShape, Proj};
 use crate::init::{kaiming_uniform, SplitMix64};
-use crate::loss::{causal_lm, kl_divergence};
-use crate::model::Target;
-use crate::ops::{rms_norm, rms_norm_backward, AttnShape, Frozen, GgufWeight, Linear, Lora};
+use crate::model::{loss_of, trunk_backward, trunk_forward, ModelTape, Target};
+use crate::ops::{AttnShape, Frozen, GgufWeight, Linear, Lora};
 
 /// A GGUF Llama-family model whose base weights stay frozen in their GGUF types; LoRA pairs on
 /// the block linears are the only trainable parameters.
@@ -36,14 +35,7 @@ pub struct GgufModel {
 }
 
 /// What [`GgufModel::backward`] needs from [`GgufModel::forward`].
-pub struct GgufModelTape {
-    n: usize,
-    blocks: Vec<BlockTape<f32>>,
-    /// The last block's output.
-    x: Vec<f32>,
-    rstd: Vec<f32>,
-    angles: Vec<Vec<(f32, f32)>>,
-}
+pub type GgufModelTape = ModelTape<f32>;
 
 impl GgufModel {
     /// Open a GGUF file (see [`GgufModel::from_gguf`]).
@@ -164,24 +156,12 @@ impl GgufModel {
             }
             self.tok_embd.dequantize_row(&self.file, id as usize, row)?;
         }
-        let angles = self.rope.angles_rows(0, n);
-        let mut tapes = Vec::with_capacity(self.blocks.len());
-        for b in &self.blocks {
-            let (y, tape) = b.forward(&x, n, &self.rope, &angles);
-            tapes.push(tape);
-            x = y;
-        }
-        let (h, rstd) = rms_norm(&x, &self.output_norm, self.config.rms_eps);
-        let logits = self.output.forward(&h, n);
-        Ok((logits, GgufModelTape { n, blocks: tapes, x, rstd, angles }))
+        Ok(trunk_forward(&self.blocks, &self.rope, &self.output_norm, self.config.rms_eps, &self.output, x, n))
     }
 
     /// The loss of `logits` against `target`, and its gradient with respect to the logits.
     pub fn loss_of(&self, logits: &[f32], tokens: &[u32], target: Target<'_, f32>) -> (f32, Vec<f32>) {
-        match target {
-            Target::NextToken => causal_lm(logits, self.config.n_vocab, tokens),
-            Target::Distill(base) => kl_divergence(logits, self.config.n_vocab, base),
-        }
+        loss_of(self.config.n_vocab, logits, tokens, target)
     }
 
     /// The loss only (what finite differences evaluate).
@@ -195,16 +175,7 @@ impl GgufModel {
 
     /// Backward from the gradient of the logits: the LoRA gradients of every block (layer order).
     pub fn backward(&self, tape: &GgufModelTape, dlogits: &[f32]) -> Vec<BlockGrads<f32>> {
-        let dh = self.output.backward(dlogits, tape.n);
-        let mut dx = rms_norm_backward(&tape.x, &self.output_norm, &tape.rstd, &dh);
-        let mut grads = Vec::with_capacity(self.blocks.len());
-        for (b, t) in self.blocks.iter().zip(&tape.blocks).rev() {
-            let (d, g) = b.backward(t, &dx, &self.rope, &tape.angles);
-            grads.push(g);
-            dx = d;
-        }
-        grads.reverse();
-        grads
+        trunk_backward(&self.blocks, &self.rope, &self.output_norm, &self.output, tape, dlogits)
     }
 
     /// The loss and the LoRA gradients of every block (layer order).

@@ -79,14 +79,68 @@ pub struct Model<T: Float> {
     pub rope: Rope,
 }
 
-/// What [`Model::backward`] needs from [`Model::forward`].
+/// What the backward of the blocks, final norm and output projection needs from their forward
+/// (shared by [`Model`] and [`crate::GgufModel`]).
 pub struct ModelTape<T> {
-    tokens: Vec<u32>,
+    n: usize,
     blocks: Vec<BlockTape<T>>,
     /// The last block's output.
     x: Vec<T>,
     rstd: Vec<T>,
     angles: Vec<Vec<(f32, f32)>>,
+}
+
+/// The part every model shares after embedding: the blocks, the final RMSNorm and the output
+/// projection, forward (keeping the tape) from embedded rows `x` of `n` tokens.
+pub(crate) fn trunk_forward<T: Float>(
+    blocks: &[Block<T>],
+    rope: &Rope,
+    output_norm: &[T],
+    rms_eps: f32,
+    output: &dyn Frozen<T>,
+    mut x: Vec<T>,
+    n: usize,
+) -> (Vec<T>, ModelTape<T>) {
+    let angles = rope.angles_rows(0, n);
+    let mut tapes = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        let (y, tape) = b.forward(&x, n, rope, &angles);
+        tapes.push(tape);
+        x = y;
+    }
+    let (h, rstd) = rms_norm(&x, output_norm, rms_eps);
+    let logits = output.forward(&h, n);
+    (logits, ModelTape { n, blocks: tapes, x, rstd, angles })
+}
+
+/// [`trunk_forward`]'s backward from the gradient of the logits: every block's LoRA gradients
+/// (layer order).
+pub(crate) fn trunk_backward<T: Float>(
+    blocks: &[Block<T>],
+    rope: &Rope,
+    output_norm: &[T],
+    output: &dyn Frozen<T>,
+    tape: &ModelTape<T>,
+    dlogits: &[T],
+) -> Vec<BlockGrads<T>> {
+    let dh = output.backward(dlogits, tape.n);
+    let mut dx = rms_norm_backward(&tape.x, output_norm, &tape.rstd, &dh);
+    let mut grads = Vec::with_capacity(blocks.len());
+    for (b, t) in blocks.iter().zip(&tape.blocks).rev() {
+        let (d, g) = b.backward(t, &dx, rope, &tape.angles);
+        grads.push(g);
+        dx = d;
+    }
+    grads.reverse();
+    grads
+}
+
+/// The loss of `logits` (rows of `n_vocab`) against `target`, and its gradient w.r.t. the logits.
+pub(crate) fn loss_of<T: Float>(n_vocab: usize, logits: &[T], tokens: &[u32], target: Target<'_, T>) -> (T, Vec<T>) {
+    match target {
+        Target::NextToken => causal_lm(logits, n_vocab, tokens),
+        Target::Distill(base) => kl_divergence(logits, n_vocab, base),
+    }
 }
 
 /// Draw from `normal` in a fixed order: the same sampler gives the same weights in f32 and f64.
@@ -148,24 +202,12 @@ impl<T: Float> Model<T> {
             assert!(t < self.config.n_vocab, "token {t} outside a vocabulary of {}", self.config.n_vocab);
             x.extend_from_slice(&self.tok_embd[t * e..(t + 1) * e]);
         }
-        let angles = self.rope.angles_rows(0, n);
-        let mut tapes = Vec::with_capacity(self.blocks.len());
-        for b in &self.blocks {
-            let (y, tape) = b.forward(&x, n, &self.rope, &angles);
-            tapes.push(tape);
-            x = y;
-        }
-        let (h, rstd) = rms_norm(&x, &self.output_norm, self.config.rms_eps);
-        let logits = self.output.forward(&h, n);
-        (logits, ModelTape { tokens: tokens.to_vec(), blocks: tapes, x, rstd, angles })
+        trunk_forward(&self.blocks, &self.rope, &self.output_norm, self.config.rms_eps, &self.output, x, n)
     }
 
     /// The loss of `logits` against `target`, and its gradient with respect to the logits.
     pub fn loss_of(&self, logits: &[T], tokens: &[u32], target: Target<'_, T>) -> (T, Vec<T>) {
-        match target {
-            Target::NextToken => causal_lm(logits, self.config.n_vocab, tokens),
-            Target::Distill(base) => kl_divergence(logits, self.config.n_vocab, base),
-        }
+        loss_of(self.config.n_vocab, logits, tokens, target)
     }
 
     /// The loss only (what finite differences evaluate).
@@ -176,17 +218,7 @@ impl<T: Float> Model<T> {
 
     /// Backward from the gradient of the logits: the LoRA gradients of every block.
     pub fn backward(&self, tape: &ModelTape<T>, dlogits: &[T]) -> Vec<BlockGrads<T>> {
-        let n = tape.tokens.len();
-        let dh = self.output.backward(dlogits, n);
-        let mut dx = rms_norm_backward(&tape.x, &self.output_norm, &tape.rstd, &dh);
-        let mut grads = Vec::with_capacity(self.blocks.len());
-        for (b, t) in self.blocks.iter().zip(&tape.blocks).rev() {
-            let (d, g) = b.backward(t, &dx, &self.rope, &tape.angles);
-            grads.push(g);
-            dx = d;
-        }
-        grads.reverse();
-        grads
+        trunk_backward(&self.blocks, &self.rope, &self.output_norm, &self.output, tape, dlogits)
     }
 
     /// The loss and the LoRA gradients of every block (layer order).
