@@ -79,19 +79,24 @@ impl LowrankArgs {
     }
 }
 
+/// Run `job` (progress on the terminal unless `quiet` or `json`); `None` when the outcome was
+/// printed as JSON or nothing is to be printed.
+fn run(job: &Job, threads: usize, quiet: bool, json: bool, what: String) -> Result<Option<Outcome>> {
+    let ctx = super::job_ctx(threads, TermProgress::shared(quiet || json), None)?;
+    let o = super::run_job(job, &ctx).context(what)?;
+    if json {
+        match &o {
+            Outcome::Lowrank(x) => super::print_json(x)?,
+            Outcome::Merge(x) => super::print_json(x)?,
+            other => super::print_json(other)?,
+        }
+    }
+    Ok((!quiet && !json).then_some(o))
+}
+
 pub fn lowrank(a: LowrankArgs) -> Result<()> {
-    let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json), None)?;
-    let Outcome::Lowrank(o) =
-        super::run_job(&a.job(), &ctx).with_context(|| format!("correcting {}", a.quant.display()))?
-    else {
-        unreachable!("a lowrank job has a lowrank outcome")
-    };
-    if a.json {
-        return super::print_json(&o);
-    }
-    if a.quiet {
-        return Ok(());
-    }
+    let what = format!("correcting {}", a.quant.display());
+    let Some(Outcome::Lowrank(o)) = run(&a.job(), a.threads, a.quiet, a.json, what)? else { return Ok(()) };
     let r = &o.result;
     let used: Vec<_> = r.tensors.iter().filter(|t| t.rank > 0).collect();
     let (lo, hi) = (used.iter().map(|t| t.rank).min().unwrap_or(0), used.iter().map(|t| t.rank).max().unwrap_or(0));
@@ -154,18 +159,8 @@ impl MergeArgs {
 }
 
 pub fn merge(a: MergeArgs) -> Result<()> {
-    let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json), None)?;
-    let Outcome::Merge(o) =
-        super::run_job(&a.job(), &ctx).with_context(|| format!("merging into {}", a.model.display()))?
-    else {
-        unreachable!("a merge job has a merge outcome")
-    };
-    if a.json {
-        return super::print_json(&o);
-    }
-    if a.quiet {
-        return Ok(());
-    }
+    let what = format!("merging into {}", a.model.display());
+    let Some(Outcome::Merge(o)) = run(&a.job(), a.threads, a.quiet, a.json, what)? else { return Ok(()) };
     let r = &o.result;
     println!(
         "{} -> {}: {} adapter(s), {} weights changed, {} ({:.2} bpw), {:.1} s\nsha256 {}",
