@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import llama_build
-from compare_perplexity import open_llama, parse_lora
+from compare_perplexity import decode_chunk, open_llama, parse_lora
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,19 +56,7 @@ def chunk_log_probs(llm, tokens, n_ctx, n_chunk, add_bos, bos):
             chunk = list(tokens[start:start + n_ctx])
             if add_bos:
                 chunk[0] = bos
-            batch.n_tokens = n_ctx
-            for j, t in enumerate(chunk):
-                batch.token[j] = int(t)
-                batch.pos[j] = j
-                batch.n_seq_id[j] = 1
-                batch.seq_id[j][0] = 0
-                batch.logits[j] = 1 if j >= first else 0
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-            t0 = time.time()
-            if llama_cpp.llama_decode(ctx, batch) != 0:
-                sys.exit("llama_decode failed")
-            dt = time.time() - t0
-            out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(n_ctx - first, n_vocab))
+            out, dt = decode_chunk(ctx, batch, chunk, first, n_vocab)
             x = out[:n_ctx - 1 - first].astype(np.float64)
             x -= x.max(axis=1, keepdims=True)
             x -= np.log(np.exp(x).sum(axis=1, keepdims=True))

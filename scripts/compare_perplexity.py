@@ -61,6 +61,28 @@ def open_llama(model, n_ctx, threads, lora):
                            n_threads=threads, n_threads_batch=threads, verbose=False, **kw)
 
 
+def decode_chunk(ctx, batch, chunk, first, n_vocab):
+    """One chunk from an empty KV cache in one llama_decode batch, logits only from position `first`
+    on (as llama-perplexity asks); returns the logits (len(chunk) - first rows) and the seconds."""
+    import numpy as np
+    import llama_cpp
+
+    n = len(chunk)
+    batch.n_tokens = n
+    for j, t in enumerate(chunk):
+        batch.token[j] = int(t)
+        batch.pos[j] = j
+        batch.n_seq_id[j] = 1
+        batch.seq_id[j][0] = 0
+        batch.logits[j] = 1 if j >= first else 0
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+    t0 = time.time()
+    if llama_cpp.llama_decode(ctx, batch) != 0:
+        sys.exit("llama_decode failed")
+    dt = time.time() - t0
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(n - first, n_vocab)), dt
+
+
 def llama_cpp_worker(model, text_path, n_ctx, n_chunks, threads, lora=None):
     import numpy as np
     import llama_cpp
@@ -86,20 +108,8 @@ def llama_cpp_worker(model, text_path, n_ctx, n_chunks, threads, lora=None):
         chunk = list(tokens[start:start + n_ctx])
         if add_bos:
             chunk[0] = bos
-        # one batch, logits only from the first scored position on (as llama-perplexity asks)
-        batch.n_tokens = n_ctx
-        for j, t in enumerate(chunk):
-            batch.token[j] = t
-            batch.pos[j] = j
-            batch.n_seq_id[j] = 1
-            batch.seq_id[j][0] = 0
-            batch.logits[j] = 1 if j >= first else 0
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-        t0 = time.time()
-        if llama_cpp.llama_decode(ctx, batch) != 0:
-            sys.exit("llama_decode failed")
-        t_eval += time.time() - t0
-        out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(n_ctx - first, n_vocab))
+        out, dt = decode_chunk(ctx, batch, chunk, first, n_vocab)
+        t_eval += dt
         rows = out[:n_ctx - 1 - first]
         targets = np.asarray(tokens[start + first + 1:start + n_ctx])
         mx = rows.max(axis=1)
