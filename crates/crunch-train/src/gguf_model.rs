@@ -373,11 +373,11 @@ mod tests {
         let toks = tokens(&file, 32);
         let mut m = GgufModel::from_gguf(file, MatmulMode::Native).unwrap();
         m.init_lora(8, 2.0, 5);
-        let chunk = Chunk { tokens: toks.clone(), base_logprobs: None };
+        let chunk = Chunk::next_token(toks.clone());
         let before = m.loss(&toks, Target::NextToken).unwrap();
         let cfg = TrainConfig { steps: 1, max_grad_norm: None, ..TrainConfig::default() };
         let mut t = Trainer::new(cfg, &mut m);
-        let stats = t.run(&mut m, std::slice::from_ref(&chunk));
+        let stats = t.run(&mut m, std::slice::from_ref(&chunk)).unwrap();
         let after = m.loss(&toks, Target::NextToken).unwrap();
         eprintln!("loss {before} -> {after} (step {stats:?})");
         assert!((stats[0].loss - before as f64).abs() < 1e-4, "{stats:?} vs {before}");
@@ -416,7 +416,7 @@ mod tests {
         };
         for n in [64usize, 256] {
             let toks: Vec<u32> = text.iter().copied().cycle().take(n).collect();
-            let chunk = Chunk { tokens: toks.clone(), base_logprobs: None };
+            let chunk = Chunk::next_token(toks.clone());
             let t_llama = best(3, &mut || {
                 llama.forward(&toks, &mut llama.new_cache(n)).unwrap();
             });
@@ -432,7 +432,7 @@ mod tests {
             let cfg = TrainConfig { steps: u64::MAX, ..TrainConfig::default() };
             let mut tr = Trainer::new(cfg, &mut m);
             let t_train = best(3, &mut || {
-                tr.step(&mut m, &[vec![&chunk]]);
+                tr.step(&mut m, &[vec![&chunk]], &|| false).unwrap();
             });
             let tps = |t: f64| n as f64 / t;
             eprintln!(

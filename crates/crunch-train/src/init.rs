@@ -5,7 +5,7 @@
 use crunch_model::lora::LoraTensor;
 use serde::{Deserialize, Serialize};
 
-use crate::block::Proj;
+use crate::block::{Block, Proj};
 use crate::float::Float;
 use crate::model::Model;
 use crate::ops::Lora;
@@ -103,9 +103,23 @@ pub fn init_from_factors<T: Float>(
     factors: &[LoraTensor],
     scale: f64,
 ) -> Result<(), FactorMismatch> {
+    let with_scale: Vec<(&LoraTensor, f64)> = factors.iter().map(|f| (f, scale)).collect();
+    init_blocks_from_factors(&mut model.blocks, &with_scale)
+}
+
+/// [`init_from_factors`] on a model's blocks (the tiny [`Model`]'s or a
+/// [`crate::GgufModel`]'s), each factor with its own `scale` (an adapter's tensors of different
+/// ranks are applied with different factors, `alpha / rank`).
+///
+/// # Errors
+/// As [`init_from_factors`] (nothing is changed).
+pub fn init_blocks_from_factors<T: Float>(
+    blocks: &mut [Block<T>],
+    factors: &[(&LoraTensor, f64)],
+) -> Result<(), FactorMismatch> {
     let mut at = Vec::with_capacity(factors.len());
-    for f in factors {
-        let found = model.blocks.iter().enumerate().find_map(|(i, b)| {
+    for (f, _) in factors {
+        let found = blocks.iter().enumerate().find_map(|(i, b)| {
             Proj::ALL
                 .iter()
                 .position(|p| f.base == format!("blk.{i}.{}.weight", p.name()))
@@ -131,12 +145,12 @@ pub fn init_from_factors<T: Float>(
         }
         at.push((i, pi));
     }
-    for (f, (i, pi)) in factors.iter().zip(at) {
-        model.blocks[i].linears[pi].lora = Some(Lora {
+    for ((f, scale), (i, pi)) in factors.iter().zip(at) {
+        blocks[i].linears[pi].lora = Some(Lora {
             rank: f.rank,
             a: f.a.iter().map(|&v| T::from_f32(v)).collect(),
             b: f.b.iter().map(|&v| T::from_f32(v)).collect(),
-            scale: T::from_f64(scale),
+            scale: T::from_f64(*scale),
         });
     }
     Ok(())

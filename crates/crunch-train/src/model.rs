@@ -8,7 +8,7 @@ use crunch_model::rope::Rope;
 
 use crate::block::{Block, BlockGrads, BlockShape, BlockTape, Proj};
 use crate::float::Float;
-use crate::loss::{causal_lm, kl_divergence};
+use crate::loss::{causal_lm, kl_divergence, kl_top_k, TopK};
 use crate::ops::{rms_norm, rms_norm_backward, AttnShape, Dense, Frozen, Linear, Lora};
 
 /// Hyper-parameters of a [`Model`] built by [`Model::random`].
@@ -65,6 +65,9 @@ pub enum Target<'a, T> {
     NextToken,
     /// `KL(p_base ‖ p_model)` against the base model's log-probabilities (`n × n_vocab`).
     Distill(&'a [T]),
+    /// `KL(p_base ‖ p_model)` against the base's top-k view of the first positions
+    /// ([`crate::loss::kl_top_k`]).
+    DistillTopK(TopK<'a>),
 }
 
 /// Embedding, blocks, final norm and output projection; everything frozen but the LoRA factors.
@@ -140,6 +143,7 @@ pub(crate) fn loss_of<T: Float>(n_vocab: usize, logits: &[T], tokens: &[u32], ta
     match target {
         Target::NextToken => causal_lm(logits, n_vocab, tokens),
         Target::Distill(base) => kl_divergence(logits, n_vocab, base),
+        Target::DistillTopK(top) => kl_top_k(logits, n_vocab, top),
     }
 }
 

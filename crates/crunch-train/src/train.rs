@@ -10,25 +10,95 @@ use crate::block::BlockGrads;
 use crate::float::Float;
 use crate::gguf_model::GgufModel;
 use crate::init::SplitMix64;
+use crate::loss::TopK;
 use crate::model::{Model, Target};
+use crunch_model::ModelError;
 use crate::optim::{
     clip_grad_norm, grads_to_tensors, AdamW, AdamWConfig, AdamWState, GradBuffer, Schedule, StateMismatch,
 };
 
-/// One training sample: a context's tokens and what its logits are scored against (the base
-/// model's log-probabilities, `tokens.len() × n_vocab`, for distillation).
+/// One training sample: a context's tokens and what its logits are scored against.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Chunk<T> {
     pub tokens: Vec<u32>,
-    pub base_logprobs: Option<Vec<T>>,
+    pub target: ChunkTarget<T>,
+}
+
+/// What a [`Chunk`]'s logits are scored against.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChunkTarget<T> {
+    /// The chunk's own next tokens (fine-tuning).
+    NextToken,
+    /// The base model's log-probabilities, `tokens.len() × n_vocab` (distillation, exact).
+    Full(Vec<T>),
+    /// The base model's top-k view of the first positions (distillation as `crunch distill`
+    /// runs it; see [`crate::loss::kl_top_k`]).
+    TopK(TopKRows),
+}
+
+/// Owned top-k rows (the arrays of [`TopK`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopKRows {
+    pub k: usize,
+    pub ids: Vec<u32>,
+    pub logp: Vec<f32>,
+    pub log_rest: Vec<f32>,
+}
+
+impl TopKRows {
+    pub fn view(&self) -> TopK<'_> {
+        TopK { k: self.k, ids: &self.ids, logp: &self.logp, log_rest: &self.log_rest }
+    }
 }
 
 impl<T: Float> Chunk<T> {
+    /// A fine-tuning sample.
+    pub fn next_token(tokens: Vec<u32>) -> Self {
+        Chunk { tokens, target: ChunkTarget::NextToken }
+    }
+
     pub fn target(&self) -> Target<'_, T> {
-        match &self.base_logprobs {
-            Some(b) => Target::Distill(b),
-            None => Target::NextToken,
+        match &self.target {
+            ChunkTarget::NextToken => Target::NextToken,
+            ChunkTarget::Full(b) => Target::Distill(b),
+            ChunkTarget::TopK(t) => Target::DistillTopK(t.view()),
         }
+    }
+}
+
+/// Why a training step did not happen.
+#[derive(Debug)]
+pub enum TrainError {
+    /// The caller's stop check fired (the step was abandoned; nothing changed).
+    Stopped,
+    /// The loss or the gradient was not finite (the update was not applied).
+    NonFinite { step: u64, loss: f64, grad_norm: f64 },
+    /// The model could not run a sample.
+    Model(ModelError),
+    /// An unusable configuration or chunk list.
+    Config(String),
+}
+
+impl std::fmt::Display for TrainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrainError::Stopped => write!(f, "stopped"),
+            TrainError::NonFinite { step, loss, grad_norm } => write!(
+                f,
+                "step {step}: loss {loss}, gradient norm {grad_norm} (not finite); nothing was updated — \
+                 try a lower learning rate or gradient clipping"
+            ),
+            TrainError::Model(e) => write!(f, "training sample: {e}"),
+            TrainError::Config(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl std::error::Error for TrainError {}
+
+impl From<ModelError> for TrainError {
+    fn from(e: ModelError) -> Self {
+        TrainError::Model(e)
     }
 }
 
@@ -38,16 +108,16 @@ impl<T: Float> Chunk<T> {
 pub trait LoraModel<T: Float> {
     /// The loss of `tokens` against `target` and the LoRA gradients of every block.
     ///
-    /// # Panics
-    /// On input the model cannot run (a token outside the vocabulary, a context too long).
-    fn loss_and_grad(&self, tokens: &[u32], target: Target<'_, T>) -> (T, Vec<BlockGrads<T>>);
+    /// # Errors
+    /// Input the model cannot run (a token outside the vocabulary, a context too long).
+    fn loss_and_grad(&self, tokens: &[u32], target: Target<'_, T>) -> Result<(T, Vec<BlockGrads<T>>), ModelError>;
     /// Every trainable LoRA factor.
     fn lora_params_mut(&mut self) -> Vec<&mut Vec<T>>;
 }
 
 impl<T: Float> LoraModel<T> for Model<T> {
-    fn loss_and_grad(&self, tokens: &[u32], target: Target<'_, T>) -> (T, Vec<BlockGrads<T>>) {
-        Model::loss_and_grad(self, tokens, target)
+    fn loss_and_grad(&self, tokens: &[u32], target: Target<'_, T>) -> Result<(T, Vec<BlockGrads<T>>), ModelError> {
+        Ok(Model::loss_and_grad(self, tokens, target))
     }
     fn lora_params_mut(&mut self) -> Vec<&mut Vec<T>> {
         Model::lora_params_mut(self)
@@ -55,8 +125,8 @@ impl<T: Float> LoraModel<T> for Model<T> {
 }
 
 impl LoraModel<f32> for GgufModel {
-    fn loss_and_grad(&self, tokens: &[u32], target: Target<'_, f32>) -> (f32, Vec<BlockGrads<f32>>) {
-        GgufModel::loss_and_grad(self, tokens, target).unwrap_or_else(|e| panic!("training sample: {e}"))
+    fn loss_and_grad(&self, tokens: &[u32], target: Target<'_, f32>) -> Result<(f32, Vec<BlockGrads<f32>>), ModelError> {
+        GgufModel::loss_and_grad(self, tokens, target)
     }
     fn lora_params_mut(&mut self) -> Vec<&mut Vec<f32>> {
         GgufModel::lora_params_mut(self)
@@ -64,19 +134,28 @@ impl LoraModel<f32> for GgufModel {
 }
 
 /// Forward, loss and backward of every sample of a micro-batch, each sample's loss and LoRA
-/// gradient added to `buf`. Returns the micro-batch's mean loss (0 for an empty batch).
-pub fn accumulate<T: Float, M: LoraModel<T> + ?Sized>(model: &M, batch: &[&Chunk<T>], buf: &mut GradBuffer) -> f64 {
+/// gradient added to `buf`; `stop` is asked before each sample. Returns the micro-batch's mean
+/// loss (0 for an empty batch).
+///
+/// # Errors
+/// [`TrainError::Stopped`] when `stop` says so, [`TrainError::Model`] when a sample cannot run
+/// (`buf` then holds part of the micro-batch: the caller discards it).
+pub fn accumulate<T: Float, M: LoraModel<T> + ?Sized>(
+    model: &M,
+    batch: &[&Chunk<T>],
+    buf: &mut GradBuffer,
+    stop: &dyn Fn() -> bool,
+) -> Result<f64, TrainError> {
     let mut sum = 0.0;
     for c in batch {
-        let (loss, grads) = model.loss_and_grad(&c.tokens, c.target());
+        if stop() {
+            return Err(TrainError::Stopped);
+        }
+        let (loss, grads) = model.loss_and_grad(&c.tokens, c.target())?;
         buf.add(loss, &grads_to_tensors(grads));
         sum += loss.to_f64();
     }
-    if batch.is_empty() {
-        0.0
-    } else {
-        sum / batch.len() as f64
-    }
+    Ok(if batch.is_empty() { 0.0 } else { sum / batch.len() as f64 })
 }
 
 /// Hyper-parameters of a training run.
@@ -108,6 +187,41 @@ impl Default for TrainConfig {
             max_grad_norm: Some(1.0),
             seed: 0,
         }
+    }
+}
+
+impl TrainConfig {
+    /// Refuse settings no run can use (each message names the field).
+    ///
+    /// # Errors
+    /// A zero batch size or accumulation, a learning rate or clipping norm that is not a
+    /// positive finite number, betas outside `[0, 1)`, a negative weight decay.
+    pub fn check(&self) -> Result<(), String> {
+        let a = &self.adamw;
+        if self.batch_size == 0 {
+            return Err("batch_size must be at least 1".into());
+        }
+        if self.grad_accum == 0 {
+            return Err("grad_accum must be at least 1".into());
+        }
+        if !(a.lr.is_finite() && a.lr > 0.0) {
+            return Err(format!("lr {} must be a positive number", a.lr));
+        }
+        if !((0.0..1.0).contains(&a.beta1) && (0.0..1.0).contains(&a.beta2)) {
+            return Err(format!("betas ({}, {}) must be in [0, 1)", a.beta1, a.beta2));
+        }
+        if !(a.eps.is_finite() && a.eps > 0.0) {
+            return Err(format!("eps {} must be a positive number", a.eps));
+        }
+        if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
+            return Err(format!("weight_decay {} must be 0 or more", a.weight_decay));
+        }
+        if let Some(m) = self.max_grad_norm {
+            if !(m.is_finite() && m > 0.0) {
+                return Err(format!("max_grad_norm {m} must be a positive number"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -196,23 +310,37 @@ impl<T: Float> Trainer<T> {
     }
 
     /// One update from `micro_batches` (gradients averaged over all their samples, clipped,
-    /// AdamW at the schedule's learning rate).
+    /// AdamW at the schedule's learning rate). `stop` is asked before every sample.
     ///
-    /// # Panics
-    /// When the micro-batches hold no sample.
-    pub fn step<M: LoraModel<T> + ?Sized>(&mut self, model: &mut M, micro_batches: &[Vec<&Chunk<T>>]) -> StepStats {
+    /// # Errors
+    /// [`TrainError::Stopped`] (nothing changed), [`TrainError::NonFinite`] (the update was not
+    /// applied), [`TrainError::Model`], [`TrainError::Config`] when the micro-batches hold no
+    /// sample.
+    pub fn step<M: LoraModel<T> + ?Sized>(
+        &mut self,
+        model: &mut M,
+        micro_batches: &[Vec<&Chunk<T>>],
+        stop: &dyn Fn() -> bool,
+    ) -> Result<StepStats, TrainError> {
         for mb in micro_batches {
-            accumulate(&*model, mb, &mut self.buf);
+            if let Err(e) = accumulate(&*model, mb, &mut self.buf, stop) {
+                self.buf = GradBuffer::new();
+                return Err(e);
+            }
         }
-        let (loss, mut grads) = self.buf.take_mean::<T>().expect("a training step without samples");
+        let (loss, mut grads) =
+            self.buf.take_mean::<T>().ok_or_else(|| TrainError::Config("a training step without samples".into()))?;
+        let step = self.optim.step_count();
         let grad_norm = match self.config.max_grad_norm {
             Some(max) => clip_grad_norm(&mut grads, max),
             None => crate::optim::global_norm(&grads),
         };
-        let step = self.optim.step_count();
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Err(TrainError::NonFinite { step, loss, grad_norm });
+        }
         let lr = self.config.adamw.lr * self.config.schedule.factor(step);
         self.optim.step(&mut model.lora_params_mut(), &grads, lr);
-        StepStats { step, loss, grad_norm, lr }
+        Ok(StepStats { step, loss, grad_norm, lr })
     }
 
     /// The next `n` chunk indices: epochs of `n_chunks`, each in a fresh order from the seed.
@@ -230,25 +358,55 @@ impl<T: Float> Trainer<T> {
             .collect()
     }
 
-    /// `config.steps` updates (less those already made: a resumed trainer finishes the run), each of `grad_accum` micro-batches of `batch_size` chunks drawn
-    /// from `chunks` (every chunk once per epoch, in an order fixed by the seed). Returns the
-    /// statistics of every update (the loss curve). The same model, chunks and configuration
-    /// give a bit-identical curve.
+    /// Whether `config.steps` updates have been made.
+    pub fn finished(&self) -> bool {
+        self.optim.step_count() >= self.config.steps
+    }
+
+    /// The run's next update: `grad_accum` micro-batches of `batch_size` chunks drawn from
+    /// `chunks` (every chunk once per epoch, in an order fixed by the seed), then
+    /// [`Trainer::step`]. When the step fails the draw is undone too, so [`Trainer::state`] is
+    /// still the state after the last update (what a checkpoint keeps).
     ///
-    /// # Panics
-    /// When `chunks` is empty or the batch size or accumulation is 0.
-    pub fn run<M: LoraModel<T> + ?Sized>(&mut self, model: &mut M, chunks: &[Chunk<T>]) -> Vec<StepStats> {
-        assert!(!chunks.is_empty(), "no training chunks");
+    /// # Errors
+    /// As [`Trainer::step`]; [`TrainError::Config`] for an empty chunk list or a bad configuration.
+    pub fn next_step<M: LoraModel<T> + ?Sized>(
+        &mut self,
+        model: &mut M,
+        chunks: &[Chunk<T>],
+        stop: &dyn Fn() -> bool,
+    ) -> Result<StepStats, TrainError> {
+        if chunks.is_empty() {
+            return Err(TrainError::Config("no training chunks".into()));
+        }
+        self.config.check().map_err(TrainError::Config)?;
         let (bs, accum) = (self.config.batch_size, self.config.grad_accum);
-        assert!(bs > 0 && accum > 0, "batch size {bs}, accumulation {accum}");
-        (self.optim.step_count()..self.config.steps)
-            .map(|_| {
-                let idx = self.draw(bs * accum, chunks.len());
-                let mbs: Vec<Vec<&Chunk<T>>> =
-                    idx.chunks(bs).map(|c| c.iter().map(|&i| &chunks[i]).collect()).collect();
-                self.step(model, &mbs)
-            })
-            .collect()
+        let saved = (self.rng.clone(), self.order.clone(), self.next);
+        let idx = self.draw(bs * accum, chunks.len());
+        let mbs: Vec<Vec<&Chunk<T>>> = idx.chunks(bs).map(|c| c.iter().map(|&i| &chunks[i]).collect()).collect();
+        let r = self.step(model, &mbs, stop);
+        if r.is_err() {
+            (self.rng, self.order, self.next) = saved;
+        }
+        r
+    }
+
+    /// `config.steps` updates (less those already made: a resumed trainer finishes the run),
+    /// each by [`Trainer::next_step`]. Returns the statistics of every update (the loss curve).
+    /// The same model, chunks and configuration give a bit-identical curve.
+    ///
+    /// # Errors
+    /// As [`Trainer::next_step`].
+    pub fn run<M: LoraModel<T> + ?Sized>(
+        &mut self,
+        model: &mut M,
+        chunks: &[Chunk<T>],
+    ) -> Result<Vec<StepStats>, TrainError> {
+        let mut curve = Vec::new();
+        while !self.finished() {
+            curve.push(self.next_step(model, chunks, &|| false)?);
+        }
+        Ok(curve)
     }
 }
 
@@ -294,7 +452,7 @@ mod tests {
 
     /// `n` chunks of `len` tokens cut from one random sequence.
     fn lm_chunks<T: Float>(seed: u64, n: usize, len: usize) -> Vec<Chunk<T>> {
-        random_tokens(seed, n * len).chunks(len).map(|t| Chunk { tokens: t.to_vec(), base_logprobs: None }).collect()
+        random_tokens(seed, n * len).chunks(len).map(|t| Chunk::next_token(t.to_vec())).collect()
     }
 
     /// The chunks with a teacher's log-probabilities as targets.
@@ -306,7 +464,7 @@ mod tests {
                 let logits = teacher.forward(&c.tokens).0;
                 Chunk {
                     tokens: c.tokens.clone(),
-                    base_logprobs: Some(logits.chunks(v).flat_map(log_softmax).collect()),
+                    target: ChunkTarget::Full(logits.chunks(v).flat_map(log_softmax).collect()),
                 }
             })
             .collect()
@@ -346,13 +504,13 @@ mod tests {
         let all: Vec<&Chunk<f64>> = chunks.iter().collect();
 
         let mut one = GradBuffer::new();
-        let l1 = accumulate(&m, &all, &mut one);
+        let l1 = accumulate(&m, &all, &mut one, &|| false).unwrap();
         let (loss1, g1) = one.take_mean::<f64>().unwrap();
         assert_eq!(l1, loss1);
         let mut acc = GradBuffer::new();
         let mut start = 0;
         for size in [1, 3, 2] {
-            accumulate(&m, &all[start..start + size], &mut acc);
+            accumulate(&m, &all[start..start + size], &mut acc, &|| false).unwrap();
             start += size;
         }
         assert_eq!(acc.samples(), 6);
@@ -382,8 +540,9 @@ mod tests {
             p.clone_from(q);
         }
         let cfg = train_config(0, 10);
-        let s1 = Trainer::new(cfg, &mut m).step(&mut m, std::slice::from_ref(&all));
-        let s2 = Trainer::new(cfg, &mut m2).step(&mut m2, &[all[..1].to_vec(), all[1..4].to_vec(), all[4..].to_vec()]);
+        let s1 = Trainer::new(cfg, &mut m).step(&mut m, std::slice::from_ref(&all), &|| false).unwrap();
+        let s2 = Trainer::new(cfg, &mut m2).step(&mut m2, &[all[..1].to_vec(), all[1..4].to_vec(), all[4..].to_vec()], &|| false)
+            .unwrap();
         assert!((s1.loss - s2.loss).abs() < 1e-14 && (s1.grad_norm - s2.grad_norm).abs() < 1e-12);
         let (p1, p2): (Vec<f64>, Vec<f64>) = (
             m.lora_params_mut().into_iter().flat_map(|p| p.clone()).collect(),
@@ -397,7 +556,7 @@ mod tests {
         let mut m = model::<f32>(10);
         let chunks = lm_chunks::<f32>(11, 4, 16);
         let before = mean_loss(&m, &chunks);
-        let curve = Trainer::new(train_config(5, 50), &mut m).run(&mut m, &chunks);
+        let curve = Trainer::new(train_config(5, 50), &mut m).run(&mut m, &chunks).unwrap();
         let after = mean_loss(&m, &chunks);
         eprintln!(
             "cross-entropy {before:.4} -> {after:.4}; curve {:?}",
@@ -416,7 +575,7 @@ mod tests {
         let teacher = model::<f32>(21);
         let chunks = distill_chunks(&teacher, &lm_chunks::<f32>(22, 4, 16));
         let before = mean_loss(&m, &chunks);
-        let curve = Trainer::new(train_config(6, 50), &mut m).run(&mut m, &chunks);
+        let curve = Trainer::new(train_config(6, 50), &mut m).run(&mut m, &chunks).unwrap();
         let after = mean_loss(&m, &chunks);
         eprintln!("KL {before:.4} -> {after:.4}; curve {:?}", curve.iter().map(|s| s.loss as f32).collect::<Vec<_>>());
         assert!(before > 0.1);
@@ -431,7 +590,7 @@ mod tests {
             let mut cfg = train_config(seed, 12);
             cfg.batch_size = 1;
             cfg.grad_accum = 3;
-            let curve = Trainer::new(cfg, &mut m).run(&mut m, &chunks);
+            let curve = Trainer::new(cfg, &mut m).run(&mut m, &chunks).unwrap();
             let params: Vec<u32> = m.lora_params_mut().into_iter().flatten().map(|v| v.to_bits()).collect();
             (curve.iter().map(|s| (s.loss.to_bits(), s.grad_norm.to_bits())).collect::<Vec<_>>(), params)
         };
@@ -446,17 +605,17 @@ mod tests {
         let chunks = lm_chunks::<f32>(41, 5, 10);
         let cfg = train_config(4, 9);
         let mut m = model::<f32>(40);
-        let straight = Trainer::new(cfg, &mut m).run(&mut m, &chunks);
+        let straight = Trainer::new(cfg, &mut m).run(&mut m, &chunks).unwrap();
         let want: Vec<f32> = m.lora_params_mut().into_iter().flat_map(|p| p.clone()).collect();
 
         let mut m2 = model::<f32>(40);
         // Stopped after 4 steps; the state a checkpoint would hold taken there.
         let mut t = Trainer::new(TrainConfig { steps: 4, ..cfg }, &mut m2);
-        let first = t.run(&mut m2, &chunks);
+        let first = t.run(&mut m2, &chunks).unwrap();
         let state = t.state();
         assert_eq!(state.optim.step, 4);
         let mut resumed = Trainer::resume(cfg, state.clone(), &mut m2).unwrap();
-        let rest = resumed.run(&mut m2, &chunks);
+        let rest = resumed.run(&mut m2, &chunks).unwrap();
         assert_eq!(first.len() + rest.len(), straight.len());
         let got: Vec<StepStats> = first.into_iter().chain(rest).collect();
         assert_eq!(got, straight);
