@@ -58,6 +58,7 @@
 
 pub mod adapter;
 pub mod block;
+pub mod checkpoint;
 pub mod float;
 pub mod gguf_model;
 pub mod gradcheck;
