@@ -118,6 +118,9 @@ pub struct BaseLogits {
     /// Chunk length.
     pub n_ctx: usize,
     pub n_chunks: usize,
+    /// First position of each chunk kept (`n_ctx / 2` for evaluation as llama-perplexity scores;
+    /// 0 for distillation, which trains on every position).
+    pub first: usize,
     /// Top tokens kept per position.
     pub top_k: usize,
     /// The token put first in every chunk, if the vocabulary adds BOS.
@@ -137,6 +140,9 @@ struct Header {
     n_vocab: usize,
     n_ctx: usize,
     n_chunks: usize,
+    /// Absent: `n_ctx / 2` (files written before it existed, and every evaluation file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first: Option<usize>,
     top_k: usize,
     bos: Option<u32>,
     n_positions: usize,
@@ -150,6 +156,7 @@ impl BaseLogits {
             n_vocab,
             n_ctx: layout.n_ctx,
             n_chunks: layout.n_chunks,
+            first: layout.first,
             top_k,
             bos: None,
             tokens: Vec::new(),
@@ -162,7 +169,7 @@ impl BaseLogits {
 
     /// The chunk layout these logits were made with.
     pub fn layout(&self) -> crate::perplexity::ChunkLayout {
-        crate::perplexity::ChunkLayout { n_ctx: self.n_ctx, n_chunks: self.n_chunks, first: self.n_ctx / 2 }
+        crate::perplexity::ChunkLayout { n_ctx: self.n_ctx, n_chunks: self.n_chunks, first: self.first }
     }
 
     /// Positions stored so far.
@@ -210,6 +217,7 @@ impl BaseLogits {
             n_vocab: self.n_vocab,
             n_ctx: self.n_ctx,
             n_chunks: self.n_chunks,
+            first: (self.first != self.n_ctx / 2).then_some(self.first),
             top_k: self.top_k,
             bos: self.bos,
             n_positions: self.n_positions(),
@@ -259,10 +267,16 @@ impl BaseLogits {
         let (Some(n_tok), Some(n_pk)) = (n_tok, n_pk) else {
             return Err(bad("sizes overflow".into()));
         };
-        let expected_positions = h.n_chunks.checked_mul(h.n_ctx.saturating_sub(1 + h.n_ctx / 2));
-        if h.n_ctx < 4 || h.top_k == 0 || h.top_k > h.n_vocab || expected_positions != Some(h.n_positions) {
+        let first = h.first.unwrap_or(h.n_ctx / 2);
+        let expected_positions = h.n_chunks.checked_mul(h.n_ctx.saturating_sub(1).saturating_sub(first));
+        if h.n_ctx < 4
+            || first >= h.n_ctx - 1
+            || h.top_k == 0
+            || h.top_k > h.n_vocab
+            || expected_positions != Some(h.n_positions)
+        {
             return Err(bad(format!(
-                "inconsistent header: ctx {}, {} chunks, {} positions, top-k {}, vocabulary {}",
+                "inconsistent header: ctx {}, first position {first}, {} chunks, {} positions, top-k {}, vocabulary {}",
                 h.n_ctx, h.n_chunks, h.n_positions, h.top_k, h.n_vocab
             )));
         }
@@ -290,6 +304,7 @@ impl BaseLogits {
             n_vocab: h.n_vocab,
             n_ctx: h.n_ctx,
             n_chunks: h.n_chunks,
+            first,
             top_k: h.top_k,
             bos: h.bos,
             tokens,

@@ -191,18 +191,39 @@ mod tests {
         let e = m.load_adapter(&LoraSpec { path: path.clone(), scale: 1.0 }).unwrap_err().to_string();
         assert!(e.contains("adapter"), "{e}");
         // A tensor the model does not have.
-        let bad = LoraTensor { base: "blk.99.attn_q.weight".into(), rank: 2, n_in: 576, n_out: 576, a: vec![0.0; 1152], b: vec![0.0; 1152] };
+        let bad = LoraTensor {
+            base: "blk.99.attn_q.weight".into(),
+            rank: 2,
+            n_in: 576,
+            n_out: 576,
+            a: vec![0.0; 1152],
+            b: vec![0.0; 1152],
+        };
         let out = dir.join("bad.gguf");
         lora::write_adapter(&out, lora::adapter_metadata("llama", 2.0), GgmlType::F32, &[bad]).unwrap();
         let e = m.load_adapter(&LoraSpec { path: out.clone(), scale: 1.0 }).unwrap_err().to_string();
         assert!(e.contains("blk.99.attn_q.weight") && e.contains("bad.gguf"), "{e}");
         // Another shape.
-        let bad = LoraTensor { base: "blk.0.attn_q.weight".into(), rank: 2, n_in: 64, n_out: 576, a: vec![0.0; 128], b: vec![0.0; 1152] };
+        let bad = LoraTensor {
+            base: "blk.0.attn_q.weight".into(),
+            rank: 2,
+            n_in: 64,
+            n_out: 576,
+            a: vec![0.0; 128],
+            b: vec![0.0; 1152],
+        };
         lora::write_adapter(&out, lora::adapter_metadata("llama", 2.0), GgmlType::F32, &[bad]).unwrap();
         let e = m.load_adapter(&LoraSpec { path: out.clone(), scale: 1.0 }).unwrap_err().to_string();
         assert!(e.contains("blk.0.attn_q.weight") && e.contains("576"), "{e}");
         // Another architecture.
-        let ok = LoraTensor { base: "blk.0.attn_q.weight".into(), rank: 2, n_in: 576, n_out: 576, a: vec![0.0; 1152], b: vec![0.0; 1152] };
+        let ok = LoraTensor {
+            base: "blk.0.attn_q.weight".into(),
+            rank: 2,
+            n_in: 576,
+            n_out: 576,
+            a: vec![0.0; 1152],
+            b: vec![0.0; 1152],
+        };
         lora::write_adapter(&out, lora::adapter_metadata("qwen2", 2.0), GgmlType::F32, &[ok]).unwrap();
         let e = m.load_adapter(&LoraSpec { path: out, scale: 1.0 }).unwrap_err().to_string();
         assert!(e.contains("qwen2"), "{e}");

@@ -71,7 +71,13 @@ fn bad(path: &Path, why: impl std::fmt::Display) -> ModelError {
 /// # Errors
 /// The trainer's state does not fit the model's pairs, I/O errors (the previous file at `dest`,
 /// if any, is then unchanged).
-pub fn save(dest: &Path, fingerprint: &str, model: &GgufModel, trainer: &Trainer<f32>, curve: &[StepStats]) -> Result<()> {
+pub fn save(
+    dest: &Path,
+    fingerprint: &str,
+    model: &GgufModel,
+    trainer: &Trainer<f32>,
+    curve: &[StepStats],
+) -> Result<()> {
     let TrainerState { optim, rng, order, next } = trainer.state();
     let mut pairs = Vec::new();
     let mut values: Vec<&[f32]> = Vec::new();
@@ -151,7 +157,10 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let floats = lens.iter().try_fold(0usize, |s, &l| l.checked_mul(3).and_then(|x| s.checked_add(x)));
     let body = &bytes[hend..];
     if floats.and_then(|f| f.checked_mul(4)) != Some(body.len()) {
-        return Err(bad(path, format!("{} bytes of data, the header announces {} values", body.len(), floats.unwrap_or(0))));
+        return Err(bad(
+            path,
+            format!("{} bytes of data, the header announces {} values", body.len(), floats.unwrap_or(0)),
+        ));
     }
     if header.next > header.order.len() || header.step as usize != header.curve.len() {
         return Err(bad(
@@ -192,7 +201,7 @@ impl Checkpoint {
                     return Err(ModelError::Input(format!(
                         "checkpoint pair {} [{}, {}] does not fit the model",
                         p.base, p.n_in, p.n_out
-                    )))
+                    )));
                 }
             }
         }
@@ -288,7 +297,10 @@ mod tests {
         curve3.extend(t3.run(&mut m3, &chunks).unwrap());
         assert_eq!(curve3.len(), straight.len());
         for (a, b) in curve3.iter().zip(&straight) {
-            assert!((a.loss - b.loss).abs() < 1e-5 * b.loss && (a.grad_norm - b.grad_norm).abs() < 1e-4 * b.grad_norm, "{a:?} vs {b:?}");
+            assert!(
+                (a.loss - b.loss).abs() < 1e-5 * b.loss && (a.grad_norm - b.grad_norm).abs() < 1e-4 * b.grad_norm,
+                "{a:?} vs {b:?}"
+            );
         }
         let got: Vec<f32> = m3.lora_params_mut().into_iter().flatten().map(|v| *v).collect();
         let diff = got.iter().zip(&want).map(|(a, b)| (a - f32::from_bits(*b)).abs()).fold(0f32, f32::max);

@@ -78,7 +78,9 @@ pub use gguf_model::{GgufModel, GgufModelTape};
 pub use init::{init_from_factors, init_lora, LoraInit, SplitMix64};
 pub use model::{Model, ModelConfig, Target};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, AdamWState, GradBuffer, Schedule};
-pub use train::{accumulate, Chunk, ChunkTarget, LoraModel, StepStats, TopKRows, TrainConfig, TrainError, Trainer, TrainerState};
+pub use train::{
+    accumulate, Chunk, ChunkTarget, LoraModel, StepStats, TopKRows, TrainConfig, TrainError, Trainer, TrainerState,
+};
 
 #[cfg(test)]
 pub(crate) mod testutil {

@@ -168,8 +168,7 @@ pub fn kl_top_k<T: Float>(logits: &[T], n_vocab: usize, top: TopK<'_>) -> (T, Ve
                 g[id] = T::from_f64((lq.exp() - p) * inv);
             }
             let p_rest = if top.log_rest[r].is_finite() { (top.log_rest[r] as f64).exp() } else { 0.0 };
-            let q_rest: f64 =
-                row.iter().zip(&in_top).filter(|(_, &t)| !t).map(|(v, _)| (v.to_f64() - lz).exp()).sum();
+            let q_rest: f64 = row.iter().zip(&in_top).filter(|(_, &t)| !t).map(|(v, _)| (v.to_f64() - lz).exp()).sum();
             let q_rest = q_rest.max(1e-30);
             if p_rest > 0.0 {
                 kl += p_rest * (top.log_rest[r] as f64 - q_rest.ln());

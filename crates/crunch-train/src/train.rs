@@ -12,10 +12,10 @@ use crate::gguf_model::GgufModel;
 use crate::init::SplitMix64;
 use crate::loss::TopK;
 use crate::model::{Model, Target};
-use crunch_model::ModelError;
 use crate::optim::{
     clip_grad_norm, grads_to_tensors, AdamW, AdamWConfig, AdamWState, GradBuffer, Schedule, StateMismatch,
 };
+use crunch_model::ModelError;
 
 /// One training sample: a context's tokens and what its logits are scored against.
 #[derive(Clone, Debug, PartialEq)]
@@ -125,7 +125,11 @@ impl<T: Float> LoraModel<T> for Model<T> {
 }
 
 impl LoraModel<f32> for GgufModel {
-    fn loss_and_grad(&self, tokens: &[u32], target: Target<'_, f32>) -> Result<(f32, Vec<BlockGrads<f32>>), ModelError> {
+    fn loss_and_grad(
+        &self,
+        tokens: &[u32],
+        target: Target<'_, f32>,
+    ) -> Result<(f32, Vec<BlockGrads<f32>>), ModelError> {
         GgufModel::loss_and_grad(self, tokens, target)
     }
     fn lora_params_mut(&mut self) -> Vec<&mut Vec<f32>> {
@@ -191,34 +195,35 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Refuse settings no run can use (each message names the field).
+    /// Refuse settings no run can use: the offending field's name (`batch_size`, `lr`, …) and
+    /// why.
     ///
     /// # Errors
     /// A zero batch size or accumulation, a learning rate or clipping norm that is not a
     /// positive finite number, betas outside `[0, 1)`, a negative weight decay.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
         let a = &self.adamw;
         if self.batch_size == 0 {
-            return Err("batch_size must be at least 1".into());
+            return Err(("batch_size", "must be at least 1".into()));
         }
         if self.grad_accum == 0 {
-            return Err("grad_accum must be at least 1".into());
+            return Err(("grad_accum", "must be at least 1".into()));
         }
         if !(a.lr.is_finite() && a.lr > 0.0) {
-            return Err(format!("lr {} must be a positive number", a.lr));
+            return Err(("lr", format!("{} must be a positive number", a.lr)));
         }
         if !((0.0..1.0).contains(&a.beta1) && (0.0..1.0).contains(&a.beta2)) {
-            return Err(format!("betas ({}, {}) must be in [0, 1)", a.beta1, a.beta2));
+            return Err(("betas", format!("({}, {}) must be in [0, 1)", a.beta1, a.beta2)));
         }
         if !(a.eps.is_finite() && a.eps > 0.0) {
-            return Err(format!("eps {} must be a positive number", a.eps));
+            return Err(("eps", format!("{} must be a positive number", a.eps)));
         }
         if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
-            return Err(format!("weight_decay {} must be 0 or more", a.weight_decay));
+            return Err(("weight_decay", format!("{} must be 0 or more", a.weight_decay)));
         }
         if let Some(m) = self.max_grad_norm {
             if !(m.is_finite() && m > 0.0) {
-                return Err(format!("max_grad_norm {m} must be a positive number"));
+                return Err(("max_grad_norm", format!("{m} must be a positive number")));
             }
         }
         Ok(())
@@ -379,7 +384,7 @@ impl<T: Float> Trainer<T> {
         if chunks.is_empty() {
             return Err(TrainError::Config("no training chunks".into()));
         }
-        self.config.check().map_err(TrainError::Config)?;
+        self.config.check().map_err(|(f, why)| TrainError::Config(format!("{f} {why}")))?;
         let (bs, accum) = (self.config.batch_size, self.config.grad_accum);
         let saved = (self.rng.clone(), self.order.clone(), self.next);
         let idx = self.draw(bs * accum, chunks.len());
@@ -541,7 +546,8 @@ mod tests {
         }
         let cfg = train_config(0, 10);
         let s1 = Trainer::new(cfg, &mut m).step(&mut m, std::slice::from_ref(&all), &|| false).unwrap();
-        let s2 = Trainer::new(cfg, &mut m2).step(&mut m2, &[all[..1].to_vec(), all[1..4].to_vec(), all[4..].to_vec()], &|| false)
+        let s2 = Trainer::new(cfg, &mut m2)
+            .step(&mut m2, &[all[..1].to_vec(), all[1..4].to_vec(), all[4..].to_vec()], &|| false)
             .unwrap();
         assert!((s1.loss - s2.loss).abs() < 1e-14 && (s1.grad_norm - s2.grad_norm).abs() < 1e-12);
         let (p1, p2): (Vec<f64>, Vec<f64>) = (

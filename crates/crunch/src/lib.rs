@@ -26,5 +26,6 @@ pub mod quantize;
 pub mod report;
 pub mod search;
 pub mod sensitivity;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -17,6 +17,7 @@ mod run;
 mod runs;
 mod search;
 mod serve;
+mod train;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -47,6 +48,11 @@ enum Command {
     Lowrank(adapter::LowrankArgs),
     /// Merge LoRA adapters into a model, optionally quantizing in the same pass.
     Merge(adapter::MergeArgs),
+    /// Train a LoRA adapter on the CPU so a quantized model matches its base (top-k KL
+    /// distillation), optionally starting from a lowrank correction.
+    Distill(train::DistillArgs),
+    /// Fine-tune a LoRA adapter on text on the CPU (QLoRA-style on a quantized model).
+    Finetune(train::FinetuneArgs),
     /// Convert a Hugging Face folder to GGUF (optionally quantizing in the same pass).
     Convert(convert::ConvertArgs),
     /// Write a GGUF model back as a Hugging Face folder (config, tokenizer, safetensors).
@@ -104,6 +110,8 @@ pub fn run() -> Result<()> {
         Command::Prune(a) => prune::run(a),
         Command::Lowrank(a) => adapter::lowrank(a),
         Command::Merge(a) => adapter::merge(a),
+        Command::Distill(a) => train::distill(a),
+        Command::Finetune(a) => train::finetune(a),
         Command::Convert(a) => convert::run(a),
         Command::Export(a) => export::run(a),
         Command::Eval(a) => eval::run(a),

@@ -41,6 +41,10 @@ pub enum Job {
     Lowrank(LowrankJob),
     /// LoRA adapters merged into a model (optionally quantized in the same pass).
     Merge(MergeJob),
+    /// A LoRA adapter trained so a quantized model matches its base (top-k KL distillation).
+    Distill(TrainJob),
+    /// A LoRA adapter trained on text (causal LM; QLoRA-style on a quantized model).
+    Finetune(TrainJob),
     /// Perplexity over a text, as llama-perplexity computes it.
     Perplexity(PerplexityJob),
     /// KL-divergence, same top token and perplexity of quantized models against a base.
@@ -86,6 +90,8 @@ impl Job {
             Job::Prune(_) => "prune",
             Job::Lowrank(_) => "lowrank",
             Job::Merge(_) => "merge",
+            Job::Distill(_) => "distill",
+            Job::Finetune(_) => "finetune",
             Job::Perplexity(_) => "perplexity",
             Job::Compare(_) => "compare",
             Job::Choice(_) => "choice",
@@ -171,6 +177,26 @@ impl Job {
                     v.push(("adapters", I, &mut a.path));
                 }
                 v.push(("output", O, &mut j.output));
+            }
+            Job::Distill(j) | Job::Finetune(j) => {
+                for (name, p) in [("base", &mut j.base), ("base_logits", &mut j.base_logits)] {
+                    if let Some(p) = p {
+                        v.push((name, I, p));
+                    }
+                }
+                v.push(("model", I, &mut j.model));
+                v.push(("text", I, &mut j.text));
+                if let Some(a) = &mut j.init {
+                    v.push(("init", I, &mut a.path));
+                }
+                v.push(("output", O, &mut j.output));
+                for (name, p) in
+                    [("save_base", &mut j.save_base), ("checkpoint", &mut j.checkpoint), ("plot", &mut j.plot)]
+                {
+                    if let Some(p) = p {
+                        v.push((name, O, p));
+                    }
+                }
             }
             Job::Perplexity(j) => {
                 v.push(("model", I, &mut j.model));
@@ -274,6 +300,8 @@ pub enum Outcome {
     Prune(PruneOutcome),
     Lowrank(LowrankOutcome),
     Merge(MergeOutcome),
+    Distill(TrainOutcome),
+    Finetune(TrainOutcome),
     Perplexity(PerplexityOutcome),
     Compare(CompareOutcome),
     Choice(ChoiceOutcome),
@@ -298,6 +326,7 @@ impl Outcome {
             Outcome::Prune(o) => o.run_id,
             Outcome::Lowrank(o) => o.run_id,
             Outcome::Merge(o) => o.run_id,
+            Outcome::Distill(o) | Outcome::Finetune(o) => o.run_id,
             Outcome::Perplexity(o) => o.run_id,
             Outcome::Compare(o) => o.run_ids.last().copied().flatten(),
             Outcome::Choice(o) => o.run_id,
@@ -329,6 +358,8 @@ pub fn run(job: &Job, ctx: &RunCtx) -> Result<Outcome> {
         Job::Prune(j) => kinds::prune::run(j, ctx).map(Outcome::Prune),
         Job::Lowrank(j) => kinds::adapter::run_lowrank(j, ctx).map(Outcome::Lowrank),
         Job::Merge(j) => kinds::adapter::run_merge(j, ctx).map(Outcome::Merge),
+        Job::Distill(j) => kinds::train::run(j, "distill", ctx).map(Outcome::Distill),
+        Job::Finetune(j) => kinds::train::run(j, "finetune", ctx).map(Outcome::Finetune),
         Job::Perplexity(j) => kinds::eval::perplexity(j, ctx).map(Outcome::Perplexity),
         Job::Compare(j) => kinds::eval::compare(j, ctx).map(Outcome::Compare),
         Job::Choice(j) => kinds::eval::choice(j, ctx).map(Outcome::Choice),
@@ -367,6 +398,8 @@ pub fn from_json(body: &[u8]) -> Result<Job> {
         "prune" => Job::Prune(part(rest)?),
         "lowrank" => Job::Lowrank(part(rest)?),
         "merge" => Job::Merge(part(rest)?),
+        "distill" => Job::Distill(part(rest)?),
+        "finetune" => Job::Finetune(part(rest)?),
         "perplexity" => Job::Perplexity(part(rest)?),
         "compare" => Job::Compare(part(rest)?),
         "choice" => Job::Choice(part(rest)?),
@@ -383,7 +416,7 @@ pub fn from_json(body: &[u8]) -> Result<Job> {
 }
 
 /// Every job kind's name.
-pub const KINDS: [&str; 18] = [
+pub const KINDS: [&str; 20] = [
     "quantize",
     "convert",
     "export",
@@ -391,6 +424,8 @@ pub const KINDS: [&str; 18] = [
     "prune",
     "lowrank",
     "merge",
+    "distill",
+    "finetune",
     "perplexity",
     "compare",
     "choice",

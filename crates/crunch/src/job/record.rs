@@ -35,6 +35,10 @@ pub mod metric {
     pub const ZERO_FRACTION: &str = "zero_fraction";
     /// Bytes of a correction adapter shipped beside the model (counted in `file_bytes`).
     pub const ADAPTER_BYTES: &str = "adapter_bytes";
+    /// The last update's training loss (KL for distill, cross-entropy for finetune).
+    pub const TRAIN_LOSS: &str = "train_loss";
+    /// The last mean loss on held-out chunks.
+    pub const HELDOUT_LOSS: &str = "heldout_loss";
 }
 
 /// The registry metrics of a model measured against its base on held-out text.
