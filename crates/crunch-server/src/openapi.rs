@@ -19,6 +19,8 @@ pub const KINDS: &[(&str, &str)] = &[
     ("prune", "zero weights of the linear layers: magnitude, wanda or sparsegpt (model, output, method, sparsity|pattern, text)"),
     ("lowrank", "a LoRA adapter correcting a quantized model's error by whitened SVD (base, quant, output, rank|budget, text)"),
     ("merge", "LoRA adapters merged into a model, optionally quantized in the same pass (model, adapters, output, type)"),
+    ("distill", "a LoRA adapter trained on the CPU so a quantized model matches its base: top-k KL on the text, checkpointed, resumable (base|base_logits, model, text, output, rank, init, steps, lr, ctx, holdout)"),
+    ("finetune", "a LoRA adapter fine-tuned on text on the CPU, QLoRA-style over the frozen GGUF (model, text, output, rank, init, steps, lr, ctx, holdout)"),
     ("perplexity", "perplexity over a text (model, text, ctx, chunks, lora)"),
     ("compare", "KL-divergence, same top token and perplexity against a base (base, models, text, lora: on the models only)"),
     ("choice", "multiple-choice accuracy (model, tasks, lora)"),
