@@ -173,3 +173,41 @@ async fn a_restart_fails_interrupted_jobs_removes_their_files_and_runs_queued_on
     assert_eq!(q["state"], "succeeded", "{q}");
     assert_eq!(s.get("/v1/jobs").await.json().as_array().unwrap().len(), 2);
 }
+
+/// A fine-tuning job over HTTP reports its updates as progress; cancelled while it trains it keeps
+/// its checkpoint (and writes no adapter), and the same job resubmitted with `resume` finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_training_job_keeps_its_checkpoint_and_resumes() {
+    let text = crunch_testkit::wikitext_dev();
+    let s = server_with(vec![smollm2_root(), text.parent().unwrap().to_path_buf()], |_| {});
+    let model = crunch_testkit::smollm2_gguf();
+    let job = |steps: u64, resume: bool| {
+        json!({"kind": "finetune", "model": model, "text": text, "output": "ft/ft.gguf", "checkpoint": "ft/run.ckpt",
+               "rank": 2, "ctx": 32, "chunks": 4, "skip_chunks": 300, "steps": steps, "checkpoint_every": 1,
+               "tensors": "^blk\\.0\\.", "resume": resume})
+    };
+    let r = s.post("/v1/jobs", &job(400, false)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let id = r.json()["id"].as_i64().unwrap();
+    let running = s
+        .wait_for(id, 300, |j| {
+            (j["state"] != "queued" && j["state"] != "running")
+                || (j["progress"]["stage"] == "finetune" && j["progress"]["done"].as_u64().unwrap_or(0) >= 2)
+        })
+        .await;
+    assert_eq!(running["state"], "running", "{running}");
+    assert!(running["progress"]["item"].as_str().unwrap().contains("tok/s"), "{running}");
+    let r = s.call("DELETE", &format!("/v1/jobs/{id}"), None, None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let end = s.wait_for(id, 120, |j| j["state"] != "running").await;
+    assert_eq!(end["state"], "canceled", "{end}");
+    assert!(s.out.join("ft/run.ckpt").is_file(), "the checkpoint is kept");
+    assert!(!s.out.join("ft/ft.gguf").exists(), "no adapter from a cancelled run");
+
+    let r = s.post("/v1/jobs", &job(3, true)).await;
+    let id = r.json()["id"].as_i64().unwrap();
+    let end = s.wait_for(id, 300, |j| j["state"] != "queued" && j["state"] != "running").await;
+    assert_eq!(end["state"], "succeeded", "{end}");
+    assert!(end["result"]["result"]["resumed_at"].as_u64().unwrap() >= 2, "{end}");
+    assert!(s.out.join("ft/ft.gguf").is_file());
+}

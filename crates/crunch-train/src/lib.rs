@@ -1,12 +1,14 @@
-//! crunch-train: training on the CPU (groundwork for LoRA / QLoRA fine-tuning and distillation
-//! onto a quantized model, issue 16): the backward pass of crunch's Llama block, checked against
-//! finite differences, and the optimizer side of LoRA training on top of it.
+//! crunch-train: training on the CPU — LoRA / QLoRA fine-tuning and distillation onto a quantized
+//! model (what `crunch distill` and `crunch finetune` run, see `crunch::train`): the backward pass
+//! of crunch's Llama block, checked against finite differences, and the optimizer side of LoRA
+//! training on top of it.
 //!
 //! - [`ops`]: every op of the block — RMSNorm, RoPE (normal and NeoX, crunch-model's angles),
 //!   causal grouped-query attention, SwiGLU, the residual add, and the linear layer
 //!   `y = x Wᵀ + s·(x Aᵀ) Bᵀ` with `W` frozen and the LoRA factors `A`, `B` trainable — each a
 //!   forward that mirrors crunch-model's math and its vector-Jacobian product.
-//! - [`loss`]: causal-LM cross-entropy and `KL(p_base ‖ p_model)`, with their logit gradients.
+//! - [`loss`]: causal-LM cross-entropy and `KL(p_base ‖ p_model)`, over the full vocabulary or
+//!   over the base's top-k tokens and the rest ([`loss::kl_top_k`]), with their logit gradients.
 //! - [`block`]: a whole block forward (keeping its activations) and backward (input gradient and
 //!   the LoRA gradients of its seven linears); [`model`]: embedding → blocks → final norm →
 //!   output projection → loss, and the LoRA gradient of every block, on a tiny dense model.
@@ -45,14 +47,14 @@
 //! of rows at a time and never copied whole. The graph is fixed (one block type, repeated), so
 //! writing its backward by hand is a few hundred lines, each op checked against finite
 //! differences in f64; and only the LoRA factors need gradients, so nothing keeps or computes
-//! gradients of the frozen weights, norms or embeddings. The speed comparison with candle (issue
-//! 16 asks for it) has not been made yet.
+//! gradients of the frozen weights, norms or embeddings. candle was not built and timed beside it:
+//! it would first need that f32 copy of the model.
 //!
 //! [`ops::GgufWeight`] is that frozen weight (forward by crunch-model's `matmul`, backward by
 //! panels of 32 dequantized rows), tested against its dequantized matrix; the tiny [`Model`] of
 //! the gradient checks uses dense weights; [`GgufModel`] is built on `GgufWeight`s; the trainer
-//! runs on either through [`LoraModel`]. Not here yet: checkpoint files, top-k KL, and the
-//! `distill` / `finetune` jobs.
+//! runs on either through [`LoraModel`]. [`adapter`] moves LoRA pairs between a [`GgufModel`] and
+//! llama.cpp's adapter files; [`checkpoint`] saves and restores a run.
 
 #![forbid(unsafe_code)]
 

@@ -263,8 +263,9 @@ fn hash_file(h: &mut Sha256, p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What identifies a run for its checkpoint: the model, the chunks and their targets, the pairs
-/// and the optimizer settings (not the number of steps: a finished run can be extended).
+/// What identifies a run for its checkpoint: the model, the chunks and their targets, the pairs,
+/// the seed and the batch shape (the order chunks are drawn in). Not the number of steps, the
+/// learning rate, the schedule or the clipping: a resumed run may extend or retune them.
 fn fingerprint(o: &TrainOptions, model_path: &Path, chunks: &[Chunk<f32>]) -> Result<String> {
     let mut h = Sha256::new();
     h.update(o.objective.name().as_bytes());
@@ -285,16 +286,10 @@ fn fingerprint(o: &TrainOptions, model_path: &Path, chunks: &[Chunk<f32>]) -> Re
         hash_file(&mut h, &init.path)?;
         h.update(init.scale.to_le_bytes());
     }
-    let mut cfg = o.config;
-    cfg.steps = 0;
-    if let crunch_train::Schedule::Cosine { total, .. } | crunch_train::Schedule::Linear { total, .. } =
-        &mut cfg.schedule
-    {
-        *total = 0;
-    }
+    let c = &o.config;
     let settings = serde_json::json!({
         "rank": o.rank, "alpha": o.alpha, "tensors": o.tensors.as_ref().map(|r| r.as_str().to_string()),
-        "exact": o.exact, "config": cfg,
+        "exact": o.exact, "seed": c.seed, "batch_size": c.batch_size, "grad_accum": c.grad_accum,
     });
     h.update(settings.to_string().as_bytes());
     Ok(crunch_core::output::hex(&h.finalize()))

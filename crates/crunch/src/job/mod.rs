@@ -281,12 +281,21 @@ impl Job {
         v
     }
 
-    /// Every output path of the job (files or folders it writes).
+    /// Every output path of the job (files or folders it writes) that a run which did not finish
+    /// must not leave behind, which is all of them but [`KEPT_WHEN_STOPPED`].
     pub fn outputs(&self) -> Vec<PathBuf> {
         let mut j = self.clone();
-        j.paths_mut().into_iter().filter(|(_, r, _)| *r == PathRole::Output).map(|(_, _, p)| p.clone()).collect()
+        j.paths_mut()
+            .into_iter()
+            .filter(|(f, r, _)| *r == PathRole::Output && !KEPT_WHEN_STOPPED.contains(f))
+            .map(|(_, _, p)| p.clone())
+            .collect()
     }
 }
+
+/// Output fields a stopped run keeps: a training checkpoint (to resume from) and the base
+/// log-probabilities a distillation saved (complete once written, reusable by the next run).
+pub const KEPT_WHEN_STOPPED: [&str; 2] = ["checkpoint", "save_base"];
 
 /// What a job produced: one variant per kind, each with the id of its registry run when
 /// recorded.
