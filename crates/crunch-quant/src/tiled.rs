@@ -906,6 +906,40 @@ pub fn gemm_f32_strided(
     rhs: &[f32],
     rs: Strides,
 ) {
+    gemm_f32_checked(false, (m, n, k), dst, ds, lhs, ls, rhs, rs);
+}
+
+/// `dst += lhs · rhs`, otherwise as [`gemm_f32_strided`]: the accumulating form lets a caller
+/// sum products over slices of the inner dimension (panels of a weight's rows, say) straight
+/// into one destination, without a temporary per slice.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_strided_acc(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    ds: Strides,
+    lhs: &[f32],
+    ls: Strides,
+    rhs: &[f32],
+    rs: Strides,
+) {
+    gemm_f32_checked(true, (m, n, k), dst, ds, lhs, ls, rhs, rs);
+}
+
+/// The bounds and overlap checks of [`gemm_f32_strided`] and [`gemm_f32_strided_acc`], then the
+/// product (added to `dst` when `accumulate`, else written over it).
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32_checked(
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    ds: Strides,
+    lhs: &[f32],
+    ls: Strides,
+    rhs: &[f32],
+    rs: Strides,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -919,9 +953,11 @@ pub fn gemm_f32_strided(
         "gemm destination elements overlap"
     );
     if k == 0 {
-        for i in 0..m {
-            for j in 0..n {
-                dst[i * ds.rs + j * ds.cs] = 0.0;
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * ds.rs + j * ds.cs] = 0.0;
+                }
             }
         }
         return;
@@ -931,7 +967,7 @@ pub fn gemm_f32_strided(
     // SAFETY: every element addressed by the three views is inside its slice (asserted above),
     // distinct destination elements are distinct places, and `dst` is borrowed mutably (no alias
     // with `lhs` or `rhs`).
-    unsafe { gemm_raw((m, n, k), dst.as_mut_ptr(), ds, lhs.as_ptr(), ls, rhs.as_ptr(), rs) };
+    unsafe { gemm_raw_acc(accumulate, (m, n, k), dst.as_mut_ptr(), ds, lhs.as_ptr(), ls, rhs.as_ptr(), rs) };
 }
 
 /// The one call into the `gemm` crate: `dst = lhs · rhs`, `(m, n, k)` = rows of `dst`, columns
@@ -949,7 +985,28 @@ unsafe fn gemm_raw(
     rhs: *const f32,
     rs: Strides,
 ) {
-    // SAFETY: forwarded from the caller's contract; gemm takes (column, row) strides.
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { gemm_raw_acc(false, (m, n, k), dst, ds, lhs, ls, rhs, rs) }
+}
+
+/// [`gemm_raw`], adding the product to `dst` when `accumulate` (`dst` is then read, so it must be
+/// initialized).
+///
+/// # Safety
+/// As [`gemm_raw`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw_acc(
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    ds: Strides,
+    lhs: *const f32,
+    ls: Strides,
+    rhs: *const f32,
+    rs: Strides,
+) {
+    // SAFETY: forwarded from the caller's contract; gemm takes (column, row) strides and computes
+    // `dst = alpha · dst + beta · lhs · rhs` (reading `dst` only when told to).
     unsafe {
         gemm::gemm(
             m,
@@ -958,14 +1015,14 @@ unsafe fn gemm_raw(
             dst,
             ds.cs as isize,
             ds.rs as isize,
-            false,
+            accumulate,
             lhs,
             ls.cs as isize,
             ls.rs as isize,
             rhs,
             rs.cs as isize,
             rs.rs as isize,
-            0.0f32,
+            if accumulate { 1.0f32 } else { 0.0f32 },
             1.0f32,
             false,
             false,
@@ -1148,6 +1205,28 @@ mod tests {
                 assert!((dst[i * 10 + j] - want).abs() < 1e-5);
             }
         }
+    }
+
+    #[test]
+    fn accumulating_gemm_adds_to_dst() {
+        // dst (4 × 3) already holds values; lhs row-major, rhs transposed view
+        let (m, n, k) = (4, 3, 6);
+        let lhs = rand(m * k, 21);
+        let rhs = rand(n * k, 22); // element (p, j) at j * k + p
+        let start = rand(m * n, 23);
+        let mut dst = start.clone();
+        let (ds, ls, rs) = (Strides { rs: n, cs: 1 }, Strides { rs: k, cs: 1 }, Strides { rs: 1, cs: k });
+        gemm_f32_strided_acc(m, n, k, &mut dst, ds, &lhs, ls, &rhs, rs);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = start[i * n + j] + (0..k).map(|p| lhs[i * k + p] * rhs[j * k + p]).sum::<f32>();
+                assert!((dst[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+        // an empty inner dimension adds nothing
+        let before = dst.clone();
+        gemm_f32_strided_acc(m, n, 0, &mut dst, ds, &[], ls, &[], rs);
+        assert_eq!(dst, before);
     }
 
     #[test]

@@ -13,8 +13,8 @@ use crunch_model::rope::Rope;
 
 use crate::float::Float;
 use crate::ops::{
-    add_assign, attention, attention_backward, rms_norm, rms_norm_backward, rope, rope_backward, swiglu,
-    swiglu_backward, AttnShape, Linear, LinearTape, LoraGrad,
+    add_assign, attention, attention_backward, rms_norm, rms_norm_apply, rms_norm_backward, rope, rope_backward,
+    swiglu, swiglu_backward, AttnShape, Linear, LinearTape, LoraGrad,
 };
 
 /// The seven linear layers of a block, in crunch-model's evaluation order.
@@ -79,11 +79,14 @@ pub struct Block<T: Float> {
     pub linears: [Linear<T>; 7],
 }
 
-/// The activations [`Block::backward`] needs, kept by [`Block::forward`].
+/// The activations [`Block::backward`] needs, kept by [`Block::forward`]. The two normalized
+/// inputs (`h1`, `h2`) and the SwiGLU output are not kept: the backward pass recomputes them
+/// (bit-identically) from `x`, `x1` and the row scales, and from `g` and `u`, a few element-wise
+/// operations against about a quarter of the tape's memory (which is allocated, and page-faulted
+/// in, on every step).
 pub struct BlockTape<T> {
     n: usize,
     x: Vec<T>,
-    h1: Vec<T>,
     rstd1: Vec<T>,
     /// After RoPE.
     q: Vec<T>,
@@ -92,11 +95,9 @@ pub struct BlockTape<T> {
     probs: Vec<T>,
     a: Vec<T>,
     x1: Vec<T>,
-    h2: Vec<T>,
     rstd2: Vec<T>,
     g: Vec<T>,
     u: Vec<T>,
-    act: Vec<T>,
     lin: [LinearTape<T>; 7],
 }
 
@@ -155,23 +156,24 @@ impl<T: Float> Block<T> {
         let (mut q, tq) = self.lin(Proj::Q).forward(&h1, n);
         let (mut k, tk) = self.lin(Proj::K).forward(&h1, n);
         let (v, tv) = self.lin(Proj::V).forward(&h1, n);
+        drop(h1);
         rope(&mut q, q_row, rope_p, angles);
         rope(&mut k, kv_row, rope_p, angles);
         let (a, probs) = attention(&q, &k, &v, n, s.attn);
-        let (o, to) = self.lin(Proj::Output).forward(&a, n);
-        let mut x1 = x.to_vec();
-        add_assign(&mut x1, &o);
+        // The residual sums are formed in the branch's buffer (`o + x` is `x + o`, bit for bit).
+        let (mut x1, to) = self.lin(Proj::Output).forward(&a, n);
+        add_assign(&mut x1, x);
         let (h2, rstd2) = rms_norm(&x1, &self.ffn_norm, s.rms_eps);
         let (g, tg) = self.lin(Proj::Gate).forward(&h2, n);
         let (u, tu) = self.lin(Proj::Up).forward(&h2, n);
+        drop(h2);
         let act = swiglu(&g, &u);
-        let (d, td) = self.lin(Proj::Down).forward(&act, n);
-        let mut y = x1.clone();
-        add_assign(&mut y, &d);
+        let (mut y, td) = self.lin(Proj::Down).forward(&act, n);
+        drop(act);
+        add_assign(&mut y, &x1);
         let tape = BlockTape {
             n,
             x: x.to_vec(),
-            h1,
             rstd1,
             q,
             k,
@@ -179,11 +181,9 @@ impl<T: Float> Block<T> {
             probs,
             a,
             x1,
-            h2,
             rstd2,
             g,
             u,
-            act,
             lin: [tq, tk, tv, to, tg, tu, td],
         };
         (y, tape)
@@ -209,19 +209,24 @@ impl<T: Float> Block<T> {
         };
         // FFN half: y = x1 + down(swiglu(gate(h2), up(h2))).
         let mut dx1 = dy.to_vec();
-        let dact = back(Proj::Down, &t.act, dy);
+        let act = swiglu(&t.g, &t.u);
+        let dact = back(Proj::Down, &act, dy);
+        drop(act);
         let (dg, du) = swiglu_backward(&t.g, &t.u, &dact);
-        let mut dh2 = back(Proj::Gate, &t.h2, &dg);
-        add_assign(&mut dh2, &back(Proj::Up, &t.h2, &du));
+        let h2 = rms_norm_apply(&t.x1, &self.ffn_norm, &t.rstd2);
+        let mut dh2 = back(Proj::Gate, &h2, &dg);
+        add_assign(&mut dh2, &back(Proj::Up, &h2, &du));
+        drop(h2);
         add_assign(&mut dx1, &rms_norm_backward(&t.x1, &self.ffn_norm, &t.rstd2, &dh2));
         // Attention half: x1 = x + output(attention(rope(q(h1)), rope(k(h1)), v(h1))).
         let da = back(Proj::Output, &t.a, &dx1);
         let (mut dq, mut dk, dv) = attention_backward(&t.q, &t.k, &t.v, &t.probs, &da, n, s.attn);
         rope_backward(&mut dq, q_row, rope_p, angles);
         rope_backward(&mut dk, kv_row, rope_p, angles);
-        let mut dh1 = back(Proj::Q, &t.h1, &dq);
-        add_assign(&mut dh1, &back(Proj::K, &t.h1, &dk));
-        add_assign(&mut dh1, &back(Proj::V, &t.h1, &dv));
+        let h1 = rms_norm_apply(&t.x, &self.attn_norm, &t.rstd1);
+        let mut dh1 = back(Proj::Q, &h1, &dq);
+        add_assign(&mut dh1, &back(Proj::K, &h1, &dk));
+        add_assign(&mut dh1, &back(Proj::V, &h1, &dv));
         let mut dx = dx1;
         add_assign(&mut dx, &rms_norm_backward(&t.x, &self.attn_norm, &t.rstd1, &dh1));
         (dx, BlockGrads { lora: grads })

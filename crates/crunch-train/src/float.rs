@@ -1,8 +1,18 @@
 //! The float type the ops are generic over: `f32` for training, `f64` to check gradients.
+//!
+//! Besides scalar arithmetic, [`Float`] carries the two bulk kernels the ops are built on, so that
+//! one generic implementation of each op serves both types: a strided matrix product
+//! ([`Float::gemm`]) and a scaled soft-max ([`Float::softmax`]). The `f32` instance runs
+//! crunch-quant's blocked SIMD GEMM and vectorized soft-max (the kernels crunch-model's inference
+//! uses, with run-time CPU dispatch); the `f64` instance runs the plain loops of [`gemm_reference`]
+//! and [`softmax_reference`], which the finite-difference checks then exercise, and against which
+//! tests compare the `f32` kernels.
 
 use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
+
+pub use crunch_quant::tiled::Strides;
 
 mod sealed {
     pub trait Sealed {}
@@ -42,6 +52,67 @@ pub trait Float:
     fn ln(self) -> Self;
     fn sqrt(self) -> Self;
     fn max(self, other: Self) -> Self;
+
+    /// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, for an `m × k` `lhs` and a
+    /// `k × n` `rhs`; all three are strided views (element `(i, j)` at `i * rs + j * cs`) of their
+    /// slices. Single-threaded: callers split the work.
+    ///
+    /// # Panics
+    /// When a view reaches outside its slice.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        accumulate: bool,
+        mnk: (usize, usize, usize),
+        dst: &mut [Self],
+        ds: Strides,
+        lhs: &[Self],
+        ls: Strides,
+        rhs: &[Self],
+        rs: Strides,
+    );
+
+    /// Soft-max of `scale · x` in place: `e^(scale·x − max)` normalized to sum 1.
+    fn softmax(x: &mut [Self], scale: Self);
+}
+
+/// The plain triple loop of [`Float::gemm`] (the `f64` kernel, and the reference the `f32` kernel
+/// is tested against).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_reference<T: Float>(
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    ds: Strides,
+    lhs: &[T],
+    ls: Strides,
+    rhs: &[T],
+    rs: Strides,
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = T::ZERO;
+            for p in 0..k {
+                s += lhs[i * ls.rs + p * ls.cs] * rhs[p * rs.rs + j * rs.cs];
+            }
+            let o = &mut dst[i * ds.rs + j * ds.cs];
+            *o = if accumulate { *o + s } else { s };
+        }
+    }
+}
+
+/// The plain loops of [`Float::softmax`] (the `f64` kernel, and the `f32` reference): the
+/// largest `scale · x` subtracted before `exp`, the sum taken in order.
+pub fn softmax_reference<T: Float>(x: &mut [T], scale: T) {
+    let max = x.iter().fold(T::NEG_INFINITY, |m, &v| m.max(v * scale));
+    let mut sum = T::ZERO;
+    for v in x.iter_mut() {
+        *v = (*v * scale - max).exp();
+        sum += *v;
+    }
+    let inv = T::ONE / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
 }
 
 impl Float for f32 {
@@ -75,6 +146,25 @@ impl Float for f32 {
     #[inline]
     fn max(self, other: Self) -> Self {
         f32::max(self, other)
+    }
+    fn gemm(
+        accumulate: bool,
+        (m, n, k): (usize, usize, usize),
+        dst: &mut [Self],
+        ds: Strides,
+        lhs: &[Self],
+        ls: Strides,
+        rhs: &[Self],
+        rs: Strides,
+    ) {
+        if accumulate {
+            crunch_quant::tiled::gemm_f32_strided_acc(m, n, k, dst, ds, lhs, ls, rhs, rs);
+        } else {
+            crunch_quant::tiled::gemm_f32_strided(m, n, k, dst, ds, lhs, ls, rhs, rs);
+        }
+    }
+    fn softmax(x: &mut [Self], scale: Self) {
+        crunch_quant::vmath::softmax(x, scale);
     }
 }
 
@@ -110,9 +200,73 @@ impl Float for f64 {
     fn max(self, other: Self) -> Self {
         f64::max(self, other)
     }
+    fn gemm(
+        accumulate: bool,
+        mnk: (usize, usize, usize),
+        dst: &mut [Self],
+        ds: Strides,
+        lhs: &[Self],
+        ls: Strides,
+        rhs: &[Self],
+        rs: Strides,
+    ) {
+        gemm_reference(accumulate, mnk, dst, ds, lhs, ls, rhs, rs);
+    }
+    fn softmax(x: &mut [Self], scale: Self) {
+        softmax_reference(x, scale);
+    }
 }
 
 /// Convert a slice element-wise.
 pub fn cast<A: Float, B: Float>(v: &[A]) -> Vec<B> {
     v.iter().map(|&x| B::from_f64(x.to_f64())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(rng: &mut crunch_testkit::Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.normal()).collect()
+    }
+
+    /// The `f32` GEMM (crunch-quant's SIMD kernel) equals the reference loops (in f64) on
+    /// transposed and padded views, overwriting and accumulating (the padding untouched): within
+    /// `1e-6 · (k + 1)` absolute, f32 rounding of sums of `k` products of standard normals.
+    #[test]
+    fn f32_gemm_is_the_reference() {
+        let mut rng = crunch_testkit::Rng::new(31);
+        for (m, n, k) in [(1, 1, 1), (3, 5, 7), (64, 48, 300), (17, 130, 33), (5, 4, 0)] {
+            // lhs stored transposed (k × m), rhs with a padded row stride, dst inside a wider buffer
+            let lhs = rand(&mut rng, k * m);
+            let rhs = rand(&mut rng, k * (n + 3));
+            let start = rand(&mut rng, m * (n + 2));
+            let (ds, ls, rs) = (Strides { rs: n + 2, cs: 1 }, Strides { rs: 1, cs: m }, Strides { rs: n + 3, cs: 1 });
+            for accumulate in [false, true] {
+                let mut got = start.clone();
+                f32::gemm(accumulate, (m, n, k), &mut got, ds, &lhs, ls, &rhs, rs);
+                let mut want: Vec<f64> = cast(&start);
+                gemm_reference(accumulate, (m, n, k), &mut want, ds, &cast(&lhs), ls, &cast(&rhs), rs);
+                let tol = 1e-6 * (k as f64 + 1.0);
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!((*a as f64 - b).abs() <= tol, "({m}, {n}, {k}) acc {accumulate} [{i}]: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    /// The `f32` soft-max (crunch-quant's vectorized one) equals the reference loops within 1e-6.
+    #[test]
+    fn f32_softmax_is_the_reference() {
+        let mut rng = crunch_testkit::Rng::new(32);
+        for len in [1, 7, 16, 100, 257] {
+            let x: Vec<f32> = rand(&mut rng, len).iter().map(|v| 5.0 * v).collect();
+            let (mut a, mut b) = (x.clone(), x);
+            f32::softmax(&mut a, 0.3);
+            softmax_reference(&mut b, 0.3);
+            for (p, q) in a.iter().zip(&b) {
+                assert!((p - q).abs() <= 1e-6, "len {len}: {p} vs {q}");
+            }
+        }
+    }
 }

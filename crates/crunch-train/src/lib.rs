@@ -50,8 +50,9 @@
 //! gradients of the frozen weights, norms or embeddings. candle was not built and timed beside it:
 //! it would first need that f32 copy of the model.
 //!
-//! [`ops::GgufWeight`] is that frozen weight (forward by crunch-model's `matmul`, backward by
-//! panels of 32 dequantized rows), tested against its dequantized matrix; the tiny [`Model`] of
+//! [`ops::GgufWeight`] is that frozen weight (forward by crunch-model's `matmul`; backward by
+//! blocks of dequantized columns for wide weights, panels of up to 256 dequantized rows summed
+//! per worker for tall ones), tested against its dequantized matrix; the tiny [`Model`] of
 //! the gradient checks uses dense weights; [`GgufModel`] is built on `GgufWeight`s; the trainer
 //! runs on either through [`LoraModel`]. [`adapter`] moves LoRA pairs between a [`GgufModel`] and
 //! llama.cpp's adapter files; [`checkpoint`] saves and restores a run.

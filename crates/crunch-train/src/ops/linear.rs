@@ -6,7 +6,7 @@
 //! `dy W`, so a weight kept in its GGUF type only needs its rows dequantized a panel at a time.
 
 use crate::float::Float;
-use crate::ops::matmul::{matmul_nn, matmul_nt, matmul_tn};
+use crate::ops::matmul::{matmul_nn, matmul_nn_acc, matmul_nt, matmul_nt_acc, matmul_tn};
 
 /// A frozen weight matrix of `n_out` rows of `n_in`.
 pub trait Frozen<T: Float>: Send + Sync {
@@ -69,9 +69,10 @@ pub struct LoraGrad<T> {
     pub b: Vec<T>,
 }
 
-/// What [`Linear::backward`] needs from the forward pass besides the input: `x Aᵀ`.
+/// What [`Linear::backward`] needs from the forward pass besides the input: `s · x Aᵀ`.
 #[derive(Clone, Debug, Default)]
 pub struct LinearTape<T> {
+    /// `s · x Aᵀ` (`n × rank`; empty without LoRA).
     pub xa: Vec<T>,
 }
 
@@ -116,11 +117,10 @@ impl<T: Float> Linear<T> {
         }
         let mut tape = LinearTape::default();
         if let Some(l) = &self.lora {
-            let xa = matmul_nt(x, n, &l.a, l.rank);
-            let d = matmul_nt(&xa, n, &l.b, self.n_out());
-            for (o, &v) in y.iter_mut().zip(&d) {
-                *o += l.scale * v;
-            }
+            // s · (x Aᵀ), then y += (s x Aᵀ) Bᵀ straight into y.
+            let mut xa = matmul_nt(x, n, &l.a, l.rank);
+            xa.iter_mut().for_each(|v| *v *= l.scale);
+            matmul_nt_acc(&mut y, &xa, n, &l.b, self.n_out());
             tape.xa = xa;
         }
         (y, tape)
@@ -134,16 +134,13 @@ impl<T: Float> Linear<T> {
             return (dx, None);
         };
         let (n_in, n_out, r) = (self.n_in(), self.n_out(), l.rank);
-        // dy B: n × rank, scaled by s once.
+        // s · dy B: n × rank, scaled once; dx += (s dy B) A straight into dx.
         let mut dyb = matmul_nn(dy, n, &l.b, n_out, r);
         dyb.iter_mut().for_each(|v| *v *= l.scale);
-        let dxa = matmul_nn(&dyb, n, &l.a, r, n_in);
-        for (o, &v) in dx.iter_mut().zip(&dxa) {
-            *o += v;
-        }
+        matmul_nn_acc(&mut dx, &dyb, n, &l.a, r, n_in);
         let da = matmul_tn(&dyb, x, n, r, n_in);
-        let mut db = matmul_tn(dy, &tape.xa, n, n_out, r);
-        db.iter_mut().for_each(|v| *v *= l.scale);
+        // the tape holds s · x Aᵀ, so this is s dyᵀ (x Aᵀ)
+        let db = matmul_tn(dy, &tape.xa, n, n_out, r);
         (dx, Some(LoraGrad { a: da, b: db }))
     }
 }

@@ -26,6 +26,22 @@ pub fn rms_norm<T: Float>(x: &[T], w: &[T], eps: f32) -> (Vec<T>, Vec<T>) {
     (y, rstd)
 }
 
+/// [`rms_norm`]'s output again from its input and the `rstd` it returned (bit-identical: the same
+/// operations), so that a tape can keep `x` and `rstd` instead of the normalized rows.
+pub fn rms_norm_apply<T: Float>(x: &[T], w: &[T], rstd: &[T]) -> Vec<T> {
+    let n = w.len();
+    let mut y = vec![T::ZERO; x.len()];
+    if n == 0 {
+        return y;
+    }
+    y.par_chunks_mut(n).zip(x.par_chunks(n)).zip(rstd.par_iter()).for_each(|((o, r), &scale)| {
+        for ((o, &v), &g) in o.iter_mut().zip(r).zip(w) {
+            *o = v * scale * g;
+        }
+    });
+    y
+}
+
 /// The vector-Jacobian product of [`rms_norm`] with respect to `x`:
 /// `dx = rstd · (w ⊙ dy) − rstd³ / n · x · Σᵢ wᵢ dyᵢ xᵢ` per row.
 pub fn rms_norm_backward<T: Float>(x: &[T], w: &[T], rstd: &[T], dy: &[T]) -> Vec<T> {
@@ -69,6 +85,15 @@ mod tests {
             let e = relative_error(&got, &want);
             assert!(e < 1e-6, "rows {rows} n {n}: relative error {e:e}");
         }
+    }
+
+    #[test]
+    fn apply_repeats_the_forward() {
+        let mut rng = crunch_testkit::Rng::new(3);
+        let x: Vec<f32> = (0..7 * 24).map(|_| rng.normal()).collect();
+        let w: Vec<f32> = (0..24).map(|_| 1.0 + 0.1 * rng.normal()).collect();
+        let (y, rstd) = rms_norm(&x, &w, 1e-5);
+        assert_eq!(rms_norm_apply(&x, &w, &rstd), y);
     }
 
     #[test]
