@@ -51,6 +51,9 @@ pub struct CheckpointHeader {
     pub next: usize,
     /// Every update's statistics so far.
     pub curve: Vec<StepStats>,
+    /// `(updates made, held-out loss)` so far (the caller's scoring, kept for its curve).
+    #[serde(default)]
+    pub heldout: Vec<(u64, f64)>,
     pub pairs: Vec<PairInfo>,
 }
 
@@ -66,7 +69,8 @@ fn bad(path: &Path, why: impl std::fmt::Display) -> ModelError {
     ModelError::Input(format!("{}: checkpoint: {why}", path.display()))
 }
 
-/// Save `model`'s LoRA pairs and `trainer`'s state (taken between steps) with the curve so far.
+/// Save `model`'s LoRA pairs and `trainer`'s state (taken between steps) with the curve and the
+/// held-out scores so far.
 ///
 /// # Errors
 /// The trainer's state does not fit the model's pairs, I/O errors (the previous file at `dest`,
@@ -77,6 +81,7 @@ pub fn save(
     model: &GgufModel,
     trainer: &Trainer<f32>,
     curve: &[StepStats],
+    heldout: &[(u64, f64)],
 ) -> Result<()> {
     let TrainerState { optim, rng, order, next } = trainer.state();
     let mut pairs = Vec::new();
@@ -110,6 +115,7 @@ pub fn save(
         order,
         next,
         curve: curve.to_vec(),
+        heldout: heldout.to_vec(),
         pairs,
     };
     let h = serde_json::to_vec(&header).map_err(|e| bad(dest, e))?;
@@ -269,7 +275,7 @@ mod tests {
         let mut t = Trainer::new(cfg, &mut m2);
         let mut curve = vec![t.next_step(&mut m2, &chunks, &|| false).unwrap()];
         curve.push(t.next_step(&mut m2, &chunks, &|| false).unwrap());
-        save(&ck, "fp", &m2, &t, &curve).unwrap();
+        save(&ck, "fp", &m2, &t, &curve, &[(0, 1.5)]).unwrap();
         let saved_state = t.state();
         let saved_params: Vec<u32> = m2.lora_params_mut().into_iter().flatten().map(|v| v.to_bits()).collect();
         // A stop inside the third step changes nothing.
@@ -284,6 +290,7 @@ mod tests {
 
         let loaded = load(&ck).unwrap();
         assert_eq!(loaded.header.fingerprint, "fp");
+        assert_eq!(loaded.header.heldout, [(0, 1.5)]);
         let mut m3 = GgufModel::from_gguf(file.clone(), MatmulMode::Exact).unwrap();
         m3.init_lora(3, 0.5, 1); // other pairs: replaced by the checkpoint's
         let (mut t3, mut curve3) = loaded.restore(&mut m3, cfg).unwrap();

@@ -395,7 +395,7 @@ pub fn train(
     // A fresh trainer, or the checkpoint's.
     let fp = fingerprint(o, model_path, &chunks)?;
     let mut resumed_at = None;
-    let (mut trainer, mut curve) = if o.resume && o.checkpoint.exists() {
+    let (mut trainer, mut curve, mut heldout) = if o.resume && o.checkpoint.exists() {
         let ck = checkpoint::load(&o.checkpoint).map_err(model_err("resume"))?;
         if ck.header.fingerprint != fp {
             return Err(Error::field(
@@ -407,19 +407,19 @@ pub fn train(
                 ),
             ));
         }
+        let heldout = ck.header.heldout.clone();
         let (t, c) = ck.restore(&mut model, o.config).map_err(model_err(o.checkpoint.display()))?;
         resumed_at = Some(c.len() as u64);
-        (t, c)
+        (t, c, heldout)
     } else {
-        (Trainer::new(o.config, &mut model), Vec::new())
+        (Trainer::new(o.config, &mut model), Vec::new(), Vec::new())
     };
     let pairs = model.lora_tensors();
     let trainable_params: usize = pairs.iter().map(|t| t.a.len() + t.b.len()).sum();
 
-    let save = |model: &GgufModel, trainer: &Trainer<f32>, curve: &[StepStats]| -> Result<()> {
-        checkpoint::save(&o.checkpoint, &fp, model, trainer, curve).map_err(model_err("checkpoint"))
+    let save = |model: &GgufModel, trainer: &Trainer<f32>, curve: &[StepStats], heldout: &[(u64, f64)]| {
+        checkpoint::save(&o.checkpoint, &fp, model, trainer, curve, heldout).map_err(model_err("checkpoint"))
     };
-    let mut heldout = Vec::new();
     let score = |model: &GgufModel, at: u64, heldout: &mut Vec<(u64, f64)>| -> Result<Option<f64>> {
         if holdout.is_empty() {
             return Ok(None);
@@ -438,7 +438,6 @@ pub fn train(
     if start > 0 {
         progress.advance(start, &format!("resumed at step {start}"));
     }
-    let t_loop = Instant::now();
     let mut train_seconds = 0.0;
     let mut last_saved = start;
     let stop = || cancel.is_cancelled();
@@ -450,7 +449,7 @@ pub fn train(
             Ok(s) => s,
             Err(TrainError::Stopped) => {
                 if curve.len() as u64 > last_saved {
-                    save(&model, &trainer, &curve)?;
+                    save(&model, &trainer, &curve, &heldout)?;
                 }
                 return Err(Error::Cancelled);
             }
@@ -462,7 +461,7 @@ pub fn train(
         let held = if done.is_multiple_of(o.eval_every) || done == steps {
             match score(&model, done, &mut heldout) {
                 Err(Error::Cancelled) => {
-                    save(&model, &trainer, &curve)?;
+                    save(&model, &trainer, &curve, &heldout)?;
                     return Err(Error::Cancelled);
                 }
                 r => r?,
@@ -471,7 +470,7 @@ pub fn train(
             None
         };
         if done.is_multiple_of(o.checkpoint_every) {
-            save(&model, &trainer, &curve)?;
+            save(&model, &trainer, &curve, &heldout)?;
             last_saved = done;
         }
         let tps = tokens_per_step * (done - start) as f64 / train_seconds.max(1e-9);
@@ -488,9 +487,8 @@ pub fn train(
             ),
         );
     }
-    let _ = t_loop;
     if curve.len() as u64 > last_saved {
-        save(&model, &trainer, &curve)?;
+        save(&model, &trainer, &curve, &heldout)?;
     }
     let sha256 = model
         .write_adapter(output, o.adapter_type)
