@@ -12,7 +12,8 @@ BASE Q --rank R --text TEXT --skip-chunks S --chunks N` (as scripts/lowrank_tabl
 work folder reuses its files), then `crunch distill BASE Q --init CORRECTION --rank R --text TEXT --ctx
 TRAIN_CTX --skip-chunks TRAIN_SKIP --chunks TRAIN_CHUNKS --holdout H --steps N --lr LR --plot ...`: the
 correction trained further to match BASE's top-32 distributions. The base's log-probabilities are computed
-once (`--save-base`) and reused by every run (`--base-logits`). Training text starts at chunk TRAIN_SKIP
+once (`--save-base`) and reused by every run (`--base-logits`); an interrupted run resumes from its
+checkpoint when the script is started again. Training text starts at chunk TRAIN_SKIP
 of TRAIN_CTX tokens (40 x 256 = 10240 tokens in), after the evaluation text (the first --chunks x --ctx =
 8192 tokens), so no evaluated token is trained on.
 
@@ -102,7 +103,7 @@ def main():
                 cmd += ["-o", ad, "--init", fix, "--rank", r, "--text", a.text, "--ctx", a.train_ctx,
                         "--skip-chunks", a.train_skip, "--chunks", a.train_chunks, "--holdout", a.holdout,
                         "--steps", a.steps, "--lr", a.lr, "--batch", a.batch, "--eval-every", a.eval_every,
-                        "--plot", work / f"{tag}.svg", "--json"]
+                        "--plot", work / f"{tag}.svg", "--resume", "--json"]
                 rep.write_text(run(cmd))
             tr = json.loads(rep.read_text())["result"]
             measure(f"{t} + distilled r{r}", q, ad, {k: tr[k] for k in ("heldout", "tokens_per_second", "peak_rss_bytes",
