@@ -1,11 +1,11 @@
 //! The SIMD quantization paths against their scalar references (same bytes, same bits): the F16C
-//! f16 <-> f32 conversions, the AVX2 Q8_0, Q4_0 and Q4_1 quantizers, and the fused `convert_rows` against
+//! f16 <-> f32 conversions, the AVX2 Q8_0, Q8_1, Q4_0 and Q4_1 quantizers, and the fused `convert_rows` against
 //! dequantize-then-quantize. On a CPU without those features both sides run the scalar code and the
 //! tests still pass trivially.
 
 use crunch_core::GgmlType;
 use crunch_quant::float::{dequantize_f16_scalar, quantize_f16_scalar};
-use crunch_quant::legacy::{q4_0, q4_1, q8_0};
+use crunch_quant::legacy::{q4_0, q4_1, q8_0, q8_1};
 use crunch_quant::{convert_rows, dequantize_rows, kernels, quantize_rows, QuantError};
 use crunch_testkit::{realistic_importance, realistic_weights, Rng};
 
@@ -106,11 +106,12 @@ fn stress_blocks() -> Vec<f32> {
 }
 
 #[test]
-fn avx2_q8_0_q4_0_q4_1_quantizers_match_scalar() {
+fn avx2_q8_0_q8_1_q4_0_q4_1_quantizers_match_scalar() {
     let x = stress_blocks();
     type Scalar = fn(&[f32], &mut [u8]);
     for (ty, scalar) in [
         (GgmlType::Q8_0, q8_0::quantize_scalar as Scalar),
+        (GgmlType::Q8_1, q8_1::quantize_scalar),
         (GgmlType::Q4_0, q4_0::quantize_scalar),
         (GgmlType::Q4_1, q4_1::quantize_scalar),
     ] {

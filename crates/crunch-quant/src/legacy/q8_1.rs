@@ -40,15 +40,30 @@ pub fn quantize_block(x: &[f32; QK]) -> BlockQ8_1 {
     BlockQ8_1 { d: f16::from_f32(d), s: f16::from_f32(sum as f32 * d), qs }
 }
 
-/// Quantize rows of f32 into Q8_1 blocks (`weights` are ignored).
+/// Quantize rows of f32 into Q8_1 blocks (`weights` are ignored): AVX2 when the CPU has it, the
+/// scalar reference otherwise (same bytes either way).
 pub fn quantize(src: &[f32], _weights: Option<&[f32]>, dst: &mut [u8]) {
     fill_blocks(dst, |out: &mut [BlockQ8_1]| {
-        for (b, x) in out.iter_mut().zip(src.chunks_exact(QK)) {
-            if let Ok(x) = x.try_into() {
-                *b = quantize_block(x);
-            }
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was detected on this CPU just above.
+            return unsafe { super::quantize_avx2::quantize_q8_1(src, out) };
         }
+        quantize_blocks_scalar(src, out)
     });
+}
+
+/// The scalar reference of [`quantize`], block by block.
+pub fn quantize_scalar(src: &[f32], dst: &mut [u8]) {
+    fill_blocks(dst, |out: &mut [BlockQ8_1]| quantize_blocks_scalar(src, out));
+}
+
+fn quantize_blocks_scalar(src: &[f32], out: &mut [BlockQ8_1]) {
+    for (b, x) in out.iter_mut().zip(src.chunks_exact(QK)) {
+        if let Ok(x) = x.try_into() {
+            *b = quantize_block(x);
+        }
+    }
 }
 
 /// Dequantize Q8_1 blocks (`d * qs[j]`; `s` is redundant).
