@@ -191,6 +191,18 @@ dispatch!(
     /// f32 over 16 lanes.
     softmax(x: &mut [f32], scale: f32) -> () = softmax_loop
 );
+dispatch!(
+    /// The largest `scale · x` (−∞ for an empty slice; NaNs are skipped): the first pass of
+    /// [`softmax`], for callers that need the maximum itself (a log-sum-exp).
+    max_scaled_of(x: &[f32], scale: f32) -> f32 = max_scaled
+);
+dispatch!(
+    /// `x = e^(scale · x − shift)` element-wise ([`exp_scalar`]), returning the sum of the results
+    /// (in f32 over 16 lanes, the lane order fixed, so every dispatch gives the same bits): the
+    /// second pass of [`softmax`], for callers that need the sum itself (a log-sum-exp, or a
+    /// soft-max with its normalization folded into a later scale).
+    exp_sum(x: &mut [f32], scale: f32, shift: f32) -> f32 = exp_sum_loop
+);
 
 #[cfg(test)]
 mod tests {
@@ -230,6 +242,31 @@ mod tests {
         swiglu(&mut g, &up);
         for ((a, &x), &u) in g.iter().zip(&xs).zip(&up) {
             assert_eq!(a.to_bits(), (silu_scalar(x) * u).to_bits());
+        }
+    }
+
+    /// The dispatched maximum and exp-sum (the CPU's widest vector unit) give the bits of their
+    /// plain loops (the scalar reference), on lengths with and without a remainder of 16.
+    #[test]
+    fn max_and_exp_sum_equal_scalar() {
+        for len in [0usize, 1, 15, 16, 17, 1000, 4099] {
+            let xs: Vec<f32> = (0..len).map(|i| ((i * 7919) % 1013) as f32 * 0.031 - 15.0).collect();
+            for scale in [1.0f32, 0.125] {
+                let m = max_scaled_of(&xs, scale);
+                assert_eq!(m.to_bits(), max_scaled(&xs, scale).to_bits(), "len {len}");
+                let want_m = xs.iter().map(|&x| x * scale).fold(f32::NEG_INFINITY, f32::max);
+                assert_eq!(m, want_m);
+                let (mut a, mut b) = (xs.clone(), xs.clone());
+                let sa = exp_sum(&mut a, scale, m);
+                let sb = exp_sum_loop(&mut b, scale, m);
+                assert_eq!(sa.to_bits(), sb.to_bits(), "len {len}");
+                for ((p, q), &x) in a.iter().zip(&b).zip(&xs) {
+                    assert_eq!(p.to_bits(), q.to_bits());
+                    assert_eq!(p.to_bits(), exp_scalar(x * scale - m).to_bits());
+                }
+                let want: f64 = xs.iter().map(|&x| ((x * scale - m) as f64).exp()).sum();
+                assert!((sa as f64 - want).abs() <= 1e-5 * want.max(1e-30), "len {len}: {sa} vs {want}");
+            }
         }
     }
 

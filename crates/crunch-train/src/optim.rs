@@ -6,6 +6,7 @@
 //! optimizer state ([`AdamWState`]: step count and both moments) is serde, so a checkpoint can
 //! hold it; [`AdamW::from_state`] checks it against the parameters it is resumed on.
 
+use rayon::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +96,8 @@ impl<T: Float> AdamW<T> {
     /// One update at learning rate `lr` (the schedule's value for this step):
     /// `p ← p − lr·wd·p`, `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
     /// `p ← p − lr · m̂ / (√v̂ + ε)` with `m̂ = m / (1−β₁ᵗ)`, `v̂ = v / (1−β₂ᵗ)`, `t` the update's
-    /// number from 1. Arithmetic in f64, stored in `T`.
+    /// number from 1. Arithmetic in f64, stored in `T`. Tensors are updated in parallel (each
+    /// element's update depends on that element only, so the result does not depend on the split).
     ///
     /// # Panics
     /// When `params` or `grads` do not have the sizes the optimizer was made for.
@@ -109,9 +111,11 @@ impl<T: Float> AdamW<T> {
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
         let decay = 1.0 - lr * c.weight_decay;
-        for (((p, g), m), v) in params.iter_mut().zip(grads).zip(&mut st.m).zip(&mut st.v) {
+        for ((p, g), m) in params.iter().zip(grads).zip(&st.m) {
             assert_eq!(p.len(), m.len(), "parameter size");
             assert_eq!(g.len(), m.len(), "gradient size");
+        }
+        params.par_iter_mut().zip(grads).zip(&mut st.m).zip(&mut st.v).for_each(|(((p, g), m), v)| {
             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                 let g = g.to_f64();
                 let mn = c.beta1 * m.to_f64() + (1.0 - c.beta1) * g;
@@ -121,7 +125,7 @@ impl<T: Float> AdamW<T> {
                 let update = (mn / bc1) / ((vn / bc2).sqrt() + c.eps);
                 *p = T::from_f64(p.to_f64() * decay - lr * update);
             }
-        }
+        });
     }
 }
 
@@ -162,9 +166,26 @@ impl Schedule {
     }
 }
 
-/// The global L2 norm of all gradient tensors (accumulated in f64).
+/// The global L2 norm of all gradient tensors (accumulated in f64): each tensor's sum of squares
+/// over eight interleaved partial sums (independent additions the compiler keeps in vector
+/// registers), tensors in parallel, their sums added in tensor order — a fixed order, so the norm
+/// is the same from run to run.
 pub fn global_norm<T: Float>(grads: &[Vec<T>]) -> f64 {
-    grads.iter().flatten().map(|&g| g.to_f64() * g.to_f64()).sum::<f64>().sqrt()
+    let per_tensor: Vec<f64> = grads
+        .par_iter()
+        .map(|g| {
+            let mut acc = [0f64; 8];
+            let mut chunks = g.chunks_exact(8);
+            for c in &mut chunks {
+                for (a, &v) in acc.iter_mut().zip(c) {
+                    *a += v.to_f64() * v.to_f64();
+                }
+            }
+            let tail: f64 = chunks.remainder().iter().map(|&v| v.to_f64() * v.to_f64()).sum();
+            acc.iter().sum::<f64>() + tail
+        })
+        .collect();
+    per_tensor.iter().sum::<f64>().sqrt()
 }
 
 /// Global-norm clipping: when the norm of all gradients exceeds `max_norm`, scale them all by
@@ -174,9 +195,7 @@ pub fn clip_grad_norm<T: Float>(grads: &mut [Vec<T>], max_norm: f64) -> f64 {
     let norm = global_norm(grads);
     if norm > max_norm && norm.is_finite() {
         let s = max_norm / norm;
-        for g in grads.iter_mut().flatten() {
-            *g = T::from_f64(g.to_f64() * s);
-        }
+        grads.par_iter_mut().for_each(|g| g.iter_mut().for_each(|g| *g = T::from_f64(g.to_f64() * s)));
     }
     norm
 }
@@ -218,12 +237,15 @@ impl GradBuffer {
             self.sum = grads.iter().map(|g| vec![0.0; g.len()]).collect();
         }
         assert_eq!(grads.len(), self.sum.len(), "gradient tensors");
-        for (s, g) in self.sum.iter_mut().zip(grads) {
+        for (s, g) in self.sum.iter().zip(grads) {
             assert_eq!(s.len(), g.len(), "gradient size");
+        }
+        // Element-wise, so tensors in parallel give the same sums.
+        self.sum.par_iter_mut().zip(grads).for_each(|(s, g)| {
             for (s, &g) in s.iter_mut().zip(g) {
                 *s += g.to_f64();
             }
-        }
+        });
         self.loss_sum += loss.to_f64();
         self.samples += 1;
     }
@@ -240,11 +262,16 @@ impl GradBuffer {
             return None;
         }
         let inv = 1.0 / self.samples as f64;
-        let grads = self.sum.iter().map(|s| s.iter().map(|&v| T::from_f64(v * inv)).collect()).collect();
+        let grads = self
+            .sum
+            .par_iter_mut()
+            .map(|s| {
+                let g = s.iter().map(|&v| T::from_f64(v * inv)).collect();
+                s.iter_mut().for_each(|v| *v = 0.0);
+                g
+            })
+            .collect();
         let loss = self.loss_sum * inv;
-        for s in &mut self.sum {
-            s.iter_mut().for_each(|v| *v = 0.0);
-        }
         self.loss_sum = 0.0;
         self.samples = 0;
         Some((loss, grads))
