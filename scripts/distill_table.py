@@ -24,20 +24,10 @@ table and the training figures (tokens/s, peak RSS, held-out top-k KL at the sta
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("CRUNCH_CACHE", Path.home() / ".cache/crunch"))
-
-
-def run(cmd):
-    print("+", " ".join(str(c) for c in cmd), flush=True)
-    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"failed ({out.returncode}):\n{out.stderr[-4000:]}")
-    return out.stdout
+from lowrank_table import CACHE, REPO, run
 
 
 def main():

@@ -7,44 +7,11 @@
 
 mod common;
 
-use common::{crunch, listing, smollm2_f32};
+use common::{fails, listing, ok_json, s, smollm2_f32, smollm2_q2k};
 use crunch_core::gguf::GgufFile;
 use crunch_core::GgmlType;
 use crunch_model::lora::{adapter_metadata, write_adapter, LoraAdapter, LoraTensor, KEY_ALPHA};
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok_json(args: &[&str]) -> serde_json::Value {
-    let o = crunch(args);
-    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn fails(args: &[&str]) -> String {
-    let o = crunch(args);
-    assert!(!o.status.success(), "{args:?} should fail");
-    stderr(&o)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// SmolLM2 F32 quantized to Q2_K (made once per test process).
-fn q2k() -> &'static (crunch_testkit::Scratch, PathBuf) {
-    static Q: OnceLock<(crunch_testkit::Scratch, PathBuf)> = OnceLock::new();
-    Q.get_or_init(|| {
-        let dir = crunch_testkit::Scratch::new("lowrank-q2k");
-        let out = dir.join("q2k.gguf");
-        let o = crunch(&["quantize", s(&smollm2_f32()), s(&out), "Q2_K", "-q"]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        (dir, out)
-    })
-}
+use std::path::Path;
 
 const TENSORS: &str = r"^blk\.[0-3]\.";
 
@@ -54,7 +21,7 @@ fn lowrank(out: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec![
         "lowrank",
         s(&base),
-        s(&q2k().1),
+        s(smollm2_q2k()),
         "-o",
         s(out),
         "--text",
@@ -114,7 +81,7 @@ fn correction_lowers_kld_and_merge_equals_run_time() {
     assert_eq!(std::fs::metadata(&adapter).unwrap().len(), res["file_bytes"].as_u64().unwrap());
 
     let base = smollm2_f32();
-    let q = &q2k().1;
+    let q = smollm2_q2k();
     let plain = kld(&base, q, None, false);
     let corrected = kld(&base, q, Some(&adapter), false);
     assert!(corrected < plain, "KLD with the correction {corrected} vs without {plain}");
@@ -157,7 +124,7 @@ fn a_budget_spreads_ranks_within_it() {
         *counts.iter().max_by_key(|(r, n)| (**n, **r)).unwrap().0
     });
     let base = smollm2_f32();
-    let q = &q2k().1;
+    let q = smollm2_q2k();
     assert!(kld(&base, q, Some(&adapter), false) < kld(&base, q, None, false));
 }
 
@@ -165,7 +132,7 @@ fn a_budget_spreads_ranks_within_it() {
 fn bad_requests_name_the_tensor_key_or_option() {
     let dir = crunch_testkit::Scratch::new("lowrank-bad");
     let base = smollm2_f32();
-    let q = &q2k().1;
+    let q = smollm2_q2k();
     let out = dir.join("a.gguf");
     // rank larger than a targeted matrix: attn_k is [576, 192]
     let e = fails(&["lowrank", s(&base), s(q), "-o", s(&out), "--rank", "200", "--tensors", "attn_k"]);

@@ -9,43 +9,10 @@
 
 mod common;
 
-use common::{crunch, smollm2_f32};
+use common::{crunch, fails, ok_json, s, smollm2_f32, smollm2_q2k, stderr};
 use crunch_core::GgmlType;
 use crunch_model::lora::{adapter_metadata, write_adapter, LoraTensor};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok_json(args: &[&str]) -> serde_json::Value {
-    let o = crunch(args);
-    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn fails(args: &[&str]) -> String {
-    let o = crunch(args);
-    assert!(!o.status.success(), "{args:?} should fail");
-    stderr(&o)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// SmolLM2 F32 quantized to Q2_K (made once per test process).
-fn q2k() -> &'static (crunch_testkit::Scratch, PathBuf) {
-    static Q: OnceLock<(crunch_testkit::Scratch, PathBuf)> = OnceLock::new();
-    Q.get_or_init(|| {
-        let dir = crunch_testkit::Scratch::new("train-q2k");
-        let out = dir.join("q2k.gguf");
-        let o = crunch(&["quantize", s(&smollm2_f32()), s(&out), "Q2_K", "-q"]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        (dir, out)
-    })
-}
 
 /// Training text: chunks from 200 on (evaluation uses the first chunks).
 const SKIP: &str = "200";
@@ -69,7 +36,7 @@ fn distill(out: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec![
         "distill",
         s(&base),
-        s(&q2k().1),
+        s(smollm2_q2k()),
         "-o",
         s(out),
         "--text",
@@ -120,7 +87,7 @@ fn distillation_lowers_the_kld_and_can_start_from_a_correction() {
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
 
     // The adapter, loaded as llama.cpp's --lora is, lowers the KLD on text no chunk came from.
-    let (plain, with) = (kld(&q2k().1, None), kld(&q2k().1, Some(&out)));
+    let (plain, with) = (kld(smollm2_q2k(), None), kld(smollm2_q2k(), Some(&out)));
     eprintln!("KLD on the first 4x64 tokens: Q2_K {plain:.4}, + distilled rank 4 {with:.4}");
     assert!(with < plain, "{with} vs {plain}");
 
@@ -131,7 +98,7 @@ fn distillation_lowers_the_kld_and_can_start_from_a_correction() {
     let o = crunch(&[
         "lowrank",
         s(&smollm2_f32()),
-        s(&q2k().1),
+        s(smollm2_q2k()),
         "-o",
         s(&fix),
         "--rank",

@@ -41,3 +41,40 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A command's stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Run `crunch ARGS…` (with `--json` among them), which must succeed; its stdout as JSON.
+pub fn ok_json(args: &[&str]) -> serde_json::Value {
+    let o = crunch(args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// Run `crunch ARGS…`, which must fail; its stderr.
+pub fn fails(args: &[&str]) -> String {
+    let o = crunch(args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    stderr(&o)
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// SmolLM2 F32 quantized to Q2_K (made once per test process, removed at its end).
+pub fn smollm2_q2k() -> &'static Path {
+    static Q: std::sync::OnceLock<(crunch_testkit::Scratch, PathBuf)> = std::sync::OnceLock::new();
+    &Q.get_or_init(|| {
+        let dir = crunch_testkit::Scratch::new("q2k");
+        let out = dir.join("q2k.gguf");
+        let o = crunch(&["quantize", s(&smollm2_f32()), s(&out), "Q2_K", "-q"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        (dir, out)
+    })
+    .1
+}
