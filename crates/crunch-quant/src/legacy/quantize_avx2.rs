@@ -102,57 +102,54 @@ fn min_max(v: &[__m256; 4]) -> (f32, f32) {
     (_mm_cvtss_f32(lo), _mm_cvtss_f32(hi))
 }
 
+/// One block's Q8_0 scale `d = amax / 127` and codes (round half away from zero), the
+/// operations of the scalar code; `None` when the block holds a value that is not finite or the
+/// inverse scale overflows (the scalar code handles those blocks).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q8_scale_and_codes(x: &[f32; QK]) -> Option<(f32, [i8; QK])> {
+    let v = load_block(x);
+    let (_, amax) = abs_max(&v).filter(|&(_, m)| m.is_finite())?;
+    let d = amax / 127.0;
+    let id = inverse_or_zero(d);
+    if !id.is_finite() {
+        return None;
+    }
+    let idv = _mm256_set1_ps(id);
+    let q = v.map(|x| _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(x, idv))));
+    let mut qs = [0i8; QK];
+    // SAFETY: `qs` is 32 writable bytes; `storeu` accepts any alignment.
+    unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), pack_i32_to_i8(q)) };
+    Some((d, qs))
+}
+
 /// Q8_0 blocks of `src` (whole blocks only) into `out`.
 #[target_feature(enable = "avx2")]
 pub(crate) fn quantize_q8_0(src: &[f32], out: &mut [BlockQ8_0]) {
     for (b, x) in out.iter_mut().zip(src.chunks_exact(QK)) {
         let x: &[f32; QK] = x.try_into().expect("whole block");
-        let v = load_block(x);
-        let Some((_, amax)) = abs_max(&v).filter(|&(_, m)| m.is_finite()) else {
-            *b = q8_0::quantize_block(x);
-            continue;
+        *b = match q8_scale_and_codes(x) {
+            Some((d, qs)) => BlockQ8_0 { d: f16::from_f32(d), qs },
+            None => q8_0::quantize_block(x),
         };
-        let d = amax / 127.0;
-        let id = inverse_or_zero(d);
-        if !id.is_finite() {
-            *b = q8_0::quantize_block(x);
-            continue;
-        }
-        let idv = _mm256_set1_ps(id);
-        let q = v.map(|x| _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(x, idv))));
-        let mut qs = [0i8; QK];
-        // SAFETY: `qs` is 32 writable bytes; `storeu` accepts any alignment.
-        unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), pack_i32_to_i8(q)) };
-        *b = BlockQ8_0 { d: f16::from_f32(d), qs };
     }
 }
 
-/// Q8_1 blocks of `src` (whole blocks only) into `out`: Q8_0's codes and scale (the same
-/// operations as [`quantize_q8_0`]), and `s = d · Σ qs` from the stored codes as the scalar code
-/// forms it. The activation quantizer of every Q4_1 and Q5_1 product (where the scalar code's
-/// `roundf` call per element was most of the cost of quantizing activations).
+/// Q8_1 blocks of `src` (whole blocks only) into `out`: Q8_0's codes and scale, and
+/// `s = d · Σ qs` from the stored codes as the scalar code forms it. The activation quantizer of
+/// every Q4_1 and Q5_1 product (where the scalar code's `roundf` call per element was most of the
+/// cost of quantizing activations).
 #[target_feature(enable = "avx2")]
 pub(crate) fn quantize_q8_1(src: &[f32], out: &mut [BlockQ8_1]) {
     for (b, x) in out.iter_mut().zip(src.chunks_exact(QK)) {
         let x: &[f32; QK] = x.try_into().expect("whole block");
-        let v = load_block(x);
-        let Some((_, amax)) = abs_max(&v).filter(|&(_, m)| m.is_finite()) else {
-            *b = q8_1::quantize_block(x);
-            continue;
+        *b = match q8_scale_and_codes(x) {
+            Some((d, qs)) => {
+                let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
+                BlockQ8_1 { d: f16::from_f32(d), s: f16::from_f32(sum as f32 * d), qs }
+            }
+            None => q8_1::quantize_block(x),
         };
-        let d = amax / 127.0;
-        let id = inverse_or_zero(d);
-        if !id.is_finite() {
-            *b = q8_1::quantize_block(x);
-            continue;
-        }
-        let idv = _mm256_set1_ps(id);
-        let q = v.map(|x| _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(x, idv))));
-        let mut qs = [0i8; QK];
-        // SAFETY: `qs` is 32 writable bytes; `storeu` accepts any alignment.
-        unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), pack_i32_to_i8(q)) };
-        let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
-        *b = BlockQ8_1 { d: f16::from_f32(d), s: f16::from_f32(sum as f32 * d), qs };
     }
 }
 
