@@ -129,8 +129,8 @@ fn finetuning_lowers_heldout_cross_entropy_and_resumes() {
     let model = crunch_testkit::smollm2_gguf();
     let text = crunch_testkit::wikitext_dev();
     let out = dir.join("ft.gguf");
-    let run = |steps: &str, extra: &[&str]| {
-        let mut args = vec![
+    let args = |steps: &str, rank: &str, extra: &[&str]| -> Vec<String> {
+        let fixed = [
             "finetune",
             s(&model),
             "-o",
@@ -146,7 +146,7 @@ fn finetuning_lowers_heldout_cross_entropy_and_resumes() {
             "--holdout",
             "2",
             "--rank",
-            "4",
+            rank,
             "--lr",
             "2e-3",
             "--steps",
@@ -157,8 +157,11 @@ fn finetuning_lowers_heldout_cross_entropy_and_resumes() {
             "2",
             "--json",
         ];
-        args.extend_from_slice(extra);
-        ok_json(&args)
+        fixed.iter().chain(extra).map(|a| a.to_string()).collect()
+    };
+    let run = |steps: &str, extra: &[&str]| {
+        let v = args(steps, "4", extra);
+        ok_json(&v.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let a = run("4", &[]);
     let h = heldout(&a);
@@ -174,26 +177,9 @@ fn finetuning_lowers_heldout_cross_entropy_and_resumes() {
         let (lx, ly) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
         assert!((lx - ly).abs() <= 1e-12 * ly.abs(), "the resumed curve starts with the saved one: {x} vs {y}");
     }
-    // A checkpoint of another run is refused.
-    let e = fails(&[
-        "finetune",
-        s(&model),
-        "-o",
-        s(&out),
-        "--text",
-        s(&text),
-        "--ctx",
-        "48",
-        "--chunks",
-        "6",
-        "--skip-chunks",
-        SKIP,
-        "--rank",
-        "8",
-        "--steps",
-        "6",
-        "--resume",
-    ]);
+    // A checkpoint of another run (another rank) is refused.
+    let v = args("6", "8", &["--resume"]);
+    let e = fails(&v.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(e.contains("checkpoint of another run") && e.contains("ft.gguf.ckpt"), "{e}");
 }
 

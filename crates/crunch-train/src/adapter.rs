@@ -190,42 +190,22 @@ mod tests {
         // Not an adapter at all.
         let e = m.load_adapter(&LoraSpec { path: path.clone(), scale: 1.0 }).unwrap_err().to_string();
         assert!(e.contains("adapter"), "{e}");
-        // A tensor the model does not have.
-        let bad = LoraTensor {
-            base: "blk.99.attn_q.weight".into(),
-            rank: 2,
-            n_in: 576,
-            n_out: 576,
-            a: vec![0.0; 1152],
-            b: vec![0.0; 1152],
-        };
+        // An adapter file for `arch` with one rank-2 zero pair on `base` of `[n_in, n_out]`, loaded.
         let out = dir.join("bad.gguf");
-        lora::write_adapter(&out, lora::adapter_metadata("llama", 2.0), GgmlType::F32, &[bad]).unwrap();
-        let e = m.load_adapter(&LoraSpec { path: out.clone(), scale: 1.0 }).unwrap_err().to_string();
+        let mut load = |arch: &str, base: &str, n_in: usize, n_out: usize| {
+            let t =
+                LoraTensor { base: base.into(), rank: 2, n_in, n_out, a: vec![0.0; 2 * n_in], b: vec![0.0; 2 * n_out] };
+            lora::write_adapter(&out, lora::adapter_metadata(arch, 2.0), GgmlType::F32, &[t]).unwrap();
+            m.load_adapter(&LoraSpec { path: out.clone(), scale: 1.0 }).unwrap_err().to_string()
+        };
+        // A tensor the model does not have.
+        let e = load("llama", "blk.99.attn_q.weight", 576, 576);
         assert!(e.contains("blk.99.attn_q.weight") && e.contains("bad.gguf"), "{e}");
         // Another shape.
-        let bad = LoraTensor {
-            base: "blk.0.attn_q.weight".into(),
-            rank: 2,
-            n_in: 64,
-            n_out: 576,
-            a: vec![0.0; 128],
-            b: vec![0.0; 1152],
-        };
-        lora::write_adapter(&out, lora::adapter_metadata("llama", 2.0), GgmlType::F32, &[bad]).unwrap();
-        let e = m.load_adapter(&LoraSpec { path: out.clone(), scale: 1.0 }).unwrap_err().to_string();
+        let e = load("llama", "blk.0.attn_q.weight", 64, 576);
         assert!(e.contains("blk.0.attn_q.weight") && e.contains("576"), "{e}");
         // Another architecture.
-        let ok = LoraTensor {
-            base: "blk.0.attn_q.weight".into(),
-            rank: 2,
-            n_in: 576,
-            n_out: 576,
-            a: vec![0.0; 1152],
-            b: vec![0.0; 1152],
-        };
-        lora::write_adapter(&out, lora::adapter_metadata("qwen2", 2.0), GgmlType::F32, &[ok]).unwrap();
-        let e = m.load_adapter(&LoraSpec { path: out, scale: 1.0 }).unwrap_err().to_string();
+        let e = load("qwen2", "blk.0.attn_q.weight", 576, 576);
         assert!(e.contains("qwen2"), "{e}");
         assert!(m.lora_tensors().is_empty(), "nothing changed");
         assert!(m.adapter().is_err(), "no pair to write");
