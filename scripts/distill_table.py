@@ -27,7 +27,7 @@ import os
 import sys
 from pathlib import Path
 
-from lowrank_table import CACHE, REPO, run
+from lowrank_table import CACHE, REPO, kld_json, run
 
 
 def main():
@@ -63,14 +63,7 @@ def main():
     rows = []
 
     def measure(name, q, adapter=None, training=None):
-        out = work / f"kld_{name}.json"
-        if not out.exists():
-            cmd = [a.llama_python, REPO / "scripts/compare_kld.py", a.text, a.base, q, "--ctx", a.ctx,
-                   "--chunks", a.chunks, "--crunch", a.crunch, "--json", out]
-            if adapter:
-                cmd += ["--lora", adapter]
-            print(run(cmd), flush=True)
-        r = json.loads(out.read_text())
+        r = kld_json(a, work, name, q, adapter)
         rows.append({"name": name, "bytes": os.path.getsize(q) + (os.path.getsize(adapter) if adapter else 0),
                      "result": r, "training": training})
 

@@ -37,6 +37,19 @@ def n_weights(crunch, model):
     return json.loads(run([crunch, "inspect", model, "--json"]))["n_elements"]
 
 
+def kld_json(a, work, name, q, adapter=None):
+    """KLD of Q (with ADAPTER) from a.base on a.text by scripts/compare_kld.py (llama.cpp and crunch),
+    cached as WORK/kld_NAME.json."""
+    out = Path(work) / f"kld_{name}.json"
+    if not out.exists():
+        cmd = [a.llama_python, REPO / "scripts/compare_kld.py", a.text, a.base, q, "--ctx", a.ctx,
+               "--chunks", a.chunks, "--crunch", a.crunch, "--json", out]
+        if adapter:
+            cmd += ["--lora", adapter]
+        print(run(cmd), flush=True)
+    return json.loads(out.read_text())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("base")
@@ -69,14 +82,7 @@ def main():
     rows = []
 
     def measure(name, q, adapter=None, correction=None):
-        out = work / f"kld_{name}.json"
-        if not out.exists():
-            cmd = [a.llama_python, REPO / "scripts/compare_kld.py", a.text, a.base, q, "--ctx", a.ctx,
-                   "--chunks", a.chunks, "--crunch", a.crunch, "--json", out]
-            if adapter:
-                cmd += ["--lora", adapter]
-            print(run(cmd), flush=True)
-        r = json.loads(out.read_text())
+        r = kld_json(a, work, name, q, adapter)
         size = os.path.getsize(q) + (os.path.getsize(adapter) if adapter else 0)
         row = {"name": name, "bytes": size, "adapter_bytes": os.path.getsize(adapter) if adapter else 0,
                "bpw": size * 8 / n_w, "result": r, "correction": correction}
