@@ -258,8 +258,9 @@ fn heldout_loss(model: &GgufModel, chunks: &[Chunk<f32>], cancel: &Cancel) -> Re
     Ok(sum / chunks.len().max(1) as f64)
 }
 
+/// Add a file's sha256 (its `.sha256` sidecar when current, as run records read it).
 fn hash_file(h: &mut Sha256, p: &Path) -> Result<()> {
-    h.update(crunch_core::output::sha256_file(p).map_err(|e| Error::io(p, e))?.as_bytes());
+    h.update(crate::job::record::file_sha256(None, p)?.as_bytes());
     Ok(())
 }
 
