@@ -6,9 +6,11 @@ use memmap2::Mmap;
 use std::fs::File;
 use std::path::Path;
 
-/// A read-only view of a whole file. Empty files are represented without a map.
+/// A read-only view of a whole file. Empty files are represented without a map; a file built in
+/// memory (e.g. a model decoded on load) is held as its bytes.
 pub struct Mapped {
     map: Option<Mmap>,
+    owned: Vec<u8>,
 }
 
 impl Mapped {
@@ -19,17 +21,22 @@ impl Mapped {
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let file = File::open(path)?;
         if file.metadata()?.len() == 0 {
-            return Ok(Mapped { map: None });
+            return Ok(Mapped { map: None, owned: Vec::new() });
         }
         // SAFETY: the map is read-only and crunch never writes its inputs. Another process
         // truncating the file while it is mapped could fault; that is the accepted contract of
         // every mmap-based model loader (llama.cpp included) and cannot be prevented from here.
         let map = unsafe { Mmap::map(&file)? };
-        Ok(Mapped { map: Some(map) })
+        Ok(Mapped { map: Some(map), owned: Vec::new() })
+    }
+
+    /// Bytes already in memory, seen through the same interface (prefetch and release do nothing).
+    pub fn from_vec(bytes: Vec<u8>) -> Self {
+        Mapped { map: None, owned: bytes }
     }
 
     pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        self.map.as_deref().unwrap_or(&self.owned)
     }
 
     /// Ask the kernel to start reading `[offset, offset + len)` in the background, so a job that

@@ -16,6 +16,7 @@ pub mod matmul;
 pub mod ops;
 pub mod perplexity;
 pub mod rope;
+pub mod seedlm;
 pub mod store;
 pub mod tokenizer;
 pub mod weights;

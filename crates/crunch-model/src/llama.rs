@@ -82,9 +82,10 @@ impl std::fmt::Debug for LlamaModel {
 }
 
 impl LlamaModel {
-    /// Open a GGUF file and load the model.
+    /// Open a GGUF file and load the model (a SeedLM container is decoded first, see
+    /// [`crate::seedlm`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::from_gguf(Arc::new(GgufFile::open(path)?))
+        Self::from_gguf(Arc::new(crate::seedlm::open_gguf(path)?))
     }
 
     /// Load from an opened file: check every tensor's presence, shape and type.

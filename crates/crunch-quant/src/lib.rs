@@ -18,6 +18,7 @@ pub mod iquants;
 pub mod kquants;
 pub mod legacy;
 pub mod rows;
+pub mod seedlm;
 pub mod ternary;
 pub mod tiled;
 pub mod vmath;

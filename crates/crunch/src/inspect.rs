@@ -42,18 +42,36 @@ pub fn inspect_gguf(path: &Path) -> Result<Inspection> {
     for (k, v) in f.metadata().iter() {
         metadata.insert(k.to_string(), value::to_json(v, 16));
     }
+    // A SeedLM container lists its encoded weights under their own names and shapes, with the
+    // stored bytes (`seedlm-4bit` / `seedlm-3bit`).
+    let seed = crunch_model::seedlm::info(&f).map_err(|e| crate::error::Error::Model {
+        context: path.display().to_string(),
+        source: e,
+    })?;
+    let encoded: std::collections::HashMap<String, &crunch_model::seedlm::SeedTensor> =
+        seed.iter().flat_map(|i| i.tensors.iter().map(|t| (t.stored_name(), t))).collect();
     let tensors: Vec<TensorRow> = f
         .tensors()
         .iter()
-        .map(|t| TensorRow {
-            name: t.name.clone(),
-            ty: t.ty.name().to_string(),
-            dims: t.dims.clone(),
-            bytes: t.n_bytes(),
-            bpw: t.ty.bits_per_weight(),
+        .map(|t| match (encoded.get(&t.name), &seed) {
+            (Some(e), Some(info)) => TensorRow {
+                name: e.name.clone(),
+                ty: format!("seedlm-{}", info.config.name()),
+                dims: vec![e.row_len, e.rows],
+                bytes: t.n_bytes(),
+                bpw: t.n_bytes() as f64 * 8.0 / e.n_weights() as f64,
+            },
+            _ => TensorRow {
+                name: t.name.clone(),
+                ty: t.ty.name().to_string(),
+                dims: t.dims.clone(),
+                bytes: t.n_bytes(),
+                bpw: t.ty.bits_per_weight(),
+            },
         })
         .collect();
-    Ok(finish(path, "gguf", Some(f.header.version), f.file_size(), metadata, tensors))
+    let format = if seed.is_some() { "seedlm (GGUF container; crunch only)" } else { "gguf" };
+    Ok(finish(path, format, Some(f.header.version), f.file_size(), metadata, tensors))
 }
 
 pub(crate) fn finish(

@@ -25,6 +25,7 @@ pub mod progress;
 pub mod quantize;
 pub mod report;
 pub mod search;
+pub mod seedlm;
 pub mod sensitivity;
 pub mod train;
 

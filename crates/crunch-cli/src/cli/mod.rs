@@ -16,6 +16,7 @@ mod report;
 mod run;
 mod runs;
 mod search;
+mod seedlm;
 mod serve;
 mod train;
 
@@ -55,6 +56,8 @@ enum Command {
     Finetune(train::FinetuneArgs),
     /// Convert a Hugging Face folder to GGUF (optionally quantizing in the same pass).
     Convert(convert::ConvertArgs),
+    /// SeedLM: weights as pseudo-random generator seeds (encode; decode to any GGUF type).
+    Seedlm(seedlm::SeedlmArgs),
     /// Write a GGUF model back as a Hugging Face folder (config, tokenizer, safetensors).
     Export(export::ExportArgs),
     /// Measure what compression cost: perplexity, KL-divergence vs a base, multiple choice.
@@ -113,6 +116,7 @@ pub fn run() -> Result<()> {
         Command::Distill(a) => train::distill(a),
         Command::Finetune(a) => train::finetune(a),
         Command::Convert(a) => convert::run(a),
+        Command::Seedlm(a) => seedlm::run(a),
         Command::Export(a) => export::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Run(a) => run::run(a),

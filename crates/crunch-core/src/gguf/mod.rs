@@ -14,7 +14,7 @@ pub mod writer;
 pub use error::GgufError;
 pub use reader::{align_up, parse_header, GgufHeader};
 pub use value::{Array, Strings, Value, ValueType};
-pub use writer::{encode_header, layout, GgufWriter, TensorSpec};
+pub use writer::{encode_header, in_memory, layout, GgufWriter, TensorSpec};
 
 use crate::mmap::Mapped;
 use crate::GgmlType;
@@ -161,6 +161,18 @@ impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref().to_path_buf();
         let map = Mapped::open(&path).map_err(|e| GgufError::io(&path, e))?;
+        let header = parse_header(map.bytes()).map_err(|e| e.in_file(&path))?;
+        Ok(GgufFile { path, header, map })
+    }
+
+    /// A GGUF held in memory (`bytes` is a whole file), validated exactly as [`GgufFile::open`]
+    /// validates a file; `path` names it in errors and in `self.path`.
+    ///
+    /// # Errors
+    /// Every validation error of [`parse_header`], naming `path`.
+    pub fn from_bytes(path: impl AsRef<Path>, bytes: Vec<u8>) -> Result<Self, GgufError> {
+        let path = path.as_ref().to_path_buf();
+        let map = Mapped::from_vec(bytes);
         let header = parse_header(map.bytes()).map_err(|e| e.in_file(&path))?;
         Ok(GgufFile { path, header, map })
     }

@@ -135,6 +135,41 @@ pub fn layout(specs: &[TensorSpec], alignment: u64) -> Result<(Vec<TensorInfo>, 
     Ok((out, pos))
 }
 
+/// The header of a file of `metadata` and `tensors` (infos with offsets) and its encoding padded
+/// to the data section.
+fn padded_header(metadata: Metadata, tensors: &[TensorSpec]) -> Result<(GgufHeader, Vec<u8>)> {
+    let alignment = match metadata.get("general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some(Value::U32(a)) if *a != 0 && a.is_power_of_two() => *a as u64,
+        Some(v) => return Err(GgufError::BadAlignment(v.to_string())),
+    };
+    let (infos, _) = layout(tensors, alignment)?;
+    let mut header = GgufHeader { version: WRITE_VERSION, metadata, tensors: infos, alignment, data_start: 0 };
+    let mut bytes = encode_header(&header);
+    if !header.tensors.is_empty() {
+        let padded = align_up(bytes.len() as u64, alignment).expect("header fits") as usize;
+        bytes.resize(padded, 0);
+    }
+    header.data_start = bytes.len() as u64;
+    Ok((header, bytes))
+}
+
+/// A whole GGUF file in memory with every tensor's data zeroed, and the header (tensor offsets
+/// relative to `data_start`) so the caller fills each tensor in place; what
+/// [`GgufFile::from_bytes`](super::GgufFile::from_bytes) then reads.
+///
+/// # Errors
+/// Invalid metadata, names or shapes; sizes beyond memory.
+pub fn in_memory(metadata: Metadata, tensors: &[TensorSpec]) -> Result<(GgufHeader, Vec<u8>)> {
+    let (header, mut bytes) = padded_header(metadata, tensors)?;
+    let (_, data_len) = layout(tensors, header.alignment)?;
+    let total = (header.data_start).checked_add(data_len).and_then(|t| usize::try_from(t).ok()).ok_or_else(|| {
+        GgufError::TooLarge { what: "in-memory GGUF".into(), value: data_len, limit: usize::MAX as u64 }
+    })?;
+    bytes.resize(total, 0);
+    Ok((header, bytes))
+}
+
 /// Writes a GGUF file tensor by tensor.
 pub struct GgufWriter {
     out: AtomicFile,
@@ -151,18 +186,8 @@ impl GgufWriter {
     /// Invalid metadata, names or shapes, and I/O errors.
     pub fn create(dest: impl AsRef<Path>, metadata: Metadata, tensors: &[TensorSpec]) -> Result<Self> {
         let dest = dest.as_ref();
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(Value::U32(a)) if *a != 0 && a.is_power_of_two() => *a as u64,
-            Some(v) => return Err(GgufError::BadAlignment(v.to_string())),
-        };
-        let (infos, _) = layout(tensors, alignment)?;
-        let header = GgufHeader { version: WRITE_VERSION, metadata, tensors: infos, alignment, data_start: 0 };
-        let mut bytes = encode_header(&header);
-        if !header.tensors.is_empty() {
-            let padded = align_up(bytes.len() as u64, alignment).expect("header fits") as usize;
-            bytes.resize(padded, 0);
-        }
+        let (header, bytes) = padded_header(metadata, tensors)?;
+        let alignment = header.alignment;
         let mut out = AtomicFile::create(dest).map_err(|e| GgufError::io(dest, e))?;
         out.write_all(&bytes).map_err(|e| GgufError::io(dest, e))?;
         Ok(GgufWriter { out, tensors: header.tensors, alignment, next: 0, data_pos: 0 })

@@ -45,6 +45,8 @@ pub enum Job {
     Distill(TrainJob),
     /// A LoRA adapter trained on text (causal LM; QLoRA-style on a quantized model).
     Finetune(TrainJob),
+    /// A model's weights encoded as SeedLM seeds (a container only crunch runs).
+    Seedlm(SeedlmJob),
     /// Perplexity over a text, as llama-perplexity computes it.
     Perplexity(PerplexityJob),
     /// KL-divergence, same top token and perplexity of quantized models against a base.
@@ -92,6 +94,7 @@ impl Job {
             Job::Merge(_) => "merge",
             Job::Distill(_) => "distill",
             Job::Finetune(_) => "finetune",
+            Job::Seedlm(_) => "seedlm",
             Job::Perplexity(_) => "perplexity",
             Job::Compare(_) => "compare",
             Job::Choice(_) => "choice",
@@ -177,6 +180,13 @@ impl Job {
                     v.push(("adapters", I, &mut a.path));
                 }
                 v.push(("output", O, &mut j.output));
+            }
+            Job::Seedlm(j) => {
+                v.push(("model", I, &mut j.model));
+                v.push(("output", O, &mut j.output));
+                if let Some(p) = &mut j.imatrix {
+                    v.push(("imatrix", I, p));
+                }
             }
             Job::Distill(j) | Job::Finetune(j) => {
                 for (name, p) in [("base", &mut j.base), ("base_logits", &mut j.base_logits)] {
@@ -311,6 +321,7 @@ pub enum Outcome {
     Merge(MergeOutcome),
     Distill(TrainOutcome),
     Finetune(TrainOutcome),
+    Seedlm(SeedlmOutcome),
     Perplexity(PerplexityOutcome),
     Compare(CompareOutcome),
     Choice(ChoiceOutcome),
@@ -336,6 +347,7 @@ impl Outcome {
             Outcome::Lowrank(o) => o.run_id,
             Outcome::Merge(o) => o.run_id,
             Outcome::Distill(o) | Outcome::Finetune(o) => o.run_id,
+            Outcome::Seedlm(o) => o.run_id,
             Outcome::Perplexity(o) => o.run_id,
             Outcome::Compare(o) => o.run_ids.last().copied().flatten(),
             Outcome::Choice(o) => o.run_id,
@@ -369,6 +381,7 @@ pub fn run(job: &Job, ctx: &RunCtx) -> Result<Outcome> {
         Job::Merge(j) => kinds::adapter::run_merge(j, ctx).map(Outcome::Merge),
         Job::Distill(j) => kinds::train::run(j, "distill", ctx).map(Outcome::Distill),
         Job::Finetune(j) => kinds::train::run(j, "finetune", ctx).map(Outcome::Finetune),
+        Job::Seedlm(j) => kinds::seedlm::run(j, ctx).map(Outcome::Seedlm),
         Job::Perplexity(j) => kinds::eval::perplexity(j, ctx).map(Outcome::Perplexity),
         Job::Compare(j) => kinds::eval::compare(j, ctx).map(Outcome::Compare),
         Job::Choice(j) => kinds::eval::choice(j, ctx).map(Outcome::Choice),
@@ -409,6 +422,7 @@ pub fn from_json(body: &[u8]) -> Result<Job> {
         "merge" => Job::Merge(part(rest)?),
         "distill" => Job::Distill(part(rest)?),
         "finetune" => Job::Finetune(part(rest)?),
+        "seedlm" => Job::Seedlm(part(rest)?),
         "perplexity" => Job::Perplexity(part(rest)?),
         "compare" => Job::Compare(part(rest)?),
         "choice" => Job::Choice(part(rest)?),
@@ -425,7 +439,7 @@ pub fn from_json(body: &[u8]) -> Result<Job> {
 }
 
 /// Every job kind's name.
-pub const KINDS: [&str; 20] = [
+pub const KINDS: [&str; 21] = [
     "quantize",
     "convert",
     "export",
@@ -435,6 +449,7 @@ pub const KINDS: [&str; 20] = [
     "merge",
     "distill",
     "finetune",
+    "seedlm",
     "perplexity",
     "compare",
     "choice",

@@ -39,6 +39,8 @@ pub mod metric {
     pub const TRAIN_LOSS: &str = "train_loss";
     /// The last mean loss on held-out chunks.
     pub const HELDOUT_LOSS: &str = "heldout_loss";
+    /// SeedLM encoding: the share of (block, seed) pairs the lower bound skipped.
+    pub const SEEDS_SKIPPED: &str = "seeds_skipped";
 }
 
 /// The registry metrics of a model measured against its base on held-out text.

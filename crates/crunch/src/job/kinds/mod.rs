@@ -13,6 +13,8 @@ pub(super) mod prune;
 pub use prune::{PruneJob, PruneOutcome, PrunedOutput};
 pub(super) mod quantize;
 pub(super) mod search;
+pub(super) mod seedlm;
+pub use seedlm::{SeedlmJob, SeedlmOutcome};
 pub(super) mod train;
 pub use train::{TrainJob, TrainOutcome};
 

@@ -94,7 +94,9 @@ pub fn options(j: &QuantizeJob) -> Result<QuantizeOptions> {
 
 pub(crate) fn run(j: &QuantizeJob, ctx: &RunCtx) -> Result<QuantizeOutcome> {
     let mut opts = options(j)?;
-    let input = GgufFile::open(&j.model)?;
+    // A SeedLM container is decoded in memory: quantizing it is `seedlm decode`.
+    let input = crunch_model::seedlm::open_gguf(&j.model)
+        .map_err(|e| Error::Model { context: j.model.display().to_string(), source: e })?;
     let imatrix = load_imatrix(j, &input)?;
     opts.has_imatrix = imatrix.as_ref().is_some_and(|(m, _)| !m.entries.is_empty());
     let plan = quantize::build_plan(input.metadata(), input.tensors(), &opts)?;
