@@ -21,6 +21,7 @@ pub const KINDS: &[(&str, &str)] = &[
     ("merge", "LoRA adapters merged into a model, optionally quantized in the same pass (model, adapters, output, type)"),
     ("distill", "a LoRA adapter trained on the CPU so a quantized model matches its base: top-k KL on the text, checkpointed, resumable (base|base_logits, model, text, output, rank, init, steps, lr, ctx, holdout)"),
     ("finetune", "a LoRA adapter fine-tuned on text on the CPU, QLoRA-style over the frozen GGUF (model, text, output, rank, init, steps, lr, ctx, holdout)"),
+    ("seedlm", "a model's weights encoded as SeedLM seeds into a container only crunch runs; decode with quantize (model, output, config: 4bit|3bit, imatrix)"),
     ("perplexity", "perplexity over a text (model, text, ctx, chunks, lora)"),
     ("compare", "KL-divergence, same top token and perplexity against a base (base, models, text, lora: on the models only)"),
     ("choice", "multiple-choice accuracy (model, tasks, lora)"),

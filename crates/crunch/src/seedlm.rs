@@ -6,6 +6,7 @@
 //! Every 2-D `*.weight` tensor whose row length is a whole number of blocks is encoded (the
 //! embedding and output projection included: they are a fifth of a small model), one tensor at a
 //! time: dequantized to f32, searched on all cores, written; norms and other tensors are copied.
+//! `tensors` (a regular expression) narrows the encoded weights; the others are copied as they are.
 //! With an importance matrix, each tensor that has an entry is fitted by it (weighted least
 //! squares and weighted error, see `crunch_quant::seedlm`).
 
@@ -80,6 +81,7 @@ pub fn encode(
     output: &Path,
     cfg: Config,
     imatrix: Option<&Path>,
+    tensors: Option<&regex::Regex>,
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<EncodeReport> {
@@ -103,11 +105,16 @@ pub fn encode(
         }
         None => None,
     };
-    let encoded: Vec<&TensorInfo> = file.tensors().iter().filter(|t| encodes(t, cfg)).collect();
+    let encoded: Vec<&TensorInfo> = file
+        .tensors()
+        .iter()
+        .filter(|t| encodes(t, cfg) && tensors.is_none_or(|re| re.is_match(&t.name)))
+        .collect();
     if encoded.is_empty() {
         return Err(Error::Invalid(format!(
-            "{}: no 2-D weight has a row length that is a multiple of {}",
+            "{}: no 2-D weight{} has a row length that is a multiple of {}",
             model.display(),
+            tensors.map(|re| format!(" matching {:?}", re.as_str())).unwrap_or_default(),
             cfg.c
         )));
     }

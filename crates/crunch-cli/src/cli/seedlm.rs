@@ -33,6 +33,9 @@ struct EncodeArgs {
     /// Importance matrix (llama.cpp GGUF or .dat): each fit is weighted by it.
     #[arg(long, value_name = "FILE")]
     imatrix: Option<PathBuf>,
+    /// Only weights whose GGUF name matches this regular expression (the rest are copied).
+    #[arg(long, value_name = "REGEX")]
+    tensors: Option<String>,
     /// Worker threads (0 = all cores).
     #[arg(long, short = 't', default_value_t = 0)]
     threads: usize,
@@ -78,6 +81,7 @@ fn encode(a: EncodeArgs) -> Result<()> {
         output: a.output.clone(),
         config: a.config.clone(),
         imatrix: a.imatrix.clone(),
+        tensors: a.tensors.clone(),
     });
     let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json), None)?;
     let Outcome::Seedlm(o) =

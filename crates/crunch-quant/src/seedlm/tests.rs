@@ -226,25 +226,3 @@ fn encoding_a_tensor_then_decoding_it_is_close_and_weighted_fits_favour_importan
     // Stopping returns nothing.
     assert!(encode_tensor(&w, row_len, None, CONFIG_4BIT, &|_| false).is_none());
 }
-
-#[test]
-#[ignore = "timing probe"]
-fn probe_speed() {
-    for cfg in [CONFIG_4BIT, CONFIG_3BIT] {
-        let t = Tables::get(cfg);
-        eprintln!("{cfg:?} unusable {}", t.usable.iter().filter(|&&u| !u).count());
-        let w = crunch_testkit::realistic_weights(48, 576, 4);
-        let start = std::time::Instant::now();
-        let (_, _, stats) = encode_tensor(&w, 576, None, cfg, &|_| true).unwrap();
-        let dt = start.elapsed().as_secs_f64();
-        eprintln!("{cfg:?}: {} blocks {:.1} us/block, skipped {:.4}", stats.blocks, dt * 1e6 / stats.blocks as f64, stats.skipped_share());
-        let imp = crunch_testkit::realistic_importance(576, 5);
-        let start = std::time::Instant::now();
-        let _ = Tables::weighted(cfg, &imp[..cfg.c]);
-        eprintln!("weighted tables {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
-        let start = std::time::Instant::now();
-        let (_, _, stats) = encode_tensor(&w, 576, Some(&imp), cfg, &|_| true).unwrap();
-        let dt = start.elapsed().as_secs_f64();
-        eprintln!("{cfg:?} weighted: {:.1} us/block, skipped {:.4}", dt * 1e6 / stats.blocks as f64, stats.skipped_share());
-    }
-}

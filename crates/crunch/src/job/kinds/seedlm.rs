@@ -23,6 +23,10 @@ pub struct SeedlmJob {
     /// Importance matrix (llama.cpp GGUF or `.dat`) to weight each fit by.
     #[serde(default)]
     pub imatrix: Option<PathBuf>,
+    /// Only weights whose GGUF name matches this regular expression are encoded (default: every
+    /// 2-D weight whose rows are whole blocks); the rest are copied.
+    #[serde(default)]
+    pub tensors: Option<String>,
 }
 
 fn default_config() -> String {
@@ -48,14 +52,27 @@ pub(crate) fn run(j: &SeedlmJob, ctx: &RunCtx) -> Result<SeedlmOutcome> {
     let cfg = config(&j.config, "seedlm.config")?;
     seedlm::check_output_name(&j.output, "seedlm.output")?;
     refuse_overwrite("seedlm.output", &j.model, &j.output)?;
-    let params = serde_json::json!({ "config": j.config, "imatrix": j.imatrix });
+    let tensors = j
+        .tensors
+        .as_deref()
+        .map(|p| regex::Regex::new(p).map_err(|e| Error::field("seedlm.tensors", format!("{p:?}: {e}"))))
+        .transpose()?;
+    let params = serde_json::json!({ "config": j.config, "imatrix": j.imatrix, "tensors": j.tensors });
     let mut inputs: Vec<(&str, &Path)> = vec![("model", &j.model)];
     if let Some(m) = &j.imatrix {
         inputs.push(("imatrix", m));
     }
     let label = format!("seedlm {}{}", j.config, if j.imatrix.is_some() { " imatrix" } else { "" });
     let rec = Recorder::start("seedlm", ctx.registry.as_deref(), Some(label), params, &inputs);
-    let res = seedlm::encode(&j.model, &j.output, cfg, j.imatrix.as_deref(), ctx.progress.as_ref(), &ctx.cancel);
+    let res = seedlm::encode(
+        &j.model,
+        &j.output,
+        cfg,
+        j.imatrix.as_deref(),
+        tensors.as_ref(),
+        ctx.progress.as_ref(),
+        &ctx.cancel,
+    );
     let (result, run_id) = rec.close(res, |r| {
         vec![
             (metric::FILE_BYTES, r.file_bytes as f64),
