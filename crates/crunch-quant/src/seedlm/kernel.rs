@@ -46,19 +46,22 @@ pub(super) fn energies_scalar(qt: &[f32], w: &[f32], cfg: Config, energy: &mut [
 
 /// AVX2 + FMA: sixteen seeds in two registers, the same fused operations in the same order as
 /// the scalar body, so the results are identical.
+///
+/// `C` and `P` are constants so the accumulators live in registers (a runtime-sized loop over
+/// them would keep them on the stack).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn energies_avx2_impl(qt: &[f32], w: &[f32], cfg: Config, energy: &mut [f32], chunk_max: &mut [f32]) {
+fn energies_avx2_impl<const C: usize, const P: usize>(qt: &[f32], w: &[f32], energy: &mut [f32], chunk_max: &mut [f32]) {
     use std::arch::x86_64::*;
-    let Config { c, p } = cfg;
+    let (c, p) = (C, P);
     assert!(qt.len() >= c * p * TILE && energy.len() >= TILE && chunk_max.len() >= CHUNKS && w.len() >= c);
     for chunk in 0..CHUNKS {
         let base = chunk * LANES;
         // 2·P independent accumulator chains (up to eight registers) hide the FMA latency.
-        let mut a = [[_mm256_setzero_ps(); 2]; 4];
-        for (i, &wi) in w[..c].iter().enumerate() {
+        let mut a = [[_mm256_setzero_ps(); 2]; P];
+        for (i, &wi) in w[..C].iter().enumerate() {
             let wi = _mm256_set1_ps(wi);
-            for (j, aj) in a[..p].iter_mut().enumerate() {
+            for (j, aj) in a.iter_mut().enumerate() {
                 let at = (chunk * c * p + i * p + j) * LANES;
                 // SAFETY: `at + 16 <= c·p·TILE <= qt.len()` (asserted above); unaligned loads.
                 let (q0, q1) = unsafe { (_mm256_loadu_ps(qt.as_ptr().add(at)), _mm256_loadu_ps(qt.as_ptr().add(at + 8))) };
@@ -68,7 +71,7 @@ fn energies_avx2_impl(qt: &[f32], w: &[f32], cfg: Config, energy: &mut [f32], ch
         }
         let mut e0 = _mm256_setzero_ps();
         let mut e1 = _mm256_setzero_ps();
-        for aj in &a[..p] {
+        for aj in &a {
             e0 = _mm256_fmadd_ps(aj[0], aj[0], e0);
             e1 = _mm256_fmadd_ps(aj[1], aj[1], e1);
         }
@@ -89,7 +92,13 @@ fn energies_avx2_impl(qt: &[f32], w: &[f32], cfg: Config, energy: &mut [f32], ch
 pub(super) fn energies_avx2(qt: &[f32], w: &[f32], cfg: Config, energy: &mut [f32], chunk_max: &mut [f32]) {
     assert!(has_avx2_fma(), "energies_avx2 called on a CPU without AVX2 and FMA");
     // SAFETY: the CPU has AVX2 and FMA (checked above).
-    unsafe { energies_avx2_impl(qt, w, cfg, energy, chunk_max) }
+    unsafe {
+        match (cfg.c, cfg.p) {
+            (8, 3) => energies_avx2_impl::<8, 3>(qt, w, energy, chunk_max),
+            (12, 4) => energies_avx2_impl::<12, 4>(qt, w, energy, chunk_max),
+            _ => unreachable!("SeedLM configurations are 8/3 and 12/4"),
+        }
+    }
 }
 
 /// The fastest variant this CPU runs.
