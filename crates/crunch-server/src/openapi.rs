@@ -22,6 +22,8 @@ pub const KINDS: &[(&str, &str)] = &[
     ("distill", "a LoRA adapter trained on the CPU so a quantized model matches its base: top-k KL on the text, checkpointed, resumable (base|base_logits, model, text, output, rank, init, steps, lr, ctx, holdout)"),
     ("finetune", "a LoRA adapter fine-tuned on text on the CPU, QLoRA-style over the frozen GGUF (model, text, output, rank, init, steps, lr, ctx, holdout)"),
     ("seedlm", "a model's weights encoded as SeedLM seeds into a container only crunch runs; decode with quantize (model, output, config: 4bit|3bit, imatrix)"),
+    ("ternary", "block linears as TQ1_0/TQ2_0 ternary weights (absmean), post-training or after ternary fine-tuning distilled from the model itself (model, output, type, text, steps, lr, blend_warmup, ctx, holdout)"),
+    ("stage1", "ternary fine-tuning then SeedLM encoding against a size ratio and accuracy-drop target; metrics file beside the container (model, output, text, tasks, target_ratio, max_accuracy_drop, steps)"),
     ("perplexity", "perplexity over a text (model, text, ctx, chunks, lora)"),
     ("compare", "KL-divergence, same top token and perplexity against a base (base, models, text, lora: on the models only)"),
     ("choice", "multiple-choice accuracy (model, tasks, lora)"),

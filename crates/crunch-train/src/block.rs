@@ -1,6 +1,6 @@
 //! One Llama block (crunch-model's `llm_build_llama` layer): forward keeping what backward needs
-//! ([`BlockTape`]), and backward giving the input gradient and the LoRA gradients of its seven
-//! linears.
+//! ([`BlockTape`]), and backward giving the input gradient and the gradients of its seven
+//! linears' trainable parameters (LoRA pairs, STE weights).
 //!
 //! ```text
 //! h1 = rms_norm(x, attn_norm)        q, k, v = h1 Wq/Wk/Wvᵀ (+ bias, + LoRA)
@@ -14,7 +14,7 @@ use crunch_model::rope::Rope;
 use crate::float::Float;
 use crate::ops::{
     add_assign, attention, attention_backward, rms_norm, rms_norm_apply, rms_norm_backward, rope, rope_backward,
-    swiglu, swiglu_backward, AttnShape, Linear, LinearTape, LoraGrad,
+    swiglu, swiglu_backward, AttnShape, Linear, LinearTape, LinearWeight, LoraGrad,
 };
 
 /// The seven linear layers of a block, in crunch-model's evaluation order.
@@ -101,19 +101,44 @@ pub struct BlockTape<T> {
     lin: [LinearTape<T>; 7],
 }
 
-/// The LoRA gradients of a block, indexed like [`Block::linears`] (`None` for a linear without LoRA).
+/// The gradients of a block's trainable parameters, indexed like [`Block::linears`]: each STE
+/// weight's latent (`None` for a frozen weight) and each LoRA pair (`None` for a linear without
+/// one).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockGrads<T> {
+    pub weight: [Option<Vec<T>>; 7],
     pub lora: [Option<LoraGrad<T>>; 7],
 }
 
 impl<T: Float> BlockGrads<T> {
-    /// All gradients in [`Block::lora_params_mut`] order (`A` then `B`, linears in [`Proj::ALL`] order).
+    /// All gradients in [`Block::lora_params_mut`] order.
     pub fn flatten(&self) -> Vec<T> {
+        self.tensors().into_iter().flatten().copied().collect()
+    }
+
+    /// The gradient tensors in [`Block::lora_params_mut`] order: per linear in [`Proj::ALL`]
+    /// order, the STE weight's, then LoRA `A`, then `B`.
+    pub fn tensors(&self) -> Vec<&Vec<T>> {
         let mut v = Vec::new();
-        for g in self.lora.iter().flatten() {
-            v.extend_from_slice(&g.a);
-            v.extend_from_slice(&g.b);
+        for (w, l) in self.weight.iter().zip(&self.lora) {
+            v.extend(w.iter());
+            if let Some(g) = l {
+                v.push(&g.a);
+                v.push(&g.b);
+            }
+        }
+        v
+    }
+
+    /// [`BlockGrads::tensors`], owned.
+    pub fn into_tensors(self) -> Vec<Vec<T>> {
+        let mut v = Vec::new();
+        for (w, l) in self.weight.into_iter().zip(self.lora) {
+            v.extend(w);
+            if let Some(g) = l {
+                v.push(g.a);
+                v.push(g.b);
+            }
         }
         v
     }
@@ -135,10 +160,14 @@ impl<T: Float> Block<T> {
         &self.linears[p as usize]
     }
 
-    /// The trainable LoRA factors, `A` then `B` of each linear that has them, in [`Proj::ALL`] order.
+    /// The trainable parameters, linears in [`Proj::ALL`] order: each STE weight's latent, then
+    /// `A` and `B` of each LoRA pair (so a model of frozen weights gives its LoRA factors only).
     pub fn lora_params_mut(&mut self) -> Vec<&mut Vec<T>> {
         let mut v = Vec::new();
         for l in self.linears.iter_mut() {
+            if let LinearWeight::Ste(w) = &mut l.w {
+                v.push(&mut w.latent);
+            }
             if let Some(lo) = l.lora.as_mut() {
                 v.push(&mut lo.a);
                 v.push(&mut lo.b);
@@ -190,7 +219,7 @@ impl<T: Float> Block<T> {
     }
 
     /// The backward pass from `dy` (the gradient of the block's output): the gradient of its
-    /// input and the LoRA gradients of its linears.
+    /// input and the gradients of its linears' trainable parameters.
     pub fn backward(
         &self,
         t: &BlockTape<T>,
@@ -201,10 +230,11 @@ impl<T: Float> Block<T> {
         let s = &self.shape;
         let n = t.n;
         let (q_row, kv_row) = (s.attn.n_head * s.attn.head_dim, s.attn.n_head_kv * s.attn.head_dim);
-        let mut grads: [Option<LoraGrad<T>>; 7] = Default::default();
+        let mut lora: [Option<LoraGrad<T>>; 7] = Default::default();
+        let mut weight: [Option<Vec<T>>; 7] = Default::default();
         let mut back = |p: Proj, x: &[T], dy: &[T]| -> Vec<T> {
             let (dx, g) = self.lin(p).backward(x, &t.lin[p as usize], dy, n);
-            grads[p as usize] = g;
+            (weight[p as usize], lora[p as usize]) = (g.weight, g.lora);
             dx
         };
         // FFN half: y = x1 + down(swiglu(gate(h2), up(h2))).
@@ -229,6 +259,6 @@ impl<T: Float> Block<T> {
         add_assign(&mut dh1, &back(Proj::V, &h1, &dv));
         let mut dx = dx1;
         add_assign(&mut dx, &rms_norm_backward(&t.x, &self.attn_norm, &t.rstd1, &dh1));
-        (dx, BlockGrads { lora: grads })
+        (dx, BlockGrads { weight, lora })
     }
 }

@@ -1,17 +1,20 @@
 //! crunch-train: training on the CPU — LoRA / QLoRA fine-tuning and distillation onto a quantized
-//! model (what `crunch distill` and `crunch finetune` run, see `crunch::train`): the backward pass
-//! of crunch's Llama block, checked against finite differences, and the optimizer side of LoRA
-//! training on top of it.
+//! model (what `crunch distill` and `crunch finetune` run, see `crunch::train`) and ternary
+//! fine-tuning of a model's linears ([`ternary`]): the backward pass of crunch's Llama block,
+//! checked against finite differences, and the optimizer side of training on top of it.
 //!
 //! - [`ops`]: every op of the block — RMSNorm, RoPE (normal and NeoX, crunch-model's angles),
 //!   causal grouped-query attention, SwiGLU, the residual add, and the linear layer
 //!   `y = x Wᵀ + s·(x Aᵀ) Bᵀ` with `W` frozen and the LoRA factors `A`, `B` trainable — each a
-//!   forward that mirrors crunch-model's math and its vector-Jacobian product.
+//!   forward that mirrors crunch-model's math and its vector-Jacobian product. `W` can instead
+//!   be trained through a straight-through estimator ([`ops::SteWeight`]: the products use an
+//!   effective matrix derived from a latent one, whose gradient is `dyᵀ x`).
 //! - [`loss`]: causal-LM cross-entropy and `KL(p_base ‖ p_model)`, over the full vocabulary or
 //!   over the base's top-k tokens and the rest ([`loss::kl_top_k`]), with their logit gradients.
 //! - [`block`]: a whole block forward (keeping its activations) and backward (input gradient and
-//!   the LoRA gradients of its seven linears); [`model`]: embedding → blocks → final norm →
-//!   output projection → loss, and the LoRA gradient of every block, on a tiny dense model.
+//!   the gradients of its seven linears: LoRA pairs, STE weights); [`model`]: embedding → blocks
+//!   → final norm → output projection → loss, and the gradients of every block, on a tiny dense
+//!   model.
 //! - [`gguf_model`]: [`GgufModel`], the same blocks over a real GGUF Llama-family file with the
 //!   frozen base in its stored types (QLoRA-style): every linear, the output projection (or the
 //!   tied embedding) included, is an [`ops::GgufWeight`]; tokens are embedded by dequantizing
@@ -27,10 +30,16 @@
 //! - [`init`]: LoRA initialisation as PEFT does it (`A` Kaiming-uniform with `a = √5` from a
 //!   seeded [`SplitMix64`], `B = 0`), or from given factors by base-weight name (a `crunch lowrank`
 //!   correction to start distillation from).
-//! - [`train`]: [`LoraModel`] (what training needs of a model: loss and LoRA gradients of a
-//!   sample, the LoRA factors; implemented by [`Model`] and [`GgufModel`]), [`accumulate`]
-//!   (forward, loss — cross-entropy or KL against given base log-probabilities — backward and
-//!   accumulation for a micro-batch) and [`Trainer`]: steps of
+//! - [`ternary`]: BitNet-style ternary fine-tuning. [`TernaryModel`] makes every block linear
+//!   an STE weight whose effective matrix is `λ·W + (1 − λ)·T(W)`, `T` crunch-quant's absmean
+//!   ternarization (per 256-weight group of a row, f16 scale), `λ` a warm-up [`Blend`] from 1 to 0
+//!   over the first updates; trained by the same [`Trainer`] and loss heads, and exported as a
+//!   TQ1_0 / TQ2_0 GGUF whose linears dequantize to exactly the weights the forward used at
+//!   `λ = 0` ([`export_absmean`]: the same file from a model's own weights, no training).
+//! - [`train`]: [`LoraModel`] (what training needs of a model: loss and gradients of a sample,
+//!   the parameters, hooks around each update; implemented by [`Model`], [`GgufModel`] and
+//!   [`TernaryModel`]), [`accumulate`] (forward, loss — cross-entropy or KL against given base
+//!   log-probabilities — backward and accumulation for a micro-batch) and [`Trainer`]: steps of
 //!   micro-batches drawn from a list of [`Chunk`]s in an order fixed by the seed, clipping,
 //!   schedule and AdamW; returns the loss curve, bit-identical for the same seed, and resumes
 //!   from a [`TrainerState`].
@@ -70,6 +79,7 @@ pub mod loss;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod ternary;
 pub mod train;
 
 #[cfg(test)]
@@ -81,6 +91,7 @@ pub use gguf_model::{GgufModel, GgufModelTape};
 pub use init::{init_from_factors, init_lora, LoraInit, SplitMix64};
 pub use model::{Model, ModelConfig, Target};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, AdamWState, GradBuffer, Schedule};
+pub use ternary::{export_absmean, Blend, TernaryExport, TernaryModel};
 pub use train::{
     accumulate, Chunk, ChunkTarget, LoraModel, StepStats, TopKRows, TrainConfig, TrainError, Trainer, TrainerState,
 };

@@ -200,17 +200,11 @@ pub fn clip_grad_norm<T: Float>(grads: &mut [Vec<T>], max_norm: f64) -> f64 {
     norm
 }
 
-/// The model's LoRA gradients as a list of tensors, in [`Model::lora_params_mut`](crate::Model::lora_params_mut)
-/// order (`A` then `B` of each linear with LoRA, linears in block order, blocks in layer order).
+/// The model's gradients as a list of tensors, in [`Model::lora_params_mut`](crate::Model::lora_params_mut)
+/// order (per linear the STE weight's, then `A` and `B` of its LoRA pair; linears in block order,
+/// blocks in layer order).
 pub fn grads_to_tensors<T: Float>(grads: Vec<BlockGrads<T>>) -> Vec<Vec<T>> {
-    let mut out = Vec::new();
-    for g in grads {
-        for l in g.lora.into_iter().flatten() {
-            out.push(l.a);
-            out.push(l.b);
-        }
-    }
-    out
+    grads.into_iter().flat_map(BlockGrads::into_tensors).collect()
 }
 
 /// Gradient accumulation: per-sample gradients summed over the micro-batches of a step, then

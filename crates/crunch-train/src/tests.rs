@@ -158,8 +158,8 @@ fn f32_forward_agrees_with_f64() {
 }
 
 /// Write `m`'s frozen weights as an F32 GGUF crunch-model opens (`llama` for normal RoPE,
-/// `qwen2` for NeoX) and its LoRA factors as an adapter; returns the adapter's path.
-fn write_gguf(m: &Model<f32>, path: &Path, adapter: &Path) {
+/// `qwen2` for NeoX) and, when `adapter` is given, its LoRA factors as an adapter there.
+pub(crate) fn write_gguf(m: &Model<f32>, path: &Path, adapter: Option<&Path>) {
     let c = &m.config;
     let arch = if c.rope_mode == RopeMode::Neox { "qwen2" } else { "llama" };
     let mut md = Metadata::default();
@@ -187,12 +187,8 @@ fn write_gguf(m: &Model<f32>, path: &Path, adapter: &Path) {
         tensors.push((format!("blk.{i}.ffn_norm.weight"), vec![e], b.ffn_norm.clone()));
         for (p, l) in Proj::ALL.iter().zip(&b.linears) {
             let name = format!("blk.{i}.{}", p.name());
-            // The frozen weight: the tests' models are built on Dense; read it back by running
-            // the identity through it.
             let (n_in, n_out) = (l.n_in(), l.n_out());
-            let eye: Vec<f32> = (0..n_in * n_in).map(|k| if k / n_in == k % n_in { 1.0 } else { 0.0 }).collect();
-            let wt = l.w.forward(&eye, n_in); // n_in × n_out = Wᵀ
-            let w: Vec<f32> = (0..n_out * n_in).map(|k| wt[(k % n_in) * n_out + k / n_in]).collect();
+            let w = l.w.product().to_dense();
             tensors.push((format!("{name}.weight"), vec![n_in as u64, n_out as u64], w));
             if let Some(bias) = &l.bias {
                 tensors.push((format!("{name}.bias"), vec![n_out as u64], bias.clone()));
@@ -220,7 +216,9 @@ fn write_gguf(m: &Model<f32>, path: &Path, adapter: &Path) {
     w.finish().unwrap();
     // alpha = s · rank gives llama.cpp's factor alpha / rank = s at user scale 1.
     let alpha = (c.lora_scale * c.rank as f64) as f32;
-    write_adapter(adapter, adapter_metadata(arch, alpha), GgmlType::F32, &lora).unwrap();
+    if let Some(adapter) = adapter {
+        write_adapter(adapter, adapter_metadata(arch, alpha), GgmlType::F32, &lora).unwrap();
+    }
 }
 
 /// The f32 model is crunch-model's forward pass: the same random weights written as an F32 GGUF
@@ -232,7 +230,7 @@ fn f32_forward_matches_crunch_model() {
         c.n_layer = 2;
         let ours = Model::<f32>::random(&c, &mut sampler(800 + ci as u64));
         let (path, adapter) = (scratch.join(&format!("m{ci}.gguf")), scratch.join(&format!("a{ci}.gguf")));
-        write_gguf(&ours, &path, &adapter);
+        write_gguf(&ours, &path, Some(&adapter));
         let mut theirs = LlamaModel::open(&path).unwrap();
         // Short (per-token paths) and long (GEMM attention and tiled products) batches.
         for n in [3, 13] {

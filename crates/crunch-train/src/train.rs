@@ -102,17 +102,29 @@ impl From<ModelError> for TrainError {
     }
 }
 
-/// What the trainer needs of a model: the loss and LoRA gradients of a sample, and the LoRA
-/// factors to update (in the order of the gradients, [`BlockGrads::flatten`] order per layer).
-/// The tiny dense [`Model`] and the GGUF-backed [`GgufModel`] are both trained through it.
+/// What the trainer needs of a model: the loss and gradients of a sample, and the parameters to
+/// update (in the order of the gradients, [`BlockGrads::flatten`] order per layer). The tiny
+/// dense [`Model`] and the GGUF-backed [`GgufModel`] are both trained through it (their LoRA
+/// factors), and [`crate::ternary::TernaryModel`] (the latent weights of its linears).
 pub trait LoraModel<T: Float> {
-    /// The loss of `tokens` against `target` and the LoRA gradients of every block.
+    /// The loss of `tokens` against `target` and the gradients of every block.
     ///
     /// # Errors
     /// Input the model cannot run (a token outside the vocabulary, a context too long).
     fn loss_and_grad(&self, tokens: &[u32], target: Target<'_, T>) -> Result<(T, Vec<BlockGrads<T>>), ModelError>;
-    /// Every trainable LoRA factor.
+    /// Every trainable parameter (LoRA factors; an STE weight's latent).
     fn lora_params_mut(&mut self) -> Vec<&mut Vec<T>>;
+    /// Called by [`Trainer::step`] before the samples of update `step` (from 0) run, for a model
+    /// whose forward pass depends on the update (the ternary blend). Default: nothing.
+    fn begin_step(&mut self, step: u64) {
+        let _ = step;
+    }
+    /// Called by [`Trainer::step`] once the optimizer has changed the parameters in update
+    /// `step` (not when the step failed), for a model that derives something from them (the
+    /// ternary model's effective weights). Default: nothing.
+    fn end_step(&mut self, step: u64) {
+        let _ = step;
+    }
 }
 
 impl<T: Float> LoraModel<T> for Model<T> {
@@ -315,7 +327,8 @@ impl<T: Float> Trainer<T> {
     }
 
     /// One update from `micro_batches` (gradients averaged over all their samples, clipped,
-    /// AdamW at the schedule's learning rate). `stop` is asked before every sample.
+    /// AdamW at the schedule's learning rate), between the model's [`LoraModel::begin_step`] and
+    /// [`LoraModel::end_step`]. `stop` is asked before every sample.
     ///
     /// # Errors
     /// [`TrainError::Stopped`] (nothing changed), [`TrainError::NonFinite`] (the update was not
@@ -327,6 +340,7 @@ impl<T: Float> Trainer<T> {
         micro_batches: &[Vec<&Chunk<T>>],
         stop: &dyn Fn() -> bool,
     ) -> Result<StepStats, TrainError> {
+        model.begin_step(self.optim.step_count());
         for mb in micro_batches {
             if let Err(e) = accumulate(&*model, mb, &mut self.buf, stop) {
                 self.buf = GradBuffer::new();
@@ -345,6 +359,7 @@ impl<T: Float> Trainer<T> {
         }
         let lr = self.config.adamw.lr * self.config.schedule.factor(step);
         self.optim.step(&mut model.lora_params_mut(), &grads, lr);
+        model.end_step(step);
         Ok(StepStats { step, loss, grad_norm, lr })
     }
 

@@ -27,6 +27,8 @@ pub mod report;
 pub mod search;
 pub mod seedlm;
 pub mod sensitivity;
+pub mod stage1;
+pub mod ternary;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -20,7 +20,7 @@ use crunch_model::matmul::MatmulMode;
 use crunch_model::perplexity::{eval_chunk, ChunkLayout};
 use crunch_model::tokenizer::Tokenizer;
 use crunch_model::{LoraSpec, ModelError};
-use crunch_train::{checkpoint, Chunk, ChunkTarget, GgufModel, StepStats, TopKRows, TrainConfig, TrainError, Trainer};
+use crunch_train::{checkpoint, Chunk, ChunkTarget, GgufModel, StepStats, TopKRows, TrainConfig, TrainError, Trainer, LoraModel};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -247,7 +247,7 @@ fn top_k_rows(base: &BaseLogits, i: usize) -> TopKRows {
 }
 
 /// Mean loss of the held-out chunks.
-fn heldout_loss(model: &GgufModel, chunks: &[Chunk<f32>], cancel: &Cancel) -> Result<f64> {
+pub(crate) fn heldout_loss(model: &GgufModel, chunks: &[Chunk<f32>], cancel: &Cancel) -> Result<f64> {
     let mut sum = 0.0;
     for c in chunks {
         if cancel.is_cancelled() {
@@ -305,26 +305,29 @@ fn eta(seconds: f64) -> String {
     }
 }
 
-/// Train an adapter for the GGUF at `model_path` and write it to `output`.
+/// The training chunks and the held-out ones after them, with their targets.
+pub(crate) struct Prepared {
+    pub chunks: Vec<Chunk<f32>>,
+    /// The first `n_train` chunks are trained on, the rest held out.
+    pub n_train: usize,
+    /// Base log-probabilities saved (`path`, sha256).
+    pub saved_base: Option<(String, String)>,
+}
+
+/// Cut the text into chunks and build their targets (next tokens, or the base's top-k
+/// log-probabilities, computed once or read back).
 ///
 /// # Errors
-/// Bad options (see [`check`]), a text shorter than the chunks asked for (at least one context
-/// plus the held-out chunks), a model crunch cannot train (not Llama-family, a type it cannot
-/// dequantize), an `init` adapter or a checkpoint that does not fit the model or the run, a loss
-/// that stops being finite, I/O errors, [`Error::Cancelled`] (the last checkpoint is then up to
-/// date and no adapter is written).
-pub fn train(
+/// A context longer than the model's, top-k beyond the vocabulary, too little text, the base's
+/// errors; [`Error::Cancelled`].
+pub(crate) fn prepare(
     model_path: &Path,
-    output: &Path,
+    file: &GgufFile,
+    model: &GgufModel,
     o: &TrainOptions,
     progress: &dyn Progress,
     cancel: &Cancel,
-) -> Result<TrainReport> {
-    check(o)?;
-    let t_start = Instant::now();
-    let file = Arc::new(GgufFile::open(model_path)?);
-    let mode = if o.exact { MatmulMode::Exact } else { MatmulMode::Native };
-    let mut model = GgufModel::from_gguf(file.clone(), mode).map_err(model_err(model_path.display()))?;
+) -> Result<Prepared> {
     let n_ctx = o.chunks.n_ctx;
     if n_ctx > model.config.n_ctx_train {
         return Err(Error::field(
@@ -342,7 +345,7 @@ pub fn train(
     }
 
     // The text, cut into training and held-out chunks.
-    let tok = Tokenizer::from_gguf(&file)
+    let tok = Tokenizer::from_gguf(file)
         .map_err(ModelError::from)
         .map_err(model_err(format!("{}: tokenizer", model_path.display())))?;
     let tokens = text::tokenize(&o.text, &tok).map_err(calib_err)?;
@@ -369,7 +372,7 @@ pub fn train(
     let chunks: Vec<Chunk<f32>> = match &o.objective {
         Objective::Finetune => cut.chunks.iter().map(|c| Chunk::next_token(c.clone())).collect(),
         Objective::Distill { base, top_k, save_base } => {
-            let view = base_view(o, base, *top_k, &model, &cut.chunks, progress, cancel)?;
+            let view = base_view(o, base, *top_k, model, &cut.chunks, progress, cancel)?;
             if let Some(dest) = save_base {
                 let sha = eval::save_base_logits(&view, dest)?;
                 saved_base = Some((dest.display().to_string(), sha));
@@ -381,7 +384,33 @@ pub fn train(
                 .collect()
         }
     };
+    Ok(Prepared { chunks, n_train, saved_base })
+
+}
+
+/// Train an adapter for the GGUF at `model_path` and write it to `output`.
+///
+/// # Errors
+/// Bad options (see [`check`]), a text shorter than the chunks asked for (at least one context
+/// plus the held-out chunks), a model crunch cannot train (not Llama-family, a type it cannot
+/// dequantize), an `init` adapter or a checkpoint that does not fit the model or the run, a loss
+/// that stops being finite, I/O errors, [`Error::Cancelled`] (the last checkpoint is then up to
+/// date and no adapter is written).
+pub fn train(
+    model_path: &Path,
+    output: &Path,
+    o: &TrainOptions,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<TrainReport> {
+    check(o)?;
+    let t_start = Instant::now();
+    let file = Arc::new(GgufFile::open(model_path)?);
+    let mode = if o.exact { MatmulMode::Exact } else { MatmulMode::Native };
+    let mut model = GgufModel::from_gguf(file.clone(), mode).map_err(model_err(model_path.display()))?;
+    let Prepared { chunks, n_train, saved_base } = prepare(model_path, &file, &model, o, progress, cancel)?;
     let (train_chunks, holdout) = chunks.split_at(n_train);
+    let n_ctx = o.chunks.n_ctx;
 
     // The pairs: fresh ones, then the init adapter's.
     let select = |name: &str| o.tensors.as_ref().is_none_or(|r| r.is_match(name));
@@ -429,68 +458,11 @@ pub fn train(
         heldout.push((at, l));
         Ok(Some(l))
     };
+    let train_seconds =
+        run_steps(&mut model, &mut trainer, train_chunks, o, &mut curve, &mut heldout, &score, &save, progress, cancel)?;
+    let start = resumed_at.unwrap_or(0);
     let steps = o.config.steps;
-    let start = curve.len() as u64;
-    if start == 0 {
-        score(&model, 0, &mut heldout)?;
-    }
     let tokens_per_step = (o.config.batch_size * o.config.grad_accum * n_ctx) as f64;
-    progress.start(o.objective.name(), steps);
-    if start > 0 {
-        progress.advance(start, &format!("resumed at step {start}"));
-    }
-    let mut train_seconds = 0.0;
-    let mut last_saved = start;
-    let stop = || cancel.is_cancelled();
-    while !trainer.finished() {
-        let t = Instant::now();
-        let r = trainer.next_step(&mut model, train_chunks, &stop);
-        train_seconds += t.elapsed().as_secs_f64();
-        let s = match r {
-            Ok(s) => s,
-            Err(TrainError::Stopped) => {
-                if curve.len() as u64 > last_saved {
-                    save(&model, &trainer, &curve, &heldout)?;
-                }
-                return Err(Error::Cancelled);
-            }
-            Err(TrainError::Model(e)) => return Err(model_err("training")(e)),
-            Err(e) => return Err(Error::field(o.field.clone(), e.to_string())),
-        };
-        curve.push(s);
-        let done = s.step + 1;
-        let held = if done.is_multiple_of(o.eval_every) || done == steps {
-            match score(&model, done, &mut heldout) {
-                Err(Error::Cancelled) => {
-                    save(&model, &trainer, &curve, &heldout)?;
-                    return Err(Error::Cancelled);
-                }
-                r => r?,
-            }
-        } else {
-            None
-        };
-        if done.is_multiple_of(o.checkpoint_every) {
-            save(&model, &trainer, &curve, &heldout)?;
-            last_saved = done;
-        }
-        let tps = tokens_per_step * (done - start) as f64 / train_seconds.max(1e-9);
-        let left = (steps - done) as f64 * tokens_per_step / tps.max(1e-9);
-        let held = held.map(|h| format!(", held-out {h:.4}")).unwrap_or_default();
-        progress.advance(
-            done,
-            &format!(
-                "step {done}/{steps} loss {:.4}{held}, |g| {:.3}, lr {:.2e}, {tps:.0} tok/s, ETA {}",
-                s.loss,
-                s.grad_norm,
-                s.lr,
-                eta(left)
-            ),
-        );
-    }
-    if curve.len() as u64 > last_saved {
-        save(&model, &trainer, &curve, &heldout)?;
-    }
     let sha256 = model
         .write_adapter(output, o.adapter_type)
         .map_err(|e| Error::Model { context: output.display().to_string(), source: e })?;
@@ -522,6 +494,95 @@ pub fn train(
         checkpoint: o.checkpoint.display().to_string(),
         saved_base,
     })
+}
+
+/// Held-out scoring of a model kind: `(model, updates made, scores so far)` → the new score.
+pub(crate) type ScoreFn<'a, M> = dyn Fn(&M, u64, &mut Vec<(u64, f64)>) -> Result<Option<f64>> + 'a;
+/// Checkpointing of a model kind.
+pub(crate) type SaveFn<'a, M> = dyn Fn(&M, &Trainer<f32>, &[StepStats], &[(u64, f64)]) -> Result<()> + 'a;
+
+/// The training loop every kind of training shares: updates until the trainer is done, held-out
+/// scores every `eval_every`, checkpoints every `checkpoint_every` and when cancelled, progress
+/// with loss, gradient norm, learning rate, tokens/s and ETA. Returns the seconds spent in updates.
+///
+/// # Errors
+/// A model error, a non-finite step (named by `o.field`), [`Error::Cancelled`] (after saving).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_steps<M: LoraModel<f32>>(
+    model: &mut M,
+    trainer: &mut Trainer<f32>,
+    train_chunks: &[Chunk<f32>],
+    o: &TrainOptions,
+    curve: &mut Vec<StepStats>,
+    heldout: &mut Vec<(u64, f64)>,
+    score: &ScoreFn<'_, M>,
+    save: &SaveFn<'_, M>,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<f64> {
+    let steps = o.config.steps;
+    let start = curve.len() as u64;
+    if start == 0 {
+        score(model, 0, heldout)?;
+    }
+    let tokens_per_step = (o.config.batch_size * o.config.grad_accum * o.chunks.n_ctx) as f64;
+    progress.start(o.objective.name(), steps);
+    if start > 0 {
+        progress.advance(start, &format!("resumed at step {start}"));
+    }
+    let mut train_seconds = 0.0;
+    let mut last_saved = start;
+    let stop = || cancel.is_cancelled();
+    while !trainer.finished() {
+        let t = Instant::now();
+        let r = trainer.next_step(model, train_chunks, &stop);
+        train_seconds += t.elapsed().as_secs_f64();
+        let s = match r {
+            Ok(s) => s,
+            Err(TrainError::Stopped) => {
+                if curve.len() as u64 > last_saved {
+                    save(model, trainer, curve, heldout)?;
+                }
+                return Err(Error::Cancelled);
+            }
+            Err(TrainError::Model(e)) => return Err(model_err("training")(e)),
+            Err(e) => return Err(Error::field(o.field.clone(), e.to_string())),
+        };
+        curve.push(s);
+        let done = s.step + 1;
+        let held = if done.is_multiple_of(o.eval_every) || done == steps {
+            match score(model, done, heldout) {
+                Err(Error::Cancelled) => {
+                    save(model, trainer, curve, heldout)?;
+                    return Err(Error::Cancelled);
+                }
+                r => r?,
+            }
+        } else {
+            None
+        };
+        if done.is_multiple_of(o.checkpoint_every) {
+            save(model, trainer, curve, heldout)?;
+            last_saved = done;
+        }
+        let tps = tokens_per_step * (done - start) as f64 / train_seconds.max(1e-9);
+        let left = (steps - done) as f64 * tokens_per_step / tps.max(1e-9);
+        let held = held.map(|h| format!(", held-out {h:.4}")).unwrap_or_default();
+        progress.advance(
+            done,
+            &format!(
+                "step {done}/{steps} loss {:.4}{held}, |g| {:.3}, lr {:.2e}, {tps:.0} tok/s, ETA {}",
+                s.loss,
+                s.grad_norm,
+                s.lr,
+                eta(left)
+            ),
+        );
+    }
+    if curve.len() as u64 > last_saved {
+        save(model, trainer, curve, heldout)?;
+    }
+    Ok(train_seconds)
 }
 
 /// The loss curve as SVG: every update's training loss (and its running mean over 10 updates)

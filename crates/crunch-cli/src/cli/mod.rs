@@ -17,6 +17,8 @@ mod run;
 mod runs;
 mod search;
 mod seedlm;
+mod stage1;
+mod ternary;
 mod serve;
 mod train;
 
@@ -58,6 +60,10 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// SeedLM: weights as pseudo-random generator seeds (encode; decode to any GGUF type).
     Seedlm(seedlm::SeedlmArgs),
+    /// Ternary TQ1_0 / TQ2_0 weights (absmean), post-training or after ternary fine-tuning.
+    Ternary(ternary::TernaryArgs),
+    /// Ternary fine-tuning then SeedLM encoding, against a size ratio and an accuracy-drop target.
+    Stage1(stage1::Stage1Args),
     /// Write a GGUF model back as a Hugging Face folder (config, tokenizer, safetensors).
     Export(export::ExportArgs),
     /// Measure what compression cost: perplexity, KL-divergence vs a base, multiple choice.
@@ -117,6 +123,8 @@ pub fn run() -> Result<()> {
         Command::Finetune(a) => train::finetune(a),
         Command::Convert(a) => convert::run(a),
         Command::Seedlm(a) => seedlm::run(a),
+        Command::Ternary(a) => ternary::run(a),
+        Command::Stage1(a) => stage1::run(a),
         Command::Export(a) => export::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Run(a) => run::run(a),

@@ -2,12 +2,22 @@
 //! f16 scale per 256-element block. TQ1_0 packs five trits per byte (1.6875 bits per weight), TQ2_0
 //! two bits per weight (2.0625). Both quantize exactly as llama.cpp's reference (scale = absolute
 //! maximum, trit = round(x / scale)), ignore importance weights and dot against Q8_K.
+//!
+//! [`absmean`] is BitNet b1.58's rule (scale = mean magnitude, trits computed with the f16 scale as
+//! stored), sharing the block packing with the reference quantizers: what ternary training
+//! (`crunch_train::ternary`) ternarizes with and exports.
 
 use crate::Kernels;
 use crunch_core::GgmlType;
 
+pub mod absmean;
 pub mod tq1_0;
 pub mod tq2_0;
+
+pub use absmean::{
+    absmean_block, absmean_group, absmean_scale, absmean_storage_type, quantize_absmean_rows, quantize_tq1_0_absmean,
+    quantize_tq2_0_absmean, ternarize_absmean, ternarize_absmean_rows,
+};
 
 pub(crate) fn kernels(ty: GgmlType) -> Option<&'static Kernels> {
     match ty {

@@ -61,20 +61,24 @@ fn unpack_trit(byte: u8, k: usize) -> i32 {
 pub fn quantize_block(x: &[f32; QK_K]) -> BlockTq1_0 {
     let d = absmax(x);
     let id = inverse_or_zero(d);
+    pack(f16::from_f32(d), |i| trit(x[i], id))
+}
+
+/// The block of scale `d` whose element `i` has the code `code(i)` (0, 1, 2 for -1, 0, +1; other
+/// values wrap as the reference's byte arithmetic does): the packing every TQ1_0 quantizer shares.
+pub(crate) fn pack(d: f16, code: impl Fn(usize) -> i32) -> BlockTq1_0 {
     let mut b = BlockTq1_0::zeroed();
-    let (head, rest) = x.split_at(160);
-    let (mid, tail) = rest.split_at(80);
     for (m, q) in b.qs[..32].iter_mut().enumerate() {
-        *q = pack_trits((0..5).map(|k| trit(head[m + 32 * k], id)));
+        *q = pack_trits((0..5).map(|k| code(m + 32 * k)));
     }
     for (m, q) in b.qs[32..].iter_mut().enumerate() {
-        *q = pack_trits((0..5).map(|k| trit(mid[m + 16 * k], id)));
+        *q = pack_trits((0..5).map(|k| code(160 + m + 16 * k)));
     }
     for (j, q) in b.qh.iter_mut().enumerate() {
         // four trits, then a zero fifth digit
-        *q = pack_trits((0..4).map(|k| trit(tail[j + 4 * k], id)).chain([0]));
+        *q = pack_trits((0..4).map(|k| code(240 + j + 4 * k)).chain([0]));
     }
-    b.d = f16::from_f32(d);
+    b.d = d;
     b
 }
 

@@ -35,17 +35,23 @@ pub(crate) static KERNELS: Kernels = Kernels {
 pub fn quantize_block(x: &[f32; QK_K]) -> BlockTq2_0 {
     let d = absmax(x);
     let id = inverse_or_zero(d);
+    pack(f16::from_f32(d), |i| trit(x[i], id))
+}
+
+/// The block of scale `d` whose element `i` has the code `code(i)` (0, 1, 2 for -1, 0, +1; the
+/// low two bits are kept): the packing every TQ2_0 quantizer shares.
+pub(crate) fn pack(d: f16, code: impl Fn(usize) -> i32) -> BlockTq2_0 {
     let mut b = BlockTq2_0::zeroed();
-    for (qs, xs) in b.qs.chunks_exact_mut(32).zip(x.chunks_exact(128)) {
+    for (c, qs) in b.qs.chunks_exact_mut(32).enumerate() {
         for (m, q) in qs.iter_mut().enumerate() {
             let mut byte = 0u8;
             for k in 0..4 {
-                byte |= ((trit(xs[m + 32 * k], id) & 3) as u8) << (2 * k);
+                byte |= ((code(128 * c + 32 * k + m) & 3) as u8) << (2 * k);
             }
             *q = byte;
         }
     }
-    b.d = f16::from_f32(d);
+    b.d = d;
     b
 }
 

@@ -81,6 +81,15 @@ impl Frozen<f32> for GgufWeight {
             self.backward_by_rows(dy, n)
         }
     }
+
+    /// Every row dequantized (in parallel).
+    fn to_dense(&self) -> Vec<f32> {
+        let (n_in, n_out) = (self.weight.n_in, self.weight.n_out);
+        let view = self.weight.view(&self.file);
+        let mut w = vec![0f32; n_in * n_out];
+        crunch_quant::dequantize_rows(view.ty, view.data, n_in, &mut w).expect("weight checked by GgufWeight::load");
+        w
+    }
 }
 
 impl GgufWeight {
@@ -238,6 +247,7 @@ mod tests {
             for (r, row) in deq.chunks_exact_mut(i).enumerate() {
                 gw.weight.dequantize_row(&file, r, row).unwrap();
             }
+            assert_eq!(gw.to_dense(), deq, "{ty} as a dense matrix");
             let dense = Dense::new(i, o, deq);
             for n in [1, 5, 9] {
                 let x: Vec<f32> = (0..n * i).map(|_| rng.normal()).collect();
@@ -264,7 +274,7 @@ mod tests {
                 let (_, td) = dl.forward(&x, n);
                 let (dxq, gq) = ql.backward(&x, &tq, &dy, n);
                 let (dxd, gd) = dl.backward(&x, &td, &dy, n);
-                let (gq, gd) = (gq.unwrap(), gd.unwrap());
+                let (gq, gd) = (gq.lora.unwrap(), gd.lora.unwrap());
                 close(&dxq, &dxd, 1e-5, &format!("{ty} LoRA dx n {n}"));
                 close(&gq.a, &gd.a, 1e-5, &format!("{ty} LoRA dA n {n}"));
                 close(&gq.b, &gd.b, 1e-5, &format!("{ty} LoRA dB n {n}"));

@@ -4,6 +4,10 @@
 //!
 //! The frozen weight is behind [`Frozen`]: all the backward pass asks of it is `x Wᵀ` and
 //! `dy W`, so a weight kept in its GGUF type only needs its rows dequantized a panel at a time.
+//! The weight can instead be trained itself ([`SteWeight`], [`LinearWeight::Ste`]): the products
+//! use an effective matrix derived from a latent one (ternary training: the latent's
+//! ternarization, see [`crate::ternary`]) and the latent's gradient is the straight-through
+//! estimate `dyᵀ x`.
 
 use crate::float::Float;
 use crate::ops::matmul::{matmul_nn, matmul_nn_acc, matmul_nt, matmul_nt_acc, matmul_tn};
@@ -16,6 +20,8 @@ pub trait Frozen<T: Float>: Send + Sync {
     fn forward(&self, x: &[T], n: usize) -> Vec<T>;
     /// `dx = dy W` for `n` rows of `dy` (the input gradient; `W` itself gets none).
     fn backward(&self, dy: &[T], n: usize) -> Vec<T>;
+    /// The whole matrix as `T`, row-major (`n_out × n_in`): where a trainable copy starts from.
+    fn to_dense(&self) -> Vec<T>;
 }
 
 /// A dense row-major weight in `T` (the f64 reference, tests, small models).
@@ -48,6 +54,86 @@ impl<T: Float> Frozen<T> for Dense<T> {
     fn backward(&self, dy: &[T], n: usize) -> Vec<T> {
         matmul_nn(dy, n, &self.w, self.n_out, self.n_in)
     }
+    fn to_dense(&self) -> Vec<T> {
+        self.w.clone()
+    }
+}
+
+/// A weight trained through a straight-through estimator: the `latent` matrix the optimizer
+/// updates and the `effective` matrix the products multiply by, a function of the latent that its
+/// owner recomputes whenever the latent changes (ternary training: the blend of the latent and
+/// its ternarization, [`crate::ternary::refresh`]). The backward pass treats that function as the
+/// identity: the latent's gradient is `dyᵀ x`, the gradient of the effective matrix.
+#[derive(Clone, Debug)]
+pub struct SteWeight<T> {
+    pub n_in: usize,
+    pub n_out: usize,
+    /// `n_out × n_in`, row-major.
+    pub latent: Vec<T>,
+    /// `n_out × n_in`, row-major: what [`Frozen::forward`] and [`Frozen::backward`] use.
+    pub effective: Vec<T>,
+}
+
+impl<T: Float> SteWeight<T> {
+    /// A weight whose latent and effective matrices both start as `w` (`n_out × n_in`).
+    ///
+    /// # Panics
+    /// When `w` is not `n_out × n_in`.
+    pub fn new(n_in: usize, n_out: usize, w: Vec<T>) -> Self {
+        assert_eq!(w.len(), n_in * n_out, "weight of {} for {n_out} × {n_in}", w.len());
+        SteWeight { n_in, n_out, effective: w.clone(), latent: w }
+    }
+}
+
+/// The products of the effective matrix (the latent's gradient is [`Linear::backward`]'s).
+impl<T: Float> Frozen<T> for SteWeight<T> {
+    fn n_in(&self) -> usize {
+        self.n_in
+    }
+    fn n_out(&self) -> usize {
+        self.n_out
+    }
+    fn forward(&self, x: &[T], n: usize) -> Vec<T> {
+        matmul_nt(x, n, &self.effective, self.n_out)
+    }
+    fn backward(&self, dy: &[T], n: usize) -> Vec<T> {
+        matmul_nn(dy, n, &self.effective, self.n_out, self.n_in)
+    }
+    fn to_dense(&self) -> Vec<T> {
+        self.effective.clone()
+    }
+}
+
+/// The weight of a [`Linear`]: frozen, or trained through a straight-through estimator.
+pub enum LinearWeight<T: Float> {
+    Frozen(Box<dyn Frozen<T>>),
+    Ste(SteWeight<T>),
+}
+
+impl<T: Float> LinearWeight<T> {
+    /// The products `x Wᵀ` and `dy W` (by the effective matrix of an STE weight).
+    pub fn product(&self) -> &dyn Frozen<T> {
+        match self {
+            LinearWeight::Frozen(w) => w.as_ref(),
+            LinearWeight::Ste(w) => w,
+        }
+    }
+
+    /// The STE weight, when it is one.
+    pub fn ste(&self) -> Option<&SteWeight<T>> {
+        match self {
+            LinearWeight::Ste(w) => Some(w),
+            LinearWeight::Frozen(_) => None,
+        }
+    }
+
+    /// The STE weight, when it is one, mutably.
+    pub fn ste_mut(&mut self) -> Option<&mut SteWeight<T>> {
+        match self {
+            LinearWeight::Ste(w) => Some(w),
+            LinearWeight::Frozen(_) => None,
+        }
+    }
 }
 
 /// A LoRA pair applied as `s · (x Aᵀ) Bᵀ`.
@@ -76,38 +162,57 @@ pub struct LinearTape<T> {
     pub xa: Vec<T>,
 }
 
-/// A linear layer: frozen weight, optional frozen bias, optional LoRA pair.
+/// The gradients [`Linear::backward`] gives besides the input's: the STE weight's latent
+/// (`dyᵀ x`, `n_out × n_in`) and the LoRA pair's, each when the layer has it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinearGrad<T> {
+    pub weight: Option<Vec<T>>,
+    pub lora: Option<LoraGrad<T>>,
+}
+
+/// A linear layer: a frozen or STE-trained weight, optional frozen bias, optional LoRA pair.
 pub struct Linear<T: Float> {
-    pub w: Box<dyn Frozen<T>>,
+    pub w: LinearWeight<T>,
     pub bias: Option<Vec<T>>,
     pub lora: Option<Lora<T>>,
 }
 
 impl<T: Float> Linear<T> {
+    /// A layer on a frozen weight.
+    ///
     /// # Panics
     /// When the bias or the LoRA factors do not fit the weight.
     pub fn new(w: Box<dyn Frozen<T>>, bias: Option<Vec<T>>, lora: Option<Lora<T>>) -> Self {
+        Self::with_weight(LinearWeight::Frozen(w), bias, lora)
+    }
+
+    /// A layer on either kind of weight.
+    ///
+    /// # Panics
+    /// When the bias or the LoRA factors do not fit the weight.
+    pub fn with_weight(w: LinearWeight<T>, bias: Option<Vec<T>>, lora: Option<Lora<T>>) -> Self {
+        let (n_in, n_out) = (w.product().n_in(), w.product().n_out());
         if let Some(b) = &bias {
-            assert_eq!(b.len(), w.n_out(), "bias");
+            assert_eq!(b.len(), n_out, "bias");
         }
         if let Some(l) = &lora {
-            assert_eq!(l.a.len(), l.rank * w.n_in(), "LoRA A");
-            assert_eq!(l.b.len(), w.n_out() * l.rank, "LoRA B");
+            assert_eq!(l.a.len(), l.rank * n_in, "LoRA A");
+            assert_eq!(l.b.len(), n_out * l.rank, "LoRA B");
         }
         Linear { w, bias, lora }
     }
 
     pub fn n_in(&self) -> usize {
-        self.w.n_in()
+        self.w.product().n_in()
     }
 
     pub fn n_out(&self) -> usize {
-        self.w.n_out()
+        self.w.product().n_out()
     }
 
     /// `y = x Wᵀ + bias + s · (x Aᵀ) Bᵀ` for `n` rows of `x`, and the tape for [`Linear::backward`].
     pub fn forward(&self, x: &[T], n: usize) -> (Vec<T>, LinearTape<T>) {
-        let mut y = self.w.forward(x, n);
+        let mut y = self.w.product().forward(x, n);
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(b.len().max(1)) {
                 for (o, &v) in row.iter_mut().zip(b) {
@@ -126,12 +231,14 @@ impl<T: Float> Linear<T> {
         (y, tape)
     }
 
-    /// The vector-Jacobian products of [`Linear::forward`]: `dx = dy W + s (dy B) A`, and for the
-    /// LoRA pair `dB = s dyᵀ (x Aᵀ)`, `dA = s (dy B)ᵀ x`.
-    pub fn backward(&self, x: &[T], tape: &LinearTape<T>, dy: &[T], n: usize) -> (Vec<T>, Option<LoraGrad<T>>) {
-        let mut dx = self.w.backward(dy, n);
+    /// The vector-Jacobian products of [`Linear::forward`]: `dx = dy W + s (dy B) A`, for an STE
+    /// weight its latent's straight-through gradient `dW = dyᵀ x`, and for the LoRA pair
+    /// `dB = s dyᵀ (x Aᵀ)`, `dA = s (dy B)ᵀ x`.
+    pub fn backward(&self, x: &[T], tape: &LinearTape<T>, dy: &[T], n: usize) -> (Vec<T>, LinearGrad<T>) {
+        let mut dx = self.w.product().backward(dy, n);
+        let weight = self.w.ste().map(|w| matmul_tn(dy, x, n, w.n_out, w.n_in));
         let Some(l) = &self.lora else {
-            return (dx, None);
+            return (dx, LinearGrad { weight, lora: None });
         };
         let (n_in, n_out, r) = (self.n_in(), self.n_out(), l.rank);
         // s · dy B: n × rank, scaled once; dx += (s dy B) A straight into dx.
@@ -141,7 +248,7 @@ impl<T: Float> Linear<T> {
         let da = matmul_tn(&dyb, x, n, r, n_in);
         // the tape holds s · x Aᵀ, so this is s dyᵀ (x Aᵀ)
         let db = matmul_tn(dy, &tape.xa, n, n_out, r);
-        (dx, Some(LoraGrad { a: da, b: db }))
+        (dx, LinearGrad { weight, lora: Some(LoraGrad { a: da, b: db }) })
     }
 }
 
@@ -177,7 +284,8 @@ mod tests {
             let want = numeric_gradient(&x, 1e-5, |x| dot(&dy, &lin.forward(x, n).0));
             let e = relative_error(&dx, &want);
             assert!(e < 1e-6, "dx {n}x{n_in}->{n_out} r{rank}: {e:e}");
-            let Some(g) = g else {
+            assert!(g.weight.is_none(), "a frozen weight has no gradient");
+            let Some(g) = g.lora else {
                 assert_eq!(rank, 0);
                 continue;
             };
@@ -194,6 +302,38 @@ mod tests {
             });
             let (ea, eb) = (relative_error(&g.a, &want_a), relative_error(&g.b, &want_b));
             assert!(ea < 1e-6 && eb < 1e-6, "dA {ea:e} dB {eb:e}");
+        }
+    }
+    /// An STE weight's gradient is the gradient of its effective matrix (what the products use,
+    /// here unlike the latent), alone and under a LoRA pair; `dx` goes through the effective
+    /// matrix.
+    #[test]
+    fn ste_weight_gradient_is_the_effective_matrix_gradient() {
+        let mut rng = crunch_testkit::Rng::new(10);
+        for (n, n_in, n_out, rank) in [(3, 5, 4, 0), (6, 8, 3, 2)] {
+            let mut w = SteWeight::new(n_in, n_out, randn(&mut rng, n_in * n_out, 1.0));
+            w.effective = randn(&mut rng, n_in * n_out, 1.0);
+            let lora = (rank > 0).then(|| Lora {
+                rank,
+                a: randn(&mut rng, rank * n_in, 1.0),
+                b: randn(&mut rng, n_out * rank, 1.0),
+                scale: 0.5,
+            });
+            let mut lin = Linear::with_weight(LinearWeight::Ste(w), None, lora);
+            let x = randn(&mut rng, n * n_in, 1.0);
+            let dy = randn(&mut rng, n * n_out, 1.0);
+            let (_, tape) = lin.forward(&x, n);
+            let (dx, g) = lin.backward(&x, &tape, &dy, n);
+            assert_eq!(g.lora.is_some(), rank > 0);
+            let want_dx = numeric_gradient(&x, 1e-5, |x| dot(&dy, &lin.forward(x, n).0));
+            assert!(relative_error(&dx, &want_dx) < 1e-6);
+            let eff = lin.w.ste().unwrap().effective.clone();
+            let want = numeric_gradient(&eff, 1e-5, |e| {
+                lin.w.ste_mut().unwrap().effective.copy_from_slice(e);
+                dot(&dy, &lin.forward(&x, n).0)
+            });
+            let e = relative_error(g.weight.as_ref().unwrap(), &want);
+            assert!(e < 1e-6, "dW {n}x{n_in}->{n_out} r{rank}: {e:e}");
         }
     }
 }

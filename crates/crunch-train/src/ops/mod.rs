@@ -14,7 +14,7 @@ pub mod swiglu;
 
 pub use attention::{attention, attention_backward, AttnShape};
 pub use gguf_weight::GgufWeight;
-pub use linear::{Dense, Frozen, Linear, LinearTape, Lora, LoraGrad};
+pub use linear::{Dense, Frozen, Linear, LinearGrad, LinearTape, LinearWeight, Lora, LoraGrad, SteWeight};
 pub use norm::{rms_norm, rms_norm_apply, rms_norm_backward};
 pub use rope::{rope, rope_backward};
 pub use swiglu::{silu, swiglu, swiglu_backward};

@@ -47,6 +47,11 @@ pub enum Job {
     Finetune(TrainJob),
     /// A model's weights encoded as SeedLM seeds (a container only crunch runs).
     Seedlm(SeedlmJob),
+    /// A model's block linears as ternary TQ1_0 / TQ2_0 weights, optionally after ternary
+    /// fine-tuning distilled from the model itself.
+    Ternary(TernaryJob),
+    /// Ternary fine-tuning then SeedLM encoding, against a size-ratio and accuracy-drop target.
+    Stage1(Stage1Job),
     /// Perplexity over a text, as llama-perplexity computes it.
     Perplexity(PerplexityJob),
     /// KL-divergence, same top token and perplexity of quantized models against a base.
@@ -95,6 +100,8 @@ impl Job {
             Job::Distill(_) => "distill",
             Job::Finetune(_) => "finetune",
             Job::Seedlm(_) => "seedlm",
+            Job::Ternary(_) => "ternary",
+            Job::Stage1(_) => "stage1",
             Job::Perplexity(_) => "perplexity",
             Job::Compare(_) => "compare",
             Job::Choice(_) => "choice",
@@ -186,6 +193,33 @@ impl Job {
                 v.push(("output", O, &mut j.output));
                 if let Some(p) = &mut j.imatrix {
                     v.push(("imatrix", I, p));
+                }
+            }
+            Job::Ternary(j) => {
+                v.push(("model", I, &mut j.model));
+                v.push(("output", O, &mut j.output));
+                if let Some(p) = &mut j.text {
+                    v.push(("text", I, p));
+                }
+                if let Some(p) = &mut j.plot {
+                    v.push(("plot", O, p));
+                }
+            }
+            Job::Stage1(j) => {
+                // The metrics file made explicit (it derives from the output); the intermediate
+                // `OUT.ternary.gguf` sits beside the output and is removed by the job itself when
+                // it does not finish.
+                j.metrics = Some(j.metrics_path());
+                v.push(("model", I, &mut j.model));
+                v.push(("text", I, &mut j.text));
+                for (name, p) in [("tasks", &mut j.tasks), ("eval_text", &mut j.eval_text), ("imatrix", &mut j.imatrix)] {
+                    if let Some(p) = p {
+                        v.push((name, I, p));
+                    }
+                }
+                v.push(("output", O, &mut j.output));
+                if let Some(p) = &mut j.metrics {
+                    v.push(("metrics", O, p));
                 }
             }
             Job::Distill(j) | Job::Finetune(j) => {
@@ -322,6 +356,8 @@ pub enum Outcome {
     Distill(TrainOutcome),
     Finetune(TrainOutcome),
     Seedlm(SeedlmOutcome),
+    Ternary(TernaryOutcome),
+    Stage1(Stage1Outcome),
     Perplexity(PerplexityOutcome),
     Compare(CompareOutcome),
     Choice(ChoiceOutcome),
@@ -348,6 +384,8 @@ impl Outcome {
             Outcome::Merge(o) => o.run_id,
             Outcome::Distill(o) | Outcome::Finetune(o) => o.run_id,
             Outcome::Seedlm(o) => o.run_id,
+            Outcome::Ternary(o) => o.run_id,
+            Outcome::Stage1(o) => o.run_id,
             Outcome::Perplexity(o) => o.run_id,
             Outcome::Compare(o) => o.run_ids.last().copied().flatten(),
             Outcome::Choice(o) => o.run_id,
@@ -382,6 +420,8 @@ pub fn run(job: &Job, ctx: &RunCtx) -> Result<Outcome> {
         Job::Distill(j) => kinds::train::run(j, "distill", ctx).map(Outcome::Distill),
         Job::Finetune(j) => kinds::train::run(j, "finetune", ctx).map(Outcome::Finetune),
         Job::Seedlm(j) => kinds::seedlm::run(j, ctx).map(Outcome::Seedlm),
+        Job::Ternary(j) => kinds::ternary::run(j, ctx).map(Outcome::Ternary),
+        Job::Stage1(j) => kinds::stage1::run(j, ctx).map(Outcome::Stage1),
         Job::Perplexity(j) => kinds::eval::perplexity(j, ctx).map(Outcome::Perplexity),
         Job::Compare(j) => kinds::eval::compare(j, ctx).map(Outcome::Compare),
         Job::Choice(j) => kinds::eval::choice(j, ctx).map(Outcome::Choice),
@@ -423,6 +463,8 @@ pub fn from_json(body: &[u8]) -> Result<Job> {
         "distill" => Job::Distill(part(rest)?),
         "finetune" => Job::Finetune(part(rest)?),
         "seedlm" => Job::Seedlm(part(rest)?),
+        "ternary" => Job::Ternary(part(rest)?),
+        "stage1" => Job::Stage1(part(rest)?),
         "perplexity" => Job::Perplexity(part(rest)?),
         "compare" => Job::Compare(part(rest)?),
         "choice" => Job::Choice(part(rest)?),
@@ -439,7 +481,7 @@ pub fn from_json(body: &[u8]) -> Result<Job> {
 }
 
 /// Every job kind's name.
-pub const KINDS: [&str; 21] = [
+pub const KINDS: [&str; 23] = [
     "quantize",
     "convert",
     "export",
@@ -450,6 +492,8 @@ pub const KINDS: [&str; 21] = [
     "distill",
     "finetune",
     "seedlm",
+    "ternary",
+    "stage1",
     "perplexity",
     "compare",
     "choice",

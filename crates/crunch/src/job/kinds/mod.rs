@@ -15,6 +15,10 @@ pub(super) mod quantize;
 pub(super) mod search;
 pub(super) mod seedlm;
 pub use seedlm::{SeedlmJob, SeedlmOutcome};
+pub(super) mod ternary;
+pub use ternary::{TernaryJob, TernaryOutcome};
+pub(super) mod stage1;
+pub use stage1::{Stage1Job, Stage1Outcome};
 pub(super) mod train;
 pub use train::{TrainJob, TrainOutcome};
 

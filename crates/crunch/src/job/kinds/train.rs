@@ -199,13 +199,14 @@ pub struct TrainOutcome {
     pub run_id: Option<i64>,
 }
 
-/// The training options a job asks for, checked; `kind` is `distill` or `finetune`.
+/// The training options a job asks for, checked; `kind` is `distill`, `finetune` or `ternary`
+/// (which distils from its own model, see [`super::ternary`]).
 ///
 /// # Errors
 /// A base for finetune or none for distill, a bad schedule, pattern, type or number.
 pub fn train_options(j: &TrainJob, kind: &str) -> Result<TrainOptions> {
     let f = |name: &str| format!("{kind}.{name}");
-    let objective = if kind == "distill" {
+    let objective = if kind != "finetune" {
         let base = match (&j.base, &j.base_logits) {
             (Some(b), None) => BaseSource::Model(b.clone()),
             (None, Some(l)) => BaseSource::Logits(l.clone()),
