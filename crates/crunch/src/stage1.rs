@@ -47,6 +47,9 @@ pub struct Stage1Options {
     pub imatrix: Option<PathBuf>,
     pub metrics: PathBuf,
     pub ternary_output: PathBuf,
+    /// A ternary model of the input already fine-tuned (`crunch ternary`): encoded instead of
+    /// training one (`ternary_output` is then not written).
+    pub ternary_input: Option<PathBuf>,
 }
 
 /// One model's scores.
@@ -88,7 +91,9 @@ pub struct Stage1Report {
     pub mc_acc_drop: Option<f64>,
     pub constraints: Vec<Constraint>,
     pub met: bool,
-    pub ternary_run: TernaryReport,
+    /// The fine-tuning run (none when a fine-tuned ternary model was given).
+    pub ternary_run: Option<TernaryReport>,
+    pub ternary_model: String,
     pub seedlm_run: EncodeReport,
     pub seconds: f64,
 }
@@ -195,7 +200,8 @@ pub fn stage1(
 ) -> Result<Stage1Report> {
     let res = run(model, output, o, progress, cancel);
     if res.is_err() {
-        for p in [output, &o.ternary_output, &o.metrics] {
+        let written = if o.ternary_input.is_none() { Some(o.ternary_output.as_path()) } else { None };
+        for p in [Some(output), written, Some(o.metrics.as_path())].into_iter().flatten() {
             let _ = std::fs::remove_file(p);
             let _ = std::fs::remove_file(crunch_core::output::sidecar_path(p));
         }
@@ -218,11 +224,15 @@ fn run(model: &Path, output: &Path, o: &Stage1Options, progress: &dyn Progress, 
     drop(file);
 
     let (before, reference) = score_text(model, o, None, progress, cancel)?;
-    let ternary_run =
-        ternary::ternary(model, &o.ternary_output, GgmlType::TQ2_0, Some(&o.training), progress, cancel)?;
-    let (ternary_scores, _) = score_text(&o.ternary_output, o, Some(&reference), progress, cancel)?;
-    let seedlm_run =
-        seedenc::encode(&o.ternary_output, output, cfg, o.imatrix.as_deref(), None, progress, cancel)?;
+    let (ternary_run, ternary_model) = match &o.ternary_input {
+        Some(t) => (None, t.clone()),
+        None => {
+            let r = ternary::ternary(model, &o.ternary_output, GgmlType::TQ2_0, None, Some(&o.training), progress, cancel)?;
+            (Some(r), o.ternary_output.clone())
+        }
+    };
+    let (ternary_scores, _) = score_text(&ternary_model, o, Some(&reference), progress, cancel)?;
+    let seedlm_run = seedenc::encode(&ternary_model, output, cfg, o.imatrix.as_deref(), None, progress, cancel)?;
     let (after, _) = score_text(output, o, Some(&reference), progress, cancel)?;
 
     let output_bytes = std::fs::metadata(output).map_err(|e| Error::io(output, e))?.len();
@@ -262,6 +272,7 @@ fn run(model: &Path, output: &Path, o: &Stage1Options, progress: &dyn Progress, 
         met: constraints.iter().all(|c| c.met),
         constraints,
         ternary_run,
+        ternary_model: ternary_model.display().to_string(),
         seedlm_run,
         seconds: start.elapsed().as_secs_f64(),
     };

@@ -75,10 +75,41 @@ pub fn ternary_type(name: &str, field: &str) -> Result<GgmlType> {
 /// # Errors
 /// Unreadable inputs, the training options' errors (named by field), I/O; [`Error::Cancelled`]
 /// (nothing written).
+/// `twin`: also write the model in the other ternary type there (the same weights: TQ1_0 and
+/// TQ2_0 of one latent decode to the same values).
 pub fn ternary(
     model_path: &Path,
     output: &Path,
     ty: GgmlType,
+    twin: Option<&Path>,
+    training: Option<&TernaryTraining>,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<TernaryReport> {
+    let res = ternary_inner(model_path, output, ty, twin, training, progress, cancel);
+    if res.is_err() {
+        if let Some(t) = twin {
+            let _ = std::fs::remove_file(t);
+            let _ = std::fs::remove_file(crunch_core::output::sidecar_path(t));
+        }
+    }
+    res
+}
+
+/// The other ternary type.
+fn other(ty: GgmlType) -> GgmlType {
+    if ty == GgmlType::TQ1_0 {
+        GgmlType::TQ2_0
+    } else {
+        GgmlType::TQ1_0
+    }
+}
+
+fn ternary_inner(
+    model_path: &Path,
+    output: &Path,
+    ty: GgmlType,
+    twin: Option<&Path>,
     training: Option<&TernaryTraining>,
     progress: &dyn Progress,
     cancel: &Cancel,
@@ -89,6 +120,9 @@ pub fn ternary(
     let Some(t) = training else {
         progress.start("ternary (post-training)", 1);
         let export = export_absmean(&file, output, ty).map_err(write_err)?;
+        if let Some(t) = twin {
+            export_absmean(&file, t, other(ty)).map_err(write_err)?;
+        }
         progress.finish(&format!("wrote {}", output.display()));
         return report(output, ty, export, Vec::new(), Vec::new(), (0, 0, 0.0), start);
     };
@@ -127,6 +161,9 @@ pub fn ternary(
     )?;
     let tokens = (o.config.batch_size * o.config.grad_accum * o.chunks.n_ctx) as f64 * curve.len() as f64;
     let export = model.export(output, ty).map_err(write_err)?;
+    if let Some(t) = twin {
+        model.export(t, other(ty)).map_err(write_err)?;
+    }
     if let Some(p) = &o.plot {
         let svg = train::plot("ternary", &curve, &heldout);
         crunch_core::output::write_small_atomic(p, svg.as_bytes()).map_err(|e| Error::io(p, e))?;

@@ -39,6 +39,9 @@ pub struct Stage1Args {
     /// Importance matrix for the SeedLM fit.
     #[arg(long, value_name = "FILE")]
     imatrix: Option<PathBuf>,
+    /// Encode this ternary model of MODEL (from `crunch ternary --text`) instead of fine-tuning one.
+    #[arg(long, value_name = "FILE")]
+    ternary: Option<PathBuf>,
     /// Metrics file (default: OUT.metrics.json).
     #[arg(long, value_name = "FILE")]
     metrics: Option<PathBuf>,
@@ -82,6 +85,7 @@ pub fn run(a: Stage1Args) -> Result<()> {
         eval_chunks: a.eval_chunks,
         config: a.config.clone(),
         imatrix: a.imatrix.clone(),
+        ternary: a.ternary.clone(),
         metrics: a.metrics.clone(),
         steps: a.steps,
         lr: a.lr,

@@ -15,6 +15,9 @@ pub struct TernaryArgs {
     /// TQ1_0 (1.69 bits per weight) or TQ2_0 (2.06, faster).
     #[arg(long = "type", default_value = "TQ2_0")]
     ty: String,
+    /// Also write the model in the other ternary type (TQ1_0 <-> TQ2_0, same weights) here.
+    #[arg(long, value_name = "FILE")]
+    twin: Option<PathBuf>,
     /// Fine-tune on this text first (ternary weights trained with the straight-through estimator,
     /// distilled from the model's top-k distributions); without it, post-training ternarization.
     #[arg(long, value_name = "FILE")]
@@ -72,6 +75,7 @@ impl TernaryArgs {
     pub fn job(&self) -> Job {
         Job::Ternary(TernaryJob {
             text: self.text.clone(),
+            twin: self.twin.clone(),
             blend_warmup: self.blend_warmup,
             steps: self.steps,
             lr: self.lr,

@@ -201,8 +201,10 @@ impl Job {
                 if let Some(p) = &mut j.text {
                     v.push(("text", I, p));
                 }
-                if let Some(p) = &mut j.plot {
-                    v.push(("plot", O, p));
+                for (name, p) in [("twin", &mut j.twin), ("plot", &mut j.plot)] {
+                    if let Some(p) = p {
+                        v.push((name, O, p));
+                    }
                 }
             }
             Job::Stage1(j) => {
@@ -212,7 +214,12 @@ impl Job {
                 j.metrics = Some(j.metrics_path());
                 v.push(("model", I, &mut j.model));
                 v.push(("text", I, &mut j.text));
-                for (name, p) in [("tasks", &mut j.tasks), ("eval_text", &mut j.eval_text), ("imatrix", &mut j.imatrix)] {
+                for (name, p) in [
+                    ("tasks", &mut j.tasks),
+                    ("eval_text", &mut j.eval_text),
+                    ("imatrix", &mut j.imatrix),
+                    ("ternary", &mut j.ternary),
+                ] {
                     if let Some(p) = p {
                         v.push((name, I, p));
                     }

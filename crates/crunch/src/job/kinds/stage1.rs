@@ -40,6 +40,9 @@ pub struct Stage1Job {
     pub config: Option<String>,
     #[serde(default)]
     pub imatrix: Option<PathBuf>,
+    /// A ternary model of `model` already fine-tuned (`ternary`): encoded instead of training one.
+    #[serde(default)]
+    pub ternary: Option<PathBuf>,
     /// The metrics file (default: the output with `.metrics.json`).
     #[serde(default)]
     pub metrics: Option<PathBuf>,
@@ -146,6 +149,7 @@ impl Stage1Job {
             imatrix: self.imatrix.clone(),
             metrics: self.metrics_path(),
             ternary_output: self.ternary_path(),
+            ternary_input: self.ternary.clone(),
         })
     }
 }

@@ -23,6 +23,9 @@ pub struct TernaryJob {
     /// `TQ1_0` (1.69 bits per weight) or `TQ2_0` (2.06, faster).
     #[serde(rename = "type", default = "default_type")]
     pub ty: String,
+    /// Also write the model in the other ternary type here (same weights).
+    #[serde(default)]
+    pub twin: Option<PathBuf>,
     /// Fine-tuning text; without it the weights are ternarized as they are (post-training).
     #[serde(default)]
     pub text: Option<PathBuf>,
@@ -108,6 +111,7 @@ impl TernaryJob {
             model,
             output,
             ty: ty.into(),
+            twin: None,
             text: None,
             blend_warmup: None,
             steps: default_steps(),
@@ -175,6 +179,12 @@ pub(crate) fn run(j: &TernaryJob, ctx: &RunCtx) -> Result<TernaryOutcome> {
     let ty = ternary::ternary_type(&j.ty, "ternary.type")?;
     let training = j.training()?;
     refuse_overwrite("ternary.output", &j.model, &j.output)?;
+    if let Some(t) = &j.twin {
+        refuse_overwrite("ternary.twin", &j.model, t)?;
+        if t == &j.output {
+            return Err(Error::field("ternary.twin", "must differ from the output"));
+        }
+    }
     let params = serde_json::to_value(j).map_err(|e| Error::Invalid(e.to_string()))?;
     let mut inputs: Vec<(&str, &Path)> = vec![("model", &j.model)];
     if let Some(t) = &j.text {
@@ -185,7 +195,15 @@ pub(crate) fn run(j: &TernaryJob, ctx: &RunCtx) -> Result<TernaryOutcome> {
         None => format!("{} post-training", j.ty),
     };
     let rec = Recorder::start("ternary", ctx.registry.as_deref(), Some(label), params, &inputs);
-    let res = ternary::ternary(&j.model, &j.output, ty, training.as_ref(), ctx.progress.as_ref(), &ctx.cancel);
+    let res = ternary::ternary(
+        &j.model,
+        &j.output,
+        ty,
+        j.twin.as_deref(),
+        training.as_ref(),
+        ctx.progress.as_ref(),
+        &ctx.cancel,
+    );
     let (result, run_id) = rec.close(res, |r| {
         let mut m = vec![(metric::FILE_BYTES, r.file_bytes as f64), (metric::BPW, r.bpw), (metric::SECONDS, r.seconds)];
         if let Some(s) = r.curve.last() {
