@@ -157,7 +157,11 @@ pub fn info(file: &GgufFile) -> Result<Option<SeedlmInfo>> {
         let (row_len, rows) = (shapes[2 * i], shapes[2 * i + 1]);
         let t = SeedTensor { name, row_len, rows, exponent_base: bases[i] };
         if row_len == 0 || rows == 0 || row_len % config.c as u64 != 0 || row_len.checked_mul(rows).is_none() {
-            return Err(bad(file, KEY_SHAPES, format!("{}: [{row_len}, {rows}] is not whole blocks of {}", t.name, config.c)));
+            return Err(bad(
+                file,
+                KEY_SHAPES,
+                format!("{}: [{row_len}, {rows}] is not whole blocks of {}", t.name, config.c),
+            ));
         }
         if !(-200..=200).contains(&t.exponent_base) {
             return Err(bad(file, KEY_EXP_BASE, format!("{}: {} is out of range", t.name, t.exponent_base)));
@@ -191,7 +195,17 @@ pub fn decode(file: GgufFile) -> Result<GgufFile> {
     let by_stored: std::collections::HashMap<String, &SeedTensor> =
         info.tensors.iter().map(|t| (t.stored_name(), t)).collect();
     let mut meta = file.metadata().clone();
-    for k in [KEY_VERSION, KEY_LFSR_BITS, KEY_LFSR_TAPS, KEY_BLOCK, KEY_COEFFS, KEY_TENSORS, KEY_SHAPES, KEY_EXP_BASE, KEY_IMATRIX] {
+    for k in [
+        KEY_VERSION,
+        KEY_LFSR_BITS,
+        KEY_LFSR_TAPS,
+        KEY_BLOCK,
+        KEY_COEFFS,
+        KEY_TENSORS,
+        KEY_SHAPES,
+        KEY_EXP_BASE,
+        KEY_IMATRIX,
+    ] {
         meta.remove(k);
     }
     let specs: Vec<TensorSpec> = file

@@ -15,7 +15,10 @@ fn main() {
     let threads = rayon::current_num_threads();
     let weights_7b_block: f64 = 4.0 * 4096.0 * 4096.0 + 3.0 * 4096.0 * 11008.0;
     println!("SeedLM encoding, {threads} threads; 7B-shaped rows (4096 and 11008 wide)");
-    println!("{:<6} {:<9} {:>10} {:>12} {:>14} {:>18}", "config", "weighted", "blocks", "us/block", "bound skipped", "s per 7B block");
+    println!(
+        "{:<6} {:<9} {:>10} {:>12} {:>14} {:>18}",
+        "config", "weighted", "blocks", "us/block", "bound skipped", "s per 7B block"
+    );
     for cfg in [CONFIG_4BIT, CONFIG_3BIT] {
         for weighted in [false, true] {
             run(cfg, weighted, weights_7b_block);

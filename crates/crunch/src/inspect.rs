@@ -44,10 +44,8 @@ pub fn inspect_gguf(path: &Path) -> Result<Inspection> {
     }
     // A SeedLM container lists its encoded weights under their own names and shapes, with the
     // stored bytes (`seedlm-4bit` / `seedlm-3bit`).
-    let seed = crunch_model::seedlm::info(&f).map_err(|e| crate::error::Error::Model {
-        context: path.display().to_string(),
-        source: e,
-    })?;
+    let seed = crunch_model::seedlm::info(&f)
+        .map_err(|e| crate::error::Error::Model { context: path.display().to_string(), source: e })?;
     let encoded: std::collections::HashMap<String, &crunch_model::seedlm::SeedTensor> =
         seed.iter().flat_map(|i| i.tensors.iter().map(|t| (t.stored_name(), t))).collect();
     let tensors: Vec<TensorRow> = f

@@ -105,11 +105,8 @@ pub fn encode(
         }
         None => None,
     };
-    let encoded: Vec<&TensorInfo> = file
-        .tensors()
-        .iter()
-        .filter(|t| encodes(t, cfg) && tensors.is_none_or(|re| re.is_match(&t.name)))
-        .collect();
+    let encoded: Vec<&TensorInfo> =
+        file.tensors().iter().filter(|t| encodes(t, cfg) && tensors.is_none_or(|re| re.is_match(&t.name))).collect();
     if encoded.is_empty() {
         return Err(Error::Invalid(format!(
             "{}: no 2-D weight{} has a row length that is a multiple of {}",
@@ -174,7 +171,11 @@ pub fn encode(
         .tensors()
         .iter()
         .map(|t| match by_name.get(&t.name) {
-            Some(b) => TensorSpec { name: format!("{}{}", t.name, container::SUFFIX), ty: GgmlType::I8, dims: vec![b.len() as u64] },
+            Some(b) => TensorSpec {
+                name: format!("{}{}", t.name, container::SUFFIX),
+                ty: GgmlType::I8,
+                dims: vec![b.len() as u64],
+            },
             None => TensorSpec { name: t.name.clone(), ty: t.ty, dims: t.dims.clone() },
         })
         .collect();

@@ -103,7 +103,8 @@ pub struct Stage1Report {
 fn estimate_bytes(file: &GgufFile, cfg: Config) -> u64 {
     let mut bytes = file.header.data_start;
     for t in file.tensors() {
-        let encodes = t.dims.len() >= 2 && t.dims[1] > 1 && t.dims[0] % cfg.c as u64 == 0 && t.name.ends_with(".weight");
+        let encodes =
+            t.dims.len() >= 2 && t.dims[1] > 1 && t.dims[0] % cfg.c as u64 == 0 && t.name.ends_with(".weight");
         bytes += if encodes { cfg.tensor_bytes((t.n_elements() / cfg.c as u64) as usize) as u64 } else { t.n_bytes() };
     }
     bytes
@@ -147,9 +148,8 @@ fn score_text(
     let (tokens, bos) = eval::perplexity::tokenize_for_eval(&loaded, &text, &o.eval_text)?;
     let model = &loaded.model;
     model.check_context(o.eval_ctx).map_err(model_err(model_path.display()))?;
-    let layout =
-        ChunkLayout::new(tokens.len(), PerplexityOptions { n_ctx: o.eval_ctx, n_chunks: Some(o.eval_chunks) })
-            .map_err(model_err(o.eval_text.display()))?;
+    let layout = ChunkLayout::new(tokens.len(), PerplexityOptions { n_ctx: o.eval_ctx, n_chunks: Some(o.eval_chunks) })
+        .map_err(model_err(o.eval_text.display()))?;
     let n_vocab = model.config.n_vocab;
     let mut cache = model.new_cache(layout.n_ctx);
     let (mut nll, mut correct, mut top) = (0f64, 0usize, Vec::new());
@@ -209,14 +209,23 @@ pub fn stage1(
     res
 }
 
-fn run(model: &Path, output: &Path, o: &Stage1Options, progress: &dyn Progress, cancel: &Cancel) -> Result<Stage1Report> {
+fn run(
+    model: &Path,
+    output: &Path,
+    o: &Stage1Options,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<Stage1Report> {
     let start = Instant::now();
     seedenc::check_output_name(output, "stage1.output")?;
     if !(o.target_ratio.is_finite() && o.target_ratio > 0.0) {
         return Err(Error::field("stage1.target_ratio", format!("{} must be a positive ratio", o.target_ratio)));
     }
     if !(0.0..=1.0).contains(&o.max_accuracy_drop) {
-        return Err(Error::field("stage1.max_accuracy_drop", format!("{} must be a fraction, 0 to 1", o.max_accuracy_drop)));
+        return Err(Error::field(
+            "stage1.max_accuracy_drop",
+            format!("{} must be a fraction, 0 to 1", o.max_accuracy_drop),
+        ));
     }
     let file = GgufFile::open(model)?;
     let input_bytes = file.file_size();
@@ -227,7 +236,8 @@ fn run(model: &Path, output: &Path, o: &Stage1Options, progress: &dyn Progress, 
     let (ternary_run, ternary_model) = match &o.ternary_input {
         Some(t) => (None, t.clone()),
         None => {
-            let r = ternary::ternary(model, &o.ternary_output, GgmlType::TQ2_0, None, Some(&o.training), progress, cancel)?;
+            let r =
+                ternary::ternary(model, &o.ternary_output, GgmlType::TQ2_0, None, Some(&o.training), progress, cancel)?;
             (Some(r), o.ternary_output.clone())
         }
     };
@@ -241,7 +251,12 @@ fn run(model: &Path, output: &Path, o: &Stage1Options, progress: &dyn Progress, 
     let top1_acc_drop = drop(before.top1_acc, after.top1_acc);
     let mc_acc_drop = before.mc_acc.zip(after.mc_acc).map(|(b, a)| drop(b, a));
     let mut constraints = vec![
-        Constraint { name: "target_ratio".into(), value: size_ratio, limit: o.target_ratio, met: size_ratio >= o.target_ratio },
+        Constraint {
+            name: "target_ratio".into(),
+            value: size_ratio,
+            limit: o.target_ratio,
+            met: size_ratio >= o.target_ratio,
+        },
         Constraint {
             name: "max_accuracy_drop (top-1)".into(),
             value: top1_acc_drop,

@@ -20,7 +20,9 @@ use crunch_model::matmul::MatmulMode;
 use crunch_model::perplexity::{eval_chunk, ChunkLayout};
 use crunch_model::tokenizer::Tokenizer;
 use crunch_model::{LoraSpec, ModelError};
-use crunch_train::{checkpoint, Chunk, ChunkTarget, GgufModel, StepStats, TopKRows, TrainConfig, TrainError, Trainer, LoraModel};
+use crunch_train::{
+    checkpoint, Chunk, ChunkTarget, GgufModel, LoraModel, StepStats, TopKRows, TrainConfig, TrainError, Trainer,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -385,7 +387,6 @@ pub(crate) fn prepare(
         }
     };
     Ok(Prepared { chunks, n_train, saved_base })
-
 }
 
 /// Train an adapter for the GGUF at `model_path` and write it to `output`.
@@ -458,8 +459,18 @@ pub fn train(
         heldout.push((at, l));
         Ok(Some(l))
     };
-    let train_seconds =
-        run_steps(&mut model, &mut trainer, train_chunks, o, &mut curve, &mut heldout, &score, &save, progress, cancel)?;
+    let train_seconds = run_steps(
+        &mut model,
+        &mut trainer,
+        train_chunks,
+        o,
+        &mut curve,
+        &mut heldout,
+        &score,
+        &save,
+        progress,
+        cancel,
+    )?;
     let start = resumed_at.unwrap_or(0);
     let steps = o.config.steps;
     let tokens_per_step = (o.config.batch_size * o.config.grad_accum * n_ctx) as f64;

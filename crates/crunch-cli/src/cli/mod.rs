@@ -17,9 +17,9 @@ mod run;
 mod runs;
 mod search;
 mod seedlm;
+mod serve;
 mod stage1;
 mod ternary;
-mod serve;
 mod train;
 
 use anyhow::{Context, Result};

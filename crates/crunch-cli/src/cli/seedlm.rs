@@ -130,8 +130,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
         calibration: None,
     });
     let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json), None)?;
-    let Outcome::Quantize(o) =
-        super::run_job(&job, &ctx).with_context(|| format!("decoding {}", a.input.display()))?
+    let Outcome::Quantize(o) = super::run_job(&job, &ctx).with_context(|| format!("decoding {}", a.input.display()))?
     else {
         unreachable!("a quantize job has a quantize outcome")
     };

@@ -95,8 +95,7 @@ pub fn run(a: Stage1Args) -> Result<()> {
         seed: a.seed,
     });
     let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json), None)?;
-    let Outcome::Stage1(o) =
-        super::run_job(&job, &ctx).with_context(|| format!("stage1 on {}", a.model.display()))?
+    let Outcome::Stage1(o) = super::run_job(&job, &ctx).with_context(|| format!("stage1 on {}", a.model.display()))?
     else {
         unreachable!("a stage1 job has a stage1 outcome")
     };
@@ -104,7 +103,9 @@ pub fn run(a: Stage1Args) -> Result<()> {
     if a.json {
         super::print_json(&o)?;
     } else if !a.quiet {
-        let mc = |s: &crunch::stage1::Scores| s.mc_acc.map(|m| format!(", multiple choice {:.1}%", 100.0 * m)).unwrap_or_default();
+        let mc = |s: &crunch::stage1::Scores| {
+            s.mc_acc.map(|m| format!(", multiple choice {:.1}%", 100.0 * m)).unwrap_or_default()
+        };
         println!(
             "{} -> {}: {} -> {} ({:.2}x, SeedLM {})\n  before:  ppl {:.3}, top-1 {:.2}%{}\n  ternary: ppl {:.3}, top-1 {:.2}%{}\n  after:   ppl {:.3}, top-1 {:.2}%{}",
             r.model,
@@ -130,11 +131,20 @@ pub fn run(a: Stage1Args) -> Result<()> {
         .filter(|c| !c.met)
         .map(|c| match c.name.as_str() {
             "target_ratio" => format!("--target-ratio {}: reached {:.2}x", c.limit, c.value),
-            n => format!("--max-accuracy-drop {} ({}): dropped {:.1}%", c.limit, n.trim_start_matches("max_accuracy_drop "), 100.0 * c.value),
+            n => format!(
+                "--max-accuracy-drop {} ({}): dropped {:.1}%",
+                c.limit,
+                n.trim_start_matches("max_accuracy_drop "),
+                100.0 * c.value
+            ),
         })
         .collect();
     if !missed.is_empty() {
-        bail!("missed {} (metrics in {})", missed.join("; "), crunch::job::Stage1Job::metrics_path_of(&a.output, a.metrics.as_deref()).display());
+        bail!(
+            "missed {} (metrics in {})",
+            missed.join("; "),
+            crunch::job::Stage1Job::metrics_path_of(&a.output, a.metrics.as_deref()).display()
+        );
     }
     Ok(())
 }

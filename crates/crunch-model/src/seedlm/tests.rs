@@ -11,7 +11,12 @@ fn write_container(path: &Path, corrupt: impl Fn(&mut Metadata, &mut Vec<u8>)) -
     assert!(seedlm::decode_tensor(&bytes, cfg, e_min, &mut decoded));
     let info = SeedlmInfo {
         config: cfg,
-        tensors: vec![SeedTensor { name: "blk.0.ffn_up.weight".into(), row_len: row_len as u64, rows: rows as u64, exponent_base: e_min }],
+        tensors: vec![SeedTensor {
+            name: "blk.0.ffn_up.weight".into(),
+            row_len: row_len as u64,
+            rows: rows as u64,
+            exponent_base: e_min,
+        }],
         imatrix: None,
     };
     let mut meta = Metadata::default();

@@ -51,7 +51,12 @@ pub(super) fn energies_scalar(qt: &[f32], w: &[f32], cfg: Config, energy: &mut [
 /// them would keep them on the stack).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn energies_avx2_impl<const C: usize, const P: usize>(qt: &[f32], w: &[f32], energy: &mut [f32], chunk_max: &mut [f32]) {
+fn energies_avx2_impl<const C: usize, const P: usize>(
+    qt: &[f32],
+    w: &[f32],
+    energy: &mut [f32],
+    chunk_max: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let (c, p) = (C, P);
     assert!(qt.len() >= c * p * TILE && energy.len() >= TILE && chunk_max.len() >= CHUNKS && w.len() >= c);
@@ -64,7 +69,8 @@ fn energies_avx2_impl<const C: usize, const P: usize>(qt: &[f32], w: &[f32], ene
             for (j, aj) in a.iter_mut().enumerate() {
                 let at = (chunk * c * p + i * p + j) * LANES;
                 // SAFETY: `at + 16 <= c·p·TILE <= qt.len()` (asserted above); unaligned loads.
-                let (q0, q1) = unsafe { (_mm256_loadu_ps(qt.as_ptr().add(at)), _mm256_loadu_ps(qt.as_ptr().add(at + 8))) };
+                let (q0, q1) =
+                    unsafe { (_mm256_loadu_ps(qt.as_ptr().add(at)), _mm256_loadu_ps(qt.as_ptr().add(at + 8))) };
                 aj[0] = _mm256_fmadd_ps(q0, wi, aj[0]);
                 aj[1] = _mm256_fmadd_ps(q1, wi, aj[1]);
             }

@@ -187,13 +187,12 @@ impl Tables {
                 }
             }
         };
-        let parts = t
-            .qt
-            .chunks_mut(TILE * cp)
-            .zip(t.pinv.chunks_mut(TILE * cp))
-            .zip(t.u.chunks_mut(TILE * cp))
-            .zip(t.usable.chunks_mut(TILE))
-            .map(|(((a, b), c), d)| (a, b, c, d));
+        let parts =
+            t.qt.chunks_mut(TILE * cp)
+                .zip(t.pinv.chunks_mut(TILE * cp))
+                .zip(t.u.chunks_mut(TILE * cp))
+                .zip(t.usable.chunks_mut(TILE))
+                .map(|(((a, b), c), d)| (a, b, c, d));
         if parallel {
             parts.collect::<Vec<_>>().into_par_iter().enumerate().for_each(|(tile, part)| fill(tile, part));
         } else {
@@ -434,8 +433,7 @@ pub fn encode_blocks(w: &[f32], tables: &Tables, e_min: i32, stats: &mut SearchS
     let mut best: Vec<(Code, f64)> = vec![(Code::default(), f64::INFINITY); n];
     // Blocks scaled by √d (the bound works in the whitened space) and their squared norms.
     let scaled: Vec<f32> = w.iter().enumerate().map(|(k, &v)| v * tables.sqrt_d[k % c]).collect();
-    let norms: Vec<f64> =
-        scaled.chunks_exact(c).map(|b| b.iter().map(|&v| v as f64 * v as f64).sum()).collect();
+    let norms: Vec<f64> = scaled.chunks_exact(c).map(|b| b.iter().map(|&v| v as f64 * v as f64).sum()).collect();
     let energies = kernel::energies_fn();
     let mut energy = vec![0f32; TILE];
     let mut chunk_max = vec![0f32; kernel::CHUNKS];
@@ -607,8 +605,10 @@ pub fn encode_tensor(
                         return None;
                     }
                     let tables = Tables::weighted(cfg, &imp[pos * c..(pos + 1) * c]);
-                    let column: Vec<f32> =
-                        (0..rows).flat_map(|r| &w[r * row_len + pos * c..r * row_len + (pos + 1) * c]).copied().collect();
+                    let column: Vec<f32> = (0..rows)
+                        .flat_map(|r| &w[r * row_len + pos * c..r * row_len + (pos + 1) * c])
+                        .copied()
+                        .collect();
                     let mut s = SearchStats::default();
                     let mut out = Vec::with_capacity(rows);
                     // Rows in groups, so a cancel is seen within one group of a large tensor.

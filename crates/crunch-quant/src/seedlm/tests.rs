@@ -192,10 +192,10 @@ fn energies_are_the_projection_of_the_block() {
     kernel::energies_scalar(&t.qt[..cp * TILE], &w, cfg, &mut e, &mut [0f32; kernel::CHUNKS]);
     for idx in [0usize, 5, 1000] {
         let (u, pinv) = (t.u_of(idx), t.pinv_of(idx));
-        let coef: Vec<f64> = (0..cfg.p).map(|j| (0..cfg.c).map(|i| pinv[j * cfg.c + i] as f64 * w[i] as f64).sum()).collect();
-        let fit: f64 = (0..cfg.c)
-            .map(|i| (0..cfg.p).map(|j| u[i * cfg.p + j] as f64 * coef[j]).sum::<f64>().powi(2))
-            .sum();
+        let coef: Vec<f64> =
+            (0..cfg.p).map(|j| (0..cfg.c).map(|i| pinv[j * cfg.c + i] as f64 * w[i] as f64).sum()).collect();
+        let fit: f64 =
+            (0..cfg.c).map(|i| (0..cfg.p).map(|j| u[i * cfg.p + j] as f64 * coef[j]).sum::<f64>().powi(2)).sum();
         assert!((e[idx] as f64 - fit).abs() < 1e-6 * fit.max(1e-12), "seed {}: {} vs {fit}", idx + 1, e[idx]);
     }
 }

@@ -114,7 +114,8 @@ impl Stage1Job {
     pub fn options(&self) -> Result<Stage1Options> {
         let eval_text = self.eval_text.clone().unwrap_or_else(|| self.text.clone());
         // Training never sees the held-out chunks of its own text.
-        let skip = if eval_text == self.text { (self.eval_chunks * self.eval_ctx).div_ceil(self.ctx.max(1)) } else { 0 };
+        let skip =
+            if eval_text == self.text { (self.eval_chunks * self.eval_ctx).div_ceil(self.ctx.max(1)) } else { 0 };
         let tj = TernaryJob {
             text: Some(self.text.clone()),
             steps: self.steps,
@@ -129,7 +130,9 @@ impl Stage1Job {
         let training = tj
             .training()
             .map_err(|e| match e {
-                Error::Field { field, message } => Error::Field { field: field.replacen("ternary.", "stage1.", 1), message },
+                Error::Field { field, message } => {
+                    Error::Field { field: field.replacen("ternary.", "stage1.", 1), message }
+                }
                 e => e,
             })?
             .expect("text given");
