@@ -46,7 +46,7 @@ pub fn encodes(t: &TensorInfo, cfg: Config) -> bool {
     let matrix = t.dims.len() >= 2 && t.dims[1] > 1 && t.dims[2..].iter().all(|&d| d == 1);
     matrix
         && t.name.ends_with(".weight")
-        && t.dims[0] % cfg.c as u64 == 0
+        && t.dims[0].is_multiple_of(cfg.c as u64)
         && crunch_quant::kernels(t.ty).is_some()
         && t.ty != GgmlType::I8
 }

@@ -103,9 +103,11 @@ pub struct Stage1Report {
 fn estimate_bytes(file: &GgufFile, cfg: Config) -> u64 {
     let mut bytes = file.header.data_start;
     for t in file.tensors() {
-        let encodes =
-            t.dims.len() >= 2 && t.dims[1] > 1 && t.dims[0] % cfg.c as u64 == 0 && t.name.ends_with(".weight");
-        bytes += if encodes { cfg.tensor_bytes((t.n_elements() / cfg.c as u64) as usize) as u64 } else { t.n_bytes() };
+        bytes += if seedenc::encodes(t, cfg) {
+            cfg.tensor_bytes((t.n_elements() / cfg.c as u64) as usize) as u64
+        } else {
+            t.n_bytes()
+        };
     }
     bytes
 }

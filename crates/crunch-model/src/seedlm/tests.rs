@@ -61,7 +61,8 @@ fn a_container_is_read_back_and_decoded_to_f32_under_the_weights_own_names() {
 #[test]
 fn damaged_containers_are_refused_naming_what_is_wrong() {
     let dir = crunch_testkit::Scratch::new("seedlm-bad");
-    let cases: Vec<(&str, Box<dyn Fn(&mut Metadata, &mut Vec<u8>)>, &str)> = vec![
+    type Corrupt = Box<dyn Fn(&mut Metadata, &mut Vec<u8>)>;
+    let cases: Vec<(&str, Corrupt, &str)> = vec![
         ("taps", Box::new(|m, _| m.set(KEY_LFSR_TAPS, vec![0u32, 2, 3, 5].into())), KEY_LFSR_TAPS),
         ("version", Box::new(|m, _| m.set(KEY_VERSION, Value::U32(9))), KEY_VERSION),
         ("config", Box::new(|m, _| m.set(KEY_COEFFS, Value::U32(5))), KEY_BLOCK),

@@ -60,7 +60,7 @@ fn energies_avx2_impl<const C: usize, const P: usize>(
     use std::arch::x86_64::*;
     let (c, p) = (C, P);
     assert!(qt.len() >= c * p * TILE && energy.len() >= TILE && chunk_max.len() >= CHUNKS && w.len() >= c);
-    for chunk in 0..CHUNKS {
+    for (chunk, top) in chunk_max[..CHUNKS].iter_mut().enumerate() {
         let base = chunk * LANES;
         // 2·P independent accumulator chains (up to eight registers) hide the FMA latency.
         let mut a = [[_mm256_setzero_ps(); 2]; P];
@@ -90,7 +90,7 @@ fn energies_avx2_impl<const C: usize, const P: usize>(
         let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-        chunk_max[chunk] = _mm_cvtss_f32(m);
+        *top = _mm_cvtss_f32(m);
     }
 }
 

@@ -450,15 +450,17 @@ pub fn encode_blocks(w: &[f32], tables: &Tables, e_min: i32, stats: &mut SearchS
             let need = wn - margin - *best_err;
             energies(qt, &scaled[b * c..(b + 1) * c], cfg, &mut energy, &mut chunk_max);
             for (chunk, &top) in chunk_max.iter().enumerate() {
-                if !(top as f64 >= need) {
+                // `top` may be NaN only for a non-finite block; then every seed is fitted.
+                if (top as f64) < need {
                     continue;
                 }
-                for lane in chunk * lanes..(chunk + 1) * lanes {
+                let lanes_range = chunk * lanes..(chunk + 1) * lanes;
+                for (lane, &e) in lanes_range.clone().zip(&energy[lanes_range]) {
                     let idx = tile * TILE + lane;
                     if idx >= N_SEEDS || !tables.usable[idx] {
                         continue;
                     }
-                    if wn - energy[lane] as f64 - margin >= *best_err {
+                    if wn - e as f64 - margin >= *best_err {
                         continue;
                     }
                     stats.fitted += 1;
@@ -532,7 +534,7 @@ pub fn unpack(bytes: &[u8], n: usize, cfg: Config) -> Option<Vec<Code>> {
 /// nothing, when `bytes` is not the size of `out.len() / C` blocks or `out` is not whole blocks.
 pub fn decode_tensor(bytes: &[u8], cfg: Config, e_min: i32, out: &mut [f32]) -> bool {
     let n = out.len() / cfg.c;
-    if out.len() % cfg.c != 0 || bytes.len() != cfg.tensor_bytes(n) {
+    if !out.len().is_multiple_of(cfg.c) || bytes.len() != cfg.tensor_bytes(n) {
         return false;
     }
     let (seeds, nib) = bytes.split_at(2 * n);
