@@ -2,7 +2,9 @@
 //! its weights or after ternary fine-tuning distilled from the model itself (see
 //! `crate::ternary`).
 
-use super::train::train_options;
+use super::train::{
+    default_clip, default_ctx, default_eval_every, default_min_lr, default_schedule, one, train_options,
+};
 use super::TrainJob;
 use crate::error::{Error, Result};
 use crate::job::record::{metric, Recorder};
@@ -84,24 +86,6 @@ fn default_steps() -> u64 {
 }
 fn default_lr() -> f64 {
     2e-4
-}
-fn default_schedule() -> String {
-    "cosine".into()
-}
-fn default_min_lr() -> f64 {
-    0.1
-}
-fn one() -> usize {
-    1
-}
-fn default_clip() -> f64 {
-    1.0
-}
-fn default_ctx() -> usize {
-    256
-}
-fn default_eval_every() -> u64 {
-    10
 }
 
 impl TernaryJob {

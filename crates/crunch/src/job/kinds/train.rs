@@ -115,22 +115,22 @@ fn default_steps() -> u64 {
 fn default_lr() -> f64 {
     2e-4
 }
-fn default_schedule() -> String {
+pub(super) fn default_schedule() -> String {
     "cosine".into()
 }
-fn default_min_lr() -> f64 {
+pub(super) fn default_min_lr() -> f64 {
     0.1
 }
-fn one() -> usize {
+pub(super) fn one() -> usize {
     1
 }
-fn default_clip() -> f64 {
+pub(super) fn default_clip() -> f64 {
     1.0
 }
-fn default_ctx() -> usize {
+pub(super) fn default_ctx() -> usize {
     256
 }
-fn default_eval_every() -> u64 {
+pub(super) fn default_eval_every() -> u64 {
     10
 }
 fn default_adapter_type() -> String {
