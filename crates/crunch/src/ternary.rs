@@ -70,42 +70,13 @@ pub fn ternary_type(name: &str, field: &str) -> Result<GgmlType> {
 }
 
 /// Ternarize `model_path` into `output` (`ty` TQ1_0 or TQ2_0), after fine-tuning when `training`
-/// is given.
+/// is given. `twin`: also write the model in the other ternary type there (the same weights: TQ1_0 and
+/// TQ2_0 of one latent decode to the same values).
 ///
 /// # Errors
 /// Unreadable inputs, the training options' errors (named by field), I/O; [`Error::Cancelled`]
-/// (nothing written).
-/// `twin`: also write the model in the other ternary type there (the same weights: TQ1_0 and
-/// TQ2_0 of one latent decode to the same values).
+/// (nothing written; a twin that fails takes the output with it).
 pub fn ternary(
-    model_path: &Path,
-    output: &Path,
-    ty: GgmlType,
-    twin: Option<&Path>,
-    training: Option<&TernaryTraining>,
-    progress: &dyn Progress,
-    cancel: &Cancel,
-) -> Result<TernaryReport> {
-    let res = ternary_inner(model_path, output, ty, twin, training, progress, cancel);
-    if res.is_err() {
-        if let Some(t) = twin {
-            let _ = std::fs::remove_file(t);
-            let _ = std::fs::remove_file(crunch_core::output::sidecar_path(t));
-        }
-    }
-    res
-}
-
-/// The other ternary type.
-fn other(ty: GgmlType) -> GgmlType {
-    if ty == GgmlType::TQ1_0 {
-        GgmlType::TQ2_0
-    } else {
-        GgmlType::TQ1_0
-    }
-}
-
-fn ternary_inner(
     model_path: &Path,
     output: &Path,
     ty: GgmlType,
@@ -121,7 +92,7 @@ fn ternary_inner(
         progress.start("ternary (post-training)", 1);
         let export = export_absmean(&file, output, ty).map_err(write_err)?;
         if let Some(t) = twin {
-            export_absmean(&file, t, other(ty)).map_err(write_err)?;
+            export_absmean(&file, t, other(ty)).map_err(write_err).inspect_err(|_| remove(output))?;
         }
         progress.finish(&format!("wrote {}", output.display()));
         return report(output, ty, export, Vec::new(), Vec::new(), (0, 0, 0.0), start);
@@ -162,7 +133,7 @@ fn ternary_inner(
     let tokens = (o.config.batch_size * o.config.grad_accum * o.chunks.n_ctx) as f64 * curve.len() as f64;
     let export = model.export(output, ty).map_err(write_err)?;
     if let Some(t) = twin {
-        model.export(t, other(ty)).map_err(write_err)?;
+        model.export(t, other(ty)).map_err(write_err).inspect_err(|_| remove(output))?;
     }
     if let Some(p) = &o.plot {
         let svg = train::plot("ternary", &curve, &heldout);
@@ -171,6 +142,21 @@ fn ternary_inner(
     progress.finish(&format!("{} steps; wrote {}", curve.len(), output.display()));
     let tps = if seconds > 0.0 { tokens / seconds } else { 0.0 };
     report(output, ty, export, curve, heldout, (n_train, holdout.len(), tps), start)
+}
+
+/// The other ternary type.
+fn other(ty: GgmlType) -> GgmlType {
+    if ty == GgmlType::TQ1_0 {
+        GgmlType::TQ2_0
+    } else {
+        GgmlType::TQ1_0
+    }
+}
+
+/// Remove a written output and its sidecar (a twin that could not be written takes its pair along).
+fn remove(p: &Path) {
+    let _ = std::fs::remove_file(p);
+    let _ = std::fs::remove_file(crunch_core::output::sidecar_path(p));
 }
 
 fn report(
