@@ -246,12 +246,33 @@ fn decode_into(file: &GgufFile, src: &TensorInfo, t: &SeedTensor, cfg: Config, o
     Ok(())
 }
 
-/// Open a GGUF for computing with it: a SeedLM container is decoded ([`decode`]), any other file
-/// is memory-mapped as it is.
+/// Opens a Hugging Face folder as a GGUF (conversion lives above this crate: `crunch` registers
+/// it with [`set_folder_opener`]).
+pub type FolderOpener = fn(&Path) -> std::result::Result<GgufFile, String>;
+
+static FOLDER_OPENER: std::sync::OnceLock<FolderOpener> = std::sync::OnceLock::new();
+
+/// Let [`open_gguf`] open Hugging Face folders (quantized checkpoints included) with `f`; the
+/// first registration wins.
+pub fn set_folder_opener(f: FolderOpener) {
+    let _ = FOLDER_OPENER.set(f);
+}
+
+/// Open a model for computing with it: a SeedLM container is decoded ([`decode`]), a Hugging
+/// Face folder is converted by the registered [`FolderOpener`], any other file is memory-mapped
+/// as it is.
 ///
 /// # Errors
-/// The GGUF reader's errors and [`decode`]'s.
+/// The GGUF reader's errors, [`decode`]'s, the folder opener's (or a folder with none registered).
 pub fn open_gguf(path: impl AsRef<Path>) -> Result<GgufFile> {
+    let path = path.as_ref();
+    if path.is_dir() {
+        let open = FOLDER_OPENER.get().ok_or_else(|| ModelError::File {
+            path: path.display().to_string(),
+            reason: "is a folder; convert it to GGUF first (crunch convert)".into(),
+        })?;
+        return open(path).map_err(|reason| ModelError::File { path: path.display().to_string(), reason });
+    }
     decode(GgufFile::open(path)?)
 }
 

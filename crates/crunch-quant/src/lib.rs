@@ -14,6 +14,7 @@
 use crunch_core::GgmlType;
 
 pub mod float;
+pub mod hfq;
 pub mod iquants;
 pub mod kquants;
 pub mod legacy;

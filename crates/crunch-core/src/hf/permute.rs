@@ -56,6 +56,19 @@ pub fn unpermute(src: &[u8], n_rows: usize, n_head: usize, out: &mut Vec<u8>) ->
     apply(src, n_rows, n_head, out, false)
 }
 
+/// The permutation as source row indices: row `r` of the result is row `order[r]` of the input
+/// ([`permute`] when `forward`, else [`unpermute`]), for data whose rows are not bytes of equal
+/// length (e.g. codes and scales kept apart).
+///
+/// # Errors
+/// As [`permute`].
+pub fn row_order(n_rows: usize, n_head: usize, forward: bool) -> Result<Vec<usize>, PermuteError> {
+    let idx: Vec<u8> = (0..n_rows as u64).flat_map(|i| i.to_le_bytes()).collect();
+    let mut out = Vec::new();
+    apply(&idx, n_rows, n_head, &mut out, forward)?;
+    Ok(out.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@
 pub mod naming;
 pub mod pretok;
 pub mod provenance;
+pub mod quantized;
 pub mod spm;
 pub mod vocab;
 
@@ -44,11 +45,14 @@ pub struct ConvertOptions {
     pub pre: Option<String>,
     /// `general.name` to write instead of the one found in the folder.
     pub name: Option<String>,
+    /// A quantized checkpoint's weights go to the GGUF type that holds them without requantizing
+    /// ([`quantized::exact_route`]) instead of the float `quantize.ftype` (what `--type auto` does).
+    pub keep_quantized: bool,
 }
 
 impl ConvertOptions {
     pub fn new(ftype: Ftype) -> Self {
-        ConvertOptions { quantize: QuantizeOptions::new(ftype), pre: None, name: None }
+        ConvertOptions { quantize: QuantizeOptions::new(ftype), pre: None, name: None, keep_quantized: false }
     }
 }
 
@@ -73,6 +77,9 @@ pub struct TensorConv {
     pub permute_heads: Option<u32>,
     #[serde(skip)]
     generated: Option<Vec<u8>>,
+    /// A weight stored quantized (index in the plan's quantized weights): decoded when written.
+    #[serde(skip)]
+    quantized: Option<usize>,
 }
 
 fn ser_type<S: serde::Serializer>(t: &GgmlType, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -94,6 +101,8 @@ pub struct ConvertPlan {
     pub dir: PathBuf,
     pub config: HfConfig,
     model: SafetensorsModel,
+    /// The quantized weights of a GPTQ, AWQ, compressed-tensors or bitsandbytes checkpoint.
+    pub quantized: Option<quantized::QuantCheckpoint>,
     /// In checkpoint order (the order of a float conversion).
     pub tensors: Vec<TensorConv>,
     /// The metadata of the float conversion (before quantization).
@@ -107,6 +116,19 @@ pub struct ConvertPlan {
     pub quant: Option<Plan>,
     pub vocab: VocabSummary,
     pub total_params: u64,
+}
+
+/// How a quantized checkpoint's weight was written.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteNote {
+    pub tensor: String,
+    /// The checkpoint's format (`gptq 4-bit (V1 zeros)`, ...).
+    pub from: String,
+    /// The GGUF type written.
+    pub to: String,
+    /// The largest difference from the checkpoint's exact values the written base type holds
+    /// before any further quantization (0: exact); none when the values were requantized.
+    pub max_abs_error: Option<f32>,
 }
 
 /// What a finished conversion reports.
@@ -125,6 +147,10 @@ pub struct ConvertReport {
     pub peak_rss_bytes: u64,
     /// Peak anonymous memory sampled after each tensor (the memory crunch allocates).
     pub peak_anon_bytes: u64,
+    /// Each quantized weight of a GPTQ/AWQ/compressed-tensors/bitsandbytes checkpoint: the type it
+    /// went to and the error that added.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quantized: Vec<RouteNote>,
 }
 
 /// Hyper-parameters needed for shape checks.
@@ -281,6 +307,7 @@ pub fn plan(dir: &Path, opts: &ConvertOptions) -> Result<ConvertPlan> {
     let dims = Dims::of(&cfg)?;
     let model = SafetensorsModel::open(dir)?;
     let ftype = opts.quantize.ftype;
+    let qck = quantized::scan(&cfg.raw, &model)?;
 
     let mut tensors: Vec<TensorConv> = Vec::new();
     if arch == HfArch::Llama {
@@ -297,12 +324,31 @@ pub fn plan(dir: &Path, opts: &ConvertOptions) -> Result<ConvertPlan> {
                 dims: vec![n],
                 permute_heads: None,
                 generated: Some(f.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                quantized: None,
             });
         }
     }
     let mut seen: HashMap<String, String> = HashMap::new();
     let mut found: Vec<TensorId> = Vec::new();
-    for t in model.tensors() {
+    // Quantized weights stand in for the tensor sets holding them, as F32 sources.
+    let virtual_weights: Vec<crunch_core::safetensors::TensorInfo> = qck
+        .iter()
+        .flat_map(|q| &q.weights)
+        .map(|w| crunch_core::safetensors::TensorInfo {
+            name: w.hf_name(),
+            dtype: Dtype::F32,
+            shape: w.shape.to_vec(),
+            data_offsets: (0, 0),
+            shard: 0,
+        })
+        .collect();
+    let consumed = qck.as_ref().map(|q| &q.consumed);
+    let sources =
+        model.tensors().iter().filter(|t| !consumed.is_some_and(|c| c.contains(&t.name))).chain(&virtual_weights);
+    for t in sources {
+        let qidx = qck
+            .as_ref()
+            .and_then(|q| q.weights.iter().position(|w| w.hf_name() == t.name && w.shape.as_slice() == t.shape));
         let (gguf, id) = match names::hf_to_gguf(arch, &t.name) {
             None => return Err(HfError::UnmappedTensor { tensor: t.name.clone(), arch: cfg.hf_arch.clone() }.into()),
             Some(Mapped::Skip) => continue,
@@ -341,17 +387,26 @@ pub fn plan(dir: &Path, opts: &ConvertOptions) -> Result<ConvertPlan> {
             _ => None,
         };
         found.push(id);
-        let base = base_type(&gguf, id.role, t.shape.len(), ftype, src_type);
+        let mut base = base_type(&gguf, id.role, t.shape.len(), ftype, src_type);
+        let mut dtype = t.dtype.to_string();
+        if let (Some(i), Some(q)) = (qidx, &qck) {
+            let w = &q.weights[i];
+            dtype = w.kind.label();
+            if opts.keep_quantized {
+                base = w.route(&model)?;
+            }
+        }
         tensors.push(TensorConv {
             hf_name: t.name.clone(),
             gguf_name: gguf,
             hf_shape: t.shape.clone(),
-            dtype: t.dtype.to_string(),
+            dtype,
             src_type,
             base_type: base,
             dims: t.ggml_dims(),
             permute_heads,
             generated: None,
+            quantized: qidx,
         });
     }
     let missing: Vec<String> = names::required(arch, n_layer)
@@ -382,7 +437,19 @@ pub fn plan(dir: &Path, opts: &ConvertOptions) -> Result<ConvertPlan> {
     let total_params: u64 = tensors.iter().map(|t| t.hf_shape.iter().product::<u64>()).sum();
 
     // The float type of the checkpoint's matrices, for the file a preset quantizes from.
-    let base_ftype = if is_float_target(ftype) {
+    let base_ftype = if opts.keep_quantized && qck.is_some() {
+        // general.file_type of a file holding a quantized checkpoint as it is: its main type.
+        let mut count: HashMap<GgmlType, u64> = HashMap::new();
+        for t in tensors.iter().filter(|t| t.quantized.is_some()) {
+            *count.entry(t.base_type).or_default() += t.hf_shape.iter().product::<u64>();
+        }
+        match count.into_iter().max_by_key(|(ty, n)| (*n, ty.code())).map(|(t, _)| t) {
+            Some(GgmlType::Q4_0) => Ftype::Q4_0,
+            Some(GgmlType::Q4_1) => Ftype::Q4_1,
+            Some(GgmlType::Q8_0) => Ftype::Q8_0,
+            _ => ftype,
+        }
+    } else if is_float_target(ftype) {
         ftype
     } else {
         let mut count: HashMap<GgmlType, usize> = HashMap::new();
@@ -442,6 +509,7 @@ pub fn plan(dir: &Path, opts: &ConvertOptions) -> Result<ConvertPlan> {
         dir: dir.to_path_buf(),
         config: cfg,
         model,
+        quantized: qck,
         tensors,
         base_metadata: md,
         metadata,
@@ -508,8 +576,9 @@ impl ConvertPlan {
         v
     }
 
-    /// The float-typed bytes of a tensor: checkpoint data, Q/K permuted, converted to the base type.
-    fn base_bytes<'a>(&'a self, t: &'a TensorConv) -> Result<Cow<'a, [u8]>> {
+    /// The base-typed bytes of a tensor stored plainly in the checkpoint: its data, Q/K permuted,
+    /// converted to the base type.
+    fn plain_bytes<'a>(&'a self, t: &'a TensorConv) -> Result<Cow<'a, [u8]>> {
         let src: &[u8] = match &t.generated {
             Some(g) => g,
             None => self.model.data(&t.hf_name)?,
@@ -528,6 +597,77 @@ impl ConvertPlan {
         }
         Ok(data)
     }
+}
+
+impl ConvertPlan {
+    /// A quantized weight as its base type: the integer groups copied onto the GGUF type that holds
+    /// them when that is the base type ([`quantized::exact_route`]), else its exact values
+    /// converted. Also the largest error the GGUF type adds to the checkpoint's values.
+    fn quantized_bytes(&self, t: &TensorConv, w: &quantized::QWeight) -> Result<(Vec<u8>, f32)> {
+        let d = w.decode(&self.model)?;
+        let rows = t.hf_shape[0] as usize;
+        let (route, err) = quantized::exact_route(&d);
+        if let (Some(mut g), true) = (d.groups, route == t.base_type) {
+            if let Some(h) = t.permute_heads {
+                let order = permute::row_order(rows, h as usize, true)
+                    .map_err(|e| Error::Invalid(format!("tensor {}: {e}", t.hf_name)))?;
+                g.permute_rows(&order);
+            }
+            return Ok((quantized::encode_exact(&t.gguf_name, &g, route)?, err));
+        }
+        let mut data: Vec<u8> = bytemuck::cast_slice(&d.values).to_vec();
+        if let Some(heads) = t.permute_heads {
+            let mut out = Vec::new();
+            permute::permute(&data, rows, heads as usize, &mut out)
+                .map_err(|e| Error::Invalid(format!("tensor {}: {e}", t.hf_name)))?;
+            data = out;
+        }
+        if t.base_type == GgmlType::F32 {
+            return Ok((data, 0.0));
+        }
+        let mut out = Vec::new();
+        quantize::convert_tensor(&t.gguf_name, &data, GgmlType::F32, t.base_type, t.dims[0] as usize, None, &mut out)?;
+        Ok((out, f32::NAN))
+    }
+}
+
+/// A Hugging Face folder (plain or quantized) as a GGUF to compute with: converted to a temporary
+/// file that is memory-mapped and unlinked at once. Float checkpoints keep their type; quantized
+/// weights take their exact GGUF route where it adds no error (Q4_0, Q8_0), F32 where it would
+/// (Q4_1), F16 for bitsandbytes (the type bitsandbytes computes in).
+///
+/// # Errors
+/// [`plan`]'s and [`execute`]'s.
+pub fn open_folder(dir: &Path) -> Result<crunch_core::gguf::GgufFile> {
+    let m = SafetensorsModel::open(dir)?;
+    let first = m.tensors().iter().find(|t| t.shape.len() >= 2 && ggml_of(t.dtype).is_some()).map(|t| t.dtype);
+    drop(m);
+    let ftype = match first {
+        Some(Dtype::BF16) => Ftype::BF16,
+        Some(Dtype::F32) => Ftype::F32,
+        _ => Ftype::F16,
+    };
+    let mut opts = ConvertOptions::new(ftype);
+    opts.keep_quantized = true;
+    let mut p = plan(dir, &opts)?;
+    for t in p.tensors.iter_mut().filter(|t| t.quantized.is_some() && t.base_type == GgmlType::Q4_1) {
+        t.base_type = GgmlType::F32;
+    }
+    let tmp = std::env::temp_dir().join(format!(
+        "crunch-folder-{}-{}.gguf",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    ));
+    let res = execute(&p, &tmp, &crate::progress::NoProgress, &Cancel::default())
+        .and_then(|_| crunch_core::gguf::GgufFile::open(&tmp).map_err(Error::from));
+    let _ = std::fs::remove_file(&tmp);
+    res
+}
+
+/// Make [`crunch_model::seedlm::open_gguf`] (and so every model crunch computes with) open
+/// Hugging Face folders through [`open_folder`].
+pub fn register_folder_opener() {
+    crunch_model::seedlm::set_folder_opener(|dir| open_folder(dir).map_err(|e| e.to_string()));
 }
 
 /// Write the planned GGUF to `output`.
@@ -570,6 +710,7 @@ pub fn execute(plan: &ConvertPlan, output: &Path, progress: &dyn Progress, cance
     progress.start("convert", total);
     // Two stages overlap: this thread converts tensor i+1 (its pages prefetched) while a writer
     // thread writes tensor i; a rendezvous channel keeps at most two tensors in memory.
+    let mut routes: Vec<RouteNote> = Vec::new();
     let sha256 = std::thread::scope(|scope| -> Result<String> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Cow<[u8]>)>(0);
         let order_ref = &order;
@@ -603,7 +744,19 @@ pub fn execute(plan: &ConvertPlan, output: &Path, progress: &dyn Progress, cance
                     plan.model.prefetch_tensor(&next.hf_name);
                 }
             }
-            let data = match plan.base_bytes(t) {
+            let base = match (t.quantized, &plan.quantized) {
+                (Some(qi), Some(q)) => plan.quantized_bytes(t, &q.weights[qi]).map(|(b, err)| {
+                    routes.push(RouteNote {
+                        tensor: t.gguf_name.clone(),
+                        from: t.dtype.clone(),
+                        to: t.base_type.name().to_string(),
+                        max_abs_error: if err.is_nan() { None } else { Some(err) },
+                    });
+                    Cow::Owned(b)
+                }),
+                _ => plan.plain_bytes(t),
+            };
+            let data = match base {
                 Ok(base) if ty == t.base_type => Ok(base),
                 Ok(base) => {
                     let mut buf = Vec::new();
@@ -646,5 +799,6 @@ pub fn execute(plan: &ConvertPlan, output: &Path, progress: &dyn Progress, cance
         read_mb_per_s: total as f64 / 1e6 / seconds.max(1e-9),
         peak_rss_bytes: memory::status().map(|s| s.peak_rss).unwrap_or(0),
         peak_anon_bytes: anon.get(),
+        quantized: routes,
     })
 }

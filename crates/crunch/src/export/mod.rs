@@ -8,6 +8,7 @@
 //! into shards. How each tensor is stored is a [`Layout`]: plain tensors here, compressed-tensors'
 //! sparse bitmask formats in [`sparse`]; the folder, names, order and streaming are shared.
 
+pub mod quantized;
 pub mod sparse;
 pub mod tokenizer;
 
@@ -42,11 +43,13 @@ pub struct ExportOptions {
     pub max_shard_bytes: u64,
     /// Store the blocks' linear weights in a compressed-tensors sparse format (see [`sparse`]).
     pub sparse: Option<sparse::SparseFormat>,
+    /// Store the blocks' linear weights quantized in a GPU server's format (see [`quantized`]).
+    pub quant: Option<quantized::QuantExport>,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions { dtype: None, max_shard_bytes: DEFAULT_SHARD_BYTES, sparse: None }
+        ExportOptions { dtype: None, max_shard_bytes: DEFAULT_SHARD_BYTES, sparse: None, quant: None }
     }
 }
 
@@ -64,6 +67,9 @@ pub struct ExportReport {
     /// With [`ExportOptions::sparse`]: the compressed tensors and their sizes against dense.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sparse: Option<sparse::SparseReport>,
+    /// With [`ExportOptions::quant`]: the quantized weights, their sizes and errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantized: Option<quantized::QuantReport>,
 }
 
 fn dtype_of(ty: GgmlType) -> Result<(Dtype, &'static str)> {
@@ -142,10 +148,40 @@ impl ExportTensor<'_> {
         quantize::convert_tensor(&self.info.name, src, self.info.ty, self.ty, self.info.row_len() as usize, None, buf)
     }
 
-    /// The bytes of the Hugging Face tensor: [`values`](Self::values) with the Q/K rows
-    /// un-permuted; `buf` and `perm` are scratch.
-    pub fn hf_bytes<'b>(&self, input: &GgufFile, buf: &'b mut Vec<u8>, perm: &'b mut Vec<u8>) -> Result<&'b [u8]> {
-        self.values(input, buf)?;
+    /// The bytes of the Hugging Face tensor: [`values`](Self::values) (or `replaced`, the
+    /// tensor's f32 values when something such as AWQ changed them) with the Q/K rows un-permuted;
+    /// `buf` and `perm` are scratch.
+    pub fn hf_bytes<'b>(
+        &self,
+        input: &GgufFile,
+        buf: &'b mut Vec<u8>,
+        perm: &'b mut Vec<u8>,
+        replaced: Option<&[f32]>,
+    ) -> Result<&'b [u8]> {
+        match replaced {
+            Some(v) => {
+                if v.len() as u64 != self.info.n_elements() {
+                    return Err(Error::Invalid(format!(
+                        "tensor {}: {} replacement values for {} elements",
+                        self.info.name,
+                        v.len(),
+                        self.info.n_elements()
+                    )));
+                }
+                buf.clear();
+                let bytes: &[u8] = bytemuck::cast_slice(v);
+                quantize::convert_tensor(
+                    &self.info.name,
+                    bytes,
+                    GgmlType::F32,
+                    self.ty,
+                    self.info.row_len() as usize,
+                    None,
+                    buf,
+                )?;
+            }
+            None => self.values(input, buf)?,
+        }
         match self.permute_heads {
             Some(h) => {
                 permute::unpermute(buf, self.info.n_rows() as usize, h, perm).map_err(|e| {
@@ -185,6 +221,30 @@ pub(crate) trait Layout {
 
     /// Add to `config.json`, once every tensor is written.
     fn config(&self, _config: &mut Map<String, Json>) {}
+
+    /// The type a tensor's values are handed to [`write`](Self::write) in, instead of the
+    /// export's (e.g. F32 for weights the layout quantizes itself).
+    fn source_type(&self, _t: &ExportTensor<'_>) -> Option<GgmlType> {
+        None
+    }
+
+    /// The tensor's f32 values when the layout replaces the file's (GGUF row order).
+    fn source_values(&self, _t: &ExportTensor<'_>) -> Option<&[f32]> {
+        None
+    }
+
+    /// More JSON files for the folder (name, content), once every tensor is written.
+    fn extra_files(&self) -> Vec<(String, Json)> {
+        Vec::new()
+    }
+
+    /// Finish files the layout wrote besides the folder's; their names and SHA-256.
+    ///
+    /// # Errors
+    /// I/O.
+    fn finish(&mut self) -> Result<Vec<(String, String)>> {
+        Ok(Vec::new())
+    }
 
     /// A paragraph for the model card.
     fn card_note(&self) -> Option<String> {
@@ -344,9 +404,11 @@ pub fn export(
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<ExportReport> {
-    match opts.sparse {
-        None => write_folder(input, dir, opts, &mut Dense, progress, cancel),
-        Some(format) => sparse::export(input, dir, opts, format, progress, cancel),
+    match (opts.sparse, &opts.quant) {
+        (Some(_), Some(_)) => Err(Error::field("export.sparse", "a sparse and a quantized format cannot be combined")),
+        (None, None) => write_folder(input, dir, opts, &mut Dense, progress, cancel),
+        (Some(format), None) => sparse::export(input, dir, opts, format, progress, cancel),
+        (None, Some(q)) => quantized::export(input, dir, opts, q, None, progress, cancel),
     }
 }
 
@@ -397,7 +459,12 @@ pub(crate) fn write_folder(
             _ => None,
         };
         let (dtype, _) = dtype_of(ty)?;
-        planned.push(ExportTensor { info, hf_name, id, permute_heads, ty, dtype });
+        let mut t = ExportTensor { info, hf_name, id, permute_heads, ty, dtype };
+        if let Some(ty) = layout.source_type(&t) {
+            t.ty = ty;
+            t.dtype = dtype_of(ty)?.0;
+        }
+        planned.push(t);
     }
     let tok = GgufTokenizer::from_metadata(md)?;
     // Check the tokenizer can be written before any tensor is.
@@ -470,7 +537,7 @@ pub(crate) fn write_folder(
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let data = p.hf_bytes(input, &mut buf, &mut perm)?;
+        let data = p.hf_bytes(input, &mut buf, &mut perm, layout.source_values(p))?;
         tensor_bytes += layout.write(p, data, &mut writer)?;
         input.release_tensor(p.info);
         done += p.info.n_bytes();
@@ -481,14 +548,19 @@ pub(crate) fn write_folder(
     }
     layout.config(&mut config);
     side.insert(0, ("config.json".into(), json_bytes(&Json::Object(config))?));
+    for (name, v) in layout.extra_files() {
+        side.push((name, json_bytes(&v)?));
+    }
     let mut files = Vec::new();
     for (name, bytes) in &side {
         write_file(dir, name, bytes, &mut files)?;
     }
     let out = writer.finish()?;
+    let extra = layout.finish()?;
     for (path, sha) in out.shards.iter().chain(out.index.iter()) {
         files.push((path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), sha.clone()));
     }
+    files.extend(extra);
     if !dropped.is_empty() {
         tracing::warn!("left out (no place in a Hugging Face folder): {}", dropped.join(", "));
     }
@@ -501,6 +573,7 @@ pub(crate) fn write_folder(
         seconds: t0.elapsed().as_secs_f64(),
         dropped_keys: dropped,
         sparse: None,
+        quantized: None,
     })
 }
 

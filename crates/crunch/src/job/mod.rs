@@ -416,6 +416,8 @@ impl Outcome {
 /// file, tensor or key), I/O, [`Error::Cancelled`] (no output left behind).
 pub fn run(job: &Job, ctx: &RunCtx) -> Result<Outcome> {
     ctx.check_cancel()?;
+    // Models may be Hugging Face folders (quantized checkpoints included) wherever one is read.
+    crate::convert::register_folder_opener();
     ctx.pool.install(|| match job {
         Job::Quantize(j) => kinds::quantize::run(j, ctx).map(Outcome::Quantize),
         Job::Convert(j) => kinds::convert::run(j, ctx).map(Outcome::Convert),

@@ -406,5 +406,6 @@ pub fn write_gguf(
         read_mb_per_s: total as f64 / 1e6 / seconds.max(1e-9),
         peak_rss_bytes: memory::status().map(|s| s.peak_rss).unwrap_or(0),
         peak_anon_bytes: anon.get(),
+        quantized: Vec::new(),
     })
 }

@@ -265,6 +265,7 @@ pub fn export(
         seconds: t0.elapsed().as_secs_f64(),
         dropped_keys: dropped,
         sparse: None,
+        quantized: None,
     })
 }
 

@@ -66,6 +66,7 @@ pub(crate) fn run(j: &ConvertJob, ctx: &RunCtx) -> Result<ConvertOutcome> {
         j.ftype.parse::<Ftype>().map_err(|e| Error::field("convert.type", e))?
     };
     let mut opts = ConvertOptions::new(ftype);
+    opts.keep_quantized = j.ftype.eq_ignore_ascii_case("auto");
     opts.pre = j.pre.clone();
     opts.name = j.name.clone();
     let plan = convert::plan(&j.model, &opts)?;

@@ -3,6 +3,7 @@
 
 use super::{ExportJob, ExportOutcome};
 use crate::error::{Error, Result};
+use crate::export::quantized::{HfFormat, HfMethod, QuantExport};
 use crate::export::sparse::SparseFormat;
 use crate::export::{self, ExportOptions};
 use crate::job::record::{metric, Recorder};
@@ -41,17 +42,128 @@ pub(crate) fn run(j: &ExportJob, ctx: &RunCtx) -> Result<ExportOutcome> {
             ),
         ));
     }
-    let opts = ExportOptions { dtype, max_shard_bytes: j.max_shard_bytes, sparse };
+    let quant = quant_export(j)?;
+    if quant.is_some() && sparse.is_some() {
+        return Err(Error::field("export.sparse", "a sparse and a quantized format cannot be combined"));
+    }
+    let opts = ExportOptions { dtype, max_shard_bytes: j.max_shard_bytes, sparse, quant: quant.clone() };
     let params = serde_json::json!({
         "dtype": j.dtype,
         "max_shard_bytes": j.max_shard_bytes,
         "sparse": sparse.map(SparseFormat::name),
+        "format": quant.as_ref().map(|q| q.format.name()),
+        "bits": quant.as_ref().map(|q| q.bits),
+        "group_size": quant.as_ref().map(|q| q.group_size),
+        "sym": quant.as_ref().map(|q| q.sym),
+        "method": j.calibration.as_ref().map(|c| c.method.to_string()).or_else(|| j.method.clone()),
     });
-    let rec = Recorder::start("export", ctx.registry.as_deref(), Some(j.dtype.clone()), params, &[("model", &j.model)]);
-    let res = export::export(&input, &j.output, &opts, ctx.progress.as_ref(), &ctx.cancel);
+    let label = match &quant {
+        Some(q) => format!(
+            "{} {}",
+            q.format.name(),
+            j.calibration
+                .as_ref()
+                .map_or_else(|| j.method.clone().unwrap_or_else(|| "rtn".into()), |c| c.method.to_string())
+        ),
+        None => j.dtype.clone(),
+    };
+    let rec = Recorder::start("export", ctx.registry.as_deref(), Some(label), params, &[("model", &j.model)]);
+    let res = match (&quant, &j.calibration) {
+        (Some(q), Some(c)) => calibrated_export(&input, j, q, c, &opts, ctx),
+        _ => export::export(&input, &j.output, &opts, ctx.progress.as_ref(), &ctx.cancel),
+    };
     let (result, run_id) =
         rec.close(res, |r| vec![(metric::FILE_BYTES, r.tensor_bytes as f64), (metric::SECONDS, r.seconds)])?;
     Ok(ExportOutcome { result, run_id })
+}
+
+/// The quantized format a job asks for, checked; `None` for a plain export.
+fn quant_export(j: &ExportJob) -> Result<Option<QuantExport>> {
+    let Some(f) = &j.format else {
+        let set = [
+            ("bits", j.bits.is_some()),
+            ("group_size", j.group_size.is_some()),
+            ("asym", j.asym.is_some()),
+            ("double_quant", j.double_quant.is_some()),
+            ("method", j.method.is_some()),
+            ("calibration", j.calibration.is_some()),
+            ("reference", j.reference.is_some()),
+        ];
+        if let Some((k, _)) = set.iter().find(|(_, s)| *s) {
+            return Err(Error::field(format!("export.{k}"), "only applies with a quantized format (`format`)"));
+        }
+        return Ok(None);
+    };
+    let (format, fixed_bits) = HfFormat::parse(f).ok_or_else(|| {
+        Error::field(
+            "export.format",
+            format!("{f:?}: choose nf4, fp4, bnb-int8, gptq, awq, compressed-tensors, int4 or int8"),
+        )
+    })?;
+    let mut q = QuantExport::new(format);
+    if let Some(b) = fixed_bits {
+        q.bits = b;
+        if let Some(asked) = j.bits.filter(|&x| x != b) {
+            return Err(Error::field("export.bits", format!("{f} is {b}-bit; {asked} bits were asked")));
+        }
+    } else if let Some(b) = j.bits {
+        q.bits = b;
+    }
+    if let Some(g) = j.group_size {
+        q.group_size = g;
+    }
+    if let Some(d) = j.double_quant {
+        if !matches!(format, HfFormat::Nf4 | HfFormat::Fp4) {
+            return Err(Error::field("export.double_quant", format!("only bitsandbytes 4-bit has it, not {f}")));
+        }
+        q.double_quant = d;
+    }
+    q.method = match (j.method.as_deref().map(str::to_ascii_lowercase).as_deref(), &j.calibration) {
+        (None | Some("rtn"), None) => HfMethod::Rtn,
+        (Some("hqq"), None) => HfMethod::Hqq,
+        (None, Some(_)) => HfMethod::Calibrated,
+        (Some(m), Some(_)) => {
+            return Err(Error::field("export.method", format!("{m:?} and a calibration were both given; choose one")))
+        }
+        (Some(m), None) => {
+            return Err(Error::field(
+                "export.method",
+                format!("{m:?}: choose rtn or hqq (gptq and awq need calibration text)"),
+            ))
+        }
+    };
+    // Zero points: AWQ always; HQQ optimises them, so it implies them unless told otherwise.
+    q.sym = match j.asym {
+        Some(a) => !a,
+        None => format != HfFormat::Awq && q.method != HfMethod::Hqq,
+    };
+    q.reference.clone_from(&j.reference);
+    q.check()?;
+    Ok(Some(q))
+}
+
+/// GPTQ / AWQ onto the integer grid, then the quantized export of their results.
+fn calibrated_export(
+    input: &GgufFile,
+    j: &ExportJob,
+    q: &QuantExport,
+    c: &super::CalibrationSpec,
+    opts: &ExportOptions,
+    ctx: &RunCtx,
+) -> Result<export::ExportReport> {
+    let spec = q.int_spec().ok_or_else(|| {
+        Error::field(
+            "export.calibration",
+            format!(
+                "{} is not an integer format; GPTQ and AWQ calibrate gptq, awq and compressed-tensors",
+                q.format.name()
+            ),
+        )
+    })?;
+    let mo = super::quantize::method_options(c)?
+        .ok_or_else(|| Error::field("export.calibration.method", "choose gptq, awq or awq,gptq"))?;
+    let cal: export::quantized::Calibrated = TEMP_CALIBRATE(input, spec, &mo, ctx)?;
+    export::quantized::export(input, &j.output, opts, q, Some(&cal), ctx.progress.as_ref(), &ctx.cancel)
 }
 
 /// A GGUF LoRA adapter to a PEFT adapter folder against `base`.
@@ -84,4 +196,17 @@ fn run_adapter(j: &ExportJob, input: GgufFile, dtype: Option<GgmlType>, ctx: &Ru
     let (result, run_id) =
         rec.close(res, |r| vec![(metric::FILE_BYTES, r.tensor_bytes as f64), (metric::SECONDS, r.seconds)])?;
     Ok(ExportOutcome { result, run_id })
+}
+
+#[allow(non_snake_case)]
+fn TEMP_CALIBRATE(
+    _: &GgufFile,
+    _: crunch_quant::hfq::IntSpec,
+    _: &crate::calibrate::method::MethodOptions,
+    _: &RunCtx,
+) -> Result<export::quantized::Calibrated> {
+    Err(Error::field(
+        "export.calibration",
+        "GPTQ and AWQ calibration onto these formats is not wired yet; use method rtn or hqq",
+    ))
 }

@@ -132,6 +132,21 @@ pub struct CalibrationSpec {
 }
 
 impl CalibrationSpec {
+    /// `method` on `text` with every other setting at its default.
+    pub fn defaults(method: crate::method::Method, text: PathBuf) -> Self {
+        CalibrationSpec {
+            method,
+            text,
+            ctx: Self::default_ctx(),
+            chunks: Self::default_chunks(),
+            seed: None,
+            damp: Self::default_damp(),
+            gptq_block: Self::default_block(),
+            act_order: false,
+            awq_grid: Self::default_grid(),
+        }
+    }
+
     pub fn default_ctx() -> usize {
         512
     }
@@ -200,6 +215,34 @@ pub struct ExportJob {
     /// a PEFT adapter folder (`crunch::peft`); only for adapters.
     #[serde(default)]
     pub base: Option<PathBuf>,
+    /// Store the blocks' linear weights quantized: `nf4`, `fp4` (bitsandbytes 4-bit), `bnb-int8`
+    /// (LLM.int8), `gptq`, `awq`, `compressed-tensors`, or `int4` / `int8` (compressed-tensors
+    /// W4A16 / W8A16). See `crunch::export::quantized`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Bits of GPTQ (2, 4, 8) and compressed-tensors (4, 8); default 4.
+    #[serde(default)]
+    pub bits: Option<u8>,
+    /// Group size of the integer formats (default 128), block size of bitsandbytes 4-bit
+    /// (default 64).
+    #[serde(default)]
+    pub group_size: Option<usize>,
+    /// Integer codes with zero points (default for AWQ and `method: hqq`; GPTQ and
+    /// compressed-tensors are symmetric otherwise).
+    #[serde(default)]
+    pub asym: Option<bool>,
+    /// bitsandbytes 4-bit: quantize the absmax values again (default true).
+    #[serde(default)]
+    pub double_quant: Option<bool>,
+    /// `rtn` (default) or `hqq`; GPTQ and AWQ codes come from `calibration` instead.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// GPTQ / AWQ calibration of the integer codes.
+    #[serde(default)]
+    pub calibration: Option<CalibrationSpec>,
+    /// Also write the f32 values meant for every quantized weight to this safetensors file.
+    #[serde(default)]
+    pub reference: Option<PathBuf>,
 }
 
 impl ExportJob {

@@ -38,7 +38,7 @@ fn load_imatrix(j: &QuantizeJob, input: &GgufFile) -> Result<Option<LoadedImatri
     Ok(Some((m, md)))
 }
 
-fn method_options(c: &CalibrationSpec) -> Result<Option<MethodOptions>> {
+pub(crate) fn method_options(c: &CalibrationSpec) -> Result<Option<MethodOptions>> {
     let field = "quantize.calibration.method";
     let method = c.method;
     match method {
