@@ -6,16 +6,17 @@
 //! product unchanged but moves quantization error away from channels with large activations.
 //! Candidates are `s = mean|x|^α / mean|W|^(1-α)` (normalized, `mean|W|` relative to each
 //! quantization block's maximum) for `α` on a grid, plus no scaling; each candidate's weights are
-//! quantized to their real target types and the one with the smallest output error
+//! quantized onto their real targets ([`Grid`]: a GGUF type, or the integer groups a GPU
+//! checkpoint will store) and the one with the smallest output error
 //! `‖x (W - Q(W·s)/s)ᵀ‖²` on a sample of tokens wins. The division of `x` is folded into the
 //! RMSNorm weight before q/k/v and gate/up, into `attn_v`'s rows before `attn_output` (one scale
 //! per key/value channel, shared by the query heads of a group under GQA) and into `ffn_up`'s
 //! rows before `ffn_down`.
 
-use crate::error::{CalibError, Result};
+use crate::error::Result;
+use crate::grid::Grid;
 use crate::linalg;
 use crate::runner::{column_abs_mean, Group, Layer};
-use crunch_core::GgmlType;
 use rayon::prelude::*;
 
 /// AWQ settings.
@@ -35,8 +36,12 @@ impl Default for AwqOptions {
 
 /// What the target of one weight is during the search.
 pub struct Target<'a> {
-    pub ty: GgmlType,
-    /// Importance of the unscaled input channels (an imatrix row), if any.
+    /// The weight's name (for errors).
+    pub name: &'a str,
+    /// What it will be rounded onto.
+    pub grid: Grid,
+    /// Importance of the unscaled input channels (an imatrix row), if any; a type's quantizer
+    /// uses it, integer groups ignore it.
     pub importance: Option<&'a [f32]>,
 }
 
@@ -108,11 +113,7 @@ fn scaled_error(xs: &[f32], n_in: usize, linears: &[(&[f32], Target)], s: Option
                 i.iter_mut().zip(s).for_each(|(v, f)| *v /= f * f);
             }
         }
-        let mut q = vec![0u8; t.ty.row_size(n_in).unwrap_or(0) * n_out];
-        crunch_quant::quantize_rows(t.ty, &ws, n_in, imp.as_deref(), &mut q)
-            .map_err(|source| CalibError::Quant { tensor: "AWQ search".into(), source })?;
-        crunch_quant::dequantize_rows(t.ty, &q, n_in, &mut ws)
-            .map_err(|source| CalibError::Quant { tensor: "AWQ search".into(), source })?;
+        let ws = t.grid.round_trip(t.name, &ws, n_in, imp.as_deref())?;
         let diff: Vec<f32> = w
             .par_chunks(n_in)
             .zip(ws.par_chunks(n_in))
@@ -128,7 +129,7 @@ fn scaled_error(xs: &[f32], n_in: usize, linears: &[(&[f32], Target)], s: Option
 /// `gqa`: `(n_head, n_head_kv, head_dim)` when the scales must be tied per key/value head.
 ///
 /// # Errors
-/// Quantization errors (unsupported types, sizes).
+/// Quantization errors (unsupported types, sizes that do not fit the grid), naming the weight.
 pub fn search(
     x: &[f32],
     n_in: usize,
@@ -138,7 +139,7 @@ pub fn search(
 ) -> Result<AwqChoice> {
     let xs = sample_rows(x, n_in, opts.max_tokens);
     let x_mean = column_abs_mean(x, n_in);
-    let block = linears.first().map_or(32, |(_, t)| t.ty.block_size().max(1));
+    let block = linears.first().map_or(32, |(_, t)| t.grid.block().max(1));
     let all_w: Vec<f32> = linears.iter().flat_map(|(w, _)| w.iter().copied()).collect();
     let w_mean = weight_mean(&all_w, n_in, block);
     drop(all_w);

@@ -98,6 +98,47 @@ fn every_format_decodes_to_the_values_meant() {
             q["tensors"].as_array().unwrap().iter().map(|t| t["rel_rmse"].as_f64().unwrap()).fold(0.0, f64::max);
         assert!(worst > 0.0 && worst < if want > 7.0 { 0.02 } else { 0.2 }, "{name}: worst relative rmse {worst}");
     }
+    // GPTQ's own codes (calibrated on text) are packed the same way and decode exactly too.
+    let text = crunch_testkit::wikitext_dev();
+    let (dir, reference) = (sc.join("gptq-cal"), sc.join("gptq-cal.ref.safetensors"));
+    let r = ok(&crunch(&[
+        "export",
+        s(&model),
+        s(&dir),
+        "--format",
+        "gptq",
+        "--group-size",
+        "64",
+        "--method",
+        "gptq",
+        "--text",
+        s(&text),
+        "--chunks",
+        "2",
+        "--ctx",
+        "128",
+        "--reference",
+        s(&reference),
+        "--json",
+        "-q",
+    ]));
+    let tensors = r["quantized"]["tensors"].as_array().unwrap();
+    assert!(tensors.iter().all(|t| t["calibrated"] == true), "every weight from GPTQ");
+    assert_eq!(check(&dir, &reference, &sc)["exact"], true);
+    let e = err(&crunch(&[
+        "export",
+        s(&model),
+        s(&sc.join("n")),
+        "--format",
+        "nf4",
+        "--method",
+        "gptq",
+        "--text",
+        s(&text),
+        "-q",
+    ]));
+    assert!(e.contains("--method") && e.contains("only rtn"), "{e}");
+
     let gq = sc.join("gptq8");
     let qc: Value = serde_json::from_slice(&std::fs::read(gq.join("quantize_config.json")).unwrap()).unwrap();
     assert_eq!(qc, config(&gq)["quantization_config"], "quantize_config.json repeats the config");

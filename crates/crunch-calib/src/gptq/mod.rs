@@ -1,13 +1,17 @@
-//! GPTQ (Frantar et al., 2022) rounding onto GGUF grids.
+//! GPTQ (Frantar et al., 2022) rounding onto GGUF grids and group-wise integers.
 //!
 //! For a weight `W` (`n_out × n_in`) and the Hessian `H = Σ xᵀx` of its inputs, columns are
 //! quantized one at a time; each column's rounding error, divided by the diagonal of `U`
 //! (`Uᵀ U = H⁻¹`), is spread over the columns not yet quantized (`w_k -= U_jk · err`), lazily in
-//! blocks of `block` columns. The grid comes from the target GGUF type: when the first column of
-//! one of its blocks is reached, the type's own quantizer (importance-weighted when an imatrix is
-//! given) encodes the block as it now stands, which fixes its scales; every column of that block
-//! is then rounded to the nearest value those scales allow. At the end the codes are packed into
-//! the encoded blocks, so the tensor is exactly what GPTQ chose, in the type's real format.
+//! blocks of `block` columns. The grid comes from the target ([`Grid`]). A GGUF type: when the
+//! first column of one of its blocks is reached, the type's own quantizer (importance-weighted
+//! when an imatrix is given) encodes the block as it now stands, which fixes its scales; every
+//! column of that block is then rounded to the nearest value those scales allow, and at the end
+//! the codes are packed into the encoded blocks, so the tensor is exactly what GPTQ chose, in the
+//! type's real format. Group-wise integers ([`IntSpec`]): when the first column of a group is
+//! reached, each row's scale and zero come from round-to-nearest ([`hfq::rtn_params`]) on the
+//! group's current (error-updated) values, as GPTQ's reference does without static groups; each
+//! column is rounded to the nearest code ([`hfq::code_of`]) and the result is an [`IntGroups`].
 //!
 //! The sweep itself (`sweep`) is shared with SparseGPT ([`crate::prune`]), which adds a pruning
 //! mask to it and may run it without a grid.
@@ -15,10 +19,13 @@
 pub mod grid;
 
 use crate::error::{CalibError, Result};
+use crate::grid::Grid;
 use crate::linalg;
 use crate::prune::{self, Sparsity};
 use crunch_core::GgmlType;
+use crunch_quant::hfq::{self, IntGroups, IntSpec};
 use grid::{type_grid, TypeGrid};
+use half::f16;
 use rayon::prelude::*;
 
 /// GPTQ settings.
@@ -53,9 +60,64 @@ pub struct GptqResult {
     pub loss: f64,
 }
 
+/// One weight rounded onto group-wise integers.
+#[derive(Clone, Debug)]
+pub struct GptqIntResult {
+    /// The codes, scales and zeros (rows and columns as given).
+    pub groups: IntGroups,
+    /// `groups` dequantized (`n_out × n_in`), exactly the values GPTQ computed with.
+    pub weights: Vec<f32>,
+    /// Dampening finally used.
+    pub damp: f32,
+    /// `Σ (err / U_jj)²`, GPTQ's loss proxy.
+    pub loss: f64,
+}
+
+/// A weight in its target's storage.
+#[derive(Clone, Debug)]
+pub enum Packed {
+    /// The tensor in a GGUF type.
+    Type(Vec<u8>),
+    /// Group-wise integers.
+    Int(IntGroups),
+}
+
+/// One weight rounded onto a [`Grid`].
+#[derive(Clone, Debug)]
+pub struct Rounded {
+    pub packed: Packed,
+    /// `packed` dequantized (`n_out × n_in`).
+    pub weights: Vec<f32>,
+    /// Dampening finally used.
+    pub damp: f32,
+    /// `Σ (err / U_jj)²`, GPTQ's loss proxy.
+    pub loss: f64,
+}
+
 /// Can GPTQ round onto `ty`?
 pub fn supports(ty: GgmlType) -> bool {
     type_grid(ty).is_some()
+}
+
+/// Quantize `w` (`n_out` rows of `n_in`, row-major) onto `grid` with GPTQ, given `h` (`n_in ×
+/// n_in`, row-major, `Σ xᵀx` over calibration tokens) and optional per-column importance (a
+/// type's quantizer uses it; integer groups ignore it).
+///
+/// # Errors
+/// A type without a grid, sizes that do not fit, non-finite weights or a scale beyond f16
+/// (integers), a Hessian that stays indefinite; each naming `name`.
+pub fn quantize_onto(
+    name: &str,
+    w: &[f32],
+    n_in: usize,
+    h: &[f32],
+    grid: Grid,
+    importance: Option<&[f32]>,
+    opts: GptqOptions,
+) -> Result<Rounded> {
+    let r = sweep(name, w, n_in, h, Some((grid, importance)), None, opts)?;
+    let packed = r.packed.ok_or_else(|| CalibError::Invalid(format!("{name}: GPTQ onto {grid} packed nothing")))?;
+    Ok(Rounded { packed, weights: r.weights, damp: r.damp, loss: r.loss })
 }
 
 /// Quantize `w` (`n_out` rows of `n_in`, row-major) to `ty` with GPTQ, given `h` (`n_in × n_in`,
@@ -72,27 +134,109 @@ pub fn quantize(
     importance: Option<&[f32]>,
     opts: GptqOptions,
 ) -> Result<GptqResult> {
-    let r = sweep(name, w, n_in, h, Some((ty, importance)), None, opts)?;
-    let bytes = r.bytes.expect("a sweep onto a type packs its blocks");
-    Ok(GptqResult { bytes, weights: r.weights, damp: r.damp, loss: r.loss })
+    let r = quantize_onto(name, w, n_in, h, Grid::Type(ty), importance, opts)?;
+    match r.packed {
+        Packed::Type(bytes) => Ok(GptqResult { bytes, weights: r.weights, damp: r.damp, loss: r.loss }),
+        Packed::Int(_) => Err(CalibError::Invalid(format!("{name}: GPTQ onto {ty} returned integer groups"))),
+    }
+}
+
+/// Quantize `w` (`n_out` rows of `n_in`, row-major) onto group-wise integers `spec` with GPTQ,
+/// given `h` (`n_in × n_in`, row-major, `Σ xᵀx` over calibration tokens). Each group's scale and
+/// zero per row are fixed by round-to-nearest when the sweep reaches the group; with
+/// `opts.act_order` the columns are visited by decreasing `diag(H)` but groups stay consecutive
+/// columns (a group is fixed when its first column in that order is reached), so the result needs
+/// no `g_idx` permutation.
+///
+/// # Errors
+/// A spec that does not fit the weight, non-finite weights, a scale beyond f16, a Hessian that
+/// stays indefinite; each naming `name`.
+pub fn quantize_int(
+    name: &str,
+    w: &[f32],
+    n_in: usize,
+    h: &[f32],
+    spec: IntSpec,
+    opts: GptqOptions,
+) -> Result<GptqIntResult> {
+    let r = quantize_onto(name, w, n_in, h, Grid::Int(spec), None, opts)?;
+    match r.packed {
+        Packed::Int(groups) => Ok(GptqIntResult { groups, weights: r.weights, damp: r.damp, loss: r.loss }),
+        Packed::Type(_) => {
+            Err(CalibError::Invalid(format!("{name}: GPTQ onto {} returned GGUF blocks", Grid::Int(spec))))
+        }
+    }
 }
 
 /// What one optimal-brain-surgeon sweep produced.
 pub(crate) struct Swept {
-    /// Packed in the target type, when there is one.
-    pub bytes: Option<Vec<u8>>,
+    /// In the target's storage, when there is a target.
+    pub packed: Option<Packed>,
     /// `n_out × n_in`: the packed tensor dequantized, or the swept f32 weights.
     pub weights: Vec<f32>,
     pub damp: f32,
     pub loss: f64,
 }
 
-/// The grid a sweep rounds onto.
-struct Target<'a> {
-    ty: GgmlType,
-    g: &'static TypeGrid,
-    quantize: crunch_quant::QuantizeFn,
-    imp: Option<&'a [f32]>,
+/// The grid a sweep rounds onto. Its state during the sweep is an affine map per row and
+/// "slot" (`value = a · level + b` for types, `scale · (code − zero)` for integers): one slot per
+/// column for types (positions of a block may differ), one per group for integers.
+enum Target<'a> {
+    Type { ty: GgmlType, g: &'static TypeGrid, quantize: crunch_quant::QuantizeFn, imp: Option<&'a [f32]> },
+    Int(IntSpec),
+}
+
+impl Target<'_> {
+    /// Columns whose scales are fixed together.
+    fn block(&self) -> usize {
+        match self {
+            Target::Type { ty, .. } => ty.block_size(),
+            Target::Int(spec) => spec.group,
+        }
+    }
+
+    /// Slots per row.
+    fn slots(&self, n_in: usize) -> usize {
+        match self {
+            Target::Type { .. } => n_in,
+            Target::Int(spec) => n_in / spec.group,
+        }
+    }
+
+    /// The slot of the `j`-th column visited, column `c` of the weight.
+    #[inline]
+    fn slot(&self, j: usize, c: usize) -> usize {
+        match self {
+            Target::Type { .. } => j,
+            Target::Int(spec) => c / spec.group,
+        }
+    }
+
+    /// The code nearest to `x` on the grid `(a, b)` and its value.
+    #[inline]
+    fn round(&self, x: f32, a: f32, b: f32) -> (u8, f32) {
+        match self {
+            Target::Type { g, .. } => {
+                let c = g.round(x, a, b);
+                (c, a * g.levels.value(c) + b)
+            }
+            Target::Int(spec) => {
+                // `a` is an f16 scale and `b` an integer zero, both exact in f32.
+                let c = hfq::code_of(x, f16::from_f32(a), b as u8, spec);
+                (c, a * (c as f32 - b))
+            }
+        }
+    }
+
+    /// Largest relative difference allowed between the packed tensor decoded and the values
+    /// the sweep computed with: a type's real dequantizer may round `a · level + b` differently;
+    /// integers decode exactly.
+    fn tolerance(&self) -> f32 {
+        match self {
+            Target::Type { .. } => 1e-3,
+            Target::Int(_) => 0.0,
+        }
+    }
 }
 
 /// The sweep shared by GPTQ and SparseGPT: columns in order (or act-order), each one rounded onto
@@ -105,12 +249,12 @@ pub(crate) fn sweep(
     w: &[f32],
     n_in: usize,
     h: &[f32],
-    target: Option<(GgmlType, Option<&[f32]>)>,
+    target: Option<(Grid, Option<&[f32]>)>,
     sparsity: Option<Sparsity>,
     opts: GptqOptions,
 ) -> Result<Swept> {
     let target = match target {
-        Some((ty, importance)) => Some(Target {
+        Some((Grid::Type(ty), importance)) => Some(Target::Type {
             ty,
             g: type_grid(ty).ok_or_else(|| CalibError::Invalid(format!("{name}: GPTQ cannot round onto {ty}")))?,
             quantize: crunch_quant::kernels(ty)
@@ -118,15 +262,31 @@ pub(crate) fn sweep(
                 .quantize,
             imp: importance.filter(|v| v.len() == n_in),
         }),
+        Some((Grid::Int(spec), _)) => {
+            let rows = w.len().checked_div(n_in).unwrap_or(0);
+            spec.check(name, rows, n_in).map_err(CalibError::Invalid)?;
+            if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+                return Err(CalibError::Invalid(format!(
+                    "{name}: weight {} at row {}, column {} is not finite",
+                    w[i],
+                    i / n_in,
+                    i % n_in
+                )));
+            }
+            Some(Target::Int(spec))
+        }
         None => None,
     };
-    let bs = target.as_ref().map_or(1, |t| t.ty.block_size());
+    let bs = target.as_ref().map_or(1, Target::block);
     if n_in == 0 || !n_in.is_multiple_of(bs) || !w.len().is_multiple_of(n_in) || h.len() != n_in * n_in {
         return Err(CalibError::Invalid(format!(
             "{name}: {} weights, rows of {n_in}, Hessian of {} values{}",
             w.len(),
             h.len(),
-            target.as_ref().map_or(String::new(), |t| format!(", {} blocks of {bs}", t.ty))
+            target.as_ref().map_or(String::new(), |t| match t {
+                Target::Type { ty, .. } => format!(", {ty} blocks of {bs}"),
+                Target::Int(spec) => format!(", {} groups of {bs}", Grid::Int(*spec)),
+            })
         )));
     }
     if let Some(sp) = sparsity {
@@ -175,16 +335,21 @@ pub(crate) fn sweep(
         }
     });
 
-    // Grid state, indexed like `wt` (permuted column, row); empty without a target.
-    let grid_len = if target.is_some() { n_in * n_out } else { 0 };
-    let mut ga = vec![0f32; grid_len];
-    let mut gb = vec![0f32; grid_len];
-    let mut codes = vec![0u8; grid_len];
+    // Grid state: affine maps indexed (slot, row), codes indexed like `wt` (visited column, row);
+    // empty without a target.
+    let slots = target.as_ref().map_or(0, |t| t.slots(n_in));
+    let mut ga = vec![0f32; slots * n_out];
+    let mut gb = vec![0f32; slots * n_out];
+    let mut codes = vec![0u8; if target.is_some() { n_in * n_out } else { 0 }];
     let (row_bytes, blk_bytes) = match &target {
-        Some(t) => (t.ty.row_size(n_in).expect("checked block multiple"), t.ty.type_size()),
-        None => (0, 0),
+        Some(Target::Type { ty, .. }) => (
+            ty.row_size(n_in)
+                .ok_or_else(|| CalibError::Invalid(format!("{name}: rows of {n_in} are not whole {ty} blocks")))?,
+            ty.type_size(),
+        ),
+        _ => (0, 0),
     };
-    let mut encoded = vec![0u8; if target.is_some() { n_out * row_bytes } else { 0 }];
+    let mut encoded = vec![0u8; n_out * row_bytes];
     let mut fixed = vec![false; n_in / bs];
 
     // Lazy blocks hold whole quantization blocks and whole N:M groups.
@@ -243,10 +408,10 @@ pub(crate) fn sweep(
             let row_m = if sparsity.is_some() { Some(&mask[(j - i1) * n_out..(j - i1 + 1) * n_out]) } else { None };
             let l: f64 = match &target {
                 Some(t) => {
-                    let g = t.g;
+                    let k = t.slot(j, perm[j]);
                     let (row_a, row_b, row_c) = (
-                        &ga[j * n_out..(j + 1) * n_out],
-                        &gb[j * n_out..(j + 1) * n_out],
+                        &ga[k * n_out..(k + 1) * n_out],
+                        &gb[k * n_out..(k + 1) * n_out],
                         &mut codes[j * n_out..(j + 1) * n_out],
                     );
                     row_w
@@ -256,8 +421,7 @@ pub(crate) fn sweep(
                         .enumerate()
                         .map(|(r, ((x, c), e))| {
                             let pruned = row_m.is_some_and(|m| m[r]);
-                            let q_code = g.round(if pruned { 0.0 } else { *x }, row_a[r], row_b[r]);
-                            let q = row_a[r] * g.levels.value(q_code) + row_b[r];
+                            let (q_code, q) = t.round(if pruned { 0.0 } else { *x }, row_a[r], row_b[r]);
                             *c = q_code;
                             *e = (*x - q) / d;
                             *x = q;
@@ -297,8 +461,6 @@ pub(crate) fn sweep(
         i1 = i2;
     }
     drop(u);
-    drop(ga);
-    drop(gb);
 
     let Some(t) = target else {
         // No grid: the swept f32 weights, back in row-major order.
@@ -308,22 +470,32 @@ pub(crate) fn sweep(
                 *x = wt[pos[c] * n_out + r];
             }
         });
-        return Ok(Swept { bytes: None, weights, damp, loss });
+        return Ok(Swept { packed: None, weights, damp, loss });
     };
-    let (ty, g) = (t.ty, t.g);
-    // Pack codes into the encoded blocks, row by row (original column order).
-    encoded.par_chunks_mut(row_bytes).enumerate().for_each(|(r, row)| {
-        let mut c = vec![0u8; bs];
-        for (b, blk) in row.chunks_exact_mut(blk_bytes).enumerate() {
-            for (p, cv) in c.iter_mut().enumerate() {
-                *cv = codes[pos[b * bs + p] * n_out + r];
-            }
-            (g.pack)(blk, &c);
-        }
-    });
     let mut weights = vec![0f32; n_out * n_in];
-    crunch_quant::dequantize_rows(ty, &encoded, n_in, &mut weights)
-        .map_err(|source| CalibError::Quant { tensor: name.to_string(), source })?;
+    let packed = match &t {
+        Target::Type { ty, g, .. } => {
+            drop((ga, gb));
+            // Pack codes into the encoded blocks, row by row (original column order).
+            encoded.par_chunks_mut(row_bytes).enumerate().for_each(|(r, row)| {
+                let mut c = vec![0u8; bs];
+                for (b, blk) in row.chunks_exact_mut(blk_bytes).enumerate() {
+                    for (p, cv) in c.iter_mut().enumerate() {
+                        *cv = codes[pos[b * bs + p] * n_out + r];
+                    }
+                    (g.pack)(blk, &c);
+                }
+            });
+            crunch_quant::dequantize_rows(*ty, &encoded, n_in, &mut weights)
+                .map_err(|source| CalibError::Quant { tensor: name.to_string(), source })?;
+            Packed::Type(encoded)
+        }
+        Target::Int(spec) => {
+            let groups = int_groups(name, *spec, n_in, n_out, &pos, &codes, &ga, &gb)?;
+            weights = groups.dequantize();
+            Packed::Int(groups)
+        }
+    };
     // What was packed must be what GPTQ computed with.
     let worst = weights
         .par_chunks(n_in)
@@ -338,12 +510,55 @@ pub(crate) fn sweep(
                 .fold(0f32, f32::max)
         })
         .reduce(|| 0f32, f32::max);
-    if worst > 1e-3 {
+    if worst > t.tolerance() {
+        let what = match &t {
+            Target::Type { ty, .. } => format!("packed {ty} blocks"),
+            Target::Int(spec) => format!("{} codes", Grid::Int(*spec)),
+        };
         return Err(CalibError::Invalid(format!(
-            "{name}: packed {ty} blocks differ from GPTQ's values (relative {worst:e}); grid bug"
+            "{name}: {what} differ from GPTQ's values (relative {worst:e}); grid bug"
         )));
     }
-    Ok(Swept { bytes: Some(encoded), weights, damp, loss })
+    Ok(Swept { packed: Some(packed), weights, damp, loss })
+}
+
+/// The integer groups a sweep chose: codes (indexed like `wt`) back in column order, each
+/// group's scale and zero from its slot (`ga`, `gb` indexed (group, row)).
+#[allow(clippy::too_many_arguments)]
+fn int_groups(
+    name: &str,
+    spec: IntSpec,
+    n_in: usize,
+    n_out: usize,
+    pos: &[usize],
+    codes: &[u8],
+    ga: &[f32],
+    gb: &[f32],
+) -> Result<IntGroups> {
+    let ng = n_in / spec.group;
+    if let Some(i) = ga.iter().position(|a| !a.is_finite()) {
+        return Err(CalibError::Invalid(format!(
+            "{name}: row {}, group {}: the scale exceeds f16 (values too large for {})",
+            i % n_out,
+            i / n_out,
+            Grid::Int(spec)
+        )));
+    }
+    let mut out = vec![0u8; n_out * n_in];
+    out.par_chunks_mut(n_in).enumerate().for_each(|(r, row)| {
+        for (c, x) in row.iter_mut().enumerate() {
+            *x = codes[pos[c] * n_out + r];
+        }
+    });
+    let at = |i: usize| (i % ng) * n_out + i / ng;
+    Ok(IntGroups {
+        rows: n_out,
+        cols: n_in,
+        spec,
+        codes: out,
+        scales: (0..n_out * ng).map(|i| f16::from_f32(ga[at(i)])).collect(),
+        zeros: (0..n_out * ng).map(|i| gb[at(i)] as u8).collect(),
+    })
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -384,9 +599,11 @@ fn nm_mask(scores: &[f32], n_out: usize, m: usize, n: usize, mask: &mut [bool]) 
     }
 }
 
-/// Encode block `blk` of every row as it now stands (weights already chosen for pruning as zero),
-/// remember the encoded bytes and read off the grid of each of its positions. `masked`: the
-/// pruning mask of the current lazy block and the block's first column.
+/// Fix the grid of block (group) `blk` of every row from its values as they now stand (weights
+/// already chosen for pruning as zero). A type: encode the block, remember the encoded bytes and
+/// read off the affine map of each of its positions. Integers: each row's round-to-nearest scale
+/// and zero, in the group's slot. `masked`: the pruning mask of the current lazy block and the
+/// block's first column.
 #[allow(clippy::too_many_arguments)]
 fn fix_block(
     t: &Target,
@@ -402,31 +619,43 @@ fn fix_block(
     row_bytes: usize,
     blk_bytes: usize,
 ) {
-    let g = t.g;
     let cols: Vec<usize> = (blk * bs..(blk + 1) * bs).map(|c| pos[c]).collect();
-    let iw = t.imp.map(|v| &v[blk * bs..(blk + 1) * bs]);
-    let per_row: Vec<(Vec<f32>, Vec<f32>)> = encoded
-        .par_chunks_mut(row_bytes)
-        .enumerate()
-        .map(|(r, row)| {
-            let x: Vec<f32> = cols
-                .iter()
-                .map(|&j| match masked {
-                    Some((m, i1)) if m[(j - i1) * n_out + r] => 0.0,
-                    _ => wt[j * n_out + r],
+    let current = |r: usize| -> Vec<f32> {
+        cols.iter()
+            .map(|&j| match masked {
+                Some((m, i1)) if m[(j - i1) * n_out + r] => 0.0,
+                _ => wt[j * n_out + r],
+            })
+            .collect()
+    };
+    match t {
+        Target::Type { g, quantize, imp, .. } => {
+            let iw = imp.map(|v| &v[blk * bs..(blk + 1) * bs]);
+            let per_row: Vec<(Vec<f32>, Vec<f32>)> = encoded
+                .par_chunks_mut(row_bytes)
+                .enumerate()
+                .map(|(r, row)| {
+                    let out = &mut row[blk * blk_bytes..(blk + 1) * blk_bytes];
+                    quantize(&current(r), iw, out);
+                    let (mut a, mut b) = (vec![0f32; bs], vec![0f32; bs]);
+                    g.affine(out, &mut a, &mut b);
+                    (a, b)
                 })
                 .collect();
-            let out = &mut row[blk * blk_bytes..(blk + 1) * blk_bytes];
-            (t.quantize)(&x, iw, out);
-            let (mut a, mut b) = (vec![0f32; bs], vec![0f32; bs]);
-            g.affine(out, &mut a, &mut b);
-            (a, b)
-        })
-        .collect();
-    for (r, (a, b)) in per_row.iter().enumerate() {
-        for (p, &j) in cols.iter().enumerate() {
-            ga[j * n_out + r] = a[p];
-            gb[j * n_out + r] = b[p];
+            for (r, (a, b)) in per_row.iter().enumerate() {
+                for (p, &j) in cols.iter().enumerate() {
+                    ga[j * n_out + r] = a[p];
+                    gb[j * n_out + r] = b[p];
+                }
+            }
+        }
+        Target::Int(spec) => {
+            let slot = blk * n_out..(blk + 1) * n_out;
+            ga[slot.clone()].par_iter_mut().zip(gb[slot].par_iter_mut()).enumerate().for_each(|(r, (a, b))| {
+                let (scale, zero) = hfq::rtn_params(&current(r), spec);
+                *a = scale.to_f32();
+                *b = zero as f32;
+            });
         }
     }
 }

@@ -26,7 +26,8 @@ pub mod structured;
 pub use select::mark_smallest;
 
 use crate::error::{CalibError, Result};
-use crate::gptq::{self, GptqOptions};
+use crate::gptq::{self, GptqOptions, Packed};
+use crate::grid::Grid;
 use crunch_core::GgmlType;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -290,9 +291,13 @@ pub fn sparsegpt(
     opts: GptqOptions,
 ) -> Result<SparseGptResult> {
     check_shape(name, w, n_in, sp)?;
-    let r = gptq::sweep(name, w, n_in, h, quantize, Some(sp), opts)?;
+    let r = gptq::sweep(name, w, n_in, h, quantize.map(|(ty, imp)| (Grid::Type(ty), imp)), Some(sp), opts)?;
     let zeros = count_zeros(&r.weights);
-    Ok(SparseGptResult { weights: r.weights, bytes: r.bytes, damp: r.damp, loss: r.loss, zeros })
+    let bytes = match r.packed {
+        Some(Packed::Type(b)) => Some(b),
+        Some(Packed::Int(_)) | None => None,
+    };
+    Ok(SparseGptResult { weights: r.weights, bytes, damp: r.damp, loss: r.loss, zeros })
 }
 
 #[cfg(test)]

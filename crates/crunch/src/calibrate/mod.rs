@@ -11,7 +11,7 @@ pub mod structured;
 
 pub use crate::method::Method;
 pub use imatrix::{run_imatrix, ImatrixJob, ImatrixReport};
-pub use method::{calibrate_model, CalibratedTensors, MethodOptions};
+pub use method::{calibrate_int, calibrate_model, CalibratedTensors, IntCalibrated, MethodOptions};
 
 use crate::error::Error;
 

@@ -162,7 +162,9 @@ fn calibrated_export(
     })?;
     let mo = super::quantize::method_options(c)?
         .ok_or_else(|| Error::field("export.calibration.method", "choose gptq, awq or awq,gptq"))?;
-    let cal: export::quantized::Calibrated = TEMP_CALIBRATE(input, spec, &mo, ctx)?;
+    let file = std::sync::Arc::new(GgufFile::open(&j.model)?);
+    let cal = crate::calibrate::method::calibrate_int(file, spec, &mo, ctx.progress.as_ref(), &ctx.cancel)?;
+    let cal = export::quantized::Calibrated { groups: cal.groups, values: cal.values };
     export::quantized::export(input, &j.output, opts, q, Some(&cal), ctx.progress.as_ref(), &ctx.cancel)
 }
 
@@ -196,17 +198,4 @@ fn run_adapter(j: &ExportJob, input: GgufFile, dtype: Option<GgmlType>, ctx: &Ru
     let (result, run_id) =
         rec.close(res, |r| vec![(metric::FILE_BYTES, r.tensor_bytes as f64), (metric::SECONDS, r.seconds)])?;
     Ok(ExportOutcome { result, run_id })
-}
-
-#[allow(non_snake_case)]
-fn TEMP_CALIBRATE(
-    _: &GgufFile,
-    _: crunch_quant::hfq::IntSpec,
-    _: &crate::calibrate::method::MethodOptions,
-    _: &RunCtx,
-) -> Result<export::quantized::Calibrated> {
-    Err(Error::field(
-        "export.calibration",
-        "GPTQ and AWQ calibration onto these formats is not wired yet; use method rtn or hqq",
-    ))
 }
