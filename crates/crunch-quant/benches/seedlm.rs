@@ -32,6 +32,8 @@ fn run(cfg: Config, weighted: bool, weights_7b_block: f64) {
     let shapes: &[(usize, usize)] = if weighted { &[(1024, 4096)] } else { &[(48, 4096), (24, 11008)] };
     let (mut blocks, mut fitted, mut seconds) = (0u64, 0u64, 0f64);
     for (k, &(rows, cols)) in shapes.iter().enumerate() {
+        // 3-bit blocks of 12 do not divide 4096 or 11008: the nearest whole-block width below.
+        let cols = cols / cfg.c * cfg.c;
         let w = crunch_testkit::realistic_weights(rows, cols, 11 + k as u64);
         let imp = weighted.then(|| crunch_testkit::realistic_importance(cols, 5));
         let start = Instant::now();

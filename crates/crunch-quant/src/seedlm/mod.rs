@@ -562,6 +562,11 @@ pub fn decode_tensor(bytes: &[u8], cfg: Config, e_min: i32, out: &mut [f32]) -> 
 /// Without importance, groups of rows share the process-wide tables. With it, the blocks are
 /// encoded by column position: the blocks at one position share `d`, so that position's weighted
 /// tables are built once and the bound stays exact and as tight as without importance.
+///
+/// # Panics
+/// `row_len` not a positive multiple of the block size, `w` not whole rows, or `importance` not
+/// one value per column: the caller picks the tensors (`crunch seedlm encode` encodes only those
+/// whose rows are whole blocks).
 pub fn encode_tensor(
     w: &[f32],
     row_len: usize,
@@ -569,8 +574,14 @@ pub fn encode_tensor(
     cfg: Config,
     on_blocks: &(dyn Fn(usize) -> bool + Sync),
 ) -> Option<(Vec<u8>, i32, SearchStats)> {
-    let e_min = exponent_base(w);
     let c = cfg.c;
+    assert!(
+        row_len > 0 && row_len.is_multiple_of(c) && w.len().is_multiple_of(row_len),
+        "SeedLM encodes rows that are whole blocks of {c}: {} values in rows of {row_len}",
+        w.len()
+    );
+    assert!(importance.is_none_or(|imp| imp.len() == row_len), "one importance value per column");
+    let e_min = exponent_base(w);
     let rows = w.len() / row_len;
     let per_row = row_len / c;
     let mut codes = vec![Code::default(); rows * per_row];
