@@ -7,30 +7,11 @@
 
 mod common;
 
-use common::crunch;
+use common::{fails, ok_json, s};
 use crunch_testkit::Scratch;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn ok(out: &std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
-
-fn err(out: &std::process::Output) -> String {
-    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// scripts/check_quant_export.py DIR REF: its JSON summary (it exits 1 on any mismatch).
 fn check(dir: &Path, reference: &Path, sc: &Scratch) -> Value {
@@ -73,7 +54,7 @@ fn every_format_decodes_to_the_values_meant() {
         let (dir, reference) = (sc.join(name), sc.join(&format!("{name}.ref.safetensors")));
         let mut a = vec!["export", s(&model), s(&dir), "--reference", s(&reference), "--json", "-q"];
         a.extend_from_slice(args);
-        let r = ok(&crunch(&a));
+        let r = ok_json(&a);
         let q = &r["quantized"];
         assert_eq!(q["tensors"].as_array().unwrap().len(), 30 * 7, "{name}: every linear weight of the blocks");
         let py = check(&dir, &reference, &sc);
@@ -101,7 +82,7 @@ fn every_format_decodes_to_the_values_meant() {
     // GPTQ's own codes (calibrated on text) are packed the same way and decode exactly too.
     let text = crunch_testkit::wikitext_dev();
     let (dir, reference) = (sc.join("gptq-cal"), sc.join("gptq-cal.ref.safetensors"));
-    let r = ok(&crunch(&[
+    let r = ok_json(&[
         "export",
         s(&model),
         s(&dir),
@@ -121,11 +102,11 @@ fn every_format_decodes_to_the_values_meant() {
         s(&reference),
         "--json",
         "-q",
-    ]));
+    ]);
     let tensors = r["quantized"]["tensors"].as_array().unwrap();
     assert!(tensors.iter().all(|t| t["calibrated"] == true), "every weight from GPTQ");
     assert_eq!(check(&dir, &reference, &sc)["exact"], true);
-    let e = err(&crunch(&[
+    let e = fails(&[
         "export",
         s(&model),
         s(&sc.join("n")),
@@ -136,7 +117,7 @@ fn every_format_decodes_to_the_values_meant() {
         "--text",
         s(&text),
         "-q",
-    ]));
+    ]);
     assert!(e.contains("--method") && e.contains("only rtn"), "{e}");
 
     let gq = sc.join("gptq8");
@@ -153,17 +134,17 @@ fn gptq_folder_round_trips_through_gguf() {
     let model = common::smollm2_f32();
     let sc = Scratch::new("hf-gptq-roundtrip");
     let dir = sc.join("gptq");
-    ok(&crunch(&["export", s(&model), s(&dir), "--format", "gptq", "--group-size", "64", "--json", "-q"]));
+    ok_json(&["export", s(&model), s(&dir), "--format", "gptq", "--group-size", "64", "--json", "-q"]);
     // `--type auto` keeps the symmetric 4-bit groups as Q4_0 blocks: no value changes.
     let gguf = sc.join("gptq.gguf");
-    let r = ok(&crunch(&["convert", s(&dir), s(&gguf), "--json", "-q"]));
+    let r = ok_json(&["convert", s(&dir), s(&gguf), "--json", "-q"]);
     let routes = r["result"]["quantized"].as_array().unwrap();
     assert_eq!(routes.len(), 30 * 7);
     assert!(routes.iter().all(|t| t["to"] == "Q4_0" && t["max_abs_error"] == 0.0), "{routes:?}");
     // The folder is evaluated directly, decoded as it is loaded, with the same result.
     let text = crunch_testkit::wikitext_dev();
     let ppl = |m: &Path| {
-        let r = ok(&crunch(&["eval", "perplexity", s(m), "-f", s(&text), "--ctx", "128", "--chunks", "3", "--json"]));
+        let r = ok_json(&["eval", "perplexity", s(m), "-f", s(&text), "--ctx", "128", "--chunks", "3", "--json"]);
         r["result"]["ppl"].as_f64().or_else(|| r["ppl"].as_f64()).unwrap()
     };
     let (folder, file) = (ppl(&dir), ppl(&gguf));
@@ -172,8 +153,8 @@ fn gptq_folder_round_trips_through_gguf() {
 
     // Asymmetric groups (AWQ) go to Q4_1; the minimum rounded to f16 is the only change, reported.
     let awq = sc.join("awq");
-    ok(&crunch(&["export", s(&model), s(&awq), "--format", "awq", "--group-size", "64", "--json", "-q"]));
-    let r = ok(&crunch(&["convert", s(&awq), s(&sc.join("awq.gguf")), "--json", "-q"]));
+    ok_json(&["export", s(&model), s(&awq), "--format", "awq", "--group-size", "64", "--json", "-q"]);
+    let r = ok_json(&["convert", s(&awq), s(&sc.join("awq.gguf")), "--json", "-q"]);
     let routes = r["result"]["quantized"].as_array().unwrap();
     assert!(routes.iter().all(|t| t["to"] == "Q4_1"));
     let worst = routes.iter().map(|t| t["max_abs_error"].as_f64().unwrap()).fold(0.0, f64::max);
@@ -185,32 +166,32 @@ fn bad_settings_and_damaged_folders_are_named() {
     let model = common::smollm2_f32();
     let sc = Scratch::new("hf-formats-bad");
     let out = sc.join("x");
-    let e = err(&crunch(&["export", s(&model), s(&out), "--format", "gptq", "-q"]));
+    let e = fails(&["export", s(&model), s(&out), "--format", "gptq", "-q"]);
     assert!(e.contains("group size 128 does not divide") && e.contains("blk.0.attn_k.weight"), "{e}");
     assert!(!out.exists(), "nothing written");
-    let e = err(&crunch(&["export", s(&model), s(&out), "--format", "awq", "--sym", "-q"]));
+    let e = fails(&["export", s(&model), s(&out), "--format", "awq", "--sym", "-q"]);
     assert!(e.contains("--sym") && e.contains("zero points"), "{e}");
-    let e = err(&crunch(&["export", s(&model), s(&out), "--format", "nf4", "--method", "hqq", "-q"]));
+    let e = fails(&["export", s(&model), s(&out), "--format", "nf4", "--method", "hqq", "-q"]);
     assert!(e.contains("--method"), "{e}");
-    let e = err(&crunch(&["export", s(&model), s(&out), "--format", "int4", "--bits", "8", "-q"]));
+    let e = fails(&["export", s(&model), s(&out), "--format", "int4", "--bits", "8", "-q"]);
     assert!(e.contains("--bits"), "{e}");
-    let e = err(&crunch(&["export", s(&model), s(&out), "--format", "q4", "-q"]));
+    let e = fails(&["export", s(&model), s(&out), "--format", "q4", "-q"]);
     assert!(e.contains("--format"), "{e}");
 
     // A config that contradicts the tensors, and a packed tensor of the wrong shape.
     let dir = sc.join("gptq");
-    ok(&crunch(&["export", s(&model), s(&dir), "--format", "gptq", "--group-size", "64", "--json", "-q"]));
+    ok_json(&["export", s(&model), s(&dir), "--format", "gptq", "--group-size", "64", "--json", "-q"]);
     let cfg_path = dir.join("config.json");
     let good = std::fs::read_to_string(&cfg_path).unwrap();
     let mut cfg: Value = serde_json::from_str(&good).unwrap();
     cfg["quantization_config"]["group_size"] = 32.into();
     std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
-    let e = err(&crunch(&["convert", s(&dir), s(&sc.join("a.gguf")), "-q"]));
+    let e = fails(&["convert", s(&dir), s(&sc.join("a.gguf")), "-q"]);
     assert!(e.contains("quantization_config.group_size") && e.contains("model.layers."), "{e}");
     cfg["quantization_config"]["group_size"] = 64.into();
     cfg["quantization_config"]["bits"] = 8.into();
     std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
-    let e = err(&crunch(&["convert", s(&dir), s(&sc.join("a.gguf")), "-q"]));
+    let e = fails(&["convert", s(&dir), s(&sc.join("a.gguf")), "-q"]);
     assert!(e.contains("quantization_config.bits") && e.contains(".qweight"), "{e}");
     assert!(!sc.join("a.gguf").exists());
 }
