@@ -29,6 +29,7 @@ use crate::matmul::{dot_f32, matmul, MatmulMode, WeightView};
 use crate::ops::{add_assign, add_bias};
 use crate::store::{StoreFormat, TensorStore};
 use crate::tokenizer::Tokenizer;
+use crate::Observer;
 
 /// How token states become one sentence vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -508,7 +509,8 @@ impl BertModel {
         self.store.matrix(name, n_in, n_out)
     }
 
-    /// `x Wᵀ + b` over all tokens.
+    /// `x Wᵀ + b` over all tokens; `obs` sees the input first.
+    #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
         x: &[f32],
@@ -517,7 +519,11 @@ impl BertModel {
         n_in: usize,
         n_out: usize,
         bias: Option<&[f32]>,
+        obs: &mut Option<&mut dyn Observer>,
     ) -> Result<Vec<f32>> {
+        if let Some(o) = obs.as_mut() {
+            o.observe(name, x, n_tok);
+        }
         let w = self.matrix(name, n_in, n_out)?;
         let mut y = matmul(x, n_tok, &w, self.mode)?;
         if let Some(b) = bias {
@@ -532,6 +538,15 @@ impl BertModel {
     /// # Errors
     /// An empty sequence, one longer than the position embedding, or a token id out of range.
     pub fn hidden_states(&self, seqs: &[&[u32]]) -> Result<Vec<f32>> {
+        self.hidden_states_with(seqs, None)
+    }
+
+    /// [`BertModel::hidden_states`], showing `obs` the input of every linear layer (by weight
+    /// name) before it is applied: how calibration collects activation statistics.
+    ///
+    /// # Errors
+    /// As [`BertModel::hidden_states`].
+    pub fn hidden_states_with(&self, seqs: &[&[u32]], mut obs: Option<&mut dyn Observer>) -> Result<Vec<f32>> {
         let c = &self.config;
         let e = c.n_embd;
         let mut ranges = Vec::with_capacity(seqs.len());
@@ -578,7 +593,7 @@ impl BertModel {
             let nm = |p: Part, bias: bool| self.names.layer(i, p, bias);
             let (q, k, v) = if l.fused_qkv {
                 let name = self.names.fused_qkv(i, false).unwrap_or_default();
-                let qkv = self.linear(&x, n_tok, &name, e, 3 * e, None)?;
+                let qkv = self.linear(&x, n_tok, &name, e, 3 * e, None, &mut obs)?;
                 let mut q = vec![0f32; n_tok * e];
                 let mut k = vec![0f32; n_tok * e];
                 let mut v = vec![0f32; n_tok * e];
@@ -593,19 +608,19 @@ impl BertModel {
                 (q, k, v)
             } else {
                 (
-                    self.linear(&x, n_tok, &nm(Part::Q, false), e, e, Some(&l.bq))?,
-                    self.linear(&x, n_tok, &nm(Part::K, false), e, e, Some(&l.bk))?,
-                    self.linear(&x, n_tok, &nm(Part::V, false), e, e, Some(&l.bv))?,
+                    self.linear(&x, n_tok, &nm(Part::Q, false), e, e, Some(&l.bq), &mut obs)?,
+                    self.linear(&x, n_tok, &nm(Part::K, false), e, e, Some(&l.bk), &mut obs)?,
+                    self.linear(&x, n_tok, &nm(Part::V, false), e, e, Some(&l.bv), &mut obs)?,
                 )
             };
             let a = bidirectional_attention(&q, &k, &v, &ranges, c.n_head, e / c.n_head);
-            let mut o = self.linear(&a, n_tok, &nm(Part::AttnOut, false), e, e, l.bo.as_deref())?;
+            let mut o = self.linear(&a, n_tok, &nm(Part::AttnOut, false), e, e, l.bo.as_deref(), &mut obs)?;
             add_assign(&mut o, &x);
             layer_norm(&mut o, &l.attn_norm.0, &l.attn_norm.1, c.norm_eps);
             x = o;
-            let mut h = self.linear(&x, n_tok, &nm(Part::Up, false), e, n_ff, l.b_up.as_deref())?;
+            let mut h = self.linear(&x, n_tok, &nm(Part::Up, false), e, n_ff, l.b_up.as_deref(), &mut obs)?;
             gelu_in_place(&mut h, c.gelu);
-            let mut d = self.linear(&h, n_tok, &nm(Part::Down, false), n_ff, e, l.b_down.as_deref())?;
+            let mut d = self.linear(&h, n_tok, &nm(Part::Down, false), n_ff, e, l.b_down.as_deref(), &mut obs)?;
             add_assign(&mut d, &x);
             layer_norm(&mut d, &l.out_norm.0, &l.out_norm.1, c.norm_eps);
             x = d;
@@ -615,7 +630,15 @@ impl BertModel {
 
     /// Pooled (and, if configured, normalised) embeddings of token sequences, run as one batch.
     pub fn embed_ids(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
-        let h = self.hidden_states(seqs)?;
+        self.embed_ids_with(seqs, None)
+    }
+
+    /// [`BertModel::embed_ids`] with an observer of every linear layer's input.
+    ///
+    /// # Errors
+    /// As [`BertModel::hidden_states`].
+    pub fn embed_ids_with(&self, seqs: &[&[u32]], obs: Option<&mut dyn Observer>) -> Result<Vec<Vec<f32>>> {
+        let h = self.hidden_states_with(seqs, obs)?;
         let e = self.config.n_embd;
         let mut out = Vec::with_capacity(seqs.len());
         let mut start = 0;

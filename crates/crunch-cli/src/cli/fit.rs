@@ -7,7 +7,7 @@ use crunch::fit::FitPlan;
 use crunch::inspect::human_bytes;
 use crunch::job::{FitJob, FitSettings, Job, Outcome, SizeSpec};
 use crunch::lowrank::CorrectionSpec;
-use crunch::sensitivity::Method;
+use crunch::sensitivity::{Method, Objective};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -72,7 +72,7 @@ impl ModelArgs {
 }
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["max_size", "max_bpw", "max_kld", "max_ram"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["max_size", "max_bpw", "max_kld", "max_ram", "min_cosine"])))]
 pub struct FitArgs {
     /// Input GGUF model (F32/F16/BF16 base).
     model: PathBuf,
@@ -87,6 +87,10 @@ pub struct FitArgs {
     /// Largest KL-divergence from the base on held-out text: the smallest model meeting it.
     #[arg(long, value_name = "KLD")]
     max_kld: Option<f64>,
+    /// For a sentence encoder (BERT): the smallest mean cosine similarity of its embeddings to
+    /// the base's on held-out lines: the smallest model meeting it.
+    #[arg(long, value_name = "COSINE")]
+    min_cosine: Option<f64>,
     /// Most memory llama.cpp may use to run the model (weights + KV cache at --ctx + buffers).
     #[arg(long, value_name = "SIZE")]
     max_ram: Option<String>,
@@ -141,8 +145,16 @@ pub struct FitArgs {
     common: ModelArgs,
 }
 
+/// What the predicted figures of a plan are called.
+fn damage_name(fp: &FitPlan) -> &'static str {
+    match fp.objective {
+        Objective::Kld => "KLD",
+        Objective::EmbedDamage => "1-cos",
+    }
+}
+
 pub(crate) fn print_fit(fp: &FitPlan) {
-    println!("{:<36} {:<8} {:>10} {:>12}", "tensor", "type", "size", "pred. KLD");
+    println!("{:<36} {:<8} {:>10} {:>12}", "tensor", "type", "size", format!("pred. {}", damage_name(fp)));
     for t in &fp.plan.tensors {
         if let Some(k) = fp.tensor_kld.get(&t.name) {
             println!("{:<36} {:<8} {:>10} {:>12.3e}", t.name, t.dst_type.name(), human_bytes(t.dst_bytes), k);
@@ -151,11 +163,12 @@ pub(crate) fn print_fit(fp: &FitPlan) {
     let counts: Vec<String> = fp.plan.type_counts().iter().map(|(t, n)| format!("{t}: {n}")).collect();
     println!("types: {}", counts.join(", "));
     println!(
-        "target {}: {} ({} bytes, {:.3} bpw), predicted KLD {:.5} (solver {}, gap to lower bound {:.2e})",
+        "target {}: {} ({} bytes, {:.3} bpw), predicted {} {:.5} (solver {}, gap to lower bound {:.2e})",
         fp.target,
         human_bytes(fp.file_bytes),
         fp.file_bytes,
         fp.bpw,
+        damage_name(fp),
         fp.predicted_kld,
         fp.solver,
         fp.gap
@@ -181,6 +194,7 @@ pub fn run(a: FitArgs) -> Result<()> {
         max_size: size(&a.max_size),
         max_bpw: a.max_bpw,
         max_kld: a.max_kld,
+        min_cosine: a.min_cosine,
         max_ram: size(&a.max_ram),
         ram_ctx: a.ctx,
         dry_run: a.dry_run,
@@ -254,6 +268,17 @@ pub fn run(a: FitArgs) -> Result<()> {
             );
         }
         match &o.measured {
+            Some(m) if m.cosine.is_some() => {
+                let c = m.cosine.as_ref().expect("matched");
+                println!(
+                    "embeddings on held-out lines ({}): cosine mean {:.6} (predicted {:.6}), 1st percentile {:.6}, min {:.6}",
+                    m.n_positions,
+                    c.mean,
+                    1.0 - fp.predicted_kld,
+                    c.p1,
+                    c.min
+                )
+            }
             Some(m) => println!(
                 "KLD on held-out text: predicted {:.5}, measured {:.5} +/- {:.5}; same top token {:.2}%; PPL {:.4} (base {:.4})",
                 fp.predicted_kld,
@@ -263,7 +288,7 @@ pub fn run(a: FitArgs) -> Result<()> {
                 m.ppl,
                 m.ppl_base
             ),
-            None => println!("KLD predicted {:.5} (not evaluated)", fp.predicted_kld),
+            None => println!("{} predicted {:.5} (not evaluated)", damage_name(fp), fp.predicted_kld),
         }
         println!("sha256 {}", report.sha256);
     }

@@ -92,6 +92,9 @@ pub fn run_imatrix(job: &ImatrixJob, progress: &dyn Progress, cancel: &Cancel) -
     let model_path = job.model.as_ref().ok_or_else(|| Error::Invalid("collecting needs a model".into()))?;
     let file = Arc::new(GgufFile::open(model_path)?);
     check_model(&base, &file)?;
+    if crate::eval::embed::is_encoder(file.metadata()) {
+        return collect_encoder(job, model_path, source, base, already, t0, progress, cancel);
+    }
     let mut model = crunch_model::LlamaModel::from_gguf(file.clone())
         .map_err(|source| Error::Model { context: model_path.display().to_string(), source })?;
     crate::eval::apply_adapters(&mut model, &job.lora, "imatrix.lora")?;
@@ -132,6 +135,105 @@ pub fn run_imatrix(job: &ImatrixJob, progress: &dyn Progress, cancel: &Cancel) -
     }
     progress.finish(&format!("wrote {}", job.output.display()));
     Ok(report(job, &m, done, chunks.chunks.iter().map(Vec::len).sum(), t0))
+}
+
+/// An encoder's importance matrix: every non-empty line of the text is one input sequence (a
+/// sentence, as the encoder is used), cut to the context; "chunks" count lines.
+#[allow(clippy::too_many_arguments)]
+fn collect_encoder(
+    job: &ImatrixJob,
+    model_path: &std::path::Path,
+    source: &TextSource,
+    base: Imatrix,
+    already: usize,
+    t0: Instant,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<ImatrixReport> {
+    let TextSource::File(path) = source else {
+        return Err(Error::field(
+            "imatrix.random_tokens",
+            format!("{}: a sentence encoder is calibrated on the lines of a text file", model_path.display()),
+        ));
+    };
+    if !job.lora.is_empty() {
+        return Err(Error::field("imatrix.lora", "LoRA adapters apply to causal LMs, not to a sentence encoder"));
+    }
+    if job.shuffle_seed.is_some() {
+        return Err(Error::field("imatrix.seed", "a sentence encoder reads the text's lines in order"));
+    }
+    if already > 0 {
+        return Err(Error::field(
+            "imatrix.resume",
+            "a sentence encoder's matrix counts tokens, not lines: collect again (or merge with --in-file)",
+        ));
+    }
+    let model = crate::eval::embed::open_encoder(model_path, false)?;
+    let max_tokens = job.n_ctx.min(model.config.max_tokens);
+    if max_tokens < 2 {
+        return Err(Error::field("imatrix.ctx", format!("{}: too short for [CLS] and [SEP]", job.n_ctx)));
+    }
+    let lines: Vec<String> = crate::eval::embed::read_lines(path, None)?
+        .into_iter()
+        .skip(job.skip_chunks)
+        .take(job.n_chunks.unwrap_or(usize::MAX))
+        .collect();
+    if lines.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no lines left to calibrate on after skipping {}",
+            path.display(),
+            job.skip_chunks
+        )));
+    }
+    let seqs = crate::eval::embed::tokenize_all(&model, &model_path.display().to_string(), &lines, max_tokens)?;
+    let mut collector = Collector::from_imatrix(&base, CollectOptions { process_output: job.process_output });
+    let mut datasets = base.datasets.clone();
+    let dataset = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    if !datasets.contains(&dataset) {
+        datasets.push(dataset);
+    }
+    let cs = max_tokens as u32;
+    let total = seqs.len();
+    progress.start("imatrix (encoder lines)", total as u64);
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let (mut done, mut saved) = (0usize, 0usize);
+    let mut cancelled = false;
+    for r in crunch_model::bert::batch_ranges(&refs, crunch_model::bert::BATCH_TOKENS) {
+        if cancel.is_cancelled() {
+            cancelled = true;
+            break;
+        }
+        let mut err = None;
+        {
+            let mut obs = |name: &str, x: &[f32], n: usize| {
+                if err.is_none() {
+                    err = collector.observe(name, x, n).err();
+                }
+            };
+            model
+                .hidden_states_with(&refs[r.clone()], Some(&mut obs))
+                .map_err(|source| Error::Model { context: model_path.display().to_string(), source })?;
+        }
+        if let Some(e) = err {
+            return Err(calib_err(e));
+        }
+        done = r.end;
+        progress.advance(done as u64, &format!("line {done}/{total}"));
+        if job.save_every > 0 && done - saved >= job.save_every && done < total {
+            collector.to_imatrix(datasets.clone(), cs).save(&job.output, job.format).map_err(calib_err)?;
+            saved = done;
+        }
+    }
+    let m = collector.to_imatrix(datasets, cs);
+    m.save(&job.output, job.format).map_err(calib_err)?;
+    if cancelled {
+        return Err(Error::Invalid(format!(
+            "interrupted after {done} of {total} lines; saved them to {} (resume to continue)",
+            job.output.display()
+        )));
+    }
+    progress.finish(&format!("wrote {}", job.output.display()));
+    Ok(report(job, &m, done, refs[..done].iter().map(|s| s.len()).sum(), t0))
 }
 
 fn report(job: &ImatrixJob, m: &Imatrix, chunks_done: usize, tokens: usize, t0: Instant) -> ImatrixReport {

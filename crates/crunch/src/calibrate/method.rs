@@ -146,7 +146,7 @@ pub struct IntCalibrated {
 }
 
 /// Where the block-by-block pass keeps the tensors it computed.
-trait Keep {
+pub(super) trait Keep {
     /// A weight GPTQ rounded; `rescaled`: its values before rounding, when AWQ changed them.
     fn rounded(&mut self, name: &str, packed: Packed, rescaled: Option<Vec<f32>>) -> Result<()>;
     /// A tensor AWQ changed that GPTQ did not round, as its block left it.
@@ -276,12 +276,12 @@ pub fn calibrate_int(
 }
 
 /// What the block-by-block pass reports besides the tensors it keeps.
-struct Pass {
-    n_layer: usize,
+pub(super) struct Pass {
+    pub(super) n_layer: usize,
     /// AWQ's and GPTQ's notes (pruning writes its own into the [`CalibratedTensors`]).
-    notes: Vec<TensorNote>,
+    pub(super) notes: Vec<TensorNote>,
     /// AWQ's column scales per weight.
-    scales: BTreeMap<String, Vec<f32>>,
+    pub(super) scales: BTreeMap<String, Vec<f32>>,
 }
 
 /// The block-by-block pass: per block, AWQ's search and folding (each weight measured on
@@ -298,6 +298,9 @@ fn calibrate_blocks(
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<Pass> {
+    if crate::eval::embed::is_encoder(file.metadata()) {
+        return super::encoder::calibrate_blocks(file, grids, imatrix, opts, keep, progress, cancel);
+    }
     let runner = Runner::new(file.clone()).map_err(calib_err)?;
     let tok = crunch_model::tokenizer::Tokenizer::from_gguf(&file)?;
     let chunks = text::load_chunks(&opts.text, &tok, opts.chunks).map_err(calib_err)?;

@@ -4,6 +4,7 @@
 //! The algorithms live in `crunch-calib`; this module opens files, reports progress and
 //! handles cancellation.
 
+mod encoder;
 pub mod imatrix;
 pub mod method;
 pub mod prune;

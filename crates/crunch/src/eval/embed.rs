@@ -30,7 +30,7 @@ pub struct EmbedOptions {
 }
 
 /// Cosine-similarity statistics over lines.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct CosineStats {
     pub mean: f64,
     pub median: f64,
@@ -94,7 +94,12 @@ pub fn open_encoder(path: &Path, exact: bool) -> Result<BertModel> {
 }
 
 /// Token ids of every line, cut to `max_tokens` (keeping the final `[SEP]`).
-fn tokenize_all(model: &BertModel, name: &str, lines: &[String], max_tokens: usize) -> Result<Vec<Vec<u32>>> {
+pub(crate) fn tokenize_all(
+    model: &BertModel,
+    name: &str,
+    lines: &[String],
+    max_tokens: usize,
+) -> Result<Vec<Vec<u32>>> {
     lines
         .iter()
         .map(|l| {
@@ -130,7 +135,8 @@ pub fn embed_sequences(
     Ok(out)
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
+/// Cosine similarity in f64 (two zero vectors agree; a zero and a non-zero one do not).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
     let na: f64 = a.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
@@ -147,6 +153,71 @@ pub fn cosine_stats(cos: &[f64]) -> CosineStats {
     let n = s.len();
     let at = |q: f64| s[((q * (n - 1) as f64).round() as usize).min(n - 1)];
     CosineStats { mean: s.iter().sum::<f64>() / n as f64, median: at(0.5), p1: at(0.01), min: s[0], max: s[n - 1] }
+}
+
+/// Whether a GGUF model is a sentence encoder (BERT family) rather than a causal LM.
+pub fn is_encoder(md: &crunch_core::gguf::Metadata) -> bool {
+    md.architecture() == Some("bert")
+}
+
+/// The non-empty lines of `text` tokenized by `model` (cut to its maximum length), in order,
+/// until they hold `budget` tokens (at least one line): the sequences an encoder is calibrated
+/// or judged on.
+///
+/// # Errors
+/// A text without a non-empty line, tokenizer errors; `what` names the text.
+pub fn token_lines(model: &BertModel, text: &str, budget: usize, what: &str) -> Result<Vec<Vec<u32>>> {
+    let mut out = Vec::new();
+    let mut n = 0;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if n >= budget.max(1) {
+            break;
+        }
+        let ids = model.tokenize(line).map_err(model_err(format!("{what}: tokenizing")))?;
+        n += ids.len();
+        out.push(ids);
+    }
+    if out.is_empty() {
+        return Err(Error::Invalid(format!("{what}: no non-empty line to embed")));
+    }
+    Ok(out)
+}
+
+/// Embeddings of token sequences in batches, `obs` seeing every linear layer's input (for
+/// activation statistics); the cancel flag is checked between batches.
+///
+/// # Errors
+/// Forward-pass errors, cancellation.
+pub fn embed_observed(
+    model: &BertModel,
+    seqs: &[Vec<u32>],
+    mut obs: Option<&mut dyn crunch_model::Observer>,
+    cancel: &Cancel,
+) -> Result<Vec<Vec<f32>>> {
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let mut out = Vec::with_capacity(seqs.len());
+    for r in batch_ranges(&refs, BATCH_TOKENS) {
+        check_cancel(cancel)?;
+        let emb = match obs.as_mut() {
+            Some(o) => {
+                let mut f = |n: &str, x: &[f32], t: usize| o.observe(n, x, t);
+                model.embed_ids_with(&refs[r], Some(&mut f))
+            }
+            None => model.embed_ids(&refs[r]),
+        };
+        out.extend(emb.map_err(model_err("embedding"))?);
+    }
+    Ok(out)
+}
+
+/// Embedding damage of `other` against `base`: the mean of `1 − cosine` over the sequences (the
+/// quantity an encoder's sensitivity profile predicts, as KL-divergence for a causal LM).
+pub fn mean_damage(base: &[Vec<f32>], other: &[Vec<f32>]) -> f64 {
+    let n = base.len().min(other.len());
+    if n == 0 {
+        return 0.0;
+    }
+    base.iter().zip(other).map(|(a, b)| 1.0 - cosine(a, b)).sum::<f64>() / n as f64
 }
 
 /// Cosine similarity of BASE's and QUANT's sentence embeddings over the lines of `text`.

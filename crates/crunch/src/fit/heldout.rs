@@ -1,8 +1,10 @@
 //! Checking a written model against the base on held-out text, with the eval library
 //! ([`crate::eval::compare_with`]): mean KL-divergence, same top token, perplexity of both,
-//! speed. The base is evaluated once (and its top-k distributions cached on disk).
+//! speed. The base is evaluated once (and its top-k distributions cached on disk). An encoder is
+//! judged by the cosine similarity of its sentence embeddings to the base's on held-out lines.
 
 use crate::error::{Error, Result};
+use crate::eval::embed::CosineStats;
 use crate::eval::{self, BaseLogits, CompareOptions, EvalOptions};
 use crate::progress::{Cancel, NoProgress, Progress};
 use crunch_model::LlamaModel;
@@ -28,11 +30,25 @@ pub struct Measured {
     /// Prompt-processing speed of the candidate (tokens per second, this machine).
     pub tokens_per_s: f64,
     pub seconds: f64,
+    /// An encoder's cosine similarity to the base's sentence embeddings over the held-out lines
+    /// (the KLD, top-1 and perplexity fields are then 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cosine: Option<CosineStats>,
 }
 
-/// The base model's top-k distributions on the held-out chunks.
-pub struct HeldOut {
-    pub base: BaseLogits,
+impl Measured {
+    /// The damage measured: KL-divergence, or `1 − mean cosine` for an encoder.
+    pub fn damage(&self) -> f64 {
+        self.cosine.as_ref().map_or(self.kld, |c| 1.0 - c.mean)
+    }
+}
+
+/// The base model's outputs on the held-out text.
+pub enum HeldOut {
+    /// A causal LM's top-k distributions on the held-out chunks.
+    Lm(BaseLogits),
+    /// An encoder's held-out lines (tokenized) and their embeddings.
+    Encoder { seqs: Vec<Vec<u32>>, base: Vec<Vec<f32>> },
 }
 
 impl HeldOut {
@@ -50,9 +66,17 @@ impl HeldOut {
         progress: &dyn Progress,
         cancel: &Cancel,
     ) -> Result<Self> {
+        if crate::eval::embed::is_encoder(crunch_core::gguf::GgufFile::open(model)?.metadata()) {
+            let m = crate::eval::embed::open_encoder(model, false)?;
+            let what = format!("held-out text of {}", model.display());
+            let seqs = crate::eval::embed::token_lines(&m, text, ctx * chunks, &what)?;
+            progress.start("held-out base embeddings", seqs.len() as u64);
+            let base = crate::eval::embed::embed_observed(&m, &seqs, None, cancel)?;
+            return Ok(HeldOut::Encoder { seqs, base });
+        }
         if let Some(c) = cache.filter(|c| c.exists()) {
             if let Ok(base) = eval::load_base_logits(c) {
-                return Ok(HeldOut { base });
+                return Ok(HeldOut::Lm(base));
             }
         }
         let loaded = eval::open_model(model, false)?;
@@ -67,7 +91,7 @@ impl HeldOut {
             }
             eval::save_base_logits(&base, c)?;
         }
-        Ok(HeldOut { base })
+        Ok(HeldOut::Lm(base))
     }
 
     /// Evaluate the model in `path` against the base.
@@ -84,10 +108,34 @@ impl HeldOut {
     /// As [`HeldOut::evaluate`]; an adapter that does not fit the model.
     pub fn evaluate_with(&self, path: &Path, lora: &[crunch_model::LoraSpec], cancel: &Cancel) -> Result<Measured> {
         let t0 = Instant::now();
+        let base = match self {
+            HeldOut::Lm(b) => b,
+            HeldOut::Encoder { seqs, base } => {
+                if !lora.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "{}: LoRA adapters apply to causal LMs, not to an encoder",
+                        path.display()
+                    )));
+                }
+                let m = crate::eval::embed::open_encoder(path, false)?;
+                let t1 = Instant::now();
+                let emb = crate::eval::embed::embed_observed(&m, seqs, None, cancel)?;
+                let eval_s = t1.elapsed().as_secs_f64();
+                let cos: Vec<f64> = base.iter().zip(&emb).map(|(a, b)| crate::eval::embed::cosine(a, b)).collect();
+                let n_tok: usize = seqs.iter().map(Vec::len).sum();
+                return Ok(Measured {
+                    n_positions: seqs.len(),
+                    tokens_per_s: n_tok as f64 / eval_s.max(1e-9),
+                    seconds: t0.elapsed().as_secs_f64(),
+                    cosine: Some(crate::eval::embed::cosine_stats(&cos)),
+                    ..Measured::default()
+                });
+            }
+        };
         let mut model = LlamaModel::open(path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
         eval::apply_adapters(&mut model, lora, "lora")?;
         let t1 = Instant::now();
-        let s = eval::compare_with(&self.base, &model, &NoProgress, cancel)?;
+        let s = eval::compare_with(base, &model, &NoProgress, cancel)?;
         let eval_s = t1.elapsed().as_secs_f64();
         Ok(Measured {
             kld: s.kld.mean,
@@ -97,8 +145,9 @@ impl HeldOut {
             ppl: s.ppl_quant,
             ppl_base: s.ppl_base,
             n_positions: s.n_positions,
-            tokens_per_s: (self.base.n_chunks * self.base.n_ctx) as f64 / eval_s.max(1e-9),
+            tokens_per_s: (base.n_chunks * base.n_ctx) as f64 / eval_s.max(1e-9),
             seconds: t0.elapsed().as_secs_f64(),
+            cosine: None,
         })
     }
 }

@@ -13,7 +13,7 @@ pub mod solver;
 
 use crate::error::{Error, Result};
 use crate::quantize::{self, Plan};
-use crate::sensitivity::{plan_with_types, Profile};
+use crate::sensitivity::{plan_with_types, Objective, Profile};
 use crunch_core::gguf::{align_up, encode_header, layout, GgufFile, GgufHeader, TensorSpec};
 use crunch_core::GgmlType;
 use serde::Serialize;
@@ -32,6 +32,49 @@ pub enum Target {
     MaxKld(f64),
     /// Running it with llama.cpp at a context of `ctx` tokens takes at most `bytes` of memory.
     MaxRam { bytes: u64, ctx: usize },
+    /// An encoder's sentence embeddings keep a predicted mean cosine similarity of at least this
+    /// to the base's (the smallest such model).
+    MinCosine(f64),
+}
+
+impl Target {
+    /// The job field that gives the target (for errors).
+    pub fn field(&self) -> &'static str {
+        match self {
+            Target::MaxSize(_) => "fit.max_size",
+            Target::MaxBpw(_) => "fit.max_bpw",
+            Target::MaxKld(_) => "fit.max_kld",
+            Target::MaxRam { .. } => "fit.max_ram",
+            Target::MinCosine(_) => "fit.min_cosine",
+        }
+    }
+
+    /// A target that does not fit the kind of model (`objective`) is an error naming its field:
+    /// a cosine target for a causal LM, a KL-divergence or memory target for an encoder.
+    ///
+    /// # Errors
+    /// As described, `model` naming the file.
+    pub fn check_for(&self, objective: Objective, model: &str) -> Result<()> {
+        let wrong = match (self, objective) {
+            (Target::MinCosine(_), Objective::Kld) => Some(
+                "is a causal language model: a cosine target judges sentence encoders; give a KL-divergence, \
+                 size or bits-per-weight target",
+            ),
+            (Target::MaxKld(_), Objective::EmbedDamage) => Some(
+                "is a sentence encoder, which has no next-token distribution to take a KL-divergence of; give a \
+                 minimum cosine similarity, a size or a bits-per-weight target",
+            ),
+            (Target::MaxRam { .. }, Objective::EmbedDamage) => Some(
+                "is a sentence encoder: the memory target models a causal LM's KV cache; give a size or \
+                 bits-per-weight target",
+            ),
+            _ => None,
+        };
+        match wrong {
+            Some(w) => Err(Error::field(self.field(), format!("{model} {w}"))),
+            None => Ok(()),
+        }
+    }
 }
 
 impl std::fmt::Display for Target {
@@ -41,6 +84,7 @@ impl std::fmt::Display for Target {
             Target::MaxBpw(b) => write!(f, "max-bpw {b}"),
             Target::MaxKld(k) => write!(f, "max-kld {k}"),
             Target::MaxRam { bytes, ctx } => write!(f, "max-ram {} at ctx {ctx}", crate::inspect::human_bytes(*bytes)),
+            Target::MinCosine(c) => write!(f, "min-cosine {c}"),
         }
     }
 }
@@ -49,6 +93,8 @@ impl std::fmt::Display for Target {
 #[derive(Clone, Debug, Serialize)]
 pub struct FitPlan {
     pub target: Target,
+    /// What the predicted figures measure (KL-divergence, or embedding damage for an encoder).
+    pub objective: Objective,
     /// Type per quantizable tensor.
     pub types: BTreeMap<String, String>,
     /// Predicted contribution per tensor.
@@ -131,6 +177,7 @@ pub fn solve(file: &GgufFile, profile: &Profile, target: Target) -> Result<FitPl
             return Err(Error::Invalid(format!("sensitivity profile names tensor {} that the model lacks", t.name)));
         }
     }
+    target.check_for(profile.objective, &file.path.display().to_string())?;
     let items = items(profile);
     // Fixed bytes: what a plan costs besides the candidates' data (header, kept tensors, padding).
     let lightest = solver::lightest_choice(&items);
@@ -176,6 +223,12 @@ pub fn solve(file: &GgufFile, profile: &Profile, target: Target) -> Result<FitPl
             }
             (None, None)
         }
+        Target::MinCosine(c) => {
+            if !(c > 0.0 && c < 1.0) {
+                return Err(Error::field("fit.min_cosine", format!("{c}: must be between 0 and 1")));
+            }
+            (None, None)
+        }
     };
 
     let unreachable = |what: String| -> Error {
@@ -198,16 +251,30 @@ pub fn solve(file: &GgufFile, profile: &Profile, target: Target) -> Result<FitPl
     loop {
         attempts += 1;
         sol = match (target, inner) {
-            (Target::MaxKld(k), _) => solver::smallest_within(&items, k).ok_or_else(|| {
-                let best: f64 =
-                    profile.tensors.iter().map(|t| t.choices.iter().map(|c| c.kld).fold(f64::INFINITY, f64::min)).sum();
-                Error::field(
-                    "fit.max_kld",
-                    format!(
-                        "{k} cannot be met: the best predicted KL-divergence among the candidate types is {best:.3e}"
-                    ),
-                )
-            })?,
+            (Target::MaxKld(_) | Target::MinCosine(_), _) => {
+                let limit = match target {
+                    Target::MinCosine(c) => 1.0 - c,
+                    Target::MaxKld(k) => k,
+                    _ => unreachable!("matched above"),
+                };
+                solver::smallest_within(&items, limit).ok_or_else(|| {
+                    let best: f64 = profile
+                        .tensors
+                        .iter()
+                        .map(|t| t.choices.iter().map(|c| c.kld).fold(f64::INFINITY, f64::min))
+                        .sum();
+                    let what = match target {
+                        Target::MinCosine(c) => {
+                            format!("{c} cannot be met: the best predicted mean cosine is {:.6}", 1.0 - best)
+                        }
+                        _ => format!(
+                            "{limit} cannot be met: the best predicted KL-divergence among the candidate types is \
+                             {best:.3e}"
+                        ),
+                    };
+                    Error::field(target.field(), what)
+                })?
+            }
             (_, Some(b)) => solver::solve(&items, b).map_err(|_| unreachable(target.to_string()))?,
             (_, None) => return Err(Error::Invalid("no budget for the target".into())),
         };
@@ -238,6 +305,7 @@ pub fn solve(file: &GgufFile, profile: &Profile, target: Target) -> Result<FitPl
     });
     Ok(FitPlan {
         target,
+        objective: profile.objective,
         types: types.iter().map(|(k, v)| (k.clone(), v.name().to_string())).collect(),
         tensor_kld,
         predicted_kld: sol.cost,
@@ -246,7 +314,7 @@ pub fn solve(file: &GgufFile, profile: &Profile, target: Target) -> Result<FitPl
         budget_bytes: match target {
             Target::MaxSize(b) => Some(b),
             Target::MaxRam { .. } | Target::MaxBpw(_) => budget_file,
-            Target::MaxKld(_) => None,
+            Target::MaxKld(_) | Target::MinCosine(_) => None,
         },
         solver: sol.solver,
         lower_bound: sol.lower_bound,
@@ -280,7 +348,7 @@ pub fn reserve(target: Target, bytes: u64, n_elements: u64, field: &str) -> Resu
             }
             Target::MaxBpw(x - extra)
         }
-        t @ Target::MaxKld(_) => t,
+        t @ (Target::MaxKld(_) | Target::MinCosine(_)) => t,
     })
 }
 

@@ -86,15 +86,23 @@ impl Session {
     /// Model, text and profiling errors.
     pub fn open(opts: SessionOptions, progress: &dyn Progress, cancel: &Cancel) -> Result<Self> {
         let file = Arc::new(GgufFile::open(&opts.model)?);
-        let tok = Tokenizer::from_gguf(&file).map_err(|e| Error::Invalid(format!("{}: {e}", opts.model.display())))?;
         let text = std::fs::read_to_string(&opts.text).map_err(|e| Error::io(&opts.text, e))?;
         let (calib_text, heldout_text) = split_text(&text);
-        let tokens =
-            tok.encode(calib_text, true).map_err(|e| Error::Invalid(format!("{}: {e}", opts.text.display())))?;
-        let bos = if tok.add_bos() { tok.bos() } else { None };
         let s = &opts.sensitivity;
         let what = format!("calibration text (first half of {})", opts.text.display());
-        let calib_chunks = Chunks::cut(&tokens, 0, s.ctx, s.chunks, bos, &what)?;
+        let calib_chunks = if crate::eval::embed::is_encoder(file.metadata()) {
+            // An encoder is calibrated on whole lines (sentences), `ctx × chunks` tokens of them.
+            let model = crate::eval::embed::open_encoder(&opts.model, false)?;
+            let lines = crate::eval::embed::token_lines(&model, calib_text, s.ctx * s.chunks, &what)?;
+            Chunks { chunks: lines, first: 0 }
+        } else {
+            let tok =
+                Tokenizer::from_gguf(&file).map_err(|e| Error::Invalid(format!("{}: {e}", opts.model.display())))?;
+            let tokens =
+                tok.encode(calib_text, true).map_err(|e| Error::Invalid(format!("{}: {e}", opts.text.display())))?;
+            let bos = if tok.add_bos() { tok.bos() } else { None };
+            Chunks::cut(&tokens, 0, s.ctx, s.chunks, bos, &what)?
+        };
         let calib = Calibration { sha256: sha256_tokens(&calib_chunks.chunks.concat()), chunks: calib_chunks };
         let key = Profile::cache_key(&opts.model_sha256, &calib.sha256, s);
         let (profile, cached) = match Profile::load_cached(&opts.cache_dir, &key) {

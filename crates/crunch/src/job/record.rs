@@ -41,11 +41,25 @@ pub mod metric {
     pub const HELDOUT_LOSS: &str = "heldout_loss";
     /// SeedLM encoding: the share of (block, seed) pairs the lower bound skipped.
     pub const SEEDS_SKIPPED: &str = "seeds_skipped";
+    /// An encoder's predicted embedding damage (mean `1 − cosine`), as `predicted_kld` for a LM.
+    pub const PREDICTED_DAMAGE: &str = "predicted_damage";
+    /// An encoder's cosine similarity to the base's sentence embeddings on held-out lines.
+    pub const COSINE_MEAN: &str = "cosine_mean";
+    pub const COSINE_P1: &str = "cosine_p1";
+    pub const COSINE_MIN: &str = "cosine_min";
 }
 
 /// The registry metrics of a model measured against its base on held-out text.
-pub fn measured_metrics(m: &crate::fit::heldout::Measured) -> [(&'static str, f64); 7] {
-    [
+pub fn measured_metrics(m: &crate::fit::heldout::Measured) -> Vec<(&'static str, f64)> {
+    if let Some(c) = &m.cosine {
+        return vec![
+            (metric::COSINE_MEAN, c.mean),
+            (metric::COSINE_P1, c.p1),
+            (metric::COSINE_MIN, c.min),
+            (metric::TOKENS_PER_S, m.tokens_per_s),
+        ];
+    }
+    vec![
         (metric::KLD, m.kld),
         (metric::KLD_ERR, m.kld_err),
         (metric::KLD_P99, m.kld_p99),

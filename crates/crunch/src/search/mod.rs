@@ -122,7 +122,8 @@ pub fn pareto_front(points: &[Vec<f64>]) -> Vec<bool> {
     points.iter().map(|p| !points.iter().any(|q| dominates(q, p))).collect()
 }
 
-/// Mark the fronts on evaluated candidates: size, KLD, perplexity, memory, and speed (negated).
+/// Mark the fronts on evaluated candidates: size, damage (KLD, or `1 − cosine` for an encoder),
+/// perplexity, memory, and speed (negated).
 pub fn mark_fronts(cands: &mut [Candidate]) {
     let idx: Vec<usize> = (0..cands.len()).filter(|&i| cands[i].measured.is_some()).collect();
     let full: Vec<Vec<f64>> = idx
@@ -130,7 +131,7 @@ pub fn mark_fronts(cands: &mut [Candidate]) {
         .map(|&i| {
             let c = &cands[i];
             let m = c.measured.as_ref().expect("filtered");
-            vec![c.file_bytes as f64, m.kld, m.ppl, c.ram.map_or(0.0, |r| r.total as f64), -m.tokens_per_s]
+            vec![c.file_bytes as f64, m.damage(), m.ppl, c.ram.map_or(0.0, |r| r.total as f64), -m.tokens_per_s]
         })
         .collect();
     let two: Vec<Vec<f64>> = full.iter().map(|p| vec![p[0], p[1]]).collect();
@@ -182,7 +183,8 @@ pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
 pub struct Summary {
     pub n_candidates: usize,
     pub n_evaluated: usize,
-    /// Rank correlation of predicted and measured KLD over the evaluated candidates that quantize
+    /// Rank correlation of predicted and measured damage (KLD, or `1 − cosine` for an encoder)
+    /// over the evaluated candidates that quantize
     /// the base itself (a pruned recipe's prediction is relative to its pruned copy).
     pub kld_rank_correlation: Option<f64>,
     pub front: Vec<String>,
@@ -192,7 +194,7 @@ pub fn summarize(cands: &[Candidate]) -> Summary {
     let ev: Vec<&Candidate> = cands.iter().filter(|c| c.measured.is_some()).collect();
     let same_base: Vec<&&Candidate> = ev.iter().filter(|c| c.recipe.prune.is_none()).collect();
     let pred: Vec<f64> = same_base.iter().map(|c| c.predicted_kld).collect();
-    let meas: Vec<f64> = same_base.iter().map(|c| c.measured.as_ref().map_or(0.0, |m| m.kld)).collect();
+    let meas: Vec<f64> = same_base.iter().map(|c| c.measured.as_ref().map_or(0.0, |m| m.damage())).collect();
     Summary {
         n_candidates: cands.len(),
         n_evaluated: ev.len(),

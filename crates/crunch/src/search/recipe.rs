@@ -7,6 +7,7 @@
 //!   - preset: Q4_K_M         # a llama.cpp preset, planned exactly as llama-quantize does
 //!   - name: fit-4.5
 //!     fit: { max_bpw: 4.5 }  # or max_size: 90MiB | max_kld: 0.01 | max_ram: 1GiB (+ ctx: 4096)
+//!                            # | min_cosine: 0.999 (sentence encoders)
 //!   - name: q4_0-big-down
 //!     preset: Q4_0
 //!     tensor_types: { "ffn_down": Q6_K }   # regex on the tensor name -> type, first match wins
@@ -67,6 +68,8 @@ pub struct RawFit {
     pub max_bpw: Option<f64>,
     pub max_kld: Option<f64>,
     pub max_ram: Option<SizeValue>,
+    /// A sentence encoder's smallest mean cosine to the base's embeddings.
+    pub min_cosine: Option<f64>,
     /// The size of the file a llama.cpp preset makes from the same model (e.g. `Q4_K_M`).
     pub max_size_of: Option<String>,
     /// Context counted for `max_ram`.
@@ -194,7 +197,11 @@ pub fn validate(file: &RecipeFile, source: &str) -> Result<Vec<Recipe>> {
         let kind = match (&r.preset, &r.fit) {
             (Some(_), Some(_)) => return Err(bad(source, &at, "give either `preset` or `fit`, not both")),
             (None, None) => {
-                return Err(bad(source, &at, "give `preset: NAME` or `fit: {max_size|max_bpw|max_kld|max_ram: …}`"))
+                return Err(bad(
+                    source,
+                    &at,
+                    "give `preset: NAME` or `fit: {max_size|max_bpw|max_kld|max_ram|min_cosine: …}`",
+                ))
             }
             (Some(p), None) => {
                 let ftype: Ftype = p.parse().map_err(|e: String| bad(source, &format!("{at}.preset"), e))?;
@@ -223,6 +230,7 @@ pub fn validate(file: &RecipeFile, source: &str) -> Result<Vec<Recipe>> {
                     f.max_bpw.is_some(),
                     f.max_kld.is_some(),
                     f.max_ram.is_some(),
+                    f.min_cosine.is_some(),
                     f.max_size_of.is_some(),
                 ]
                 .iter()
@@ -232,7 +240,7 @@ pub fn validate(file: &RecipeFile, source: &str) -> Result<Vec<Recipe>> {
                     return Err(bad(
                         source,
                         &fa,
-                        "give exactly one of max_size, max_size_of, max_bpw, max_kld, max_ram",
+                        "give exactly one of max_size, max_size_of, max_bpw, max_kld, max_ram, min_cosine",
                     ));
                 }
                 if f.ctx.is_some() && f.max_ram.is_none() {
@@ -280,6 +288,11 @@ pub fn validate(file: &RecipeFile, source: &str) -> Result<Vec<Recipe>> {
                     Target::MaxBpw(positive(v, "max_bpw")?)
                 } else if let Some(v) = f.max_kld {
                     Target::MaxKld(positive(v, "max_kld")?)
+                } else if let Some(v) = f.min_cosine {
+                    if !(v > 0.0 && v < 1.0) {
+                        return Err(bad(source, &format!("{fa}.min_cosine"), format!("{v}: must be between 0 and 1")));
+                    }
+                    Target::MinCosine(v)
                 } else if let Some(v) = &f.max_ram {
                     let ctx = f.ctx.unwrap_or(4096);
                     if ctx == 0 {
@@ -326,13 +339,15 @@ pub fn default_name(kind: &RecipeKind, method: Method) -> String {
         }
         RecipeKind::Fit(Target::MaxBpw(b)) => format!("fit-bpw-{b}{m}"),
         RecipeKind::Fit(Target::MaxKld(k)) => format!("fit-kld-{k}{m}"),
+        RecipeKind::Fit(Target::MinCosine(c)) => format!("fit-cosine-{c}{m}"),
         RecipeKind::Fit(Target::MaxRam { bytes, ctx }) => {
             format!("fit-ram-{}-ctx{ctx}{m}", size_label(*bytes))
         }
     }
 }
 
-/// Recipes from `--grid KEY=V1,V2,…` specs (keys: preset, max-size, max-bpw, max-kld, max-ram),
+/// Recipes from `--grid KEY=V1,V2,…` specs (keys: preset, max-size, max-bpw, max-kld, max-ram,
+/// min-cosine),
 /// each crossed with every method in `methods`.
 ///
 /// # Errors
@@ -358,9 +373,13 @@ pub fn grid(specs: &[String], methods: &[Method]) -> Result<Vec<Recipe>> {
                     f.max_kld =
                         Some(v.parse().map_err(|_| Error::Invalid(format!("grid {spec:?}: {v:?} is not a number")))?)
                 }
+                "min-cosine" => {
+                    f.min_cosine =
+                        Some(v.parse().map_err(|_| Error::Invalid(format!("grid {spec:?}: {v:?} is not a number")))?)
+                }
                 k => {
                     return Err(Error::Invalid(format!(
-                        "grid {spec:?}: unknown key {k:?} (use preset, max-size, max-bpw, max-kld, max-ram)"
+                        "grid {spec:?}: unknown key {k:?} (use preset, max-size, max-bpw, max-kld, max-ram, min-cosine)"
                     )))
                 }
             }

@@ -75,6 +75,36 @@ pub fn candidates_for(row_len: u64, types: &[GgmlType]) -> Vec<GgmlType> {
     out
 }
 
+/// What a profile's predicted damage is.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// Mean KL-divergence of the next-token distributions from the base's (causal LMs).
+    #[default]
+    Kld,
+    /// Mean `1 − cosine` of the sentence embeddings against the base's (encoders).
+    EmbedDamage,
+}
+
+impl Objective {
+    /// The objective for the model in `file`: embedding damage for an encoder, KLD otherwise.
+    pub fn of(file: &GgufFile) -> Self {
+        if crate::eval::embed::is_encoder(file.metadata()) {
+            Objective::EmbedDamage
+        } else {
+            Objective::Kld
+        }
+    }
+
+    /// What the objective is called in messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Objective::Kld => "KL-divergence",
+            Objective::EmbedDamage => "embedding damage (1 - cosine)",
+        }
+    }
+}
+
 /// What to measure, and on what.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SensitivityOptions {
@@ -180,6 +210,10 @@ pub struct Profile {
     pub model_sha256: String,
     pub calibration_sha256: String,
     pub options: SensitivityOptions,
+    /// What `Choice::kld` and the probes' `kld` measure (KL-divergence for causal LMs, embedding
+    /// damage for encoders).
+    #[serde(default)]
+    pub objective: Objective,
     pub tensors: Vec<TensorProfile>,
     pub groups: Vec<GroupCalibration>,
     /// Per-column activation mean squares of the linear layers on the calibration text (kept for
@@ -284,7 +318,8 @@ pub fn plan_with_types(file: &GgufFile, types: &BTreeMap<String, GgmlType>) -> R
     Ok(plan)
 }
 
-fn tensor_f32(file: &GgufFile, name: &str) -> Result<(Vec<f32>, u64)> {
+/// A tensor of `file` as f32 values (dequantized) and its row length.
+pub(crate) fn tensor_f32(file: &GgufFile, name: &str) -> Result<(Vec<f32>, u64)> {
     let info = file.tensor(name).ok_or_else(|| Error::Invalid(format!("tensor {name} missing")))?;
     let row_len = info.row_len();
     let mut out = vec![0f32; info.n_elements() as usize];
@@ -332,21 +367,20 @@ pub fn measure(
     }
     let types = opts.candidate_types()?;
     let file = Arc::new(GgufFile::open(base_path)?);
-    let model = LlamaModel::from_gguf(file.clone()).map_err(|e| model_err(base_path, e))?;
-    let n_layer = model.config.n_layer;
+    let objective = Objective::of(&file);
 
-    // 1. The base pass: reference distributions and activation statistics.
+    // 1. The base pass: reference outputs and activation statistics (an importance matrix as
+    // `crunch imatrix` collects it).
     progress.start("sensitivity: base pass", calib.chunks.chunks.len() as u64);
-    // Activation statistics: an importance matrix as `crunch imatrix` collects it.
     let mut collector = Collector::new(CollectOptions { process_output: true });
     let mut collect_err = None;
-    let base = {
+    let (reference, n_layer) = {
         let mut obs = |n: &str, x: &[f32], t: usize| {
             if collect_err.is_none() {
                 collect_err = collector.observe(n, x, t).err();
             }
         };
-        scored_logits(&model, &calib.chunks, Some(&mut obs))?
+        Reference::base(base_path, file.clone(), objective, &calib.chunks, &mut obs, cancel)?
     };
     if let Some(e) = collect_err {
         return Err(crate::calibrate::calib_err(e));
@@ -416,14 +450,11 @@ pub fn measure(
             let imp: Option<quantize::exec::ImportanceLookup> =
                 if opts.method == Method::Imatrix { Some(&importance) } else { None };
             quantize::execute(&file, &plan, &tmp, imp, &crate::progress::NoProgress, cancel)?;
-            let res = (|| {
-                let m = LlamaModel::open(&tmp).map_err(|e| model_err(&tmp, e))?;
-                mean_kld(&m, &calib.chunks, &base)
-            })();
+            let res = reference.damage(&tmp, &calib.chunks, cancel);
             let _ = std::fs::remove_file(&tmp);
             let _ = std::fs::remove_file(crunch_core::output::sidecar_path(&tmp));
             let kld = res?;
-            tracing::info!("probe {g} @ {ty}: sum r = {sum_rel_err:.3e}, KLD = {kld:.3e}");
+            tracing::info!("probe {g} @ {ty}: sum r = {sum_rel_err:.3e}, damage = {kld:.3e}");
             probes.push(Probe { ty, sum_rel_err, kld });
         }
         // Least squares through the origin: alpha = Σ kld·r / Σ r².
@@ -456,12 +487,61 @@ pub fn measure(
         model_sha256: model_sha256.to_string(),
         calibration_sha256: calib.sha256.clone(),
         options: opts.clone(),
+        objective,
         tensors,
         groups,
         importance,
         n_tokens: calib.chunks.chunks.iter().map(|c| c.len()).sum(),
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The base model's outputs on the calibration sequences, which every probe is compared with.
+enum Reference {
+    /// A causal LM's scored logits per chunk.
+    Lm(Vec<Vec<f32>>),
+    /// An encoder's sentence embeddings per sequence.
+    Encoder(Vec<Vec<f32>>),
+}
+
+impl Reference {
+    /// Run the base model on the calibration sequences, `obs` seeing every linear layer's input.
+    /// Returns the reference and the model's layer count.
+    fn base(
+        path: &Path,
+        file: Arc<GgufFile>,
+        objective: Objective,
+        chunks: &Chunks,
+        obs: &mut dyn crunch_model::Observer,
+        cancel: &Cancel,
+    ) -> Result<(Self, usize)> {
+        match objective {
+            Objective::Kld => {
+                let model = LlamaModel::from_gguf(file).map_err(|e| model_err(path, e))?;
+                Ok((Reference::Lm(scored_logits(&model, chunks, Some(obs))?), model.config.n_layer))
+            }
+            Objective::EmbedDamage => {
+                let model = crunch_model::BertModel::open(path).map_err(|e| model_err(path, e))?;
+                let emb = crate::eval::embed::embed_observed(&model, &chunks.chunks, Some(obs), cancel)?;
+                Ok((Reference::Encoder(emb), model.config.n_layer))
+            }
+        }
+    }
+
+    /// The damage of the model at `path` against the reference on the same sequences.
+    fn damage(&self, path: &Path, chunks: &Chunks, cancel: &Cancel) -> Result<f64> {
+        match self {
+            Reference::Lm(base) => {
+                let m = LlamaModel::open(path).map_err(|e| model_err(path, e))?;
+                mean_kld(&m, chunks, base)
+            }
+            Reference::Encoder(base) => {
+                let m = crunch_model::BertModel::open(path).map_err(|e| model_err(path, e))?;
+                let emb = crate::eval::embed::embed_observed(&m, &chunks.chunks, None, cancel)?;
+                Ok(crate::eval::embed::mean_damage(base, &emb))
+            }
+        }
+    }
 }
 
 /// The types a group is probed with: 4.5-bit Q4_0 (valid for any row of 32), plus the group's

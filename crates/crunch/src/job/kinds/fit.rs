@@ -7,7 +7,7 @@ use crate::fit::session::{EvalSettings, Session, SessionOptions};
 use crate::fit::Target;
 use crate::job::record::{file_sha256, measured_metrics, metric, Recorder};
 use crate::job::{refuse_overwrite, RunCtx};
-use crate::sensitivity::{default_work_dir, Method, SensitivityOptions};
+use crate::sensitivity::{default_work_dir, Method, Objective, SensitivityOptions};
 use crunch_calib::text::{ChunkOptions, TextSource};
 use crunch_core::gguf::GgufFile;
 use crunch_model::LlamaConfig;
@@ -230,17 +230,62 @@ impl FitJob {
         if let Some(s) = &self.max_ram {
             t.push(Target::MaxRam { bytes: s.bytes("fit.max_ram")?, ctx: self.ram_ctx });
         }
+        if let Some(c) = self.min_cosine {
+            if !(c > 0.0 && c < 1.0) {
+                return Err(Error::field("fit.min_cosine", format!("{c} is not a cosine similarity in (0, 1)")));
+            }
+            t.push(Target::MinCosine(c));
+        }
         match t.as_slice() {
             [one] => Ok(*one),
-            [] => Err(Error::field("fit.max_size", "give one target: max_size, max_bpw, max_kld or max_ram")),
-            _ => Err(Error::field("fit.max_size", "give only one target of max_size, max_bpw, max_kld, max_ram")),
+            [] => {
+                Err(Error::field("fit.max_size", "give one target: max_size, max_bpw, max_kld, max_ram or min_cosine"))
+            }
+            _ => Err(Error::field(
+                "fit.max_size",
+                "give only one target of max_size, max_bpw, max_kld, max_ram, min_cosine",
+            )),
         }
     }
+}
+
+/// A target, pruning or correction that does not fit the kind of model in `model` (an encoder or
+/// a causal LM) is refused before any work, naming the field.
+///
+/// # Errors
+/// As described; the model cannot be opened.
+pub(crate) fn check_model_kind(
+    model: &Path,
+    target: Option<Target>,
+    prune: bool,
+    correction: bool,
+    kind: &str,
+) -> Result<()> {
+    let objective = Objective::of(&GgufFile::open(model)?);
+    if let Some(t) = target {
+        t.check_for(objective, &model.display().to_string())?;
+    }
+    if objective == Objective::EmbedDamage {
+        let refuse = |field: &str, what: &str| {
+            Error::field(
+                format!("{kind}.{field}"),
+                format!("{}: {what} works on causal LMs (Llama family), not on a sentence encoder", model.display()),
+            )
+        };
+        if prune {
+            return Err(refuse("prune", "structured pruning"));
+        }
+        if correction {
+            return Err(refuse("correction", "a low-rank correction"));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn run(j: &FitJob, ctx: &RunCtx) -> Result<FitOutcome> {
     let target = j.target()?;
     let sens = j.settings.sensitivity("fit")?;
+    check_model_kind(&j.model, Some(target), j.prune.is_some(), j.correction.is_some(), "fit")?;
     let output = match (&j.output, j.dry_run) {
         (Some(o), _) => Some(o.clone()),
         (None, true) => None,
@@ -368,20 +413,27 @@ fn fit_on(
         let lora: Vec<crunch_model::LoraSpec> =
             correction.iter().map(|(p, _)| crunch_model::LoraSpec { path: p.clone(), scale: 1.0 }).collect();
         let m = base.evaluate_with(output, &lora, progress, cancel)?;
-        let miss = match target {
-            Target::MaxKld(k) if m.kld > k && rounds < 4 => Some(k),
+        // The damage limit a quality target sets (KLD, or 1 − cosine for an encoder).
+        let limit = match target {
+            Target::MaxKld(k) => Some(k),
+            Target::MinCosine(c) => Some(1.0 - c),
             _ => None,
         };
+        let miss = limit.filter(|&k| m.damage() > k && rounds < 4);
         measured = Some(m.clone());
         let Some(k) = miss else { break };
         // The prediction was optimistic: aim lower in proportion and try again.
-        let aim = fp.predicted_kld * (k / m.kld) * 0.9;
+        let aim = fp.predicted_kld * (k / m.damage()) * 0.9;
         tracing::info!(
-            "measured KLD {:.5} is above the target {k}; solving again for a predicted {aim:.5} (was {:.5})",
-            m.kld,
+            "measured damage {:.5} is above the target {k}; solving again for a predicted {aim:.5} (was {:.5})",
+            m.damage(),
             fp.predicted_kld
         );
-        let mut next = pruned.unwrap_or(base).fit(Target::MaxKld(aim))?;
+        let retarget = match target {
+            Target::MinCosine(_) => Target::MinCosine(1.0 - aim),
+            _ => Target::MaxKld(aim),
+        };
+        let mut next = pruned.unwrap_or(base).fit(retarget)?;
         next.target = target;
         fp = next;
     }
@@ -392,7 +444,14 @@ fn fit_on(
         (metric::FILE_BYTES, total_bytes as f64),
         // With a correction, its bytes count in the bits per weight too.
         (metric::BPW, fp.bpw + (adapter_bytes * 8) as f64 / n_weights as f64),
-        (metric::PREDICTED_KLD, fp.predicted_kld),
+        (
+            if base.profile.objective == Objective::EmbedDamage {
+                metric::PREDICTED_DAMAGE
+            } else {
+                metric::PREDICTED_KLD
+            },
+            fp.predicted_kld,
+        ),
         (metric::SOLVER_GAP, fp.gap),
         (metric::QUANTIZE_SECONDS, report.seconds),
     ];

@@ -470,6 +470,10 @@ pub struct FitJob {
     /// Largest KL-divergence from the base on held-out text.
     #[serde(default)]
     pub max_kld: Option<f64>,
+    /// Smallest mean cosine similarity of an encoder's sentence embeddings to the base's on
+    /// held-out lines: the smallest model meeting it (encoders only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_cosine: Option<f64>,
     /// Most memory llama.cpp may use at `ram_ctx`.
     #[serde(default)]
     pub max_ram: Option<SizeSpec>,

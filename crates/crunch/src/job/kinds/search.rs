@@ -58,6 +58,21 @@ fn sanitize(name: &str) -> String {
 pub(crate) fn run(j: &SearchJob, ctx: &RunCtx) -> Result<SearchOutcome> {
     let recipes = recipes(j)?;
     let sens = j.settings.sensitivity("search")?;
+    for r in &recipes {
+        let target = match &r.kind {
+            crate::search::recipe::RecipeKind::Fit(t) => Some(*t),
+            _ => None,
+        };
+        super::fit::check_model_kind(&j.model, target, r.prune.is_some(), r.correction.is_some(), "search").map_err(
+            |e| match e {
+                Error::Field { field, message } => Error::field(
+                    format!("search.recipes ({}).{}", r.name, field.rsplit('.').next().unwrap_or(&field)),
+                    message,
+                ),
+                e => e,
+            },
+        )?;
+    }
     let mut inputs: Vec<(&str, &Path)> = vec![("model", &j.model), ("text", &j.settings.text)];
     if let Some(r) = &j.recipes_file {
         inputs.push(("recipes", r));
@@ -273,21 +288,35 @@ fn candidates(
         match res {
             Ok(()) => {
                 let m = c.measured.clone().expect("set on success");
-                progress.finish(&format!(
-                    "{}: {} ({:.3} bpw): predicted KLD {:.5}, measured {:.5}, PPL {:.4}, {:.1} tok/s",
-                    r.name,
-                    human_bytes(c.file_bytes),
-                    c.bpw,
-                    c.predicted_kld,
-                    m.kld,
-                    m.ppl,
-                    m.tokens_per_s
-                ));
+                progress.finish(&match &m.cosine {
+                    Some(cos) => format!(
+                        "{}: {} ({:.3} bpw): predicted cosine {:.6}, measured mean {:.6}, 1st percentile {:.6}",
+                        r.name,
+                        human_bytes(c.file_bytes),
+                        c.bpw,
+                        1.0 - c.predicted_kld,
+                        cos.mean,
+                        cos.p1
+                    ),
+                    None => format!(
+                        "{}: {} ({:.3} bpw): predicted KLD {:.5}, measured {:.5}, PPL {:.4}, {:.1} tok/s",
+                        r.name,
+                        human_bytes(c.file_bytes),
+                        c.bpw,
+                        c.predicted_kld,
+                        m.kld,
+                        m.ppl,
+                        m.tokens_per_s
+                    ),
+                });
                 child.data("measured", &serde_json::to_value(&m).map_err(json_err)?);
                 let mut metrics = vec![
                     (metric::FILE_BYTES, c.file_bytes as f64),
                     (metric::BPW, c.bpw),
-                    (metric::PREDICTED_KLD, c.predicted_kld),
+                    (
+                        if m.cosine.is_some() { metric::PREDICTED_DAMAGE } else { metric::PREDICTED_KLD },
+                        c.predicted_kld,
+                    ),
                     (metric::QUANTIZE_SECONDS, c.quantize_seconds),
                 ];
                 metrics.extend(measured_metrics(&m));
