@@ -23,7 +23,6 @@ import argparse
 import ctypes
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,16 +31,11 @@ import llama_cpp
 from llama_cpp import Llama
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+from lowrank_table import run  # noqa: E402
+
 FTYPES = {"Q8_0": 7, "Q6_K": 18, "Q5_0": 8, "Q5_1": 9, "Q4_0": 2, "Q4_1": 3, "Q4_K_M": 15, "Q4_K_S": 14,
           "Q5_K_M": 17, "Q3_K_M": 12, "IQ4_NL": 25}
-
-
-def run(cmd):
-    print("+", " ".join(str(c) for c in cmd), flush=True)
-    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"failed ({out.returncode}):\n{out.stderr[-4000:]}")
-    return out.stdout
 
 
 def split_half(text):

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("CRUNCH_CACHE", Path.home() / ".cache/crunch"))
 sys.path.insert(0, str(REPO / "scripts"))
-from lowrank_table import run  # noqa: E402
+from lowrank_table import kld_json, run  # noqa: E402
 
 # name -> (label, export arguments; None for a llama.cpp preset)
 ROWS = {
@@ -67,13 +67,6 @@ def main():
         lines = Path(a.text).read_text(encoding="utf-8").splitlines(keepends=True)
         calib.write_text("".join(lines[len(lines) // 2:]), encoding="utf-8")
 
-    def kld(name, model):
-        out = work / f"kld_{name}.json"
-        if not out.exists():
-            print(run([a.llama_python, REPO / "scripts/compare_kld.py", a.text, a.base, model, "--ctx", a.ctx,
-                       "--chunks", a.chunks, "--crunch", a.crunch, "--json", out]), flush=True)
-        return json.loads(out.read_text())
-
     results = []
     for name in [r for r in a.rows.split(",") if r]:
         label, args = ROWS[name]
@@ -102,7 +95,7 @@ def main():
             model = work / f"{name}.gguf"
             if not model.exists():
                 run([a.crunch, "convert", folder, model, "-q"])
-        r = kld(name, model)
+        r = kld_json(a, work, name, model)
         row["kld"], row["kld_err"] = r["llama_cpp"]["kld"]["mean"], r["llama_cpp"]["kld"].get("err")
         row["same_top_pct"] = r["llama_cpp"]["same_top_pct"]
         row["ppl"], row["ppl_base"] = r["llama_cpp"]["ppl_quant"], r["llama_cpp"]["ppl_base"]

@@ -18,7 +18,7 @@ pub struct SearchArgs {
     /// YAML recipe file (schema: docs/RECIPES.md).
     #[arg(long, value_name = "FILE.yaml")]
     recipes: Option<PathBuf>,
-    /// KEY=V1,V2,… (repeatable): preset=Q4_0,Q4_K_M  max-bpw=4.5,5  max-size=90MB  max-kld=0.02  max-ram=1GiB.
+    /// KEY=V1,V2,… (repeatable): preset=Q4_0,Q4_K_M  max-bpw=4.5,5  max-size=90MB  max-kld=0.02  max-ram=1GiB  min-cosine=0.999 (encoders).
     #[arg(long, value_name = "KEY=VALUES")]
     grid: Vec<String>,
     /// Methods each grid entry is tried with (comma-separated).

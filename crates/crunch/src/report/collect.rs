@@ -24,6 +24,9 @@ fn point_of(r: &RunRecord) -> Point {
         top1: m(r, metric::TOP1),
         tokens_per_s: m(r, metric::TOKENS_PER_S),
         ram_bytes: m(r, metric::RAM_BYTES).map(|v| v as u64),
+        predicted_damage: m(r, metric::PREDICTED_DAMAGE),
+        cosine_mean: m(r, metric::COSINE_MEAN),
+        cosine_p1: m(r, metric::COSINE_P1),
         pareto: false,
         types: r.tensors.iter().map(|t| (t.name.clone(), t.ty.clone())).collect(),
     }

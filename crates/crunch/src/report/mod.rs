@@ -28,6 +28,14 @@ pub struct Point {
     pub top1: Option<f64>,
     pub tokens_per_s: Option<f64>,
     pub ram_bytes: Option<u64>,
+    /// A sentence encoder's predicted embedding damage (`1 − cosine`) and measured cosine
+    /// similarity to the base's embeddings on held-out lines (mean, 1st percentile).
+    #[serde(default)]
+    pub predicted_damage: Option<f64>,
+    #[serde(default)]
+    pub cosine_mean: Option<f64>,
+    #[serde(default)]
+    pub cosine_p1: Option<f64>,
     pub pareto: bool,
     /// Type per tensor.
     pub types: BTreeMap<String, String>,
@@ -121,12 +129,32 @@ pub fn plots(d: &ReportData) -> Vec<(String, String)> {
             ),
         ),
     ];
-    let pm: Vec<(f64, f64, String)> =
-        d.points.iter().filter_map(|p| Some((p.predicted_kld?, p.kld?, p.name.clone()))).collect();
+    if d.points.iter().any(|p| p.cosine_mean.is_some()) {
+        v.push((
+            "pareto_size_cosine.svg".to_string(),
+            svg::scatter(
+                "Size vs embedding damage (held-out lines)",
+                &size,
+                &Axis { label: "1 - mean cosine vs base".into(), log: true },
+                &series_by_kind(&d.points, |p| p.cosine_mean.map(|c| 1.0 - c)),
+                900.0,
+                520.0,
+            ),
+        ));
+    }
+    let pm: Vec<(f64, f64, String)> = d
+        .points
+        .iter()
+        .filter_map(|p| match (p.predicted_kld, p.kld, p.predicted_damage, p.cosine_mean) {
+            (Some(a), Some(b), _, _) => Some((a, b, p.name.clone())),
+            (_, _, Some(a), Some(c)) => Some((a, 1.0 - c, p.name.clone())),
+            _ => None,
+        })
+        .collect();
     if !pm.is_empty() {
         let title = match d.rank_correlation {
-            Some(r) => format!("Predicted vs measured KLD (rank correlation {r:.3})"),
-            None => "Predicted vs measured KLD".into(),
+            Some(r) => format!("Predicted vs measured damage (rank correlation {r:.3})"),
+            None => "Predicted vs measured damage".into(),
         };
         let lo = pm.iter().map(|p| p.0.min(p.1)).filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
         let hi = pm.iter().map(|p| p.0.max(p.1)).fold(0.0, f64::max);
@@ -145,8 +173,8 @@ pub fn plots(d: &ReportData) -> Vec<(String, String)> {
             "predicted_vs_measured.svg".to_string(),
             svg::scatter(
                 &title,
-                &Axis { label: "predicted KLD".into(), log: true },
-                &Axis { label: "measured KLD".into(), log: true },
+                &Axis { label: "predicted KLD (encoders: 1 - cosine)".into(), log: true },
+                &Axis { label: "measured KLD (encoders: 1 - cosine)".into(), log: true },
                 &series,
                 900.0,
                 520.0,
@@ -277,10 +305,12 @@ pub fn html(d: &ReportData) -> String {
             let _ = write!(h, "<div class=\"plot\" id=\"{}\">{svg}</div>", esc(name.trim_end_matches(".svg")));
         }
     }
+    let encoders = d.points.iter().any(|p| p.cosine_mean.is_some());
     let _ = write!(
         h,
         "<h2>Metrics</h2><table><tr><th>model</th><th>kind</th><th>run</th><th>size (bytes)</th><th>bpw</th>\
-         <th>predicted KLD</th><th>KLD</th><th>PPL</th><th>same top %</th><th>tok/s</th><th>RAM est.</th><th>front</th></tr>"
+         <th>predicted KLD</th><th>KLD</th><th>PPL</th><th>same top %</th><th>tok/s</th><th>RAM est.</th>{}<th>front</th></tr>",
+        if encoders { "<th>predicted cosine</th><th>cosine mean</th><th>cosine 1st pct</th>" } else { "" }
     );
     let f = |v: Option<f64>, d: usize| v.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "-".into());
     let mut pts: Vec<&Point> = d.points.iter().collect();
@@ -288,7 +318,7 @@ pub fn html(d: &ReportData) -> String {
     for p in &pts {
         let _ = write!(
             h,
-            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}<td>{}</td></tr>",
             if p.pareto { "front" } else { "" },
             esc(&p.name),
             esc(&p.kind),
@@ -301,6 +331,16 @@ pub fn html(d: &ReportData) -> String {
             f(p.top1.map(|t| t * 100.0), 2),
             f(p.tokens_per_s, 1),
             p.ram_bytes.map(crate::inspect::human_bytes).unwrap_or_else(|| "-".into()),
+            if encoders {
+                format!(
+                    "<td>{}</td><td>{}</td><td>{}</td>",
+                    f(p.predicted_damage.map(|d| 1.0 - d), 6),
+                    f(p.cosine_mean, 6),
+                    f(p.cosine_p1, 6)
+                )
+            } else {
+                String::new()
+            },
             if p.pareto { "*" } else { "" }
         );
     }

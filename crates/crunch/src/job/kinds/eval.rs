@@ -158,9 +158,14 @@ pub(crate) fn embed(j: &EmbedJob, ctx: &RunCtx) -> Result<EmbedOutcome> {
 
 pub(crate) fn embed_compare(j: &EmbedCompareJob, ctx: &RunCtx) -> Result<EmbedCompareOutcome> {
     let opts = crate::eval::embed::EmbedOptions { max_lines: j.max_lines, max_tokens: j.max_tokens, exact: j.exact };
-    let result =
-        crate::eval::embed::embed_compare(&j.base, &j.model, &j.text, &opts, ctx.progress.as_ref(), &ctx.cancel)?;
-    Ok(EmbedCompareOutcome { result })
+    let params = serde_json::json!({ "max_lines": j.max_lines, "max_tokens": j.max_tokens, "exact": j.exact });
+    let inputs = [("base", j.base.as_path()), ("model", j.model.as_path()), ("text", j.text.as_path())];
+    let rec = Recorder::start("eval", ctx.registry.as_deref(), Some("embed".into()), params, &inputs);
+    let r = crate::eval::embed::embed_compare(&j.base, &j.model, &j.text, &opts, ctx.progress.as_ref(), &ctx.cancel);
+    let (result, run_id) = rec.close(r, |r| {
+        vec![(metric::COSINE_MEAN, r.cosine.mean), (metric::COSINE_P1, r.cosine.p1), (metric::COSINE_MIN, r.cosine.min)]
+    })?;
+    Ok(EmbedCompareOutcome { result, run_id })
 }
 
 pub(crate) fn generate(j: &GenerateJob, ctx: &RunCtx) -> Result<GenerateOutcome> {

@@ -737,6 +737,9 @@ pub struct EmbedOutcome {
 pub struct EmbedCompareOutcome {
     #[serde(flatten)]
     pub result: crate::eval::embed::EmbedReport,
+    /// The registry run (none when recording is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
