@@ -185,3 +185,22 @@ fn targets_and_methods_that_do_not_fit_the_model_are_refused() {
     assert!(e.contains("sentence encoder") && e.contains("lines"), "{e}");
     assert!(!out.exists(), "nothing written");
 }
+
+#[test]
+fn hqq_scale_and_minimum_beat_plain_q4_1_at_equal_size() {
+    let dir = crunch_testkit::Scratch::new("enchqq");
+    let (f32_path, _, held) = setup(&dir);
+    let (rtn, hqq) = (dir.join("rtn.gguf"), dir.join("hqq.gguf"));
+    for (out, m) in [(&rtn, "rtn"), (&hqq, "hqq")] {
+        let o = crunch(&["quantize", s(&f32_path), s(out), "Q4_1", "--method", m, "-q"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(size(&rtn), size(&hqq));
+    let (c_rtn, p_rtn) = cosine(&f32_path, &rtn, &held);
+    let (c_hqq, p_hqq) = cosine(&f32_path, &hqq, &held);
+    eprintln!("MiniLM Q4_1 mean cosine: plain {c_rtn:.6} (p1 {p_rtn:.6}), HQQ {c_hqq:.6} (p1 {p_hqq:.6})");
+    assert!(c_hqq > c_rtn && p_hqq > p_rtn);
+    // HQQ serves the types with a scale and a minimum only.
+    let e = fails(&["quantize", s(&f32_path), s(&dir.join("x.gguf")), "Q4_0", "--method", "hqq"]);
+    assert!(e.contains("--method") && e.contains("Q4_1"), "{e}");
+}

@@ -24,7 +24,9 @@ pub mod ternary;
 pub mod tiled;
 pub mod vmath;
 
-pub use rows::{convert_rows, dequantize_rows, quantize_rows, QuantError};
+pub use rows::{
+    convert_rows, convert_rows_hqq, dequantize_rows, hqq_quantizer, quantize_rows, QuantError, RowQuantizer,
+};
 
 /// Row quantizer: `src.len()` is a multiple of the block size, `dst` holds exactly the blocks.
 pub type QuantizeFn = fn(src: &[f32], weights: Option<&[f32]>, dst: &mut [u8]);

@@ -63,6 +63,46 @@ pub fn convert_rows(
     imatrix: Option<&[f32]>,
     dst: &mut [u8],
 ) -> Result<(), QuantError> {
+    convert_rows_with(src_type, src, dst_type, row_len, imatrix, None, dst)
+}
+
+/// A quantizer of one row of f32 into a type's blocks.
+pub type RowQuantizer = fn(&[f32], &mut [u8]);
+
+/// HQQ's quantizer for the GGUF types with a scale and a minimum per block of 32 (Q4_1, Q5_1).
+pub fn hqq_quantizer(ty: GgmlType) -> Option<RowQuantizer> {
+    match ty {
+        GgmlType::Q4_1 => Some(crate::legacy::q4_1::quantize_hqq),
+        GgmlType::Q5_1 => Some(crate::legacy::q5_1::quantize_hqq),
+        _ => None,
+    }
+}
+
+/// [`convert_rows`] with HQQ's scale and minimum per block ([`hqq_quantizer`]) instead of the
+/// type's own quantizer.
+///
+/// # Errors
+/// As [`convert_rows`]; a destination type HQQ does not serve.
+pub fn convert_rows_hqq(
+    src_type: GgmlType,
+    src: &[u8],
+    dst_type: GgmlType,
+    row_len: usize,
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
+    let q = hqq_quantizer(dst_type).ok_or(QuantError::Unsupported(dst_type))?;
+    convert_rows_with(src_type, src, dst_type, row_len, None, Some(q), dst)
+}
+
+fn convert_rows_with(
+    src_type: GgmlType,
+    src: &[u8],
+    dst_type: GgmlType,
+    row_len: usize,
+    imatrix: Option<&[f32]>,
+    quantizer: Option<RowQuantizer>,
+    dst: &mut [u8],
+) -> Result<(), QuantError> {
     let sk = kernels(src_type).ok_or(QuantError::Unsupported(src_type))?;
     let dk = kernels(dst_type).ok_or(QuantError::Unsupported(dst_type))?;
     let src_row = src_type.row_size(row_len).ok_or(QuantError::RowNotBlockMultiple {
@@ -87,7 +127,7 @@ pub fn convert_rows(
             return Err(QuantError::Length { what: "importance weights", expected: row_len, got: w.len() });
         }
     }
-    if src_type == dst_type {
+    if src_type == dst_type && quantizer.is_none() {
         dst.copy_from_slice(src);
         return Ok(());
     }
@@ -101,7 +141,10 @@ pub fn convert_rows(
                 (sk.dequantize)(sr, fr);
             }
             for (dr, fr) in d.chunks_exact_mut(dst_row).zip(f.chunks_exact(row_len)) {
-                (dk.quantize)(fr, weights, dr);
+                match quantizer {
+                    Some(q) => q(fr, dr),
+                    None => (dk.quantize)(fr, weights, dr),
+                }
             }
         },
     );

@@ -458,3 +458,41 @@ fn llama_cpp_byte_equality() {
     println!("SUMMARY {ok} identical, {bad} different");
     assert_eq!(bad, 0);
 }
+
+/// HQQ's scale and minimum for Q4_1 / Q5_1: never a larger squared error than the type's own
+/// rounding block by block, and an exact reproduction of weights already on the type's grid.
+#[test]
+fn hqq_blocks_are_never_worse_than_rounding_and_keep_a_grid() {
+    let row = 4096;
+    let x = realistic_weights(8, row, 17);
+    for (ty, hqq) in
+        [(GgmlType::Q4_1, q4_1::quantize_hqq as fn(&[f32], &mut [u8])), (GgmlType::Q5_1, q5_1::quantize_hqq)]
+    {
+        let plain = quantize(ty, &x, row, None);
+        let mut ours = vec![0u8; plain.len()];
+        for (src, dst) in x.chunks_exact(row).zip(ours.chunks_exact_mut(ty.row_size(row).unwrap())) {
+            hqq(src, dst);
+        }
+        let (mut dp, mut dh) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        dequantize_rows(ty, &plain, row, &mut dp).unwrap();
+        dequantize_rows(ty, &ours, row, &mut dh).unwrap();
+        let err = |d: &[f32], b: usize| -> f64 {
+            x[b * 32..(b + 1) * 32].iter().zip(&d[b * 32..(b + 1) * 32]).map(|(a, c)| ((a - c) as f64).powi(2)).sum()
+        };
+        let (mut total_p, mut total_h) = (0f64, 0f64);
+        for b in 0..x.len() / 32 {
+            assert!(err(&dh, b) <= err(&dp, b) * (1.0 + 1e-9) + 1e-18, "{ty} block {b}");
+            total_p += err(&dp, b);
+            total_h += err(&dh, b);
+        }
+        assert!(total_h < total_p * 0.97, "{ty}: HQQ {total_h} vs rounding {total_p}");
+        // Weights on the type's own grid come back as the same bytes.
+        let mut again = vec![0u8; plain.len()];
+        for (src, dst) in dp.chunks_exact(row).zip(again.chunks_exact_mut(ty.row_size(row).unwrap())) {
+            hqq(src, dst);
+        }
+        let mut back = vec![0f32; x.len()];
+        dequantize_rows(ty, &again, row, &mut back).unwrap();
+        assert_eq!(back, dp, "{ty}: a grid HQQ must not leave");
+    }
+}

@@ -231,6 +231,7 @@ fn flag_of(field: &str) -> String {
         "asym" => "asym/--sym",
         "double_quant" => "no-double-quant",
         "calibration" if field.starts_with("export") => "method",
+        "hqq" => "method",
         "random_tokens" => "text",
         "quant" => return "QUANT".into(),
         "adapters" => return "ADAPTER".into(),

@@ -68,9 +68,10 @@ pub struct QuantizeArgs {
 /// Calibrated methods (GPTQ, AWQ) and their calibration text.
 #[derive(clap::Args)]
 pub struct CalibArgs {
-    /// Calibrated method(s): rtn (plain), gptq, awq, or awq,gptq.
-    #[arg(long, value_name = "METHOD", default_value = "rtn")]
-    method: Method,
+    /// Method: rtn (plain), hqq (half-quadratic scale and minimum for the Q4_1 / Q5_1 tensors,
+    /// no data), or the calibrated gptq, awq, awq,gptq.
+    #[arg(long, value_name = "METHOD", default_value = "rtn", value_parser = parse_method)]
+    method: QuantMethod,
     /// Calibration text file for GPTQ/AWQ (or random:N[:SEED] for N random vocabulary tokens).
     #[arg(long, value_name = "FILE")]
     text: Option<String>,
@@ -97,12 +98,30 @@ pub struct CalibArgs {
     awq_grid: usize,
 }
 
+/// `--method`: one of crunch's methods, or HQQ (which needs no data).
+#[derive(Clone, Copy, Debug)]
+pub enum QuantMethod {
+    Hqq,
+    Other(Method),
+}
+
+fn parse_method(s: &str) -> Result<QuantMethod, String> {
+    if s.trim().eq_ignore_ascii_case("hqq") {
+        return Ok(QuantMethod::Hqq);
+    }
+    s.parse::<Method>().map(QuantMethod::Other).map_err(|e| format!("{e}, hqq"))
+}
+
 impl QuantizeArgs {
     /// The job these arguments ask for.
     pub fn job(&self) -> Job {
         let c = &self.calib;
-        let calibration = c.text.as_ref().filter(|_| c.method.is_calibrated()).map(|text| CalibrationSpec {
-            method: c.method,
+        let (method, hqq) = match c.method {
+            QuantMethod::Hqq => (Method::Rtn, true),
+            QuantMethod::Other(m) => (m, false),
+        };
+        let calibration = c.text.as_ref().filter(|_| method.is_calibrated()).map(|text| CalibrationSpec {
+            method,
             text: PathBuf::from(text),
             ctx: c.ctx,
             chunks: c.chunks,
@@ -127,6 +146,7 @@ impl QuantizeArgs {
             include_weights: self.include_weights.clone(),
             exclude_weights: self.exclude_weights.clone(),
             calibration,
+            hqq,
         })
     }
 }
@@ -168,9 +188,10 @@ fn print_plan(plan: &Plan) {
 }
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
-    let c = &a.calib;
-    if c.method.is_calibrated() && c.text.is_none() {
-        bail!("--method {}: give calibration text with --text FILE (or random:N)", c.method);
+    if let QuantMethod::Other(m) = a.calib.method {
+        if m.is_calibrated() && a.calib.text.is_none() {
+            bail!("--method {m}: give calibration text with --text FILE (or random:N)");
+        }
     }
     let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json || a.dry_run), None)?;
     let Outcome::Quantize(o) =

@@ -128,6 +128,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
         include_weights: Vec::new(),
         exclude_weights: Vec::new(),
         calibration: None,
+        hqq: false,
     });
     let ctx = super::job_ctx(a.threads, TermProgress::shared(a.quiet || a.json), None)?;
     let Outcome::Quantize(o) = super::run_job(&job, &ctx).with_context(|| format!("decoding {}", a.input.display()))?

@@ -164,8 +164,69 @@ pub fn params_with(x: &[f32], spec: &IntSpec, o: &HqqOptions) -> (f16, u8) {
     search(x, spec.max_code(), o, store).unwrap_or_else(|| super::rtn_params(x, spec))
 }
 
+/// HQQ's scale `d` and minimum `m` (both f16) for a block of a GGUF type that stores
+/// `x = d·q + m` with codes `0..=max_code` (Q4_1: 15, Q5_1: 31), and the codes, written to
+/// `codes`. The minimum is `−scale·zero`; the codes are the nearest for the stored `d` and `m`.
+/// When round-to-nearest on the block's own range (llama.cpp's reference rule) has the smaller
+/// squared error, that is returned instead, so the block is never worse than plain rounding.
+pub fn scale_min(x: &[f32], max_code: u8, o: &HqqOptions, codes: &mut [u8]) -> (f16, f16) {
+    let maxq = max_code as f32;
+    let encode = |d: f16, m: f16, codes: &mut [u8]| -> f64 {
+        let (df, mf) = (d.to_f32(), m.to_f32());
+        let inv = if df != 0.0 { 1.0 / df } else { 0.0 };
+        let mut err = 0f64;
+        for (c, &v) in codes.iter_mut().zip(x) {
+            let q = round_code((v - mf) * inv, maxq);
+            *c = q as u8;
+            err += ((v - (df * q + mf)) as f64).powi(2);
+        }
+        err
+    };
+    // Plain rounding on the block's range, as llama.cpp's reference quantizers.
+    let (lo, hi) = x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let rtn = (f16::from_f32((hi - lo) / maxq), f16::from_f32(lo));
+    let store = |scale: f32, z: f32| {
+        let (d, m) = (f16::from_f32(scale), f16::from_f32(-scale * z));
+        let df = d.to_f32();
+        ((d, m), df, if df != 0.0 { -m.to_f32() / df } else { 0.0 })
+    };
+    let best = match search(x, max_code, o, store) {
+        Some(h) => {
+            let mut tmp = vec![0u8; x.len()];
+            if encode(h.0, h.1, &mut tmp) < encode(rtn.0, rtn.1, codes) {
+                h
+            } else {
+                rtn
+            }
+        }
+        None => rtn,
+    };
+    encode(best.0, best.1, codes);
+    best
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_min_is_never_worse_than_plain_rounding() {
+        // A block with an outlier, where HQQ's zero helps, and a plain one.
+        let mut x: Vec<f32> = (0..32).map(|i| ((i * 37 % 29) as f32 - 14.0) * 0.013).collect();
+        x[5] = 0.9;
+        for block in [x.clone(), (0..32).map(|i| i as f32 * 0.01).collect()] {
+            let mut q = vec![0u8; 32];
+            let (d, m) = scale_min(&block, 15, &HqqOptions::default(), &mut q);
+            let err: f32 =
+                block.iter().zip(&q).map(|(&v, &c)| (v - (d.to_f32() * c as f32 + m.to_f32())).powi(2)).sum();
+            let (lo, hi) = block.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            let (rd, rm) = (f16::from_f32((hi - lo) / 15.0).to_f32(), f16::from_f32(lo).to_f32());
+            let rtn: f32 = block.iter().map(|&v| (v - (rd * round_code((v - rm) / rd, 15.0) + rm)).powi(2)).sum();
+            assert!(err <= rtn * (1.0 + 1e-6), "HQQ {err} vs plain {rtn}");
+            assert!(q.iter().all(|&c| c <= 15));
+        }
+    }
+
     #[test]
     fn round_code_is_nearest_within_range() {
         for i in -2000..6000 {

@@ -92,6 +92,19 @@ fn quantize_weighted(src: &[f32], importance: &[f32], out: &mut [BlockQ4_1]) {
     }
 }
 
+/// Quantize one row (`src.len()` a multiple of 32) into Q4_1 blocks with HQQ's scale and
+/// minimum per block (half-quadratic, no data; see [`crate::hfq::hqq::scale_min`]).
+pub fn quantize_hqq(src: &[f32], dst: &mut [u8]) {
+    let o = crate::hfq::hqq::HqqOptions::default();
+    fill_blocks(dst, |out: &mut [BlockQ4_1]| {
+        for (b, x) in out.iter_mut().zip(src.chunks_exact(QK)) {
+            let mut q = [0u8; QK];
+            let (d, m) = crate::hfq::hqq::scale_min(x, 15, &o, &mut q);
+            *b = BlockQ4_1 { d, m, qs: pack_nibbles(&q) };
+        }
+    });
+}
+
 /// Dequantize Q4_1 blocks.
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     for (b, y) in all_blocks::<BlockQ4_1>(src).iter().zip(dst.chunks_exact_mut(QK)) {

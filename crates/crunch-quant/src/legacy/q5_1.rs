@@ -95,6 +95,19 @@ fn codes(b: &BlockQ5_1) -> [u8; QK] {
     q
 }
 
+/// Quantize one row (`src.len()` a multiple of 32) into Q5_1 blocks with HQQ's scale and
+/// minimum per block (half-quadratic, no data; see [`crate::hfq::hqq::scale_min`]).
+pub fn quantize_hqq(src: &[f32], dst: &mut [u8]) {
+    let o = crate::hfq::hqq::HqqOptions::default();
+    fill_blocks(dst, |out: &mut [BlockQ5_1]| {
+        for (b, x) in out.iter_mut().zip(src.chunks_exact(QK)) {
+            let mut q = [0u8; QK];
+            let (d, m) = crate::hfq::hqq::scale_min(x, 31, &o, &mut q);
+            *b = BlockQ5_1 { d, m, qh: pack_high_bits(&q), qs: pack_nibbles(&q) };
+        }
+    });
+}
+
 /// Dequantize Q5_1 blocks.
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     for (b, y) in all_blocks::<BlockQ5_1>(src).iter().zip(dst.chunks_exact_mut(QK)) {

@@ -32,6 +32,9 @@ pub struct ExecOptions<'a> {
     pub replacements: Option<ReplacementLookup<'a>>,
     /// Metadata appended after `general.file_type` (llama-quantize's `quantize.imatrix.*` keys).
     pub extra_metadata: &'a [(String, Value)],
+    /// Quantize the tensors whose type has a scale and a minimum per block (Q4_1, Q5_1) with
+    /// HQQ's half-quadratic zero point instead of the type's own rule.
+    pub hqq: bool,
 }
 
 /// What a finished quantization reports.
@@ -71,8 +74,24 @@ pub fn convert_tensor(
     importance: Option<&[f32]>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
+    convert_tensor_with(name, src, src_type, dst_type, row_len, importance, false, out)
+}
+
+/// [`convert_tensor`], with HQQ's quantizer where `hqq` is set and the type has one.
+#[allow(clippy::too_many_arguments)]
+fn convert_tensor_with(
+    name: &str,
+    src: &[u8],
+    src_type: GgmlType,
+    dst_type: GgmlType,
+    row_len: usize,
+    importance: Option<&[f32]>,
+    hqq: bool,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let qerr = |source| Error::Quant { tensor: name.to_string(), source };
-    if src_type == dst_type {
+    let hqq = hqq && crunch_quant::hqq_quantizer(dst_type).is_some();
+    if src_type == dst_type && !hqq {
         out.extend_from_slice(src);
         return Ok(());
     }
@@ -81,6 +100,9 @@ pub fn convert_tensor(
     let start = out.len();
     out.resize(start + n_rows * dst_row, 0);
     // fused per small group of rows on all cores: no f32 copy of the tensor is made
+    if hqq {
+        return crunch_quant::convert_rows_hqq(src_type, src, dst_type, row_len, &mut out[start..]).map_err(qerr);
+    }
     crunch_quant::convert_rows(src_type, src, dst_type, row_len, importance, &mut out[start..]).map_err(qerr)
 }
 
@@ -160,7 +182,17 @@ pub fn execute_with(
             None => None,
         };
         match replacement {
-            None => convert_tensor(&t.name, src, t.src_type, t.dst_type, t.dims[0] as usize, imp.as_deref(), &mut buf)?,
+            None if t.converts() => convert_tensor_with(
+                &t.name,
+                src,
+                t.src_type,
+                t.dst_type,
+                t.dims[0] as usize,
+                imp.as_deref(),
+                opts.hqq,
+                &mut buf,
+            )?,
+            None => convert_tensor(&t.name, src, t.src_type, t.dst_type, t.dims[0] as usize, None, &mut buf)?,
             Some(Replacement::Bytes(b)) => buf = b,
             Some(Replacement::F32(v)) => {
                 if v.len() as u64 != t.n_elements() {
@@ -172,13 +204,14 @@ pub fn execute_with(
                     )));
                 }
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                convert_tensor(
+                convert_tensor_with(
                     &t.name,
                     &bytes,
                     GgmlType::F32,
                     t.dst_type,
                     t.dims[0] as usize,
                     imp.as_deref(),
+                    opts.hqq && t.converts(),
                     &mut buf,
                 )?;
             }

@@ -100,6 +100,10 @@ pub struct QuantizeJob {
     /// GPTQ / AWQ calibration; `None` rounds to nearest (weighted by the imatrix if given).
     #[serde(default)]
     pub calibration: Option<CalibrationSpec>,
+    /// HQQ's half-quadratic scale and minimum for every Q4_1 / Q5_1 tensor of the plan (no
+    /// data); other types round as usual.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hqq: bool,
 }
 
 /// Calibrated quantization (GPTQ, AWQ) and its text.

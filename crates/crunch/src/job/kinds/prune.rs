@@ -257,7 +257,7 @@ pub(crate) fn run(j: &PruneJob, ctx: &RunCtx) -> Result<PruneOutcome> {
         let exec = quantize::ExecOptions {
             importance: None,
             replacements: Some(&replace as quantize::ReplacementLookup),
-            extra_metadata: &[],
+            ..Default::default()
         };
         let report = quantize::execute_with(&input, &plan, &j.output, exec, ctx.progress.as_ref(), &ctx.cancel)?;
         let tensors = measure_zeros(&j.output, &pruned.pruned)?;

@@ -104,8 +104,22 @@ pub(crate) fn run(j: &QuantizeJob, ctx: &RunCtx) -> Result<QuantizeOutcome> {
         return Ok(QuantizeOutcome { plan, result: None, run_id: None });
     }
     refuse_overwrite("quantize.output", &j.model, &j.output)?;
+    if j.hqq {
+        if j.calibration.is_some() {
+            return Err(Error::field("quantize.hqq", "HQQ chooses scales without data: not together with gptq or awq"));
+        }
+        if !plan.tensors.iter().any(|t| t.converts() && crunch_quant::hqq_quantizer(t.dst_type).is_some()) {
+            return Err(Error::field(
+                "quantize.hqq",
+                format!(
+                    "the {} plan has no Q4_1 or Q5_1 tensor, the types with a scale and a minimum HQQ serves",
+                    j.ftype
+                ),
+            ));
+        }
+    }
     let method = j.calibration.as_ref().map(method_options).transpose()?.flatten();
-    let params = serde_json::json!({ "type": j.ftype, "method": j.calibration.as_ref().map(|c| &c.method),
+    let params = serde_json::json!({ "type": j.ftype, "method": j.calibration.as_ref().map(|c| &c.method), "hqq": j.hqq,
                                       "pure": j.pure, "tensor_type": j.tensor_types, "imatrix": j.imatrix });
     let mut inputs: Vec<(&str, &Path)> = vec![("model", &j.model)];
     if let Some(m) = &j.imatrix {
@@ -139,6 +153,7 @@ pub(crate) fn run(j: &QuantizeJob, ctx: &RunCtx) -> Result<QuantizeOutcome> {
             importance: Some(&importance),
             replacements: calibrated.as_ref().map(|_| &replace as quantize::ReplacementLookup),
             extra_metadata: &extra,
+            hqq: j.hqq,
         };
         quantize::execute_with(&input, &plan, &j.output, exec, ctx.progress.as_ref(), &ctx.cancel)
     })();
