@@ -90,6 +90,39 @@ fn fit_on_an_encoder_beats_the_preset_at_its_size_and_meets_a_cosine_target() {
     assert!(m >= 0.995, "measured mean cosine {m} below the target: {r}");
     assert!(size(&small) < size(&f16_path) / 2, "{} bytes", size(&small));
 
+    // At Q8_0's size, where rounding alone has almost nothing left to gain, fit writes its plan
+    // with GPTQ and still beats the preset.
+    let q80 = dir.join("q8_0.gguf");
+    let o = crunch(&["quantize", s(&f16_path), s(&q80), "Q8_0", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let fit8 = dir.join("fit8.gguf");
+    let budget8 = size(&q80).to_string();
+    let r = ok_json(&[
+        "fit",
+        s(&f16_path),
+        s(&fit8),
+        "--max-size",
+        &budget8,
+        "--method",
+        "gptq",
+        "--calib-ctx",
+        "512",
+        "--calib-chunks",
+        "8",
+        "--text",
+        s(&text),
+        "--cache-dir",
+        s(&cache),
+        "--json",
+    ]);
+    assert!(size(&fit8) <= size(&q80), "{r}");
+    let (p8, p8_p1) = cosine(&f32_path, &q80, &held);
+    let (f8, f8_p1) = cosine(&f32_path, &fit8, &held);
+    eprintln!(
+        "MiniLM at {budget8} bytes: Q8_0 preset mean {p8:.6} p1 {p8_p1:.6}; fit (GPTQ) mean {f8:.6} p1 {f8_p1:.6}"
+    );
+    assert!(f8 > p8 && f8_p1 > p8_p1, "fit with GPTQ must beat Q8_0 at its size");
+
     // A search over an encoder: recipes judged by cosine.
     let out = dir.join("search");
     let r = ok_json(&[

@@ -157,7 +157,49 @@ impl Session {
         let imp = |name: &str| self.profile.importance.get(name).cloned();
         let lookup: Option<quantize::exec::ImportanceLookup> =
             if self.method() == Method::Imatrix { Some(&imp) } else { None };
-        quantize::execute(&self.file, plan, output, lookup, progress, cancel)
+        if self.method() != Method::Gptq {
+            return quantize::execute(&self.file, plan, output, lookup, progress, cancel);
+        }
+        // GPTQ onto the plan's types, calibrated on the first half of the text (whole lines for
+        // an encoder, `chunks × 32` of them; chunks of `ctx` tokens for a causal LM).
+        let s = &self.opts.sensitivity;
+        let stamp = format!(
+            "{}-{}",
+            std::process::id(),
+            output.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned())
+        );
+        let calib_path = self.opts.work_dir.join(format!("crunch-fit-gptq-{stamp}.txt"));
+        let scratch = self.opts.work_dir.join(format!("crunch-fit-gptq-{stamp}.calib-tmp"));
+        let res = (|| {
+            let text = std::fs::read_to_string(&self.opts.text).map_err(|e| Error::io(&self.opts.text, e))?;
+            std::fs::write(&calib_path, split_text(&text).0).map_err(|e| Error::io(&calib_path, e))?;
+            let encoder = crate::eval::embed::is_encoder(self.file.metadata());
+            let m = crate::calibrate::MethodOptions {
+                method: Method::Gptq,
+                text: crunch_calib::text::TextSource::File(calib_path.clone()),
+                chunks: crunch_calib::text::ChunkOptions {
+                    n_ctx: s.ctx,
+                    n_chunks: Some(if encoder { s.chunks * 32 } else { s.chunks }),
+                    skip: 0,
+                    shuffle_seed: None,
+                },
+                gptq: Default::default(),
+                awq: Default::default(),
+                prune: None,
+            };
+            let c = crate::calibrate::calibrate_model(&self.opts.model, plan, None, &m, &scratch, progress, cancel)?;
+            let importance = |name: &str| c.adjust_importance(name, self.profile.importance.get(name).cloned());
+            let replace = |name: &str| c.replacement(name);
+            let exec = quantize::ExecOptions {
+                importance: Some(&importance),
+                replacements: Some(&replace),
+                ..Default::default()
+            };
+            quantize::execute_with(&self.file, plan, output, exec, progress, cancel)
+        })();
+        let _ = std::fs::remove_file(&calib_path);
+        let _ = std::fs::remove_dir_all(&scratch);
+        res
     }
 
     /// The base's distributions on the held-out half of the text (evaluated on first use, cached

@@ -57,7 +57,7 @@ pub use crate::method::Method;
 
 /// Whether sensitivity profiles (and so `fit` and `search`) support a method.
 pub fn profiles(method: Method) -> bool {
-    matches!(method, Method::Rtn | Method::Imatrix)
+    matches!(method, Method::Rtn | Method::Imatrix | Method::Gptq)
 }
 
 /// The candidate types for a row length: every candidate mapped through llama.cpp's block-size
@@ -360,11 +360,9 @@ pub fn measure(
     cancel: &Cancel,
 ) -> Result<Profile> {
     let t0 = std::time::Instant::now();
-    if opts.method == Method::Gptq {
-        return Err(Error::Invalid(
-            "method gptq: crunch's GPTQ is not available to fit yet; use rtn or imatrix".into(),
-        ));
-    }
+    // A GPTQ plan is profiled as importance-weighted rounding (GPTQ's errors are at most those,
+    // so the prediction is conservative); the file is then written with GPTQ.
+    let weighted = matches!(opts.method, Method::Imatrix | Method::Gptq);
     let types = opts.candidate_types()?;
     let file = Arc::new(GgufFile::open(base_path)?);
     let objective = Objective::of(&file);
@@ -400,7 +398,7 @@ pub fn measure(
         }
         let (data, row_len) = tensor_f32(&file, &info.name)?;
         let imp = stats.importance(&info.name);
-        let quant_w = if opts.method == Method::Imatrix { imp.as_deref() } else { None };
+        let quant_w = if weighted { imp.as_deref() } else { None };
         let mut choices = Vec::new();
         for ty in candidates_for(row_len, &types) {
             let rel_err = damage::relative_error(&info.name, &data, row_len as usize, ty, quant_w, imp.as_deref())?;
@@ -447,8 +445,7 @@ pub fn measure(
             }
             let plan = plan_with_types(&file, &map)?;
             let tmp = work_dir.join(format!("crunch-probe-{}-{gi}-{}.gguf", std::process::id(), ty.name()));
-            let imp: Option<quantize::exec::ImportanceLookup> =
-                if opts.method == Method::Imatrix { Some(&importance) } else { None };
+            let imp: Option<quantize::exec::ImportanceLookup> = if weighted { Some(&importance) } else { None };
             quantize::execute(&file, &plan, &tmp, imp, &crate::progress::NoProgress, cancel)?;
             let res = reference.damage(&tmp, &calib.chunks, cancel);
             let _ = std::fs::remove_file(&tmp);
@@ -476,7 +473,7 @@ pub fn measure(
         }
     }
     progress.finish("sensitivity profile ready");
-    let importance = if opts.method == Method::Imatrix {
+    let importance = if weighted {
         tensors.iter().filter_map(|t| Some((t.name.clone(), stats.importance(&t.name)?))).collect()
     } else {
         BTreeMap::new()
