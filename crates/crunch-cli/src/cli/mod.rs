@@ -86,6 +86,10 @@ enum Command {
     Runs(runs::RunsArgs),
     /// An HTML page with Pareto plots, type maps and the sensitivity heat map of recorded runs.
     Report(report::ReportArgs),
+    /// Run one job given as JSON (the server's wire format) and print its outcome as one JSON
+    /// line: what a cluster worker runs for `search --ray`.
+    #[command(hide = true)]
+    Job(JobArgs),
     /// Serve every job over HTTP: jobs with live progress, cancellation, the registry, metrics,
     /// an OpenAPI document and a dashboard.
     Serve(serve::ServeArgs),
@@ -101,6 +105,16 @@ struct InspectArgs {
     /// Leave out the per-tensor table.
     #[arg(long)]
     no_tensors: bool,
+}
+
+#[derive(clap::Args)]
+struct JobArgs {
+    /// The job: JSON text, or @FILE.
+    #[arg(long)]
+    json: String,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(clap::Args)]
@@ -137,6 +151,7 @@ pub fn run() -> Result<()> {
         Command::Runs(a) => runs::run(a),
         Command::Report(a) => report::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Job(a) => job(a),
     }
 }
 
@@ -212,6 +227,12 @@ fn flag_of(field: &str) -> String {
     if field == "convert.base" || field == "export.base" {
         return "--base".into(); // an option there, not compare's positional BASE
     }
+    if let Some(rest) = field.strip_prefix("search.ray.") {
+        return if rest == "address" { "--ray".into() } else { format!("--ray-{}", rest.replace('_', "-")) };
+    }
+    if field.starts_with("search.space.") {
+        return field.trim_start_matches("search.").to_string();
+    }
     if field.starts_with("search.recipes") {
         // A recipe file's field: named as the file names it.
         return field.trim_start_matches("search.").to_string();
@@ -224,6 +245,8 @@ fn flag_of(field: &str) -> String {
         "tensor_types" => "tensor-type",
         "in_files" => "in-file",
         "recipes_file" => "recipes",
+        "space_file" => "space",
+        "max_co2_g" => "max-co2",
         "save_every" => "save-frequency",
         "evaluate" => "no-eval",
         "refit" => "no-refit",
@@ -244,6 +267,18 @@ fn flag_of(field: &str) -> String {
 /// Print a value as pretty JSON on stdout.
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn job(a: JobArgs) -> Result<()> {
+    let text = match a.json.strip_prefix('@') {
+        Some(p) => std::fs::read(p).with_context(|| format!("reading {p}"))?,
+        None => a.json.into_bytes(),
+    };
+    let job = crunch::job::from_json(&text).map_err(field_error)?;
+    let ctx = job_ctx(a.threads, progress::TermProgress::shared(true), None)?;
+    let o = run_job(&job, &ctx)?;
+    println!("{}", serde_json::to_string(&o)?);
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use serde_json::json;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["recipes", "grid"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["recipes", "grid", "space"])))]
 pub struct SearchArgs {
     /// Input GGUF model (F32/F16/BF16 base).
     model: PathBuf,
@@ -36,6 +36,65 @@ pub struct SearchArgs {
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// A product space to explore instead of listed recipes (YAML; docs/SEARCH.md).
+    #[arg(long, value_name = "FILE.yaml", conflicts_with_all = ["recipes", "grid"])]
+    space: Option<PathBuf>,
+    /// grid (every point), random, nsga2 or tpe.
+    #[arg(long, default_value = "grid")]
+    strategy: String,
+    /// Most trials (default: every point for grid, a third of the space otherwise).
+    #[arg(long)]
+    budget: Option<usize>,
+    /// Seed of random, nsga2 and tpe.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Objectives, comma-separated: size, kld, ppl, top1, acc, pp, tg, ram, energy, co2.
+    #[arg(long, value_delimiter = ',', default_value = "size,kld")]
+    objectives: Vec<String>,
+    /// Constraint: largest file (e.g. 90MiB).
+    #[arg(long, value_name = "SIZE")]
+    max_size: Option<String>,
+    /// Constraint: largest measured KL-divergence.
+    #[arg(long)]
+    max_kld: Option<f64>,
+    /// Constraint: largest multiple-choice accuracy drop below the base (0.05 = 5 points).
+    #[arg(long)]
+    max_acc_drop: Option<f64>,
+    /// Constraint (latency): slowest generation, tokens/s.
+    #[arg(long)]
+    min_tg: Option<f64>,
+    /// Constraint: slowest prompt processing, tokens/s.
+    #[arg(long)]
+    min_pp: Option<f64>,
+    /// Carbon budget of the whole search, grams CO2.
+    #[arg(long, value_name = "GRAMS")]
+    max_co2: Option<f64>,
+    /// Tokens generated per trial for generation speed and energy per token (0: skip).
+    #[arg(long, default_value_t = crunch::job::MeasureOptions::default_tg())]
+    tg_tokens: usize,
+    /// Multiple-choice tasks (JSONL, as eval choice) scored on every candidate and the base.
+    #[arg(long, value_name = "FILE.jsonl")]
+    choice_tasks: Option<PathBuf>,
+    #[arg(long)]
+    choice_limit: Option<usize>,
+    /// This CPU's package watts with every logical CPU busy (default: a table by CPU model).
+    #[arg(long)]
+    cpu_watts: Option<f64>,
+    /// Grams CO2 per kWh: a number, a country code (FR, US, …) or world (default).
+    #[arg(long)]
+    grid_intensity: Option<String>,
+    /// Run the trials on the Ray cluster at this address (e.g. 127.0.0.1:6379).
+    #[arg(long, value_name = "ADDRESS")]
+    ray: Option<String>,
+    /// The Python with ray installed (default $CRUNCH_RAY_PYTHON, else python3).
+    #[arg(long, requires = "ray")]
+    ray_python: Option<PathBuf>,
+    /// CPUs and threads of one trial on the cluster.
+    #[arg(long, default_value_t = crunch::job::RayOptions::default_cpus())]
+    ray_cpus_per_trial: usize,
+    /// Attempts after a lost worker before a trial is marked failed.
+    #[arg(long, default_value_t = crunch::job::RayOptions::default_retries())]
+    ray_max_retries: u32,
     #[command(flatten)]
     common: ModelArgs,
 }
@@ -51,6 +110,38 @@ pub fn run(a: SearchArgs) -> Result<()> {
         ram_ctx: a.ctx,
         dry_run: a.dry_run,
         settings: a.common.settings(),
+        space: None,
+        space_file: a.space.clone(),
+        strategy: a.strategy.clone(),
+        budget: a.budget,
+        seed: a.seed,
+        objectives: a.objectives.clone(),
+        constraints: crunch::search::objective::Constraints {
+            max_size: match &a.max_size {
+                Some(s) => Some(crunch::fit::parse_size(s, "--max-size").map_err(super::field_error)?),
+                None => None,
+            },
+            max_kld: a.max_kld,
+            max_acc_drop: a.max_acc_drop,
+            min_tg: a.min_tg,
+            min_pp: a.min_pp,
+            max_co2_g: a.max_co2,
+        },
+        measure: crunch::job::MeasureOptions {
+            tg_tokens: a.tg_tokens,
+            choice_tasks: a.choice_tasks.clone(),
+            choice_limit: a.choice_limit,
+            cpu_watts: a.cpu_watts,
+            grid_intensity: a.grid_intensity.clone(),
+        },
+        ray: a.ray.as_ref().map(|address| crunch::job::RayOptions {
+            address: address.clone(),
+            python: a.ray_python.clone(),
+            crunch: None,
+            cpus_per_trial: a.ray_cpus_per_trial,
+            max_retries: a.ray_max_retries,
+        }),
+        trial_points: Vec::new(),
     });
     let quiet = a.common.quiet || a.json;
     let ctx = super::job_ctx(a.common.threads, TermProgress::shared(quiet), a.common.registry.as_deref())?;
@@ -72,6 +163,24 @@ pub fn run(a: SearchArgs) -> Result<()> {
             None => println!("rank correlation: too few evaluated candidates"),
         }
         println!("Pareto front (size vs KLD): {}", summary.front.join(", "));
+        let objs: Vec<&str> = summary.objectives.iter().map(|o| o.name()).collect();
+        println!("Pareto front ({}): {}", objs.join(", "), summary.pareto.join(", "));
+        if let Some(src) = &summary.energy_source {
+            println!(
+                "energy {} ({}): {:.1} J, {:.3} g CO2 at {} g/kWh over {} trials ({} failed), {:.0} s",
+                src,
+                summary.power_model.as_deref().unwrap_or(""),
+                summary.energy_j,
+                summary.co2_g,
+                summary.grid_g_per_kwh,
+                summary.n_candidates,
+                summary.n_failed,
+                summary.wall_seconds
+            );
+        }
+        if let Some(s) = &summary.stopped {
+            println!("stopped early: {s}");
+        }
         if let Some(id) = o.run_id {
             println!("recorded as run {id}: crunch report {id} -o report.html");
         }
@@ -80,16 +189,22 @@ pub fn run(a: SearchArgs) -> Result<()> {
 }
 
 fn print_table(cands: &[Candidate]) {
-    println!(
-        "{:<28} {:>10} {:>6} {:>10} {:>10} {:>9} {:>8} {:>9} {:>7}",
-        "recipe", "size", "bpw", "pred. KLD", "KLD", "PPL", "top1 %", "tok/s", "front"
+    let extra = cands.iter().any(|c| c.t.extra.is_some());
+    print!(
+        "{:<28} {:>10} {:>6} {:>10} {:>10} {:>9} {:>8} {:>9}",
+        "recipe", "size", "bpw", "pred. KLD", "KLD", "PPL", "top1 %", "tok/s"
     );
+    if extra {
+        print!(" {:>8} {:>9} {:>9} {:>9}", "tg t/s", "J/token", "CO2 g", "peak MiB");
+    }
+    println!(" {:>7}", "front");
     for c in cands {
-        if let Some(e) = &c.error {
+        let t = &c.t;
+        if let Some(e) = &t.error {
             println!("{:<28} error: {e}", c.name);
             continue;
         }
-        let (k, p, t, s) = match &c.measured {
+        let (k, p, t1, s) = match &t.measured {
             Some(m) => (
                 format!("{:.5}", m.kld),
                 format!("{:.4}", m.ppl),
@@ -98,17 +213,36 @@ fn print_table(cands: &[Candidate]) {
             ),
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
-        println!(
-            "{:<28} {:>10} {:>6.3} {:>10.5} {:>10} {:>9} {:>8} {:>9} {:>7}",
+        print!(
+            "{:<28} {:>10} {:>6.3} {:>10.5} {:>10} {:>9} {:>8} {:>9}",
             c.name,
-            human_bytes(c.file_bytes),
-            c.bpw,
-            c.predicted_kld,
+            human_bytes(t.file_bytes),
+            t.bpw,
+            t.predicted_kld,
             k,
             p,
-            t,
-            s,
-            if c.pareto_size_kld { "*" } else { "" }
+            t1,
+            s
         );
+        if extra {
+            match &t.extra {
+                Some(x) => print!(
+                    " {:>8.1} {:>9.4} {:>9.4} {:>9}",
+                    x.tg_tokens_per_s,
+                    x.energy_j_per_token,
+                    x.co2_g,
+                    x.peak_rss_bytes.map_or("-".into(), |b| format!("{:.0}", b as f64 / 1048576.0))
+                ),
+                None => print!(" {:>8} {:>9} {:>9} {:>9}", "-", "-", "-", "-"),
+            }
+        }
+        let mark = match (c.pareto, c.pareto_size_kld) {
+            (true, true) => "**",
+            (true, false) => "*",
+            (false, true) => "s",
+            _ if c.violation > 0.0 => "x",
+            _ => "",
+        };
+        println!(" {mark:>7}");
     }
 }

@@ -119,6 +119,13 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Reset the process's peak resident memory to its current size (Linux 4.0+: `5` written to
+/// `/proc/self/clear_refs`), so [`peak_rss_bytes`] reads the peak of what follows. `false` where
+/// that is not possible (the peak then covers the whole process).
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 pub(crate) fn check_cancel(cancel: &Cancel) -> Result<()> {
     if cancel.is_cancelled() {
         Err(Error::Cancelled)

@@ -13,7 +13,7 @@ use serde::Serialize;
 pub const OVERHEAD_BYTES: u64 = 64 << 20;
 
 /// The parts of the estimate.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct RamEstimate {
     pub weights: u64,
     pub kv_cache: u64,

@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// One unit of work. Parse one with [`from_json`] (which names the wrong field).
+// A job is built once per run and moved whole; the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Job {
@@ -303,6 +305,12 @@ impl Job {
                 }
                 if let Some(p) = &mut j.out_dir {
                     v.push(("out_dir", O, p));
+                }
+                if let Some(p) = &mut j.space_file {
+                    v.push(("space_file", I, p));
+                }
+                if let Some(p) = &mut j.measure.choice_tasks {
+                    v.push(("measure.choice_tasks", I, p));
                 }
                 j.settings.paths_mut(&mut v);
             }

@@ -47,6 +47,16 @@ pub mod metric {
     pub const COSINE_MEAN: &str = "cosine_mean";
     pub const COSINE_P1: &str = "cosine_p1";
     pub const COSINE_MIN: &str = "cosine_min";
+    /// Energy per generated token, joules (RAPL or modelled: the run's data says which).
+    pub const ENERGY_J_PER_TOKEN: &str = "energy_j_per_token";
+    /// Energy of a whole trial or search, joules.
+    pub const TRIAL_ENERGY_J: &str = "trial_energy_j";
+    /// CO2 of a whole trial or search, grams.
+    pub const CO2_G: &str = "co2_g";
+    /// CO2 per million generated tokens, grams.
+    pub const CO2_G_PER_MTOK: &str = "co2_g_per_mtok";
+    /// How far a search candidate is outside the search's constraints (0 = feasible).
+    pub const VIOLATION: &str = "violation";
 }
 
 /// The registry metrics of a model measured against its base on held-out text.
@@ -199,19 +209,15 @@ impl Recorder {
 
     /// Record a quantization plan (per-tensor types), with predicted KLD where known.
     pub fn plan(&mut self, plan: &crate::quantize::Plan, predicted: Option<PredictedKld<'_>>) {
+        self.tensors(&plan_rows(plan, predicted));
+    }
+
+    /// Record the per-tensor rows of a plan.
+    pub fn tensors(&mut self, t: &[TensorChoice]) {
         if let Some(run) = &mut self.run {
-            let t: Vec<TensorChoice> = plan
-                .tensors
-                .iter()
-                .map(|t| TensorChoice {
-                    name: t.name.clone(),
-                    ty: t.dst_type.name().to_string(),
-                    n_elements: t.n_elements(),
-                    bytes: t.dst_bytes,
-                    predicted_kld: predicted.and_then(|f| f(&t.name)),
-                })
-                .collect();
-            Self::warn(run.set_tensors(&t));
+            if !t.is_empty() {
+                Self::warn(run.set_tensors(t));
+            }
         }
     }
 
@@ -258,6 +264,20 @@ impl Recorder {
             }
         }
     }
+}
+
+/// The registry rows of a plan: type and bytes per tensor, with predicted KLD where known.
+pub fn plan_rows(plan: &crate::quantize::Plan, predicted: Option<PredictedKld<'_>>) -> Vec<TensorChoice> {
+    plan.tensors
+        .iter()
+        .map(|t| TensorChoice {
+            name: t.name.clone(),
+            ty: t.dst_type.name().to_string(),
+            n_elements: t.n_elements(),
+            bytes: t.dst_bytes,
+            predicted_kld: predicted.and_then(|f| f(&t.name)),
+        })
+        .collect()
 }
 
 fn abs(p: &Path) -> String {

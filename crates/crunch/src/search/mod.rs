@@ -2,7 +2,13 @@
 //! evaluated on held-out text, then the Pareto front over size, KL-divergence, perplexity, speed
 //! and memory, and how well the predicted KL-divergence ranks the candidates.
 
+pub mod energy;
+pub mod moo;
+pub mod objective;
+pub mod ray;
 pub mod recipe;
+pub mod space;
+pub mod strategy;
 
 use crate::error::Result;
 use crate::fit::heldout::Measured;
@@ -11,38 +17,124 @@ use crate::fit::session::Session;
 use crate::fit::{self, predicted_kld};
 use crate::quantize::{Plan, QuantizeOptions};
 use recipe::{Recipe, RecipeKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// One evaluated candidate.
+/// One evaluated candidate: a recipe and what its trial measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Candidate {
     pub name: String,
     pub recipe: Recipe,
+    /// Its point in the search space (a choice index per dimension).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub point: Vec<f64>,
+    #[serde(flatten)]
+    pub t: Trial,
+    /// Outside the search's constraints by this much (0 = feasible).
+    #[serde(default)]
+    pub violation: f64,
+    /// On the Pareto front over the search's objectives (feasible candidates only).
+    pub pareto: bool,
+    /// On the front of size against KLD alone.
+    pub pareto_size_kld: bool,
+}
+
+impl Candidate {
+    pub fn new(recipe: Recipe, point: Vec<f64>) -> Candidate {
+        Candidate {
+            name: recipe.name.clone(),
+            recipe,
+            point,
+            t: Trial { predicted_kld: f64::NAN, ..Trial::default() },
+            violation: 0.0,
+            pareto: false,
+            pareto_size_kld: false,
+        }
+    }
+}
+
+/// What one trial produced: sizes, the plan's prediction, the measurements. This is what a trial
+/// run on another machine sends back (JSON), so it reads back exactly as written.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Trial {
     /// The model file plus its correction adapter, if any.
     pub file_bytes: u64,
     /// Bytes of the correction adapter (counted in `file_bytes`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter_bytes: Option<u64>,
     pub bpw: f64,
     /// KLD the profile predicts from the quantization alone: from the base, or for a pruned
     /// recipe from its pruned copy (pruning's own loss is only in `measured`).
+    #[serde(deserialize_with = "nan_if_null")]
     pub predicted_kld: f64,
     pub measured: Option<Measured>,
+    /// Generation speed, memory, energy, CO2 and multiple-choice accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<TrialMeasures>,
     /// llama.cpp memory estimate at the search's context.
     pub ram: Option<RamEstimate>,
     pub quantize_seconds: f64,
     pub output: Option<String>,
     pub run_id: Option<i64>,
     pub error: Option<String>,
-    /// On the Pareto front (size, KLD, perplexity, speed, memory).
-    pub pareto: bool,
-    /// On the front of size against KLD alone.
-    pub pareto_size_kld: bool,
     /// Type per tensor.
     pub types: BTreeMap<String, String>,
+    /// Where it ran (a Ray node) and in how many attempts, for a trial run on a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// What the registry row of the trial holds beyond its metrics; taken when it is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<TrialRecord>,
     #[serde(skip)]
     pub tensor_kld: BTreeMap<String, f64>,
+}
+
+/// Where trials run: in this process one at a time, or on a cluster several at a time.
+pub trait Executor {
+    /// Trials that may run at once.
+    fn slots(&self) -> usize;
+    fn submit(&mut self, id: usize, recipe: &Recipe, point: &[f64]) -> Result<()>;
+    /// The next finished trial (any order), `None` when nothing is pending.
+    fn next(&mut self) -> Result<Option<(usize, Trial)>>;
+}
+
+/// JSON has no NaN: serde_json writes it as null, read back as NaN here.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// The measurements beyond the held-out comparison.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TrialMeasures {
+    /// Generation speed: `tg_tokens` tokens one at a time after a warm-up token.
+    pub tg_tokens_per_s: f64,
+    pub tg_tokens: usize,
+    /// Peak resident memory while the candidate was evaluated (the process's high-water mark,
+    /// reset before the evaluation where Linux allows it).
+    pub peak_rss_bytes: Option<u64>,
+    /// Energy per generated token, joules.
+    pub energy_j_per_token: f64,
+    /// Energy of the generation test.
+    pub generation_energy: energy::Energy,
+    /// Energy of the whole trial: write (and correct) and evaluate.
+    pub trial_energy: energy::Energy,
+    /// CO2 of the whole trial, grams.
+    pub co2_g: f64,
+    /// CO2 per million generated tokens, grams.
+    pub co2_g_per_mtok: f64,
+    pub grid_g_per_kwh: f64,
+    /// Multiple-choice accuracy (`acc_norm`, a fraction), when tasks were given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc: Option<f64>,
+}
+
+/// The parts of a trial's registry row other than its metrics.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TrialRecord {
+    pub tensors: Vec<crunch_registry::TensorChoice>,
+    pub data: BTreeMap<String, serde_json::Value>,
 }
 
 /// A candidate's plan before it is written.
@@ -111,30 +203,31 @@ pub fn plan_recipe(session: &Session, base: &Session, r: &Recipe) -> Result<Plan
     }
 }
 
-/// `dominates(a, b)`: `a` is at least as good as `b` in every objective (all minimised) and
-/// better in one.
-fn dominates(a: &[f64], b: &[f64]) -> bool {
-    a.iter().zip(b).all(|(x, y)| x <= y) && a.iter().zip(b).any(|(x, y)| x < y)
-}
-
 /// Which points are on the Pareto front (every objective minimised).
 pub fn pareto_front(points: &[Vec<f64>]) -> Vec<bool> {
-    points.iter().map(|p| !points.iter().any(|q| dominates(q, p))).collect()
+    points.iter().map(|p| !points.iter().any(|q| moo::dominates(q, p))).collect()
 }
 
-/// Mark the fronts on evaluated candidates: size, damage (KLD, or `1 − cosine` for an encoder),
-/// perplexity, memory, and speed (negated).
-pub fn mark_fronts(cands: &mut [Candidate]) {
-    let idx: Vec<usize> = (0..cands.len()).filter(|&i| cands[i].measured.is_some()).collect();
+/// Mark the fronts on evaluated, feasible candidates: over the search's objectives, and size
+/// against damage (KLD, or `1 − cosine` for an encoder).
+pub fn mark_fronts(cands: &mut [Candidate], objectives: &[objective::Objective]) {
+    let idx: Vec<usize> = (0..cands.len())
+        .filter(|&i| {
+            let c = &cands[i];
+            c.t.measured.is_some() && c.t.error.is_none() && c.violation == 0.0
+        })
+        .collect();
     let full: Vec<Vec<f64>> = idx
+        .iter()
+        .map(|&i| objectives.iter().map(|o| o.minimised(&cands[i]).unwrap_or(f64::INFINITY)).collect())
+        .collect();
+    let two: Vec<Vec<f64>> = idx
         .iter()
         .map(|&i| {
             let c = &cands[i];
-            let m = c.measured.as_ref().expect("filtered");
-            vec![c.file_bytes as f64, m.damage(), m.ppl, c.ram.map_or(0.0, |r| r.total as f64), -m.tokens_per_s]
+            vec![c.t.file_bytes as f64, c.t.measured.as_ref().map_or(f64::INFINITY, |m| m.damage())]
         })
         .collect();
-    let two: Vec<Vec<f64>> = full.iter().map(|p| vec![p[0], p[1]]).collect();
     let (f, t) = (pareto_front(&full), pareto_front(&two));
     for (k, &i) in idx.iter().enumerate() {
         cands[i].pareto = f[k];
@@ -179,27 +272,56 @@ pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
 }
 
 /// Summary numbers of a finished search.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
     pub n_candidates: usize,
     pub n_evaluated: usize,
+    /// Trials that ended in an error (each recorded as a failed run).
+    pub n_failed: usize,
     /// Rank correlation of predicted and measured damage (KLD, or `1 − cosine` for an encoder)
     /// over the evaluated candidates that quantize
     /// the base itself (a pruned recipe's prediction is relative to its pruned copy).
     pub kld_rank_correlation: Option<f64>,
+    /// The front of size against damage.
     pub front: Vec<String>,
+    /// The front over the search's objectives.
+    pub pareto: Vec<String>,
+    pub objectives: Vec<objective::Objective>,
+    pub strategy: String,
+    /// Why the search stopped before its budget (the carbon budget), if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    /// The base model's multiple-choice accuracy, when tasks were given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_acc: Option<f64>,
+    pub wall_seconds: f64,
+    /// Energy and CO2 of all trials.
+    pub energy_j: f64,
+    pub co2_g: f64,
+    /// `rapl` or `modelled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy_source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power_model: Option<String>,
+    pub grid_g_per_kwh: f64,
 }
 
 pub fn summarize(cands: &[Candidate]) -> Summary {
-    let ev: Vec<&Candidate> = cands.iter().filter(|c| c.measured.is_some()).collect();
+    let ev: Vec<&Candidate> = cands.iter().filter(|c| c.t.measured.is_some() && c.t.error.is_none()).collect();
     let same_base: Vec<&&Candidate> = ev.iter().filter(|c| c.recipe.prune.is_none()).collect();
-    let pred: Vec<f64> = same_base.iter().map(|c| c.predicted_kld).collect();
-    let meas: Vec<f64> = same_base.iter().map(|c| c.measured.as_ref().map_or(0.0, |m| m.damage())).collect();
+    let pred: Vec<f64> = same_base.iter().map(|c| c.t.predicted_kld).collect();
+    let meas: Vec<f64> = same_base.iter().map(|c| c.t.measured.as_ref().map_or(0.0, |m| m.damage())).collect();
+    let extra = || cands.iter().filter_map(|c| c.t.extra.as_ref());
     Summary {
         n_candidates: cands.len(),
         n_evaluated: ev.len(),
+        n_failed: cands.iter().filter(|c| c.t.error.is_some()).count(),
         kld_rank_correlation: spearman(&pred, &meas),
         front: cands.iter().filter(|c| c.pareto_size_kld).map(|c| c.name.clone()).collect(),
+        pareto: cands.iter().filter(|c| c.pareto).map(|c| c.name.clone()).collect(),
+        energy_j: extra().map(|x| x.trial_energy.joules).sum(),
+        co2_g: extra().map(|x| x.co2_g).sum(),
+        ..Summary::default()
     }
 }
 

@@ -552,11 +552,117 @@ pub struct SearchJob {
     pub dry_run: bool,
     /// Text, calibration and evaluation settings.
     pub settings: FitSettings,
+    /// A product space to explore (types per tensor group, presets, fit targets, methods,
+    /// pruning, corrections: docs/SEARCH.md), instead of listed recipes.
+    #[serde(default)]
+    pub space: Option<crate::search::space::SpaceSpec>,
+    /// The same as a YAML file (`space:` at the top).
+    #[serde(default)]
+    pub space_file: Option<PathBuf>,
+    /// `grid` (every point, in order), `random`, `nsga2` or `tpe`.
+    #[serde(default = "SearchJob::default_strategy")]
+    pub strategy: String,
+    /// Most trials (default: every point for `grid`, a third of the space otherwise).
+    #[serde(default)]
+    pub budget: Option<usize>,
+    /// Seed of the `random`, `nsga2` and `tpe` strategies.
+    #[serde(default)]
+    pub seed: u64,
+    /// Objectives (at least two): size, kld, ppl, top1, acc, pp, tg, ram, energy, co2.
+    #[serde(default = "SearchJob::default_objectives")]
+    pub objectives: Vec<String>,
+    #[serde(default)]
+    pub constraints: crate::search::objective::Constraints,
+    /// What each trial measures beyond the held-out comparison.
+    #[serde(default)]
+    pub measure: MeasureOptions,
+    /// Run the trials as tasks on a Ray cluster.
+    #[serde(default)]
+    pub ray: Option<RayOptions>,
+    /// Evaluate exactly these points of the space, record nothing, and return the trials (what
+    /// a cluster worker runs for the driver).
+    #[serde(default)]
+    pub trial_points: Vec<Vec<f64>>,
 }
 
 impl SearchJob {
     pub fn default_grid_methods() -> Vec<String> {
         vec!["rtn".into()]
+    }
+    pub fn default_strategy() -> String {
+        "grid".into()
+    }
+    pub fn default_objectives() -> Vec<String> {
+        vec!["size".into(), "kld".into()]
+    }
+}
+
+/// Measurements of every trial beyond the held-out comparison.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MeasureOptions {
+    /// Tokens generated one at a time for the generation speed and energy per token (0: skip).
+    #[serde(default = "MeasureOptions::default_tg")]
+    pub tg_tokens: usize,
+    /// Multiple-choice tasks (JSONL, as `eval choice`) scored on every candidate and the base.
+    #[serde(default)]
+    pub choice_tasks: Option<PathBuf>,
+    /// Score only the first N tasks.
+    #[serde(default)]
+    pub choice_limit: Option<usize>,
+    /// Package watts of this CPU with every logical CPU busy (default: a table by CPU model).
+    #[serde(default)]
+    pub cpu_watts: Option<f64>,
+    /// Grams CO2 per kWh: a number, a country code (FR, US, …) or `world` (the default).
+    #[serde(default)]
+    pub grid_intensity: Option<String>,
+}
+
+impl MeasureOptions {
+    pub fn default_tg() -> usize {
+        64
+    }
+}
+
+impl Default for MeasureOptions {
+    fn default() -> Self {
+        MeasureOptions {
+            tg_tokens: Self::default_tg(),
+            choice_tasks: None,
+            choice_limit: None,
+            cpu_watts: None,
+            grid_intensity: None,
+        }
+    }
+}
+
+/// Trials as tasks on a Ray cluster: each runs the `crunch` binary on a worker (same paths for
+/// the model, text and cache on every node) and sends its trial back; the driver records them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RayOptions {
+    /// The cluster's address (`127.0.0.1:6379`).
+    pub address: String,
+    /// The Python with `ray` installed (default `$CRUNCH_RAY_PYTHON`, else `python3`).
+    #[serde(default)]
+    pub python: Option<PathBuf>,
+    /// The `crunch` binary the workers run (default: this one).
+    #[serde(default)]
+    pub crunch: Option<PathBuf>,
+    /// CPUs (and threads) of one trial.
+    #[serde(default = "RayOptions::default_cpus")]
+    pub cpus_per_trial: usize,
+    /// Attempts after a lost worker before the trial is marked failed.
+    #[serde(default = "RayOptions::default_retries")]
+    pub max_retries: u32,
+}
+
+impl RayOptions {
+    pub fn default_cpus() -> usize {
+        1
+    }
+    pub fn default_retries() -> u32 {
+        2
     }
 }
 
