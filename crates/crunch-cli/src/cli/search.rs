@@ -95,6 +95,10 @@ pub struct SearchArgs {
     /// Attempts after a lost worker before a trial is marked failed.
     #[arg(long, default_value_t = crunch::job::RayOptions::default_retries())]
     ray_max_retries: u32,
+    /// Replay a recorded search of the same space (run id): trials are read back, nothing is
+    /// recorded, and the summary says how much of that search's front this strategy reached.
+    #[arg(long, value_name = "RUN_ID")]
+    replay: Option<i64>,
     #[command(flatten)]
     common: ModelArgs,
 }
@@ -142,6 +146,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
             max_retries: a.ray_max_retries,
         }),
         trial_points: Vec::new(),
+        replay: a.replay,
     });
     let quiet = a.common.quiet || a.json;
     let ctx = super::job_ctx(a.common.threads, TermProgress::shared(quiet), a.common.registry.as_deref())?;
@@ -176,6 +181,18 @@ pub fn run(a: SearchArgs) -> Result<()> {
                 summary.n_candidates,
                 summary.n_failed,
                 summary.wall_seconds
+            );
+        }
+        if let Some(r) = &summary.replay {
+            println!(
+                "replay of run {}: {} trials of {} recorded; hypervolume {:.4} of the recorded front's; front points found {}/{}{}",
+                r.run_id,
+                r.trials,
+                r.recorded,
+                r.hypervolume_ratio,
+                r.front_found,
+                r.front_size,
+                r.trials_to_front.map(|n| format!(", all after {n} trials")).unwrap_or_default()
             );
         }
         if let Some(s) = &summary.stopped {

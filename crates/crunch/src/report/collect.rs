@@ -27,6 +27,12 @@ fn point_of(r: &RunRecord) -> Point {
         predicted_damage: m(r, metric::PREDICTED_DAMAGE),
         cosine_mean: m(r, metric::COSINE_MEAN),
         cosine_p1: m(r, metric::COSINE_P1),
+        tg_tokens_per_s: m(r, metric::TG_TOKENS_PER_S),
+        energy_j_per_token: m(r, metric::ENERGY_J_PER_TOKEN),
+        co2_g: m(r, metric::CO2_G),
+        peak_rss_bytes: m(r, metric::PEAK_RSS_BYTES).map(|v| v as u64),
+        acc: m(r, metric::ACC_NORM),
+        violation: m(r, metric::VIOLATION),
         pareto: false,
         types: r.tensors.iter().map(|t| (t.name.clone(), t.ty.clone())).collect(),
     }
@@ -53,7 +59,14 @@ pub fn collect(reg: &Registry, ids: &[i64]) -> Result<ReportData> {
                 .map(|a| {
                     a.iter()
                         .filter_map(|c| {
-                            Some((c.get("name")?.as_str()?.to_string(), c.get("pareto_size_kld")?.as_bool()?))
+                            // The front over the search's objectives where it had more than size
+                            // and KLD, else the size-KLD front.
+                            let key = if r.data.get("summary").and_then(|s| s.get("objectives")).is_some() {
+                                "pareto"
+                            } else {
+                                "pareto_size_kld"
+                            };
+                            Some((c.get("name")?.as_str()?.to_string(), c.get(key)?.as_bool()?))
                         })
                         .collect()
                 })
@@ -74,6 +87,13 @@ pub fn collect(reg: &Registry, ids: &[i64]) -> Result<ReportData> {
                 d.sensitivity = serde_json::from_value(s.clone()).unwrap_or_default();
             }
             d.rank_correlation = m(&r, metric::KLD_RANK_CORRELATION);
+            if let Some(s) = r.data.get("summary") {
+                if let Some(o) = s.get("objectives").and_then(|o| serde_json::from_value(o.clone()).ok()) {
+                    d.objectives = o;
+                }
+                d.energy_source = s.get("energy_source").and_then(|v| v.as_str()).map(String::from);
+                d.power_model = s.get("power_model").and_then(|v| v.as_str()).map(String::from);
+            }
             let model = r.inputs.iter().find(|i| i.role == "model").map(|i| i.path.clone()).unwrap_or_default();
             subtitle.push(format!("search run {id} on {model}, {} candidates", children.len()));
         } else {

@@ -36,6 +36,21 @@ pub struct Point {
     pub cosine_mean: Option<f64>,
     #[serde(default)]
     pub cosine_p1: Option<f64>,
+    /// A search trial's generation speed, energy per generated token, CO2, peak memory and
+    /// multiple-choice accuracy.
+    #[serde(default)]
+    pub tg_tokens_per_s: Option<f64>,
+    #[serde(default)]
+    pub energy_j_per_token: Option<f64>,
+    #[serde(default)]
+    pub co2_g: Option<f64>,
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
+    #[serde(default)]
+    pub acc: Option<f64>,
+    /// Outside the search's constraints (0 = feasible).
+    #[serde(default)]
+    pub violation: Option<f64>,
     pub pareto: bool,
     /// Type per tensor.
     pub types: BTreeMap<String, String>,
@@ -51,6 +66,77 @@ pub struct ReportData {
     pub sensitivity: BTreeMap<String, BTreeMap<String, f64>>,
     pub base_ppl: Option<f64>,
     pub rank_correlation: Option<f64>,
+    /// The search's objectives (a plot for every pair of them).
+    #[serde(default)]
+    pub objectives: Vec<crate::search::objective::Objective>,
+    /// `rapl` or `modelled`, and how power was modelled.
+    #[serde(default)]
+    pub energy_source: Option<String>,
+    #[serde(default)]
+    pub power_model: Option<String>,
+}
+
+/// A point's value of an objective, in the units of [`Objective::label`].
+///
+/// [`Objective::label`]: crate::search::objective::Objective::label
+pub fn value(p: &Point, o: crate::search::objective::Objective) -> Option<f64> {
+    use crate::search::objective::Objective as O;
+    match o {
+        O::Size => Some(p.file_bytes as f64 / (1 << 20) as f64),
+        O::Kld => p.kld.or(p.cosine_mean.map(|c| 1.0 - c)),
+        O::Ppl => p.ppl,
+        O::Top1 => p.top1.map(|t| t * 100.0),
+        O::Acc => p.acc.map(|a| a * 100.0),
+        O::Pp => p.tokens_per_s,
+        O::Tg => p.tg_tokens_per_s,
+        O::Ram => p.peak_rss_bytes.map(|b| b as f64 / (1 << 20) as f64),
+        O::Energy => p.energy_j_per_token,
+        O::Co2 => p.co2_g,
+    }
+}
+
+/// The plot of one pair of objectives: every point, the points on the search's whole front, and
+/// the 2-D front of this pair.
+fn pair_plot(d: &ReportData, a: crate::search::objective::Objective, b: crate::search::objective::Objective) -> String {
+    let pts: Vec<(&Point, f64, f64)> = d.points.iter().filter_map(|p| Some((p, value(p, a)?, value(p, b)?))).collect();
+    let min = |o: crate::search::objective::Objective, v: f64| if o.maximised() { -v } else { v };
+    let two: Vec<Vec<f64>> = pts.iter().map(|(_, x, y)| vec![min(a, *x), min(b, *y)]).collect();
+    let on2 = crate::search::pareto_front(&two);
+    let mut front2: Vec<(f64, f64, String)> =
+        pts.iter().zip(&on2).filter(|(_, on)| **on).map(|((_, x, y), _)| (*x, *y, String::new())).collect();
+    front2.sort_by(|p, q| p.0.total_cmp(&q.0));
+    let series = vec![
+        Series {
+            name: "trials".into(),
+            color: OTHER_COLOR.into(),
+            points: pts.iter().filter(|(p, _, _)| !p.pareto).map(|(p, x, y)| (*x, *y, p.name.clone())).collect(),
+            line: false,
+            markers: true,
+        },
+        Series {
+            name: "on the front of all objectives".into(),
+            color: FIT_COLOR.into(),
+            points: pts.iter().filter(|(p, _, _)| p.pareto).map(|(p, x, y)| (*x, *y, p.name.clone())).collect(),
+            line: false,
+            markers: true,
+        },
+        Series {
+            name: "front of this pair".into(),
+            color: "#2ca02c".into(),
+            points: front2,
+            line: true,
+            markers: false,
+        },
+    ];
+    let log = |o: crate::search::objective::Objective| matches!(o, crate::search::objective::Objective::Kld);
+    svg::scatter(
+        &format!("{} vs {}", a.label(), b.label()),
+        &Axis { label: a.label().into(), log: log(a) },
+        &Axis { label: b.label().into(), log: log(b) },
+        &series,
+        900.0,
+        520.0,
+    )
 }
 
 const PRESET_COLOR: &str = "#1f77b4";
@@ -181,6 +267,13 @@ pub fn plots(d: &ReportData) -> Vec<(String, String)> {
             ),
         ));
     }
+    for (i, &a) in d.objectives.iter().enumerate() {
+        for &b in &d.objectives[i + 1..] {
+            if d.points.iter().any(|p| value(p, a).is_some() && value(p, b).is_some()) {
+                v.push((format!("pair_{}_{}.svg", a.name(), b.name()), pair_plot(d, a, b)));
+            }
+        }
+    }
     if let Some(h) = sensitivity_map(d) {
         v.push(("sensitivity.svg".to_string(), h));
     }
@@ -301,16 +394,33 @@ pub fn html(d: &ReportData) -> String {
     let plots = plots(d);
     let _ = write!(h, "<h2>Pareto plots</h2>");
     for (name, svg) in &plots {
-        if name.starts_with("pareto") || name.starts_with("predicted") {
+        if name.starts_with("pareto") || name.starts_with("pair_") || name.starts_with("predicted") {
             let _ = write!(h, "<div class=\"plot\" id=\"{}\">{svg}</div>", esc(name.trim_end_matches(".svg")));
         }
     }
     let encoders = d.points.iter().any(|p| p.cosine_mean.is_some());
+    let trials = d.points.iter().any(|p| p.tg_tokens_per_s.is_some() || p.co2_g.is_some());
+    if trials {
+        let _ = write!(
+            h,
+            "<p>Energy: <b>{}</b>{}. CO2 = energy × grid intensity.</p>",
+            esc(d.energy_source.as_deref().unwrap_or("modelled")),
+            d.power_model.as_deref().map(|m| format!(" ({})", esc(m))).unwrap_or_default()
+        );
+    }
     let _ = write!(
         h,
         "<h2>Metrics</h2><table><tr><th>model</th><th>kind</th><th>run</th><th>size (bytes)</th><th>bpw</th>\
-         <th>predicted KLD</th><th>KLD</th><th>PPL</th><th>same top %</th><th>tok/s</th><th>RAM est.</th>{}<th>front</th></tr>",
-        if encoders { "<th>predicted cosine</th><th>cosine mean</th><th>cosine 1st pct</th>" } else { "" }
+         <th>predicted KLD</th><th>KLD</th><th>PPL</th><th>same top %</th><th>tok/s</th><th>RAM est.</th>{}{}<th>front</th></tr>",
+        if encoders { "<th>predicted cosine</th><th>cosine mean</th><th>cosine 1st pct</th>" } else { "" },
+        if trials {
+            format!(
+                "<th>gen. tok/s</th><th>J/token ({})</th><th>CO2 g</th><th>peak RSS</th><th>acc %</th>",
+                esc(d.energy_source.as_deref().unwrap_or("modelled"))
+            )
+        } else {
+            String::new()
+        }
     );
     let f = |v: Option<f64>, d: usize| v.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "-".into());
     let mut pts: Vec<&Point> = d.points.iter().collect();
@@ -318,7 +428,7 @@ pub fn html(d: &ReportData) -> String {
     for p in &pts {
         let _ = write!(
             h,
-            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}<td>{}</td></tr>",
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}{}<td>{}</td></tr>",
             if p.pareto { "front" } else { "" },
             esc(&p.name),
             esc(&p.kind),
@@ -337,6 +447,18 @@ pub fn html(d: &ReportData) -> String {
                     f(p.predicted_damage.map(|d| 1.0 - d), 6),
                     f(p.cosine_mean, 6),
                     f(p.cosine_p1, 6)
+                )
+            } else {
+                String::new()
+            },
+            if trials {
+                format!(
+                    "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+                    f(p.tg_tokens_per_s, 1),
+                    f(p.energy_j_per_token, 4),
+                    f(p.co2_g, 4),
+                    p.peak_rss_bytes.map(crate::inspect::human_bytes).unwrap_or_else(|| "-".into()),
+                    f(p.acc.map(|a| a * 100.0), 1)
                 )
             } else {
                 String::new()
@@ -475,12 +597,30 @@ mod tests {
             sensitivity: sens,
             base_ppl: Some(20.0),
             rank_correlation: Some(0.95),
+            ..Default::default()
         };
         let page = html(&d);
         assert!(page.contains("id=\"pareto_size_kld\"") && page.contains("id=\"sensitivity\""));
         assert!(page.contains("Tensor types: fit") && page.contains("0.950"));
         assert!(!page.contains("<script"));
         assert_eq!(plots(&d).len(), 4);
+        // A search's objectives: a plot for every pair, energy columns saying "modelled".
+        use crate::search::objective::Objective;
+        let mut d = d;
+        d.objectives = vec![Objective::Size, Objective::Kld, Objective::Tg, Objective::Energy];
+        for (i, p) in d.points.iter_mut().enumerate() {
+            p.tg_tokens_per_s = Some(50.0 + i as f64);
+            p.energy_j_per_token = Some(0.05 - i as f64 * 0.01);
+            p.co2_g = Some(0.004);
+        }
+        let names: Vec<String> = plots(&d).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.iter().filter(|n| n.starts_with("pair_")).count(), 6, "{names:?}");
+        assert!(names.contains(&"pair_tg_energy.svg".to_string()));
+        let page = html(&d);
+        assert!(
+            page.contains("J/token (modelled)") && page.contains("id=\"pair_kld_tg\""),
+            "energy columns and pair plots"
+        );
         assert!(!page.contains("id=\"pruned\""), "no pruned recipes, no pairing table");
 
         // A pruned recipe is paired with the plain recipe of the same budget.

@@ -304,6 +304,53 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub power_model: Option<String>,
     pub grid_g_per_kwh: f64,
+    /// For a replayed search: how close its trials came to the recorded search's front.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayStats>,
+}
+
+/// How much of a recorded search's front a replayed strategy reached.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReplayStats {
+    /// The recorded search's run id.
+    pub run_id: i64,
+    pub trials: usize,
+    /// Points of the recorded search.
+    pub recorded: usize,
+    /// Hypervolume of the trials' feasible points over that of every recorded feasible point,
+    /// objectives scaled to [0, 1] by the recorded ideal and nadir, reference point 1.1 each.
+    pub hypervolume_ratio: f64,
+    /// Recorded front points the trials found, of how many.
+    pub front_found: usize,
+    pub front_size: usize,
+    /// Trials after which every recorded front point had been found (if they all were).
+    pub trials_to_front: Option<usize>,
+}
+
+/// [`ReplayStats`] of `found` (trials in the order run) against `all` (the recorded candidates),
+/// both as minimised objective vectors of feasible points keyed by name.
+pub fn replay_stats(run_id: i64, found: &[(String, Vec<f64>)], all: &[(String, Vec<f64>)]) -> ReplayStats {
+    let pts: Vec<Vec<f64>> = all.iter().map(|(_, v)| v.clone()).collect();
+    let mut st = ReplayStats { run_id, trials: found.len(), recorded: all.len(), ..Default::default() };
+    let Some((ideal, nadir)) = moo::ideal_and_nadir(&pts) else { return st };
+    let reference = vec![1.1; ideal.len()];
+    let hv = |v: &[Vec<f64>]| moo::hypervolume(&moo::normalize(v, &ideal, &nadir), &reference);
+    let total = hv(&pts);
+    let got: Vec<Vec<f64>> = found.iter().map(|(_, v)| v.clone()).collect();
+    st.hypervolume_ratio = if total > 0.0 { hv(&got) / total } else { 0.0 };
+    let front: Vec<&String> = all.iter().zip(pareto_front(&pts)).filter(|(_, on)| *on).map(|((n, _), _)| n).collect();
+    st.front_size = front.len();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, (n, _)) in found.iter().enumerate() {
+        if front.contains(&n) {
+            seen.insert(n.clone());
+            if seen.len() == front.len() && st.trials_to_front.is_none() {
+                st.trials_to_front = Some(i + 1);
+            }
+        }
+    }
+    st.front_found = seen.len();
+    st
 }
 
 pub fn summarize(cands: &[Candidate]) -> Summary {

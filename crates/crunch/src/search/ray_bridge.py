@@ -118,6 +118,7 @@ def run_trial(argv, env, cwd, timeout):
                 env=full_env,
                 cwd=cwd,
                 close_fds=True,
+                start_new_session=True,  # its own process group, so a timeout ends its children too
             )
         except OSError as e:
             info.update(returncode=None, stdout="", stderr="", run_seconds=0.0,
@@ -127,7 +128,10 @@ def run_trial(argv, env, cwd, timeout):
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            proc.kill()
+            try:
+                os.killpg(proc.pid, 9)
+            except OSError:
+                proc.kill()
             rc = proc.wait()
         run_seconds = time.time() - t0
         out.seek(0)
@@ -141,7 +145,7 @@ def run_trial(argv, env, cwd, timeout):
 
 
 class Trial:
-    __slots__ = ("id", "argv", "env", "cwd", "num_cpus", "timeout", "attempts", "t0", "errors")
+    __slots__ = ("id", "argv", "env", "cwd", "num_cpus", "timeout", "attempts", "t0", "errors", "short_since")
 
     def __init__(self, tid, argv, env, cwd, num_cpus, timeout):
         self.id = tid
@@ -153,6 +157,7 @@ class Trial:
         self.attempts = 0
         self.t0 = time.time()
         self.errors = []
+        self.short_since = None  # since when no alive node has num_cpus CPUs
 
 
 def parse_trial(line, default_cpus):
@@ -257,6 +262,9 @@ def main():
     ap.add_argument("--connect-timeout", type=float, default=30.0, help="seconds allowed for connecting (default 30)")
     ap.add_argument("--strategy", default="SPREAD", choices=["SPREAD", "DEFAULT"],
                     help="Ray scheduling strategy for the trials (default SPREAD)")
+    ap.add_argument("--unschedulable-timeout", type=float, default=60.0,
+                    help="fail a waiting trial once no alive node has had its num_cpus for this many seconds "
+                         "(e.g. every worker died; default 60)")
     args = ap.parse_args()
 
     ray, nodes = connect(args)
@@ -281,6 +289,36 @@ def main():
     threading.Thread(target=read_stdin, args=(q,), daemon=True).start()
     pending = {}  # ObjectRef -> Trial
     eof = False
+    capacity = {"checked": time.time(), "largest": max([n["cpus"] for n in nodes] or [0.0])}
+
+    def check_capacity():
+        """Fails trials that no alive node can run, once that has lasted --unschedulable-timeout."""
+        now = time.time()
+        if now - capacity["checked"] < 2.0:
+            return
+        capacity["checked"] = now
+        try:
+            capacity["largest"] = max([n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+                                      or [0.0])
+        except Exception as e:
+            log("cannot list nodes: %r" % (e,))
+            return
+        for ref, trial in list(pending.items()):
+            if trial.num_cpus <= capacity["largest"]:
+                trial.short_since = None
+                continue
+            if trial.short_since is None:
+                trial.short_since = now
+                log("trial %s needs %g CPUs but the largest alive node has %g; failing it in %gs unless one joins"
+                    % (trial.id, trial.num_cpus, capacity["largest"], args.unschedulable_timeout))
+            elif now - trial.short_since >= args.unschedulable_timeout:
+                del pending[ref]
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:
+                    pass
+                finish(trial, None, error="unschedulable: no alive node has %g CPUs (largest has %g) for %gs"
+                       % (trial.num_cpus, capacity["largest"], args.unschedulable_timeout))
 
     def submit(trial):
         trial.attempts += 1
@@ -376,6 +414,7 @@ def main():
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             for ref in ready:
                 collect(ref)
+            check_capacity()
     except BaseException as e:
         # Never drop a trial silently: whatever broke, every open trial gets its result line.
         log("internal error: %r" % (e,))

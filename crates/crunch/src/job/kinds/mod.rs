@@ -583,6 +583,11 @@ pub struct SearchJob {
     /// a cluster worker runs for the driver).
     #[serde(default)]
     pub trial_points: Vec<Vec<f64>>,
+    /// Replay a recorded search of the same space (its run id): every trial is read back from
+    /// that run instead of run again, nothing is recorded, and the summary says how much of the
+    /// recorded front the strategy reached (to compare strategies cheaply).
+    #[serde(default)]
+    pub replay: Option<i64>,
 }
 
 impl SearchJob {

@@ -158,7 +158,7 @@ pub(crate) fn run(j: &SearchJob, ctx: &RunCtx) -> Result<SearchOutcome> {
                           "eval_ctx": j.settings.eval_ctx, "eval_chunks": j.settings.eval_chunks,
                           "ctx": j.ram_ctx, "dry_run": j.dry_run });
     // A worker's trials are recorded by the driver that asked for them.
-    let rec = if worker {
+    let rec = if worker || j.replay.is_some() {
         Recorder::off()
     } else {
         Recorder::start(
@@ -246,6 +246,19 @@ fn search(
     summary.energy_source = cands.iter().find_map(|c| c.t.extra.as_ref().map(|x| x.trial_energy.source.clone()));
     summary.power_model = Some(env.power.basis.clone());
     summary.grid_g_per_kwh = env.g_per_kwh;
+    if let Some(id) = j.replay {
+        let feasible = |c: &Candidate| -> Option<(String, Vec<f64>)> {
+            if c.t.error.is_some() || c.t.measured.is_none() || c.violation > 0.0 {
+                return None;
+            }
+            let v: Option<Vec<f64>> = objectives.iter().map(|o| o.minimised(c)).collect();
+            Some((c.name.clone(), v?))
+        };
+        let all = Replay::load(j, ctx)?.all(space, j, objectives);
+        let found: Vec<(String, Vec<f64>)> = cands.iter().filter_map(feasible).collect();
+        let all: Vec<(String, Vec<f64>)> = all.iter().filter_map(feasible).collect();
+        summary.replay = Some(search::replay_stats(id, &found, &all));
+    }
     // What the report needs: candidates, and the sensitivity of every tensor at every type.
     parent.data("candidates", &serde_json::to_value(&cands).map_err(json_err)?);
     parent.data("summary", &serde_json::to_value(&summary).map_err(json_err)?);
@@ -300,6 +313,7 @@ fn drive(
     }
     let base_acc = local.base_acc;
     let mut exec: Box<dyn Executor + '_> = match &j.ray {
+        _ if j.replay.is_some() => Box::new(Replay::load(j, ctx)?),
         Some(r) if !j.dry_run => {
             // The cluster's trials find the profiles and base outputs in the cache.
             for m in methods_of(space) {
@@ -354,7 +368,7 @@ fn drive(
         if let Some(x) = &c.t.extra {
             co2 += x.co2_g;
         }
-        if !worker && !j.dry_run {
+        if !worker && !j.dry_run && j.replay.is_none() {
             record_trial(parent, ctx, &j.model, &mut c);
         }
         let obj: Option<Vec<f64>> = objectives.iter().map(|o| o.minimised(&c)).collect();
@@ -469,6 +483,9 @@ fn record_trial(parent: &Recorder, ctx: &RunCtx, model: &Path, c: &mut Candidate
                 (metric::QUANTIZE_SECONDS, t.quantize_seconds),
                 (metric::VIOLATION, c.violation),
             ];
+            if let Some(x) = &t.extra {
+                metrics.push((metric::SECONDS, x.trial_energy.wall_seconds));
+            }
             metrics.extend(measured_metrics(m));
             if let Some(r) = t.ram {
                 metrics.push((metric::RAM_BYTES, r.total as f64));
@@ -495,6 +512,92 @@ fn record_trial(parent: &Recorder, ctx: &RunCtx, model: &Path, c: &mut Candidate
         }
         (Some(e), _) => child.fail(e),
         (None, None) => child.fail("no measurement came back"),
+    }
+}
+
+/// Trials read back from a recorded search instead of run.
+struct Replay {
+    run_id: i64,
+    by_point: BTreeMap<Vec<i64>, (String, Trial)>,
+    queue: Vec<(usize, Vec<f64>)>,
+}
+
+fn point_key(p: &[f64]) -> Vec<i64> {
+    p.iter().map(|x| x.round() as i64).collect()
+}
+
+impl Replay {
+    fn load(j: &SearchJob, ctx: &RunCtx) -> Result<Replay> {
+        let id = j.replay.expect("a replay");
+        let path = ctx.registry.as_deref().ok_or_else(|| Error::field("search.replay", "the registry is off"))?;
+        let reg =
+            crunch_registry::Registry::open(path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        let run = reg.get(id).map_err(|e| Error::field("search.replay", format!("run {id}: {e}")))?;
+        let cands = run
+            .data
+            .get("candidates")
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| Error::field("search.replay", format!("run {id} is not a finished search")))?;
+        let mut by_point = BTreeMap::new();
+        for c in cands {
+            let point: Vec<f64> =
+                c.get("point").and_then(|p| serde_json::from_value(p.clone()).ok()).unwrap_or_default();
+            let name = c.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+            let mut t: Trial = serde_json::from_value(c.clone())
+                .map_err(|e| Error::field("search.replay", format!("run {id}: candidate {name}: {e}")))?;
+            t.run_id = c.get("run_id").and_then(|v| v.as_i64());
+            by_point.insert(point_key(&point), (name, t));
+        }
+        Ok(Replay { run_id: id, by_point, queue: Vec::new() })
+    }
+
+    /// Every recorded trial as a candidate of this space (its violation under this job's limits).
+    fn all(&self, space: &SearchSpace, j: &SearchJob, _: &[Objective]) -> Vec<Candidate> {
+        self.by_point
+            .iter()
+            .filter_map(|(k, (_, t))| {
+                let p: Vec<f64> = k.iter().map(|&x| x as f64).collect();
+                let mut c = Candidate::new(space.recipe(&p).ok()?, p);
+                c.t = t.clone();
+                c.violation = j.constraints.violation(&c, None);
+                Some(c)
+            })
+            .collect()
+    }
+}
+
+impl Executor for Replay {
+    fn slots(&self) -> usize {
+        1
+    }
+    fn submit(&mut self, id: usize, recipe: &Recipe, point: &[f64]) -> Result<()> {
+        match self.by_point.get(&point_key(point)) {
+            Some((name, _)) if *name == recipe.name => {
+                self.queue.push((id, point.to_vec()));
+                Ok(())
+            }
+            Some((name, _)) => Err(Error::field(
+                "search.replay",
+                format!(
+                    "run {} searched another space: its point {point:?} is {name}, here {}",
+                    self.run_id, recipe.name
+                ),
+            )),
+            None => Err(Error::field(
+                "search.replay",
+                format!(
+                    "run {} has no trial at {point:?} ({}): replay a grid of the same space",
+                    self.run_id, recipe.name
+                ),
+            )),
+        }
+    }
+    fn next(&mut self) -> Result<Option<(usize, Trial)>> {
+        if self.queue.is_empty() {
+            return Ok(None);
+        }
+        let (id, p) = self.queue.remove(0);
+        Ok(Some((id, self.by_point[&point_key(&p)].1.clone())))
     }
 }
 
@@ -570,7 +673,6 @@ impl Executor for InProcess<'_> {
 fn trial(j: &SearchJob, env: &Env, local: &mut Local, r: &Recipe, ctx: &RunCtx) -> Result<Trial> {
     let progress = ctx.progress.as_ref();
     let cancel = &ctx.cancel;
-    let meter = Meter::start();
     let recorder = Recorder::off();
     local.session(j, r.method, &recorder, ctx)?;
     let prune_key =
@@ -582,6 +684,8 @@ fn trial(j: &SearchJob, env: &Env, local: &mut Local, r: &Recipe, ctx: &RunCtx) 
             local.pruned.insert(key.clone(), s);
         }
     }
+    // The trial's own work: the sessions it shares with the others are not counted.
+    let meter = Meter::start();
     let mut t = Trial { predicted_kld: f64::NAN, ..Trial::default() };
     let base = &local.sessions[r.method.name()];
     let solver: &crate::fit::session::Session = match &prune_key {
