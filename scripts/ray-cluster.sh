@@ -4,9 +4,9 @@
 #
 #   scripts/ray-cluster.sh start [--workers N] [--cpus-per-worker C] [--port P]
 #       Starts the cluster, waits until every node is registered and prints the address to pass to
-#       `crunch search --ray-address` / ray_bridge.py --address (e.g. 127.0.0.1:6380) on stdout;
+#       `crunch search --ray` / ray_bridge.py --address (e.g. 127.0.0.1:6380) on stdout;
 #       progress goes to stderr, so ADDR=$(scripts/ray-cluster.sh start) works. N=2, C=1 by default.
-#   scripts/ray-cluster.sh status      address, and every node: state, name, CPUs, raylet PID, node id
+#   scripts/ray-cluster.sh status      addresses, and every node: state, name, CPUs, raylet PID, node id
 #   scripts/ray-cluster.sh address     the address alone (exit 1 when no cluster is recorded)
 #   scripts/ray-cluster.sh kill-worker I [--raylet-only]
 #       SIGKILLs worker node I (1-based): its raylet and every process under it (its Ray workers and
@@ -27,7 +27,7 @@
 #   RAY_health_check_period_ms / _timeout_ms / _failure_threshold
 #                  read by the head's GCS, which marks a node dead after `threshold` failed checks.
 #                  Ray's defaults (3000 ms, 10000 ms, 5) take ~15 s to notice a killed node and ~65 s
-#                  for a hung one; this script defaults to 1000 ms, 2000 ms, 3 (~3 s and ~9 s).
+#                  for a hung one; this script defaults to 1000 ms, 2000 ms, 3 (~3 s and ~11 s, measured).
 #
 # Notes: Ray rewrites a loopback --node-ip-address to the host's routable address, so nodes are
 # advertised with that IP (the GCS and raylets listen on all interfaces; traffic stays on the host).
@@ -80,10 +80,13 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
-# nodes_json ADDRESS: the cluster's nodes as JSON lines, straight from the GCS (no driver needed).
+# nodes_json ADDRESS: the cluster's nodes as JSON lines, straight from the GCS (no driver needed);
+# fails at once when nothing listens there (GcsClient alone would wait 40 s).
 nodes_json() {
   "$VENV/bin/python" - "$1" <<'EOF'
-import json, sys
+import json, socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+socket.create_connection((host, int(port)), timeout=2).close()
 from ray._raylet import GcsClient
 from ray.core.generated.gcs_pb2 import GcsNodeInfo
 c = GcsClient(address=sys.argv[1])
@@ -121,6 +124,7 @@ cmd_start() {
       *) usage ;;
     esac
   done
+  [[ $workers =~ ^[0-9]+$ && $cpus =~ ^[1-9][0-9]*$ ]] || die "--workers and --cpus-per-worker take whole numbers (ray start --num-cpus is an integer)"
   ensure_venv
   if [ -f "$STATE/cluster.env" ]; then
     # shellcheck disable=SC1091
@@ -129,14 +133,17 @@ cmd_start() {
       die "a cluster is already running at $ADDRESS (state in $STATE); run: $0 stop"
     fi
   fi
-  rm -rf "$STATE"
+  # Only what this script puts there: RAY_STATE_DIR may be a directory of the caller's.
+  rm -rf "$STATE/cluster.env" "$STATE/workers.json" "$STATE"/*.log "$TMP_DIR"
   mkdir -p "$TMP_DIR"
+  # A start that fails half-way must not leave Ray processes behind.
+  trap 'say "start failed; stopping Ray"; cmd_stop' EXIT
   local t0 ports
   t0=$(date +%s.%N)
   # Fixed ports that would collide between nodes on one host: the GCS, the Ray client server and each
   # node's dashboard agent (Ray's default 52365 for all of them). The rest (node and object manager,
   # metrics, agents' gRPC, Python workers: --min/max-worker-port=0) are picked by the OS per node.
-  ports=($(free_ports $((3 + workers))))
+  read -r -a ports <<<"$(free_ports $((3 + workers)))"
   port=${port:-${ports[0]}}
   say "starting head on 127.0.0.1:$port (num-cpus=0; log in $STATE/head.log)"
   "$VENV/bin/ray" start --head --node-ip-address=127.0.0.1 --port="$port" --num-cpus=0 \
@@ -149,6 +156,7 @@ cmd_start() {
   {
     echo "ADDRESS=$address"
     echo "PORT=$port"
+    echo "CLIENT_ADDRESS=ray://127.0.0.1:${ports[1]}"
     echo "WORKERS=$workers"
     echo "CPUS_PER_WORKER=$cpus"
     echo "TMP_DIR=$TMP_DIR"
@@ -159,7 +167,8 @@ cmd_start() {
     start_worker "$i" "$cpus" "${ports[$((2 + i))]}"
   done
   wait_nodes "$address" $((workers + 1))
-  say "cluster ready in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s: head + $workers workers x $cpus CPU; state in $STATE"
+  trap - EXIT
+  say "cluster ready in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s: head + $workers worker(s) x $cpus CPU; state in $STATE"
   echo "$address"
 }
 
@@ -209,6 +218,7 @@ cmd_add_worker() {
   done
   load_state
   cpus=${cpus:-$CPUS_PER_WORKER}
+  [[ $cpus =~ ^[1-9][0-9]*$ ]] || die "--cpus takes a whole number"
   local i port
   i=$("$VENV/bin/python" -c 'import json, sys; print(1 + max([w["index"] for w in json.load(open(sys.argv[1]))] or [0]))' "$STATE/workers.json")
   port=$(free_ports 1)
@@ -219,6 +229,7 @@ cmd_add_worker() {
 cmd_status() {
   load_state
   echo "address: $ADDRESS"
+  echo "client:  $CLIENT_ADDRESS  (Ray Client, for a driver on a host without a node of this cluster)"
   echo "state:   $STATE"
   local listing
   if ! listing=$(nodes_json "$ADDRESS" 2>/dev/null); then
@@ -235,8 +246,8 @@ def running(pid):
     except OSError:
         return False
 print("%-6s %-16s %-5s %-11s %s" % ("state", "name", "cpus", "raylet_pid", "node_id"))
-for line in os.environ["LISTING"].splitlines():
-    n = json.loads(line)
+nodes = [json.loads(line) for line in os.environ["LISTING"].splitlines()]
+for n in sorted(nodes, key=lambda n: (not n["head"], n["name"])):
     w = workers.get(n["node_id"], {})
     pid = w.get("raylet_pid")
     pid_s = "-" if pid is None else ("%d" % pid if running(pid) else "%d(gone)" % pid)
@@ -252,10 +263,10 @@ descendants() {
   while [ ${#frontier[@]} -gt 0 ]; do
     p=${frontier[0]}
     frontier=("${frontier[@]:1}")
-    for c in $(awk -v p="$p" '$2 == p { print $1 }' <<<"$all"); do
+    while read -r c; do
       out+=("$c")
       frontier+=("$c")
-    done
+    done < <(awk -v p="$p" '$2 == p { print $1 }' <<<"$all")
   done
   echo "${out[@]}"
 }
@@ -285,11 +296,12 @@ for w in json.load(open(sys.argv[1])):
 
 cmd_stop() {
   if [ -x "$VENV/bin/ray" ]; then
-    "$VENV/bin/ray" stop --force >"$STATE.stop.log" 2>&1 || true
-    say "$(grep -o 'Stopped all [0-9]* Ray processes\|Did not find any active Ray processes' "$STATE.stop.log" | head -1)"
-    rm -f "$STATE.stop.log"
+    local out
+    out=$("$VENV/bin/ray" stop --force 2>&1 || true)
+    say "$(grep -o 'Stopped all [0-9]* Ray processes\|Did not find any active Ray processes' <<<"$out" | head -1)"
   fi
-  rm -rf "$STATE"
+  rm -rf "$STATE/cluster.env" "$STATE/workers.json" "$STATE"/*.log "$TMP_DIR"
+  rmdir "$STATE" 2>/dev/null || true
 }
 
 case "${1:-}" in

@@ -15,6 +15,7 @@ and memory use; exits 1 if any check failed.
 import argparse
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -209,7 +210,7 @@ def max_overlap(intervals):
     return best
 
 
-def memory(state_dir, workers, standin_path):
+def memory(state_dir, port, workers, standin_path):
     """RSS and PSS (MiB) of the cluster's processes: head (GCS, head raylet, dashboard, monitor, client
     server, agents) and each worker node (raylet, agents, Ray workers), trial processes apart."""
     children = {}
@@ -240,7 +241,8 @@ def memory(state_dir, workers, standin_path):
             pass
         return rss, pss
 
-    roots = [p for p in pids if state_dir in cmdline(p)]
+    gcs = re.compile(r":%d\b" % port)  # the Ray client server only names the GCS address
+    roots = [p for p in pids if (state_dir in cmdline(p) or gcs.search(cmdline(p))) and "ray_bridge" not in cmdline(p)]
     seen, groups = set(), {}
     for w in workers:
         if alive(w["raylet_pid"]):
@@ -259,8 +261,9 @@ def memory(state_dir, workers, standin_path):
         rest = [p for p in ps if p not in trial]
         rss = sum(usage(p)[0] for p in rest) / 1024
         pss = sum(usage(p)[1] for p in rest) / 1024
+        workers_ = [p for p in rest if cmdline(p).startswith("ray::") and "Agent" not in cmdline(p)]
         out[name] = {"processes": len(rest), "rss_mib": round(rss), "pss_mib": round(pss),
-                     "ray_workers": sum(1 for p in rest if cmdline(p).startswith("ray::") and "Agent" not in cmdline(p))}
+                     "ray_workers": len(workers_), "ray_workers_rss_mib": round(sum(usage(p)[0] for p in workers_) / 1024)}
     return out
 
 
@@ -337,7 +340,7 @@ def main():
 def run_checks(work, state, marks, standin_path, address, workers, worker_ids, T):
     # 1. Connection, round trip of a trivial command, failures and malformed input.
     print("-- protocol, overhead and failures", flush=True)
-    b = Bridge(work, "basics", address)
+    b = Bridge(work, "basics", address, "--unschedulable-timeout", "3")
     c = b.connected()
     if not check(c is not None and c[1]["event"] == "connected", "bridge connects", c and c[1]):
         return
@@ -357,7 +360,10 @@ def run_checks(work, state, marks, standin_path, address, workers, worker_ids, T
     b.send({"id": 200, "argv": ["sh", "-c", "echo boom >&2; exit 3"]})
     b.send({"id": 201, "argv": ["/nonexistent/crunch", "search"]})
     big = "\u00e9" * 200000 + "END"
-    b.send({"id": 202, "argv": [PY, "-c", "import sys; sys.stdout.write(%r); sys.stderr.write('x' * 100000 + 'TAIL')" % big]})
+    b.send({"id": 202, "argv": [PY, "-c", "import sys; sys.stdout.write('\\u00e9' * 200000 + 'END'); "
+                                          "sys.stderr.write('x' * 100000 + 'TAIL')"]})
+    b.send({"id": 207, "argv": ["echo", "x" * 200000]})  # one argument over Linux's 128 KiB limit
+    b.send({"id": 208, "argv": ["true"], "num_cpus": 4})  # no node has 4 CPUs
     b.send({"id": 203, "argv": ["sh", "-c", "echo $CRUNCH_X; pwd"], "env": {"CRUNCH_X": "42"}, "cwd": "/"})
     b.send({"id": 204, "argv": ["sleep", "30"], "timeout": 1})
     b.send("this is not json")
@@ -366,7 +372,7 @@ def run_checks(work, state, marks, standin_path, address, workers, worker_ids, T
     rc, after_eof = b.finish(60)
     check(rc == 0, "basics: exit 0 after EOF", "rc=%s" % rc)
     note("bridge_exit_after_eof_s", after_eof)
-    b.check_protocol(list(range(100, 108)) + [200, 201, 202, 203, 204, None, 205, 206])
+    b.check_protocol(list(range(100, 108)) + [200, 201, 202, 203, 204, None, 205, 206, 207, 208])
     res = {e["id"]: e for _, e in b.results()}
     e = res.get(200, {})
     check(e.get("status") == "failed" and e.get("exit_code") == 3 and e.get("attempts") == 1 and "boom" in e.get("stderr", ""),
@@ -377,6 +383,13 @@ def run_checks(work, state, marks, standin_path, address, workers, worker_ids, T
     e = res.get(202, {})
     check(e.get("status") == "ok" and e.get("stdout") == big and len(e.get("stderr", "")) <= 8192
           and e.get("stderr", "").endswith("TAIL"), "400 KB UTF-8 stdout intact, stderr tail <= 8 KiB")
+    e = res.get(207, {})
+    check(e.get("status") == "failed" and e.get("attempts") == 1 and e.get("exit_code") is None
+          and "cannot start" in (e.get("error") or ""), "program that cannot be started -> failed, no retry",
+          (e.get("error") or "")[:100])
+    e = res.get(208, {})
+    check(e.get("status") == "failed" and "unschedulable" in (e.get("error") or "") and e.get("seconds", 99) < 12,
+          "trial needing 4 CPUs -> failed after --unschedulable-timeout 3", (e.get("error") or "")[:100])
     e = res.get(203, {})
     check(e.get("stdout") == "42\n/\n", "env and cwd applied", repr(e.get("stdout")))
     e = res.get(204, {})
@@ -403,7 +416,7 @@ def run_checks(work, state, marks, standin_path, address, workers, worker_ids, T
     for i in (4, 5, 6):
         b.send(standin(i, T, marks))
     time.sleep(T / 2)
-    mem = memory(state, workers, standin_path)
+    mem = memory(state, int(address.rsplit(":", 1)[1]), workers, standin_path)
     bridge_rss = 0
     with open("/proc/%d/status" % b.proc.pid) as f:
         for line in f:

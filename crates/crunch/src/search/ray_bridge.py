@@ -1,31 +1,41 @@
 """Bridge between `crunch search` and a Ray cluster.
 
-The Rust driver starts this script with the cluster's Python:
+The Rust driver starts this script with the cluster's Python (same Python and Ray versions as the
+cluster, e.g. $CRUNCH_CACHE/ray-venv/bin/python):
 
     python ray_bridge.py --address HOST:PORT [--max-retries N] [--num-cpus C] [--connect-timeout S]
+                         [--unschedulable-timeout S] [--strategy SPREAD|DEFAULT]
 
-and talks to it with newline-delimited JSON (UTF-8).
+HOST:PORT is the head's GCS and needs a node of the cluster on this host (run the search on the
+head); from elsewhere use the Ray Client address ray://HEAD:10001. Protocol, NDJSON in UTF-8:
 
 stdin, one trial per line (read on a thread, submitted as lines arrive; EOF = no more trials):
     {"id": 7, "argv": ["crunch", "..."], "env": {"K": "V"}, "cwd": "/dir" | null,
      "num_cpus": 1, "timeout": 600}
-    env, cwd, num_cpus (default --num-cpus) and timeout (seconds, default none) are optional.
+    env (added to the worker's environment), cwd (default: the worker node's working directory),
+    num_cpus (default --num-cpus) and timeout (seconds of run time, default none) are optional.
 
-stdout, one event per line, flushed after each:
+stdout, one event per line, flushed after each, nothing else (Ray's output goes to stderr):
     {"event": "connected", "nodes": [{"node_id", "address", "name", "cpus"}...], "cpus": total}
     {"event": "retry", "id", "attempt" (number of the attempt about to start), "error", "node"}
     {"event": "result", "id", "status": "ok"|"failed", "exit_code": int|null, "stdout", "stderr"
-     (last 8 KiB), "node" (node id of the final attempt, null if it never reported), "node_ip",
-     "attempts", "seconds" (submission to result), "run_seconds" (the final attempt's process),
-     "error": str|null}
+     (last 8 KiB), "node" (node id of the final attempt; null if it never reported), "node_ip",
+     "attempts", "seconds" (first submission to result, queueing and retries included),
+     "run_seconds" (the final attempt's process, null if none ran), "error": str|null}
     {"event": "error", "error"}  -- could not connect; the process then exits with code 2.
 
-Exit code 0 after EOF once every trial read has its result line; 2 when the connection fails;
-1 when stdout is closed under us or on an internal error (after reporting every open trial).
+Exit code 0 after EOF once every trial read has its result line; 2 when the connection fails or
+times out; 1 when stdout is closed under us or on an internal error (after reporting every open
+trial). A line that is not a valid trial gets a failed result at once (attempts 0; id null if it
+has no integer id).
 
 Retries are done by the bridge itself (Ray's max_retries=0), so "attempts" is exact: a trial is
-resubmitted when its process was killed by a signal or when Ray reports a lost worker, node,
-owner or object; an exit code >= 1, a timeout or a program that cannot be started fails at once.
+resubmitted (--max-retries times, default 2) when its process was killed by a signal or Ray reports
+a lost worker, node, owner or object. An exit code >= 1 fails at once, as do a timeout (exit_code
+null), a program that cannot be started (exit_code 127, or null when the cwd or argv is unusable) and
+a trial that no alive node has enough CPUs for during --unschedulable-timeout (default 60 s).
+The trial's process is SIGKILLed when its Ray worker dies (PR_SET_PDEATHSIG), so nothing is left
+running when a worker, a node or this bridge goes away.
 """
 
 import argparse
@@ -221,8 +231,9 @@ def connect(args):
     def watchdog():
         if not done.wait(args.connect_timeout):
             emit({"event": "error",
-                  "error": "timed out after %gs connecting to the Ray cluster at %s"
-                  % (args.connect_timeout, args.address)})
+                  "error": "timed out after %gs connecting to the Ray cluster at %s (is it a Ray GCS? A "
+                           "HOST:PORT address also needs a node of the cluster on this host; else use "
+                           "ray://HOST:CLIENT_PORT)" % (args.connect_timeout, args.address)})
             os._exit(2)
 
     threading.Thread(target=watchdog, daemon=True).start()
@@ -402,8 +413,6 @@ def main():
                         log("rejected trial line %.200r: %s" % (line, err))
                         bad = Trial(trial, [], {}, None, 0, None)
                         finish(bad, None, error="invalid trial: %s" % err)
-                    if eof:
-                        break
             except queue.Empty:
                 pass
             if not pending:

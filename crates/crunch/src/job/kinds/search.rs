@@ -315,11 +315,12 @@ fn drive(
     let mut exec: Box<dyn Executor + '_> = match &j.ray {
         _ if j.replay.is_some() => Box::new(Replay::load(j, ctx)?),
         Some(r) if !j.dry_run => {
+            let cluster = crate::search::ray::Cluster::start(j, r, &env.out_dir, ctx)?;
             // The cluster's trials find the profiles and base outputs in the cache.
             for m in methods_of(space) {
                 local.session(j, m, parent, ctx)?.heldout(progress, &ctx.cancel)?;
             }
-            Box::new(crate::search::ray::Cluster::start(j, r, &env.out_dir, ctx)?)
+            Box::new(cluster)
         }
         _ => Box::new(InProcess { j, env, local, ctx, queue: Vec::new() }),
     };
