@@ -66,6 +66,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.script(&["stop"]);
+        let _ = std::fs::remove_dir_all(&self.state);
     }
 }
 
@@ -75,7 +76,7 @@ fn python() -> PathBuf {
 
 const SPACE: &str = "space:\n  base: Q8_0\n  groups:\n    - { name: attn, pattern: 'attn_(q|k|v|output)', types: [Q4_0, Q8_0] }\n    - { name: ffn, pattern: 'ffn_', types: [Q4_0, Q8_0] }\n  methods: [rtn, imatrix]\n";
 
-fn search_args(space: &Path, fit_cache: &Path, reg: &Path, extra: &[&str]) -> Vec<String> {
+fn search_args(space: &Path, fit_cache: &Path, reg: &Path, tg: usize, extra: &[&str]) -> Vec<String> {
     let text = crunch_testkit::wikitext_dev().display().to_string();
     let mut v: Vec<String> = vec![
         "search".into(),
@@ -97,7 +98,7 @@ fn search_args(space: &Path, fit_cache: &Path, reg: &Path, extra: &[&str]) -> Ve
         "--eval-chunks".into(),
         "2".into(),
         "--tg-tokens".into(),
-        "32".into(),
+        tg.to_string(),
         "--objectives".into(),
         "size,kld,tg,energy".into(),
         "--cache-dir".into(),
@@ -140,9 +141,11 @@ fn ray_trials_match_local_and_survive_a_lost_worker() {
     let (reg_local, reg_ray) = (s.join("local.db"), s.join("ray.db"));
 
     // Local, one thread per trial (as each cluster trial gets one CPU): also fills the cache.
-    let (local, local_wall) = run_search(&search_args(&space, &fit_cache, &reg_local, &["--threads", "1"]));
-    let cluster = Cluster::start(&s.join("ray-state"), 6391);
-    let (ray, ray_wall) = run_search(&search_args(&space, &fit_cache, &reg_ray, &["--ray", &cluster.address]));
+    let (local, local_wall) = run_search(&search_args(&space, &fit_cache, &reg_local, 32, &["--threads", "1"]));
+    // Ray's socket paths must stay under 107 bytes: a short state folder.
+    let state = PathBuf::from(format!("/tmp/cr-{}", std::process::id()));
+    let cluster = Cluster::start(&state, 6391);
+    let (ray, ray_wall) = run_search(&search_args(&space, &fit_cache, &reg_ray, 32, &["--ray", &cluster.address]));
     eprintln!("8 trials: local (1 thread) {local_wall:.1?}, Ray (2 workers x 1 CPU) {ray_wall:.1?}");
     assert_eq!(local["candidates"].as_array().unwrap().len(), 8);
     assert_eq!(ray["candidates"].as_array().unwrap().len(), 8);
@@ -169,8 +172,8 @@ fn ray_trials_match_local_and_survive_a_lost_worker() {
     // A worker node killed while it runs a trial: the trial is retried on the other node, and
     // every trial ends recorded.
     let reg_kill = s.join("kill.db");
-    let args = search_args(&space, &fit_cache, &reg_kill, &["--ray", &cluster.address, "--tg-tokens", "256"]);
-    let child = Command::new(crunch_bin())
+    let args = search_args(&space, &fit_cache, &reg_kill, 256, &["--ray", &cluster.address]);
+    let mut child = Command::new(crunch_bin())
         .args(&args)
         .env("CRUNCH_RAY_PYTHON", python())
         .stdout(std::process::Stdio::piped())
@@ -180,6 +183,9 @@ fn ray_trials_match_local_and_survive_a_lost_worker() {
     let t0 = Instant::now();
     let mut killed = false;
     while t0.elapsed() < Duration::from_secs(120) {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("the search ended ({st}) before a trial ran on worker 1");
+        }
         if trial_under(raylet) {
             let o = cluster.script(&["kill-worker", "1"]);
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

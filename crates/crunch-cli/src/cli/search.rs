@@ -156,7 +156,7 @@ pub fn run(a: SearchArgs) -> Result<()> {
     };
     let (cands, summary) = (&o.candidates, &o.summary);
     if a.json {
-        super::print_json(&json!({ "candidates": cands, "summary": summary }))?;
+        super::print_json(&json!({ "candidates": cands, "summary": summary, "run_id": o.run_id }))?;
     } else {
         print_table(cands);
         match summary.kld_rank_correlation {
