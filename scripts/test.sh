@@ -12,3 +12,5 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== Ray bridge self-check (stand-in trials on a local cluster: retries, lost nodes, bad addresses)"
+bash scripts/ray-bridge-selfcheck.sh

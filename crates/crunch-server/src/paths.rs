@@ -131,6 +131,15 @@ impl Roots {
     /// The first field at fault (`403` outside its roots, `400` missing input), or an output that
     /// is also an input (`403`).
     pub fn confine(&self, job: &mut Job) -> Result<(), ApiError> {
+        if let Some((field, p)) = job.programs().first() {
+            return Err(ApiError::forbidden(
+                *field,
+                format!(
+                    "{}: the server does not start programs a request names (it runs its own binary, and the Python in $CRUNCH_RAY_PYTHON)",
+                    p.display()
+                ),
+            ));
+        }
         let mut to_create = Vec::new();
         let mut inputs = Vec::new();
         let mut outputs = Vec::new();
@@ -172,6 +181,20 @@ fn lexical(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_named_in_a_job_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        let roots = Roots::new(std::slice::from_ref(&models), &dir.path().join("out")).unwrap();
+        let body = br#"{"kind": "search", "model": "m.gguf", "settings": {"text": "t.txt"}, "grid": ["preset=Q4_0"],
+                        "ray": {"address": "127.0.0.1:6379", "python": "/bin/sh"}}"#;
+        let mut job = crunch::job::from_json(body).unwrap();
+        let e = roots.confine(&mut job).unwrap_err();
+        assert_eq!(e.status, 403);
+        assert!(format!("{e:?}").contains("ray.python"), "{e:?}");
+    }
 
     #[test]
     fn outputs_stay_in_the_out_root() {

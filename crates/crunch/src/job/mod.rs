@@ -123,6 +123,21 @@ impl Job {
         !matches!(self, Job::Inspect(_) | Job::Verify(_))
     }
 
+    /// Programs the job would start, named in the job itself (a search's `ray.python` and
+    /// `ray.crunch`): a server refuses these rather than run what a request names.
+    pub fn programs(&self) -> Vec<(&'static str, &std::path::Path)> {
+        let mut v: Vec<(&'static str, &std::path::Path)> = Vec::new();
+        if let Job::Search(SearchJob { ray: Some(r), .. }) = self {
+            if let Some(p) = &r.python {
+                v.push(("ray.python", p));
+            }
+            if let Some(p) = &r.crunch {
+                v.push(("ray.crunch", p));
+            }
+        }
+        v
+    }
+
     /// Every path the job reads or writes, with its field name and role, mutable (a server
     /// resolves and confines them before running the job).
     pub fn paths_mut(&mut self) -> Vec<(&'static str, PathRole, &mut PathBuf)> {

@@ -102,31 +102,26 @@ fn pair_plot(d: &ReportData, a: crate::search::objective::Objective, b: crate::s
     let min = |o: crate::search::objective::Objective, v: f64| if o.maximised() { -v } else { v };
     let two: Vec<Vec<f64>> = pts.iter().map(|(_, x, y)| vec![min(a, *x), min(b, *y)]).collect();
     let on2 = crate::search::pareto_front(&two);
+    // Only this pair's front is labelled: sixty names on one plot are unreadable.
     let mut front2: Vec<(f64, f64, String)> =
-        pts.iter().zip(&on2).filter(|(_, on)| **on).map(|((_, x, y), _)| (*x, *y, String::new())).collect();
+        pts.iter().zip(&on2).filter(|(_, on)| **on).map(|((p, x, y), _)| (*x, *y, p.name.clone())).collect();
     front2.sort_by(|p, q| p.0.total_cmp(&q.0));
     let series = vec![
         Series {
             name: "trials".into(),
             color: OTHER_COLOR.into(),
-            points: pts.iter().filter(|(p, _, _)| !p.pareto).map(|(p, x, y)| (*x, *y, p.name.clone())).collect(),
+            points: pts.iter().filter(|(p, _, _)| !p.pareto).map(|(_, x, y)| (*x, *y, String::new())).collect(),
             line: false,
             markers: true,
         },
         Series {
-            name: "on the front of all objectives".into(),
+            name: "front (all objectives)".into(),
             color: FIT_COLOR.into(),
-            points: pts.iter().filter(|(p, _, _)| p.pareto).map(|(p, x, y)| (*x, *y, p.name.clone())).collect(),
+            points: pts.iter().filter(|(p, _, _)| p.pareto).map(|(_, x, y)| (*x, *y, String::new())).collect(),
             line: false,
             markers: true,
         },
-        Series {
-            name: "front of this pair".into(),
-            color: "#2ca02c".into(),
-            points: front2,
-            line: true,
-            markers: false,
-        },
+        Series { name: "front (this pair)".into(), color: "#2ca02c".into(), points: front2, line: true, markers: true },
     ];
     let log = |o: crate::search::objective::Objective| matches!(o, crate::search::objective::Objective::Kld);
     svg::scatter(

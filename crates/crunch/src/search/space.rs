@@ -350,6 +350,28 @@ mod tests {
     }
 
     #[test]
+    fn pruning_and_corrections_are_dimensions() {
+        let s = SearchSpace::product(&spec(
+            "presets: [Q4_K_M, Q3_K_M]\nfit_bpw: [4.5]\nmethods: [rtn, imatrix]\nprune: [null, { layers: 2 }]\ncorrection: [null, { rank: 16 }]\n",
+        ))
+        .unwrap();
+        assert_eq!(s.dims().dims.len(), 4);
+        assert_eq!(s.len(), 3 * 2 * 2 * 2);
+        let r = s.recipe(&[2.0, 1.0, 1.0, 1.0]).unwrap();
+        assert_eq!(r.name, "fit-bpw-4.5,imatrix,prune-2L,r16");
+        assert!(r.prune.is_some() && r.correction.is_some());
+        assert!(matches!(r.kind, recipe::RecipeKind::Fit(crate::fit::Target::MaxBpw(b)) if b == 4.5));
+        let plain = s.recipe(&[0.0, 0.0, 0.0, 0.0]).unwrap();
+        assert_eq!(plain.name, "Q4_K_M");
+        assert!(plain.prune.is_none() && plain.correction.is_none());
+        // Options that do not vary are not dimensions.
+        let one = SearchSpace::product(&spec("presets: [Q4_0]\nmethods: [imatrix]\n")).unwrap();
+        assert_eq!(one.dims().dims.len(), 0);
+        assert_eq!(one.points(), vec![Vec::<f64>::new()]);
+        assert_eq!(one.recipe(&[]).unwrap().name, "Q4_0,imatrix");
+    }
+
+    #[test]
     fn errors_name_the_option() {
         let e = SearchSpace::product(&spec("groups:\n  - { name: a, pattern: 'x', types: [Q4_K, Q9] }\n"))
             .unwrap_err()

@@ -1082,7 +1082,13 @@ pub fn by_name(name: &str, space: &Space, seed: u64, budget: usize) -> Result<Bo
     let inner: Box<dyn Strategy> = match name.trim().to_ascii_lowercase().as_str() {
         "grid" => Box::new(Grid::new(space)?),
         "random" => Box::new(RandomSearch::new(space, seed)?),
-        "nsga2" => Box::new(Nsga2::new(space, Nsga2Config { pop_size: third(4, 12), seed, ..Default::default() })?),
+        // Small populations: a search's budget is tens of trials, and more generations of a few
+        // individuals beat a few generations of many (measured on SmolLM2's 64-point space,
+        // docs/SEARCH.md: populations 4-8 above 12-16 at 16-48 trials).
+        "nsga2" => {
+            let pop = if budget == 0 { 12 } else { (budget / 8).clamp(4, 12) };
+            Box::new(Nsga2::new(space, Nsga2Config { pop_size: pop, seed, ..Default::default() })?)
+        }
         "tpe" => Box::new(Tpe::new(space, TpeConfig { n_startup: third(2, 10), seed, ..Default::default() })?),
         _ => return Err(format!("unknown search strategy {name:?}: expected grid, random, nsga2 or tpe")),
     };

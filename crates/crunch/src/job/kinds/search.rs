@@ -233,7 +233,10 @@ fn search(
         super::fit::remove_output(path);
     }
     if env.temporary {
-        let _ = std::fs::remove_dir(&env.out_dir);
+        // This search's own folder: whatever a killed worker left in it goes too.
+        let _ = std::fs::remove_dir_all(&env.out_dir);
+    } else {
+        remove_stale_temps(&env.out_dir);
     }
     let (mut cands, stopped) = res?;
     search::mark_fronts(&mut cands, objectives);
@@ -801,6 +804,21 @@ fn measure_extra(
     x.trial_energy = trial_meter.finish(&env.power);
     x.co2_g = energy::co2_grams(x.trial_energy.joules, env.g_per_kwh);
     Ok(x)
+}
+
+/// Temp files of trial outputs left in a kept out folder by a trial process that was killed
+/// (a lost cluster worker) before it could remove them: `.NAME.gguf.crunch-tmp-PID-N` whose
+/// process is gone.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((_, tail)) = name.split_once(".gguf.crunch-tmp-") else { continue };
+        let pid = tail.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if name.starts_with('.') && pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// A number unique within this process (two searches in one server use different folders).
