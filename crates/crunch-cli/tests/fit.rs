@@ -148,7 +148,11 @@ fn fit_search_runs_report_end_to_end() {
     let kinds: Vec<&str> = runs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "search").count(), 1);
     assert!(kinds.iter().filter(|k| **k == "fit").count() >= 2, "{kinds:?}");
-    assert!(runs.iter().all(|r| r["status"] == "ok"), "{runs:?}");
+    // Every candidate is a run: the unreachable 1 MB fit as a failed one, with its reason.
+    let failed: Vec<&serde_json::Value> = runs.iter().filter(|r| r["status"] != "ok").collect();
+    assert_eq!(failed.len(), 1, "{runs:?}");
+    assert_eq!(failed[0]["label"], "fit-size-1MB");
+    assert!(failed[0]["error"].as_str().unwrap().contains("smallest model"), "{:?}", failed[0]);
     let o = crunch(&["runs", "list", "--registry", reg.to_str().unwrap()]);
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(table.contains("fit-size-of-Q4_0") && table.contains("search of 4 recipes"), "{table}");
