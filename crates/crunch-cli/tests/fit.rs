@@ -19,30 +19,7 @@ fn stderr(o: &std::process::Output) -> String {
 
 /// The small settings shared by every run here (same settings = same cached profile).
 fn small(cache: &Path, registry: &Path) -> Vec<String> {
-    [
-        "--text",
-        &text(),
-        "--types",
-        "Q4_0,Q8_0",
-        "--band",
-        "30",
-        "--calib-ctx",
-        "32",
-        "--calib-chunks",
-        "1",
-        "--eval-ctx",
-        "64",
-        "--eval-chunks",
-        "1",
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--registry",
-        registry.to_str().unwrap(),
-        "--quiet",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    common::small_fit_settings(cache, registry)
 }
 
 fn run(args: &[String]) -> std::process::Output {

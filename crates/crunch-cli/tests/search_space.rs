@@ -8,34 +8,11 @@ mod common;
 use common::{crunch, smollm2_f32};
 use std::path::Path;
 
-/// Small settings shared by every run here (same settings = same cached profile).
+/// The fit tests' small settings, with a short generation test and JSON output.
 fn small(cache: &Path, registry: &Path) -> Vec<String> {
-    let text = crunch_testkit::wikitext_dev().display().to_string();
-    let v = [
-        "--text",
-        &text,
-        "--types",
-        "Q4_0,Q8_0",
-        "--band",
-        "30",
-        "--calib-ctx",
-        "32",
-        "--calib-chunks",
-        "1",
-        "--eval-ctx",
-        "64",
-        "--eval-chunks",
-        "1",
-        "--tg-tokens",
-        "16",
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--registry",
-        registry.to_str().unwrap(),
-        "--quiet",
-        "--json",
-    ];
-    v.iter().map(|s| s.to_string()).collect()
+    let mut v = common::small_fit_settings(cache, registry);
+    v.extend(["--tg-tokens", "16", "--json"].map(String::from));
+    v
 }
 
 fn run_json(args: &[String]) -> serde_json::Value {

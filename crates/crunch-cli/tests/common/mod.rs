@@ -78,3 +78,31 @@ pub fn smollm2_q2k() -> &'static Path {
     })
     .1
 }
+
+/// Small fit/search settings (two candidate types, one probe group per tensor kind, a few dozen
+/// calibration and held-out tokens): the same settings give the same cached profile.
+pub fn small_fit_settings(cache: &Path, registry: &Path) -> Vec<String> {
+    let text = crunch_testkit::wikitext_dev().display().to_string();
+    let v = [
+        "--text",
+        &text,
+        "--types",
+        "Q4_0,Q8_0",
+        "--band",
+        "30",
+        "--calib-ctx",
+        "32",
+        "--calib-chunks",
+        "1",
+        "--eval-ctx",
+        "64",
+        "--eval-chunks",
+        "1",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--registry",
+        registry.to_str().unwrap(),
+        "--quiet",
+    ];
+    v.iter().map(|s| s.to_string()).collect()
+}

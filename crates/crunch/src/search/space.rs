@@ -174,6 +174,28 @@ impl SearchSpace {
         }
     }
 
+    /// The calibration methods the space's recipes use (each needs a session).
+    pub fn methods(&self) -> Vec<crate::method::Method> {
+        let mut v: Vec<crate::method::Method> = match self {
+            SearchSpace::List(r) => r.iter().map(|r| r.method).collect(),
+            // Validated when the space was built: every name parses.
+            SearchSpace::Product(p) => p.spec.methods.iter().filter_map(|m| m.parse().ok()).collect(),
+        };
+        if v.is_empty() {
+            v.push(crate::method::Method::Rtn);
+        }
+        let mut seen = Vec::new();
+        v.retain(|m| {
+            if seen.contains(m) {
+                false
+            } else {
+                seen.push(*m);
+                true
+            }
+        });
+        v
+    }
+
     /// Points in the space.
     pub fn len(&self) -> usize {
         self.dims()
@@ -330,6 +352,7 @@ mod tests {
         let r = s.recipe(&[1.0, 2.0, 1.0]).unwrap();
         assert_eq!(r.name, "attn=Q6_K,ffn=Q5_K,imatrix");
         assert_eq!(r.method, crate::method::Method::Imatrix);
+        assert_eq!(s.methods(), [crate::method::Method::Rtn, crate::method::Method::Imatrix]);
         match &r.kind {
             recipe::RecipeKind::Preset { ftype, tensor_types } => {
                 assert_eq!(ftype.name(), "Q8_0");

@@ -227,7 +227,7 @@ fn search(
         ),
     };
     std::fs::create_dir_all(&env.out_dir).map_err(|e| Error::io(&env.out_dir, e))?;
-    let mut local = Local { sessions: BTreeMap::new(), pruned: BTreeMap::new(), base_acc: None };
+    let mut local = Local { sessions: BTreeMap::new(), pruned: BTreeMap::new(), base_acc: None, recorded: None };
     let res = drive(j, space, objectives, &env, &mut local, parent, ctx);
     for (_, path) in local.pruned.values() {
         super::fit::remove_output(path);
@@ -257,7 +257,7 @@ fn search(
             let v: Option<Vec<f64>> = objectives.iter().map(|o| o.minimised(c)).collect();
             Some((c.name.clone(), v?))
         };
-        let all = Replay::load(j, ctx)?.all(space, j, objectives);
+        let all = local.recorded.take().unwrap_or_default();
         let found: Vec<(String, Vec<f64>)> = cands.iter().filter_map(feasible).collect();
         let all: Vec<(String, Vec<f64>)> = all.iter().filter_map(feasible).collect();
         summary.replay = Some(search::replay_stats(id, &found, &all));
@@ -316,11 +316,15 @@ fn drive(
     }
     let base_acc = local.base_acc;
     let mut exec: Box<dyn Executor + '_> = match &j.ray {
-        _ if j.replay.is_some() => Box::new(Replay::load(j, ctx)?),
+        _ if j.replay.is_some() => {
+            let r = Replay::load(j, ctx)?;
+            local.recorded = Some(r.all(space, j));
+            Box::new(r)
+        }
         Some(r) if !j.dry_run => {
             let cluster = crate::search::ray::Cluster::start(j, r, &env.out_dir, ctx)?;
             // The cluster's trials find the profiles and base outputs in the cache.
-            for m in methods_of(space) {
+            for m in space.methods() {
                 local.session(j, m, parent, ctx)?.heldout(progress, &ctx.cancel)?;
             }
             Box::new(cluster)
@@ -385,18 +389,6 @@ fn drive(
     // In the order they were asked.
     cands.sort_by_key(|(id, _)| *id);
     Ok((cands.into_iter().map(|(_, c)| c).collect(), stopped))
-}
-
-fn methods_of(space: &SearchSpace) -> Vec<Method> {
-    let mut v: Vec<Method> = Vec::new();
-    for p in space.points() {
-        if let Ok(r) = space.recipe(&p) {
-            if !v.contains(&r.method) {
-                v.push(r.method);
-            }
-        }
-    }
-    v
 }
 
 fn finish_line(c: &Candidate, progress: &dyn crate::progress::Progress) {
@@ -556,7 +548,7 @@ impl Replay {
     }
 
     /// Every recorded trial as a candidate of this space (its violation under this job's limits).
-    fn all(&self, space: &SearchSpace, j: &SearchJob, _: &[Objective]) -> Vec<Candidate> {
+    fn all(&self, space: &SearchSpace, j: &SearchJob) -> Vec<Candidate> {
         self.by_point
             .iter()
             .filter_map(|(k, (_, t))| {
@@ -627,6 +619,8 @@ struct Local {
     sessions: Sessions,
     pruned: PrunedSessions,
     base_acc: Option<f64>,
+    /// A replayed search's recorded trials (read once, when the replay starts).
+    recorded: Option<Vec<Candidate>>,
 }
 
 impl Local {
