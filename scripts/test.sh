@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CRUNCH_CACHE="${CRUNCH_CACHE:-$HOME/.cache/crunch}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CRUNCH_CACHE/target}"
+# A one-off build gains nothing from incremental caches, which double the target directory.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 bash scripts/setup-test-env.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
