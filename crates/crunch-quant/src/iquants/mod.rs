@@ -8,6 +8,7 @@
 use crate::Kernels;
 use crunch_core::GgmlType;
 
+pub(crate) mod iq2_grid;
 pub mod iq4_nl;
 pub mod iq4_xs;
 mod nonlinear;
