@@ -9,6 +9,9 @@ use crate::Kernels;
 use crunch_core::GgmlType;
 
 pub(crate) mod iq2_grid;
+pub(crate) mod iq3_grid;
+pub mod iq3_s;
+pub mod iq3_xxs;
 pub mod iq4_nl;
 pub mod iq4_xs;
 mod nonlinear;
@@ -17,6 +20,8 @@ pub use nonlinear::KVALUES;
 
 pub(crate) fn kernels(ty: GgmlType) -> Option<&'static Kernels> {
     match ty {
+        GgmlType::IQ3_XXS => Some(&iq3_xxs::KERNELS),
+        GgmlType::IQ3_S => Some(&iq3_s::KERNELS),
         GgmlType::IQ4_NL => Some(&iq4_nl::KERNELS),
         GgmlType::IQ4_XS => Some(&iq4_xs::KERNELS),
         _ => None,
