@@ -218,9 +218,11 @@ def compare(a):
     return 0 if ok else 1
 
 
-def quantize(a):
+def imatrix_param(path):
+    """(array for llama_model_quantize_params.imatrix, buffers it points into, entry count): the
+    per-column mean squared activations of an imatrix file, as llama-quantize passes them."""
     import llama_cpp
-    means, _ = read_means(a.imatrix)
+    means, _ = read_means(path)
     keep = []
     arr = (llama_cpp.llama_model_imatrix_data * (len(means) + 1))()
     for i, (k, v) in enumerate(sorted(means.items())):
@@ -230,6 +232,12 @@ def quantize(a):
         arr[i].data = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         arr[i].size = buf.size
     arr[len(means)].name = None
+    return arr, keep, len(means)
+
+
+def quantize(a):
+    import llama_cpp
+    arr, _keep, n = imatrix_param(a.imatrix)
     p = llama_cpp.llama_model_quantize_default_params()
     p.nthread = a.threads
     p.ftype = PRESETS[a.type.upper()]
@@ -238,7 +246,7 @@ def quantize(a):
     rc = llama_cpp.llama_model_quantize(a.model.encode(), a.output.encode(), ctypes.byref(p))
     if rc != 0:
         raise SystemExit("llama_model_quantize failed")
-    print(f"{a.output}: {a.type} with {len(means)} imatrix entries in {time.time() - t:.1f} s")
+    print(f"{a.output}: {a.type} with {n} imatrix entries in {time.time() - t:.1f} s")
 
 
 def same_tensors(a):

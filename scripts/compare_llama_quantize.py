@@ -8,6 +8,11 @@ per-tensor type plan, the file size, the tensor bytes, and the wall time.
       --f32 smollm2-f32.gguf --crunch target/release/crunch [--presets Q4_K_M,Q8_0] \
       [--fixture crates/crunch-cli/tests/fixtures/llama_plans_smollm2.json]
 
+With --imatrix FILE both tools quantize with that importance matrix (llama.cpp gets its per-column
+means as llama-quantize passes them); the i-quant presets (IQ1_S ... IQ3_M) need one. With --ppl TEXT
+the perplexity of crunch's file is measured by llama.cpp and by crunch (scripts/compare_perplexity.py,
+--ppl-ctx / --ppl-chunks) and the difference printed.
+
 The fixture records llama.cpp's plan, sizes and the SHA-256 of its whole output file, so the default
 test run (crates/crunch-cli/tests/quantize_plan.rs) can check crunch's plan and files without
 llama-cpp-python. Give --f32 the F32 base the tests use, $CRUNCH_CACHE/models/smollm2-f32.gguf
@@ -27,6 +32,8 @@ import numpy as np
 import llama_cpp
 from gguf import GGUFReader
 
+import compare_imatrix
+import compare_perplexity
 import llama_build
 
 PRESETS = {  # llama_ftype codes
@@ -34,12 +41,20 @@ PRESETS = {  # llama_ftype codes
     "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25,
     "IQ4_XS": 30, "TQ1_0": 36, "TQ2_0": 37, "F16": 1, "BF16": 32,
 }
+# Presets llama.cpp writes only with an importance matrix.
+IMATRIX_PRESETS = {
+    "IQ2_XXS": 19, "IQ2_XS": 20, "Q2_K_S": 21, "IQ3_XS": 22, "IQ3_XXS": 23, "IQ1_S": 24, "IQ3_S": 26,
+    "IQ3_M": 27, "IQ2_S": 28, "IQ2_M": 29, "IQ1_M": 31,
+}
 
 
-def llama_quantize(src, dst, ftype, threads):
+def llama_quantize(src, dst, ftype, threads, imatrix=None):
     p = llama_cpp.llama_model_quantize_default_params()
     p.nthread = threads
     p.ftype = ftype
+    if imatrix:
+        arr, keep, _ = compare_imatrix.imatrix_param(imatrix)  # keep: the buffers arr points into
+        p.imatrix = arr
     t = time.time()
     rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p))
     if rc != 0:
@@ -60,7 +75,12 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fixture")
     ap.add_argument("--out", default=tempfile.mkdtemp(prefix="crunch-vs-llama-"))
+    ap.add_argument("--imatrix", help="importance matrix both tools quantize with")
+    ap.add_argument("--ppl", metavar="TEXT", help="also compare crunch's and llama.cpp's perplexity of crunch's file")
+    ap.add_argument("--ppl-ctx", type=int, default=512)
+    ap.add_argument("--ppl-chunks", type=int, default=8)
     a = ap.parse_args()
+    codes = dict(PRESETS, **IMATRIX_PRESETS)
     llama_build.print_build()
     fixture = {}
     ok = True
@@ -68,9 +88,10 @@ def main():
     for name in a.presets.split(","):
         lp = os.path.join(a.out, f"llama-{name}.gguf")
         cp = os.path.join(a.out, f"crunch-{name}.gguf")
-        lt = llama_quantize(a.f32, lp, PRESETS[name], a.threads)
+        lt = llama_quantize(a.f32, lp, codes[name], a.threads, a.imatrix)
         t = time.time()
-        subprocess.run([a.crunch, "quantize", a.f32, cp, name, "--threads", str(a.threads), "-q"], check=True)
+        extra = ["--imatrix", a.imatrix] if a.imatrix else []
+        subprocess.run([a.crunch, "quantize", a.f32, cp, name, "--threads", str(a.threads), "-q"] + extra, check=True)
         ct = time.time() - t
         L, C = tensors(lp), tensors(cp)
         same_plan = {k: v[0] for k, v in L.items()} == {k: v[0] for k, v in C.items()}
@@ -90,12 +111,21 @@ def main():
             sha = hashlib.sha256(f.read()).hexdigest()
         fixture[name] = {"file_size": ls, "types": {k: v[0] for k, v in L.items()},
                          "tensor_bytes": sum(len(v[1]) for v in L.values()), "sha256": sha}
+        if a.ppl:
+            ref = compare_perplexity.llama_cpp_perplexity(cp, a.ppl, a.ppl_ctx, a.ppl_chunks, a.threads)
+            ours = compare_perplexity.crunch_perplexity(a.crunch, cp, a.ppl, a.ppl_ctx, a.ppl_chunks, a.threads)
+            rel = 100.0 * (ours["ppl"] - ref["ppl"]) / ref["ppl"]
+            print(f"   perplexity of crunch's {name} ({a.ppl_chunks} chunks of {a.ppl_ctx}): llama.cpp "
+                  f"{ref['ppl']:.4f}, crunch {ours['ppl']:.4f} ({rel:+.3f}%)")
+            fixture[name]["ppl"] = {"llama_cpp": ref["ppl"], "crunch": ours["ppl"], "ctx": a.ppl_ctx,
+                                    "chunks": a.ppl_chunks}
         os.remove(lp)
         os.remove(cp)
     if a.fixture:
         with open(a.fixture, "w") as f:
             build = llama_build.build_file()
             json.dump({"source": "llama.cpp via llama-cpp-python " + llama_cpp.__version__,
+                       "imatrix": os.path.basename(a.imatrix) if a.imatrix else None,
                        "build": build.read_text().strip() if build else "unknown",
                        "presets": fixture}, f, indent=1, sort_keys=True)
         print(f"wrote {a.fixture}")
