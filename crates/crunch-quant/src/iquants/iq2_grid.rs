@@ -24,10 +24,8 @@ use std::sync::OnceLock;
 pub(crate) const KMAP_SIZE: usize = 43692;
 
 /// Below this maximum |x| an IQ2_XXS / IQ2_XS group is all zeros (ggml's `GROUP_MAX_EPS`).
-#[allow(dead_code)] // until IQ2_XXS lands
 pub(crate) const GROUP_MAX_EPS: f32 = crate::kquants::search::GROUP_MAX_EPS;
 /// Below this maximum |x| an IQ2_S group is all zeros (ggml's `GROUP_MAX_EPS_IQ2_S`).
-#[allow(dead_code)] // until IQ2_S lands
 pub(crate) const GROUP_MAX_EPS_IQ2_S: f32 = 1e-8;
 
 /// Which grid a quantizer searches.
@@ -130,7 +128,6 @@ impl Iq2Tables {
     /// `Ok(index)` when `levels` is a grid point, `Err(index)` when [`find_best_neighbour`] chose
     /// `index` (and rewrote `levels` to it). This is the lookup every IQ2/IQ1 quantizer repeats.
     #[inline]
-    #[allow(dead_code)] // until the quantizers land
     pub(crate) fn index_or_neighbour(
         &self,
         levels: &mut [i8],
@@ -168,6 +165,7 @@ pub(crate) fn grid_key(levels: &[i8]) -> u16 {
 
 fn build(kind: Iq2Kind) -> Iq2Tables {
     let levels = kind.format_levels();
+    debug_assert_eq!(kind.format_grid().len(), kind.grid_size());
     // the quantizer's grid: each format byte replaced by 2 l + 1
     let points: Vec<[u8; 8]> = kind
         .format_grid()
@@ -297,6 +295,41 @@ pub(crate) fn fold_signs_even(x: &[f32], weight: &[f32], xval: &mut [f32]) -> u8
     s & 127
 }
 
+/// 8 sign bytes for `_mm256_sign_epi8`: `0xff` (-1) where bit `j` of `bits` is set, `0x01` elsewhere.
+const fn signs_x8(bits: u8) -> u64 {
+    let mut v = 0u64;
+    let mut j = 0;
+    while j < 8 {
+        let b: u64 = if bits & (1 << j) != 0 { 0xff } else { 0x01 };
+        v |= b << (8 * j);
+        j += 1;
+    }
+    v
+}
+
+/// [`KSIGNS_IQ2XS`] expanded by [`signs_x8`]: the 8 signs (as ±1 bytes) of each stored 7-bit pattern.
+pub(crate) static KSIGNS_IQ2XS_X8: [u64; 128] = {
+    let mut t = [0u64; 128];
+    let mut i = 0;
+    while i < 128 {
+        // ksigns_iq2xs[i] is i with the parity bit on top
+        t[i] = signs_x8(i as u8 | (((i as u32).count_ones() & 1) << 7) as u8);
+        i += 1;
+    }
+    t
+};
+
+/// Every sign byte expanded by [`signs_x8`] (IQ2_S stores all 8 signs).
+pub(crate) static SIGNS_X8: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = signs_x8(i as u8);
+        i += 1;
+    }
+    t
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +354,13 @@ mod tests {
             assert_eq!(s.count_ones() % 2, 0);
         }
         assert!(KMASK_IQ2XS.iter().enumerate().all(|(i, &m)| m == 1 << i));
+        for (i, &s) in KSIGNS_IQ2XS.iter().enumerate() {
+            assert_eq!(KSIGNS_IQ2XS_X8[i], SIGNS_X8[usize::from(s)]);
+            for j in 0..8 {
+                let byte = (SIGNS_X8[usize::from(s)] >> (8 * j)) as u8 as i8;
+                assert_eq!(byte, if s & KMASK_IQ2XS[j] != 0 { -1 } else { 1 });
+            }
+        }
         assert_eq!(IQ2XXS_GRID[0], 0x0808080808080808);
         assert_eq!(IQ1S_GRID[0], 0xffffffffffffffff);
     }

@@ -9,6 +9,9 @@ use crate::Kernels;
 use crunch_core::GgmlType;
 
 pub(crate) mod iq2_grid;
+pub mod iq2_s;
+pub mod iq2_xs;
+pub mod iq2_xxs;
 pub(crate) mod iq3_grid;
 pub mod iq3_s;
 pub mod iq3_xxs;
@@ -22,6 +25,9 @@ pub(crate) fn kernels(ty: GgmlType) -> Option<&'static Kernels> {
     match ty {
         GgmlType::IQ3_XXS => Some(&iq3_xxs::KERNELS),
         GgmlType::IQ3_S => Some(&iq3_s::KERNELS),
+        GgmlType::IQ2_XXS => Some(&iq2_xxs::KERNELS),
+        GgmlType::IQ2_XS => Some(&iq2_xs::KERNELS),
+        GgmlType::IQ2_S => Some(&iq2_s::KERNELS),
         GgmlType::IQ4_NL => Some(&iq4_nl::KERNELS),
         GgmlType::IQ4_XS => Some(&iq4_xs::KERNELS),
         _ => None,
