@@ -4,7 +4,7 @@
 //! Two kinds of data live here:
 //! - the format tables, exactly as `ggml-common.h` defines them ([`IQ2XXS_GRID`], [`IQ2XS_GRID`],
 //!   [`IQ2S_GRID`], [`IQ1S_GRID`] in its CPU form of int8 {-1, 0, 1} bytes, [`KSIGNS_IQ2XS`],
-//!   [`KMASK_IQ2XS`]); they are at the end of this file, generated from the PyPI `gguf` package's grids
+//!   [`KMASK_IQ2XS`]); they are after the code of this file (the tests come last), generated from the PyPI `gguf` package's grids
 //!   and checked to occur byte for byte in llama.cpp's `libggml-base.so`;
 //! - the quantizer's search tables ([`Iq2Tables`], from [`tables`]): what ggml's `iq2xs_init_impl`
 //!   builds for each grid size (`kgrid_q2xs`, `kmap_q2xs`, `kneighbors_q2xs`), built once, lazily, and
@@ -329,199 +329,6 @@ pub(crate) static SIGNS_X8: [u64; 256] = {
     }
     t
 };
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const KINDS: [Iq2Kind; 4] = [Iq2Kind::Xxs, Iq2Kind::Xs, Iq2Kind::S, Iq2Kind::Iq1];
-
-    #[test]
-    fn format_tables_have_ggml_shapes() {
-        for kind in KINDS {
-            assert_eq!(kind.format_grid().len(), kind.grid_size());
-            // every byte is one of the three levels and all points differ
-            let lv = kind.format_levels();
-            let mut seen = std::collections::HashSet::new();
-            for &g in kind.format_grid() {
-                assert!(g.to_le_bytes().iter().all(|b| lv.contains(b)), "{kind:?} {g:#x}");
-                assert!(seen.insert(g), "{kind:?}: duplicate point {g:#x}");
-            }
-        }
-        // ksigns: the low 7 bits are the index, the top bit makes the parity even
-        for (i, &s) in KSIGNS_IQ2XS.iter().enumerate() {
-            assert_eq!(usize::from(s & 127), i);
-            assert_eq!(s.count_ones() % 2, 0);
-        }
-        assert!(KMASK_IQ2XS.iter().enumerate().all(|(i, &m)| m == 1 << i));
-        for (i, &s) in KSIGNS_IQ2XS.iter().enumerate() {
-            assert_eq!(KSIGNS_IQ2XS_X8[i], SIGNS_X8[usize::from(s)]);
-            for j in 0..8 {
-                let byte = (SIGNS_X8[usize::from(s)] >> (8 * j)) as u8 as i8;
-                assert_eq!(byte, if s & KMASK_IQ2XS[j] != 0 { -1 } else { 1 });
-            }
-        }
-        assert_eq!(IQ2XXS_GRID[0], 0x0808080808080808);
-        assert_eq!(IQ1S_GRID[0], 0xffffffffffffffff);
-    }
-
-    #[test]
-    fn quantizer_grid_is_the_format_grid_as_levels() {
-        // The quantizer's grid has the same points as the format grid, as levels 2 l + 1.
-        for kind in KINDS {
-            let t = tables(kind);
-            assert_eq!(t.grid.len(), kind.grid_size());
-            let lv = kind.format_levels();
-            for (&q, &f) in t.grid.iter().zip(kind.format_grid()) {
-                for (qb, fb) in q.to_le_bytes().into_iter().zip(f.to_le_bytes()) {
-                    assert!(qb == 1 || qb == 3 || qb == 5);
-                    assert_eq!(lv[usize::from((qb - 1) / 2)], fb);
-                }
-            }
-        }
-    }
-
-    fn levels_of(u: usize) -> [i8; 8] {
-        std::array::from_fn(|k| ((u >> (2 * k)) & 3) as i8)
-    }
-
-    fn dist2(grid: u64, u: usize) -> i32 {
-        let pos = levels_of(u);
-        grid.to_le_bytes().iter().zip(pos).map(|(&g, p)| (i32::from(g as i8) - (2 * i32::from(p) + 1)).pow(2)).sum()
-    }
-
-    #[test]
-    fn map_and_neighbour_invariants() {
-        for kind in KINDS {
-            let t = tables(kind);
-            assert_eq!(t.map.len(), KMAP_SIZE);
-            // grid points map to themselves
-            let mut on_grid = 0;
-            for (u, &m) in t.map.iter().enumerate() {
-                if m >= 0 {
-                    on_grid += 1;
-                    let k = m as usize;
-                    assert_eq!(usize::from(grid_key(&levels_of(u))), u);
-                    assert_eq!(dist2(t.grid[k], u), 0, "{kind:?}: key {u} maps to {k}");
-                    assert_eq!(t.index(u as u16), Some(k));
-                    assert!(t.neighbours_of(u as u16).is_none());
-                }
-            }
-            assert_eq!(on_grid, kind.grid_size());
-            // neighbour lists tile the array in key order and hold the nwant nearest distances
-            let mut next = 0usize;
-            for (u, &m) in t.map.iter().enumerate() {
-                if m >= 0 {
-                    continue;
-                }
-                assert_eq!((-(m + 1)) as usize, next, "{kind:?}: key {u}");
-                let list = t.neighbours_of(u as u16).unwrap();
-                let n = usize::from(list[0]);
-                assert!(n >= 1 && list.len() == n + 1);
-                next += n + 1;
-                let ds: Vec<(i32, u16)> = list[1..].iter().map(|&j| (dist2(t.grid[usize::from(j)], u), j)).collect();
-                assert!(ds.windows(2).all(|w| w[0] < w[1]), "{kind:?}: key {u} not sorted by (distance, index)");
-                let mut all: Vec<i32> = t.grid.iter().map(|&g| dist2(g, u)).collect();
-                all.sort_unstable();
-                all.dedup();
-                let wanted = &all[..kind.nwant().min(all.len())];
-                let distinct: Vec<i32> = {
-                    let mut d: Vec<i32> = ds.iter().map(|p| p.0).collect();
-                    d.dedup();
-                    d
-                };
-                assert_eq!(distinct, wanted, "{kind:?}: key {u}");
-                let expected = t.grid.iter().filter(|&&g| wanted.contains(&dist2(g, u))).count();
-                assert_eq!(n, expected, "{kind:?}: key {u}");
-            }
-            assert_eq!(next, t.neighbours.len());
-        }
-    }
-
-    fn sha256_hex(bytes: &[u8]) -> String {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    #[test]
-    fn tables_equal_ggmls_in_memory_tables() {
-        // SHA-256 of the grid, map and neighbour arrays that llama.cpp's `ggml_quantize_init` builds
-        // (read out of libggml-base.so's memory after the call; little-endian u64 / i32 / u16)
-        let golden = [
-            (
-                Iq2Kind::Xxs,
-                "66eeec56ebb1a92f016b0f2db4e541fd89f6d0e98420e0320f141ef9d8352c44",
-                "709b1f45e8457bc27656b3bc37ea881ffc567fe71540df5aae912097b77e2fd1",
-                417_400,
-                "fb8727a3ecbf6124f63c263d0c1b05925d580426a1d732df1d91514b84a21724",
-            ),
-            (
-                Iq2Kind::Xs,
-                "9ecaef3c92b0303966e67ad654b072680ee1fbd5a10e671ffe4f2d402c72a7fd",
-                "d6b796100158d2c7de48d0a2d5c38efc400471f822f874f631ab71dd47454326",
-                551_722,
-                "b94f3f7601b0130674b6e0b7fdccc240b7234d31db4d60601dfc0ff6872a129e",
-            ),
-            (
-                Iq2Kind::S,
-                "55cf5d20e27350dd4273d9635292a4b05997fe3cc594002cc6c59844b24c6d1a",
-                "bdd7645b9d68dcd282605e039b72ed729c4252e518c5d6ffb12282135a8c37c8",
-                209_100,
-                "7e06788dce7035c2d4fdc983be81429c26fc3106db8d76a2771b285f9c2eb8ed",
-            ),
-            (
-                Iq2Kind::Iq1,
-                "0f0eceb34d699cdb07efa55b2e8e4d5a56a4d30f645263db5e94999f1bdda165",
-                "732ed77320813d3250cbecd7235db1a2d0a661ee4b54fa2a0b5d1cd4e08c5ef0",
-                1_375_339,
-                "9a5d4a8807610d7ecdb328c531a60a6e10a202801f9290a6ed17daf3b9a4b054",
-            ),
-        ];
-        for (kind, grid, map, n_neighbours, neighbours) in golden {
-            let t = tables(kind);
-            let g: Vec<u8> = t.grid.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let m: Vec<u8> = t.map.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let n: Vec<u8> = t.neighbours.iter().flat_map(|v| v.to_le_bytes()).collect();
-            assert_eq!(sha256_hex(&g), grid, "{kind:?} grid");
-            assert_eq!(sha256_hex(&m), map, "{kind:?} map");
-            assert_eq!(t.neighbours.len(), n_neighbours, "{kind:?} neighbours");
-            assert_eq!(sha256_hex(&n), neighbours, "{kind:?} neighbours");
-        }
-    }
-
-    #[test]
-    fn best_neighbour_prefers_the_weighted_nearest_point() {
-        let t = tables(Iq2Kind::Xxs);
-        // a key off the grid: find one
-        let u = (0..KMAP_SIZE as u16).find(|&u| t.index(u).is_none() && u & 0xc000 != 0xc000).unwrap();
-        let list = t.neighbours_of(u).unwrap();
-        let xval: [f32; 8] = std::array::from_fn(|i| f32::from(2 * levels_of(usize::from(u))[i] + 1) * 0.1);
-        let w = [1.0f32; 8];
-        let mut l = [0i8; 8];
-        let k = find_best_neighbour(list, &t.grid, &xval, &w, 0.1, &mut l);
-        assert!(list[1..].contains(&(k as u16)));
-        assert_eq!(t.index(grid_key(&l)), Some(k));
-        // the chosen point is at least as close as every listed one
-        let err =
-            |k: usize| -> f32 { t.point(k).iter().zip(&xval).map(|(&q, &x)| (0.1 * f32::from(q) - x).powi(2)).sum() };
-        assert!(list[1..].iter().all(|&j| err(k) <= err(usize::from(j))));
-        // NaN inputs pick the first listed point instead of failing
-        let k = find_best_neighbour(list, &t.grid, &[f32::NAN; 8], &w, 0.1, &mut l);
-        assert_eq!(k, usize::from(list[1]));
-        assert_eq!(find_best_neighbour(&[], &t.grid, &xval, &w, 0.1, &mut l), 0);
-    }
-
-    #[test]
-    fn signs_fold_to_even_parity() {
-        let x = [-1.0f32, 2.0, -3.0, 4.0, -0.5, 6.0, 7.0, 8.0];
-        let mut xval = [0f32; 8];
-        let s = fold_signs_even(&x, &[1.0; 8], &mut xval);
-        // three negatives: the smallest |x| (-0.5, index 4) keeps its sign
-        assert_eq!(s, 0b0000_0101);
-        assert_eq!(xval, [1.0, 2.0, 3.0, 4.0, -0.5, 6.0, 7.0, 8.0]);
-        assert_eq!(KSIGNS_IQ2XS[usize::from(s)].count_ones() % 2, 0);
-    }
-}
 
 // ------------------------------------------------------------------------------------------------
 // Format tables, exactly as ggml-common.h defines them (generated; do not edit by hand).
@@ -4396,3 +4203,196 @@ pub(crate) static KSIGNS_IQ2XS: [u8; 128] = [
 
 /// ggml's `kmask_iq2xs`: bit `j` selects the sign of element `j`.
 pub(crate) static KMASK_IQ2XS: [u8; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KINDS: [Iq2Kind; 4] = [Iq2Kind::Xxs, Iq2Kind::Xs, Iq2Kind::S, Iq2Kind::Iq1];
+
+    #[test]
+    fn format_tables_have_ggml_shapes() {
+        for kind in KINDS {
+            assert_eq!(kind.format_grid().len(), kind.grid_size());
+            // every byte is one of the three levels and all points differ
+            let lv = kind.format_levels();
+            let mut seen = std::collections::HashSet::new();
+            for &g in kind.format_grid() {
+                assert!(g.to_le_bytes().iter().all(|b| lv.contains(b)), "{kind:?} {g:#x}");
+                assert!(seen.insert(g), "{kind:?}: duplicate point {g:#x}");
+            }
+        }
+        // ksigns: the low 7 bits are the index, the top bit makes the parity even
+        for (i, &s) in KSIGNS_IQ2XS.iter().enumerate() {
+            assert_eq!(usize::from(s & 127), i);
+            assert_eq!(s.count_ones() % 2, 0);
+        }
+        assert!(KMASK_IQ2XS.iter().enumerate().all(|(i, &m)| m == 1 << i));
+        for (i, &s) in KSIGNS_IQ2XS.iter().enumerate() {
+            assert_eq!(KSIGNS_IQ2XS_X8[i], SIGNS_X8[usize::from(s)]);
+            for (j, &m) in KMASK_IQ2XS.iter().enumerate() {
+                let byte = (SIGNS_X8[usize::from(s)] >> (8 * j)) as u8 as i8;
+                assert_eq!(byte, if s & m != 0 { -1 } else { 1 });
+            }
+        }
+        assert_eq!(IQ2XXS_GRID[0], 0x0808080808080808);
+        assert_eq!(IQ1S_GRID[0], 0xffffffffffffffff);
+    }
+
+    #[test]
+    fn quantizer_grid_is_the_format_grid_as_levels() {
+        // The quantizer's grid has the same points as the format grid, as levels 2 l + 1.
+        for kind in KINDS {
+            let t = tables(kind);
+            assert_eq!(t.grid.len(), kind.grid_size());
+            let lv = kind.format_levels();
+            for (&q, &f) in t.grid.iter().zip(kind.format_grid()) {
+                for (qb, fb) in q.to_le_bytes().into_iter().zip(f.to_le_bytes()) {
+                    assert!(qb == 1 || qb == 3 || qb == 5);
+                    assert_eq!(lv[usize::from((qb - 1) / 2)], fb);
+                }
+            }
+        }
+    }
+
+    fn levels_of(u: usize) -> [i8; 8] {
+        std::array::from_fn(|k| ((u >> (2 * k)) & 3) as i8)
+    }
+
+    fn dist2(grid: u64, u: usize) -> i32 {
+        let pos = levels_of(u);
+        grid.to_le_bytes().iter().zip(pos).map(|(&g, p)| (i32::from(g as i8) - (2 * i32::from(p) + 1)).pow(2)).sum()
+    }
+
+    #[test]
+    fn map_and_neighbour_invariants() {
+        for kind in KINDS {
+            let t = tables(kind);
+            assert_eq!(t.map.len(), KMAP_SIZE);
+            // grid points map to themselves
+            let mut on_grid = 0;
+            for (u, &m) in t.map.iter().enumerate() {
+                if m >= 0 {
+                    on_grid += 1;
+                    let k = m as usize;
+                    assert_eq!(usize::from(grid_key(&levels_of(u))), u);
+                    assert_eq!(dist2(t.grid[k], u), 0, "{kind:?}: key {u} maps to {k}");
+                    assert_eq!(t.index(u as u16), Some(k));
+                    assert!(t.neighbours_of(u as u16).is_none());
+                }
+            }
+            assert_eq!(on_grid, kind.grid_size());
+            // neighbour lists tile the array in key order and hold the nwant nearest distances
+            let mut next = 0usize;
+            for (u, &m) in t.map.iter().enumerate() {
+                if m >= 0 {
+                    continue;
+                }
+                assert_eq!((-(m + 1)) as usize, next, "{kind:?}: key {u}");
+                let list = t.neighbours_of(u as u16).unwrap();
+                let n = usize::from(list[0]);
+                assert!(n >= 1 && list.len() == n + 1);
+                next += n + 1;
+                let ds: Vec<(i32, u16)> = list[1..].iter().map(|&j| (dist2(t.grid[usize::from(j)], u), j)).collect();
+                assert!(ds.windows(2).all(|w| w[0] < w[1]), "{kind:?}: key {u} not sorted by (distance, index)");
+                let mut all: Vec<i32> = t.grid.iter().map(|&g| dist2(g, u)).collect();
+                all.sort_unstable();
+                all.dedup();
+                let wanted = &all[..kind.nwant().min(all.len())];
+                let distinct: Vec<i32> = {
+                    let mut d: Vec<i32> = ds.iter().map(|p| p.0).collect();
+                    d.dedup();
+                    d
+                };
+                assert_eq!(distinct, wanted, "{kind:?}: key {u}");
+                let expected = t.grid.iter().filter(|&&g| wanted.contains(&dist2(g, u))).count();
+                assert_eq!(n, expected, "{kind:?}: key {u}");
+            }
+            assert_eq!(next, t.neighbours.len());
+        }
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn tables_equal_ggmls_in_memory_tables() {
+        // SHA-256 of the grid, map and neighbour arrays that llama.cpp's `ggml_quantize_init` builds
+        // (read out of libggml-base.so's memory after the call; little-endian u64 / i32 / u16)
+        let golden = [
+            (
+                Iq2Kind::Xxs,
+                "66eeec56ebb1a92f016b0f2db4e541fd89f6d0e98420e0320f141ef9d8352c44",
+                "709b1f45e8457bc27656b3bc37ea881ffc567fe71540df5aae912097b77e2fd1",
+                417_400,
+                "fb8727a3ecbf6124f63c263d0c1b05925d580426a1d732df1d91514b84a21724",
+            ),
+            (
+                Iq2Kind::Xs,
+                "9ecaef3c92b0303966e67ad654b072680ee1fbd5a10e671ffe4f2d402c72a7fd",
+                "d6b796100158d2c7de48d0a2d5c38efc400471f822f874f631ab71dd47454326",
+                551_722,
+                "b94f3f7601b0130674b6e0b7fdccc240b7234d31db4d60601dfc0ff6872a129e",
+            ),
+            (
+                Iq2Kind::S,
+                "55cf5d20e27350dd4273d9635292a4b05997fe3cc594002cc6c59844b24c6d1a",
+                "bdd7645b9d68dcd282605e039b72ed729c4252e518c5d6ffb12282135a8c37c8",
+                209_100,
+                "7e06788dce7035c2d4fdc983be81429c26fc3106db8d76a2771b285f9c2eb8ed",
+            ),
+            (
+                Iq2Kind::Iq1,
+                "0f0eceb34d699cdb07efa55b2e8e4d5a56a4d30f645263db5e94999f1bdda165",
+                "732ed77320813d3250cbecd7235db1a2d0a661ee4b54fa2a0b5d1cd4e08c5ef0",
+                1_375_339,
+                "9a5d4a8807610d7ecdb328c531a60a6e10a202801f9290a6ed17daf3b9a4b054",
+            ),
+        ];
+        for (kind, grid, map, n_neighbours, neighbours) in golden {
+            let t = tables(kind);
+            let g: Vec<u8> = t.grid.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let m: Vec<u8> = t.map.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let n: Vec<u8> = t.neighbours.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(sha256_hex(&g), grid, "{kind:?} grid");
+            assert_eq!(sha256_hex(&m), map, "{kind:?} map");
+            assert_eq!(t.neighbours.len(), n_neighbours, "{kind:?} neighbours");
+            assert_eq!(sha256_hex(&n), neighbours, "{kind:?} neighbours");
+        }
+    }
+
+    #[test]
+    fn best_neighbour_prefers_the_weighted_nearest_point() {
+        let t = tables(Iq2Kind::Xxs);
+        // a key off the grid: find one
+        let u = (0..KMAP_SIZE as u16).find(|&u| t.index(u).is_none() && u & 0xc000 != 0xc000).unwrap();
+        let list = t.neighbours_of(u).unwrap();
+        let xval: [f32; 8] = std::array::from_fn(|i| f32::from(2 * levels_of(usize::from(u))[i] + 1) * 0.1);
+        let w = [1.0f32; 8];
+        let mut l = [0i8; 8];
+        let k = find_best_neighbour(list, &t.grid, &xval, &w, 0.1, &mut l);
+        assert!(list[1..].contains(&(k as u16)));
+        assert_eq!(t.index(grid_key(&l)), Some(k));
+        // the chosen point is at least as close as every listed one
+        let err =
+            |k: usize| -> f32 { t.point(k).iter().zip(&xval).map(|(&q, &x)| (0.1 * f32::from(q) - x).powi(2)).sum() };
+        assert!(list[1..].iter().all(|&j| err(k) <= err(usize::from(j))));
+        // NaN inputs pick the first listed point instead of failing
+        let k = find_best_neighbour(list, &t.grid, &[f32::NAN; 8], &w, 0.1, &mut l);
+        assert_eq!(k, usize::from(list[1]));
+        assert_eq!(find_best_neighbour(&[], &t.grid, &xval, &w, 0.1, &mut l), 0);
+    }
+
+    #[test]
+    fn signs_fold_to_even_parity() {
+        let x = [-1.0f32, 2.0, -3.0, 4.0, -0.5, 6.0, 7.0, 8.0];
+        let mut xval = [0f32; 8];
+        let s = fold_signs_even(&x, &[1.0; 8], &mut xval);
+        // three negatives: the smallest |x| (-0.5, index 4) keeps its sign
+        assert_eq!(s, 0b0000_0101);
+        assert_eq!(xval, [1.0, 2.0, 3.0, 4.0, -0.5, 6.0, 7.0, 8.0]);
+        assert_eq!(KSIGNS_IQ2XS[usize::from(s)].count_ones() % 2, 0);
+    }
+}
