@@ -8,6 +8,8 @@
 use crate::Kernels;
 use crunch_core::GgmlType;
 
+pub mod iq1_m;
+pub mod iq1_s;
 pub(crate) mod iq2_grid;
 pub mod iq2_s;
 pub mod iq2_xs;
@@ -23,6 +25,8 @@ pub use nonlinear::KVALUES;
 
 pub(crate) fn kernels(ty: GgmlType) -> Option<&'static Kernels> {
     match ty {
+        GgmlType::IQ1_S => Some(&iq1_s::KERNELS),
+        GgmlType::IQ1_M => Some(&iq1_m::KERNELS),
         GgmlType::IQ3_XXS => Some(&iq3_xxs::KERNELS),
         GgmlType::IQ3_S => Some(&iq3_s::KERNELS),
         GgmlType::IQ2_XXS => Some(&iq2_xxs::KERNELS),
