@@ -194,6 +194,65 @@ pub fn generate(
 mod tests {
     use super::*;
 
+    /// On the SmolLM2 files of `$CRUNCH_CACHE/models` (skipped when absent; run with `--release
+    /// --ignored`): single-token logits through the packed gemv kernels against one `vec_dot` per
+    /// row, teacher-forced on the same tokens: the differences are float-order noise (plus the
+    /// activation roundings it flips), small against the logits' spread.
+    #[test]
+    #[ignore]
+    fn packed_generation_matches_vec_dot_on_smollm2() {
+        let dir = std::path::PathBuf::from(std::env::var_os("CRUNCH_CACHE").unwrap_or_default()).join("models");
+        for name in ["smollm2-q4_0.gguf", "smollm2-q8_0.gguf", "smollm2-q4_k_m.gguf", "smollm2-iq4_nl.gguf"] {
+            let path = dir.join(name);
+            if !path.exists() {
+                eprintln!("skipping {name}: not in {}", dir.display());
+                continue;
+            }
+            let model = LlamaModel::open(&path).unwrap();
+            let prompt = [504u32, 3575, 282, 4649, 314, 253, 1978, 338];
+            let steps = 48;
+            let (mut a, mut b) = (model.new_cache(64), model.new_cache(64));
+            let mut la = model.forward(&prompt, &mut a).unwrap();
+            let mut lb = crate::matmul::without_gemv(|| model.forward(&prompt, &mut b)).unwrap();
+            let n_vocab = model.config.n_vocab;
+            let (mut worst, mut flips) = (0f32, 0usize);
+            let mut seq = prompt.to_vec();
+            let mut rows_a = vec![la[la.len() - n_vocab..].to_vec()];
+            let mut rows_b = vec![lb[lb.len() - n_vocab..].to_vec()];
+            for _ in 0..steps {
+                let (ra, rb) = (&la[la.len() - n_vocab..], &lb[lb.len() - n_vocab..]);
+                let (ta, tb) = (argmax(ra), argmax(rb));
+                if ta != tb {
+                    // only a near tie may flip
+                    flips += 1;
+                }
+                let tok = ta as u32;
+                seq.push(tok);
+                la = model.forward(&[tok], &mut a).unwrap();
+                lb = crate::matmul::without_gemv(|| model.forward(&[tok], &mut b)).unwrap();
+                rows_a.push(la.clone());
+                rows_b.push(lb.clone());
+            }
+            // the same sequence in one batch (the prompt path's tiled kernels): the float-order
+            // noise the engine already has between its batch and single-token paths
+            let mut c = model.new_cache(64);
+            let batch = model.forward(&seq, &mut c).unwrap();
+            let mut noise = 0f32;
+            for (i, (ra, rb)) in rows_a.iter().zip(&rows_b).enumerate() {
+                let rc = &batch[(prompt.len() - 1 + i) * n_vocab..(prompt.len() + i) * n_vocab];
+                let spread = rb.iter().fold(f32::MIN, |m, &v| m.max(v)) - rb.iter().fold(f32::MAX, |m, &v| m.min(v));
+                let d =
+                    |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max) / spread;
+                worst = worst.max(d(ra, rb));
+                noise = noise.max(d(rc, rb));
+            }
+            eprintln!(
+                "{name}: largest logit difference gemv vs vec_dot {worst:.2e}, batch vs vec_dot {noise:.2e} of the logits' spread, {flips} top-token flips"
+            );
+            assert!(worst < 2.0 * noise, "{name}: {worst} vs {noise}");
+        }
+    }
+
     #[test]
     fn greedy_and_sampling() {
         let logits = [0.0f32, 3.0, 1.0, 3.0, -2.0];

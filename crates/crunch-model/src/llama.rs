@@ -16,7 +16,7 @@ use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::lora::LoraAdapter;
-use crate::matmul::{matmul, MatmulMode};
+use crate::matmul::{matmul, matmul_packed, MatmulMode};
 use crate::ops::{add_assign, add_bias, rms_norm, swiglu};
 use crate::rope::Rope;
 use crate::weights::{load_optional_vector, load_vector, Weight};
@@ -269,7 +269,7 @@ impl LlamaModel {
                 o.observe(&w.name, input, input.len() / w.n_in);
             }
             let n_tok = input.len() / w.n_in;
-            let mut y = matmul(input, n_tok, &w.view(f), mode)?;
+            let mut y = matmul_packed(input, n_tok, &w.view(f), Some(w.pack_slot()), mode)?;
             if let Some(terms) = self.loras.get(&w.name) {
                 for (ad, i, s) in terms {
                     let p = &ad.pairs()[*i];

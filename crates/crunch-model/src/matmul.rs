@@ -12,8 +12,10 @@
 //! around at the end, the tiled and GEMM paths write it token-major in place.
 //! From a few tokens on (prompt processing), quantized weights go through
 //! `crunch_quant::tiled` (a panel of rows unpacked once, then AVX2 tiles of rows × tokens) and
-//! float weights through a blocked f32 GEMM on panels of rows; a single token (generation) uses
-//! one `vec_dot` per row.
+//! float weights through a blocked f32 GEMM on panels of rows. A single token (generation) goes
+//! through `crunch_quant::gemv` on the weight repacked once into interleaved tiles of 16 rows
+//! (kept in the weight's [`PackSlot`], made the first time a single token multiplies it), or one
+//! `vec_dot` per row for the types gemv does not pack.
 
 use crunch_core::GgmlType;
 use rayon::prelude::*;
@@ -28,6 +30,48 @@ pub enum MatmulMode {
     Native,
     /// Dequantize weights to f32 and multiply in f32.
     Exact,
+}
+
+/// Where a weight keeps its repacking for single-token products ([`crunch_quant::gemv::Packed`]),
+/// made on first use; `None` inside when the type or shape has no packed kernel.
+#[derive(Default)]
+pub struct PackSlot(std::sync::OnceLock<Option<crunch_quant::gemv::Packed>>);
+
+impl std::fmt::Debug for PackSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.get() {
+            Some(Some(p)) => write!(f, "PackSlot({p:?})"),
+            Some(None) => f.write_str("PackSlot(unsupported)"),
+            None => f.write_str("PackSlot(empty)"),
+        }
+    }
+}
+
+impl PackSlot {
+    /// The packing of `w`, made now if this is the first call.
+    fn get(&self, w: &WeightView) -> Option<&crunch_quant::gemv::Packed> {
+        self.0.get_or_init(|| crunch_quant::gemv::Packed::new(w.ty, w.data, w.n_in, w.n_out)).as_ref()
+    }
+}
+
+/// Whether single tokens use the packed kernels (`CRUNCH_NO_GEMV` set: one `vec_dot` per row, to
+/// compare the two).
+fn gemv_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("CRUNCH_NO_GEMV").is_none()) && !NO_GEMV.with(|c| c.get())
+}
+
+thread_local! {
+    static NO_GEMV: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with single-token products of this thread's matmuls through one `vec_dot` per row
+/// (as without packing), to compare the two paths.
+pub fn without_gemv<R>(f: impl FnOnce() -> R) -> R {
+    let before = NO_GEMV.with(|c| c.replace(true));
+    let r = f();
+    NO_GEMV.with(|c| c.set(before));
+    r
 }
 
 /// A borrowed weight matrix: `n_out` rows of `n_in` elements of type `ty`.
@@ -86,6 +130,18 @@ const TILED_MIN_TOKENS: usize = 4;
 
 /// `y = x Wᵀ`: `x` is `n_tokens × n_in`, the result `n_tokens × n_out`, row-major.
 pub fn matmul(x: &[f32], n_tokens: usize, w: &WeightView, mode: MatmulMode) -> Result<Vec<f32>> {
+    matmul_packed(x, n_tokens, w, None, mode)
+}
+
+/// [`matmul`] keeping `w`'s repacking for single tokens in `slot` (which must belong to this
+/// weight: the packing is made from `w` on the first single-token call and reused after).
+pub fn matmul_packed(
+    x: &[f32],
+    n_tokens: usize,
+    w: &WeightView,
+    slot: Option<&PackSlot>,
+    mode: MatmulMode,
+) -> Result<Vec<f32>> {
     let rb = w.row_bytes()?;
     if x.len() != n_tokens * w.n_in {
         return Err(ModelError::Input(format!(
@@ -104,6 +160,13 @@ pub fn matmul(x: &[f32], n_tokens: usize, w: &WeightView, mode: MatmulMode) -> R
         _ => None,
     };
     let mut yt = vec![0f32; n_tokens * w.n_out];
+    if quantized_dot.is_some() && n_tokens == 1 && gemv_enabled() {
+        if let Some(p) = slot.and_then(|s| s.get(w)) {
+            if p.gemv(x, &mut yt) {
+                return Ok(yt);
+            }
+        }
+    }
     if quantized_dot.is_some()
         && n_tokens >= TILED_MIN_TOKENS
         && crunch_quant::tiled::matmul_quant(w.ty, w.data, w.n_in, w.n_out, x, n_tokens, &mut yt)
@@ -321,6 +384,30 @@ mod tests {
                     assert!((g - w).abs() <= tol, "{ty} {mode:?}: {g} vs {w}");
                 }
             }
+        }
+    }
+
+    /// A single token through the packed kernels equals one `vec_dot` per row, and the slot keeps
+    /// one packing that later calls reuse.
+    #[test]
+    fn packed_single_token_matches_vec_dot() {
+        let (n_in, n_out) = (512, 45);
+        let x = rand(n_in, 5);
+        let wf = rand(n_out * n_in, 6);
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::Q4_K, GgmlType::Q6_K] {
+            let rb = ty.row_size(n_in).unwrap();
+            let mut data = vec![0u8; rb * n_out];
+            crunch_quant::quantize_rows(ty, &wf, n_in, None, &mut data).unwrap();
+            let view = WeightView { name: "w", ty, n_in, n_out, data: &data };
+            let want = matmul(&x, 1, &view, MatmulMode::Native).unwrap();
+            let slot = PackSlot::default();
+            for _ in 0..2 {
+                let got = matmul_packed(&x, 1, &view, Some(&slot), MatmulMode::Native).unwrap();
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{ty}: {g} vs {w}");
+                }
+            }
+            assert!(matches!(slot.0.get(), Some(Some(_))), "{ty} was not packed");
         }
     }
 

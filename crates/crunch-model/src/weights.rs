@@ -4,7 +4,9 @@ use crunch_core::gguf::{GgufFile, TensorInfo};
 use crunch_core::GgmlType;
 
 use crate::error::{ModelError, Result};
-use crate::matmul::WeightView;
+use std::sync::Arc;
+
+use crate::matmul::{PackSlot, WeightView};
 
 /// A linear layer's weight: `n_out` rows of `n_in` elements (GGUF dims `[n_in, n_out]`), in the
 /// file's type. The bytes stay in the file's memory map.
@@ -15,6 +17,8 @@ pub struct Weight {
     pub n_in: usize,
     pub n_out: usize,
     info: TensorInfo,
+    /// The repacking for single-token products, made on first use (shared by clones).
+    packed: Arc<PackSlot>,
 }
 
 impl Weight {
@@ -34,7 +38,7 @@ impl Weight {
         if crunch_quant::kernels(info.ty).is_none() {
             return Err(ModelError::UnsupportedType { tensor: name.to_string(), ty: info.ty, what: "dequantize" });
         }
-        Ok(Weight { name: name.to_string(), ty: info.ty, n_in, n_out, info: info.clone() })
+        Ok(Weight { name: name.to_string(), ty: info.ty, n_in, n_out, info: info.clone(), packed: Arc::default() })
     }
 
     /// The weight's bytes in `file` (the file it was loaded from).
@@ -46,6 +50,12 @@ impl Weight {
             n_out: self.n_out,
             data: file.tensor_data(&self.info),
         }
+    }
+
+    /// Where this weight keeps its repacking for single tokens (pass it to
+    /// [`crate::matmul::matmul_packed`] with this weight's view).
+    pub fn pack_slot(&self) -> &PackSlot {
+        &self.packed
     }
 
     /// Dequantize row `row` into `out` (`n_in` elements), e.g. a token's embedding.

@@ -14,6 +14,7 @@
 use crunch_core::GgmlType;
 
 pub mod float;
+pub mod gemv;
 pub mod hfq;
 pub mod iquants;
 pub mod kquants;

@@ -99,15 +99,15 @@ impl Kernel {
 }
 
 /// Unpack one block: codes (one per element), scale and bias per 16 elements.
-type DecodeFn = fn(block: &[u8], codes: &mut [u8], scales: &mut [f32], biases: &mut [f32]);
+pub(crate) type DecodeFn = fn(block: &[u8], codes: &mut [u8], scales: &mut [f32], biases: &mut [f32]);
 
-struct Decoder {
+pub(crate) struct Decoder {
     /// Elements and bytes per block.
-    elems: usize,
-    bytes: usize,
+    pub(crate) elems: usize,
+    pub(crate) bytes: usize,
     /// Codes are signed bytes (i8 stored as u8), not small unsigned numbers.
-    signed: bool,
-    decode: DecodeFn,
+    pub(crate) signed: bool,
+    pub(crate) decode: DecodeFn,
 }
 
 fn h(b: &[u8], i: usize) -> f32 {
@@ -243,7 +243,7 @@ fn decode_q2_k(b: &[u8], c: &mut [u8], s: &mut [f32], z: &mut [f32]) {
     }
 }
 
-fn decoder(ty: GgmlType) -> Option<Decoder> {
+pub(crate) fn decoder(ty: GgmlType) -> Option<Decoder> {
     let (elems, signed, decode): (usize, bool, DecodeFn) = match ty {
         GgmlType::Q4_0 => (32, false, decode_q4_0),
         GgmlType::Q4_1 => (32, false, decode_q4_1),
