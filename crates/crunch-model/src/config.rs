@@ -15,6 +15,10 @@ pub enum Arch {
     SmolLm,
     /// `qwen2`: Llama with Q/K/V biases and NeoX-style RoPE.
     Qwen2,
+    /// `gemma3`: the Llama block with per-head Q/K RMSNorm, post-attention and post-FFN norms,
+    /// a GELU-gated FFN, embeddings scaled by `sqrt(n_embd)`, NeoX RoPE, and sliding-window
+    /// attention on five layers of every six (their RoPE base 10000).
+    Gemma3,
 }
 
 impl Arch {
@@ -24,6 +28,7 @@ impl Arch {
             "mistral" => Ok(Arch::Mistral),
             "smollm" => Ok(Arch::SmolLm),
             "qwen2" => Ok(Arch::Qwen2),
+            "gemma3" => Ok(Arch::Gemma3),
             other => Err(ModelError::UnsupportedArch(other.to_string())),
         }
     }
@@ -35,13 +40,14 @@ impl Arch {
             Arch::Mistral => "mistral",
             Arch::SmolLm => "smollm",
             Arch::Qwen2 => "qwen2",
+            Arch::Gemma3 => "gemma3",
         }
     }
 
     /// llama.cpp's RoPE mode for the architecture.
     pub fn rope_mode(self) -> RopeMode {
         match self {
-            Arch::Qwen2 => RopeMode::Neox,
+            Arch::Qwen2 | Arch::Gemma3 => RopeMode::Neox,
             _ => RopeMode::Normal,
         }
     }
@@ -57,7 +63,17 @@ pub enum RopeMode {
     Neox,
 }
 
-/// Llama-family hyper-parameters.
+/// The activation of the FFN's gate (`act(gate) * up`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FfnAct {
+    /// SwiGLU: `silu(gate) * up` (Llama, Qwen2).
+    Silu,
+    /// GeGLU with the tanh approximation of GELU, as ggml computes it on the CPU (Gemma).
+    GeluTanh,
+}
+
+/// Llama-family hyper-parameters, with the per-architecture features of the block spelled out
+/// (every flag off for `llama`; see [`LlamaConfig::is_plain_llama`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
     pub arch: Arch,
@@ -76,6 +92,25 @@ pub struct LlamaConfig {
     /// Training context (`context_length`).
     pub n_ctx_train: usize,
     pub n_vocab: usize,
+    /// Per-head RMSNorm of Q and K before RoPE (`attn_q_norm` / `attn_k_norm`, Gemma 3).
+    pub qk_norm: bool,
+    /// RMSNorm of the attention and FFN outputs before each residual add
+    /// (`post_attention_norm` / `post_ffw_norm`, Gemma 2/3).
+    pub post_norms: bool,
+    pub ffn_act: FfnAct,
+    /// Factor on the token embeddings (Gemma: `sqrt(n_embd)`); `None` for none.
+    pub embd_scale: Option<f32>,
+    /// Factor Q is multiplied by before attention, whose scores are then not scaled again
+    /// (Gemma's `f_attention_scale`); `None`: scores scaled by `1 / sqrt(head_dim)`.
+    pub q_scale: Option<f32>,
+    /// Sliding-window attention: a query at position `p` of a windowed layer sees keys
+    /// `p - n_swa < j <= p` (llama.cpp's `LLAMA_SWA_TYPE_STANDARD`); 0 = no window.
+    pub n_swa: usize,
+    /// Layer `il` is windowed when `il % swa_pattern < swa_pattern - 1` (llama.cpp's
+    /// `set_swa_pattern`; Gemma 3: 6, every sixth layer global).
+    pub swa_pattern: usize,
+    /// RoPE base of the windowed layers (Gemma 3: 10000; the others use `rope_freq_base`).
+    pub rope_freq_base_swa: f32,
 }
 
 impl LlamaConfig {
@@ -151,6 +186,25 @@ impl LlamaConfig {
                 .filter(|&n| n > 0)
                 .ok_or_else(|| ModelError::MissingKey(format!("{} (or tokenizer.ggml.tokens)", key("vocab_size"))))?,
         };
+        let gemma3 = arch == Arch::Gemma3;
+        let n_swa = if gemma3 { opt("attention.sliding_window")?.unwrap_or(0) } else { 0 };
+        if gemma3 {
+            // llama.cpp's gemma3 graph has no RoPE scaling other than linear; crunch implements none.
+            if let Some(t) = md.get_str(&key("rope.scaling.type")) {
+                if t != "none" {
+                    return Err(ModelError::BadKey {
+                        key: key("rope.scaling.type"),
+                        reason: format!("RoPE scaling \"{t}\" is not implemented for gemma3"),
+                    });
+                }
+            }
+        }
+        // gemma_pytorch's query_pre_attn_scalar: n_embd / n_head for the 27B model (62 layers),
+        // head_dim otherwise (llama.cpp's f_attention_scale).
+        let q_scale = gemma3.then(|| {
+            let d = if n_layer == 62 { n_embd / n_head } else { head_dim };
+            1.0 / (d as f32).sqrt()
+        });
         Ok(LlamaConfig {
             arch,
             n_layer,
@@ -165,7 +219,45 @@ impl LlamaConfig {
             rms_eps: float("attention.layer_norm_rms_epsilon", 1e-5)?,
             n_ctx_train: opt("context_length")?.unwrap_or(2048),
             n_vocab,
+            qk_norm: gemma3,
+            post_norms: gemma3,
+            ffn_act: if gemma3 { FfnAct::GeluTanh } else { FfnAct::Silu },
+            embd_scale: gemma3.then(|| (n_embd as f32).sqrt()),
+            q_scale,
+            n_swa,
+            swa_pattern: if gemma3 { 6 } else { 0 },
+            rope_freq_base_swa: if gemma3 { 10000.0 } else { 0.0 },
         })
+    }
+
+    /// Whether layer `il` attends through the sliding window.
+    pub fn is_swa(&self, il: usize) -> bool {
+        self.n_swa > 0 && self.swa_pattern > 0 && il % self.swa_pattern < self.swa_pattern - 1
+    }
+
+    /// The attention window of layer `il` (`None`: the whole causal past).
+    pub fn window(&self, il: usize) -> Option<usize> {
+        self.is_swa(il).then_some(self.n_swa)
+    }
+
+    /// The RoPE base of layer `il`.
+    pub fn rope_base(&self, il: usize) -> f32 {
+        if self.is_swa(il) {
+            self.rope_freq_base_swa
+        } else {
+            self.rope_freq_base
+        }
+    }
+
+    /// Whether the block is the plain Llama block (RMSNorm, SwiGLU, no extra norms, scales or
+    /// windows): what crunch-train's hand-written backward computes.
+    pub fn is_plain_llama(&self) -> bool {
+        !self.qk_norm
+            && !self.post_norms
+            && self.ffn_act == FfnAct::Silu
+            && self.embd_scale.is_none()
+            && self.q_scale.is_none()
+            && self.n_swa == 0
     }
 
     /// Width of the K and V projections (`n_head_kv * head_dim`).
@@ -203,6 +295,31 @@ mod tests {
         assert_eq!(c.rope_mode, RopeMode::Normal);
         let q = LlamaConfig::from_metadata(&md("qwen2")).unwrap();
         assert_eq!(q.rope_mode, RopeMode::Neox);
+    }
+
+    #[test]
+    fn gemma3_features_and_layer_pattern() {
+        let mut m = md("gemma3");
+        m.set("gemma3.attention.key_length", Value::U32(256));
+        m.set("gemma3.attention.sliding_window", Value::U32(512));
+        m.set("gemma3.rope.freq_base", Value::F32(1e6));
+        let c = LlamaConfig::from_metadata(&m).unwrap();
+        assert!(c.qk_norm && c.post_norms && !c.is_plain_llama());
+        assert_eq!((c.ffn_act, c.rope_mode, c.head_dim), (FfnAct::GeluTanh, RopeMode::Neox, 256));
+        assert_eq!(c.embd_scale, Some(8.0)); // sqrt(64)
+        assert_eq!(c.q_scale, Some(1.0 / 16.0)); // 1 / sqrt(head_dim)
+                                                 // llama.cpp's set_swa_pattern(6): five windowed layers, then a global one
+        let swa: Vec<bool> = (0..13).map(|il| c.is_swa(il)).collect();
+        let mut want = vec![true; 13];
+        want[5] = false;
+        want[11] = false;
+        assert_eq!(swa, want);
+        assert_eq!((c.window(0), c.window(5)), (Some(512), None));
+        assert_eq!((c.rope_base(0), c.rope_base(5)), (10000.0, 1e6));
+        assert!(LlamaConfig::from_metadata(&md("llama")).unwrap().is_plain_llama());
+        m.set("gemma3.rope.scaling.type", Value::string("linear"));
+        let e = LlamaConfig::from_metadata(&m).unwrap_err().to_string();
+        assert!(e.contains("gemma3.rope.scaling.type"), "{e}");
     }
 
     #[test]

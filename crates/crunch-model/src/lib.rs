@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod bert;
+pub mod block;
 pub mod choice;
 pub mod config;
 pub mod error;
@@ -22,7 +23,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use bert::{BertConfig, BertModel, Pooling};
-pub use config::{Arch, LlamaConfig, RopeMode};
+pub use config::{Arch, FfnAct, LlamaConfig, RopeMode};
 pub use error::{ModelError, Result};
 pub use kv_cache::KvCache;
 pub use llama::{LlamaModel, Observer};

@@ -1,9 +1,13 @@
-//! The Llama-family forward pass (llama, mistral, smollm, qwen2) on the CPU, from a GGUF file.
+//! The Llama-family forward pass (llama, mistral, smollm, qwen2, gemma3) on the CPU, from a GGUF
+//! file.
 //!
-//! The graph is llama.cpp's `llm_build_llama` / `llm_build_qwen2`: token embedding, then per
-//! layer RMSNorm → Q/K/V (+ biases for qwen2) → RoPE → causal grouped-query attention → output
-//! projection → residual, RMSNorm → SwiGLU FFN → residual; final RMSNorm and the output projection
-//! (tied to `token_embd.weight` when `output.weight` is absent).
+//! The graph is llama.cpp's `llm_build_llama` / `llm_build_qwen2` / `llm_build_gemma3`: token
+//! embedding (scaled by `sqrt(n_embd)` for Gemma), then per layer the block of [`crate::block`]
+//! (RMSNorm → Q/K/V (+ biases for qwen2) → per-head Q/K norms (gemma3) → RoPE → causal
+//! grouped-query attention, windowed on Gemma's sliding-window layers → output projection →
+//! post-norm (gemma3) → residual, RMSNorm → SwiGLU / GeGLU FFN → post-norm (gemma3) → residual);
+//! final RMSNorm and the output projection (tied to `token_embd.weight` when `output.weight` is
+//! absent).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,14 +15,13 @@ use std::sync::Arc;
 
 use crunch_core::gguf::GgufFile;
 
-use crate::attention::{attention, AttnShape};
+use crate::block::{self, Angles, BlockOps, Group, Norms, Ropes};
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::lora::LoraAdapter;
 use crate::matmul::{matmul, matmul_packed, MatmulMode};
-use crate::ops::{add_assign, add_bias, rms_norm, swiglu};
-use crate::rope::Rope;
+use crate::ops::{add_bias, rms_norm};
 use crate::weights::{load_optional_vector, load_vector, Weight};
 
 /// Sees the input of every linear layer during a forward pass (the calibration hook: imatrix,
@@ -45,7 +48,7 @@ impl<F: FnMut(&str, &[f32], usize)> Observer for F {
 }
 
 struct Layer {
-    attn_norm: Vec<f32>,
+    norms: Norms,
     wq: Weight,
     wk: Weight,
     wv: Weight,
@@ -53,10 +56,60 @@ struct Layer {
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
-    ffn_norm: Vec<f32>,
     gate: Weight,
     up: Weight,
     down: Weight,
+}
+
+/// One layer's [`BlockOps`] in [`LlamaModel::forward_with`]: linear layers through the model's
+/// `lin` (quantized weights, LoRA terms, the observer), attention through the KV cache.
+struct LayerOps<'a, 'o, F> {
+    c: &'a LlamaConfig,
+    il: usize,
+    l: &'a Layer,
+    lin: &'a F,
+    observe: &'a mut Option<&'o mut dyn Observer>,
+    ropes: &'a Ropes,
+    angles: &'a Angles,
+    cache: &'a mut KvCache,
+    pos0: usize,
+    n: usize,
+}
+
+impl<F> BlockOps for LayerOps<'_, '_, F>
+where
+    F: Fn(&Weight, &[f32], &mut Option<&mut dyn Observer>) -> Result<Vec<f32>>,
+{
+    type Error = ModelError;
+
+    fn linear(&mut self, g: Group, input: &mut [f32]) -> Result<Vec<Vec<f32>>> {
+        let l = self.l;
+        let ws: &[(&Weight, Option<&Vec<f32>>)] = match g {
+            Group::Qkv => &[(&l.wq, l.bq.as_ref()), (&l.wk, l.bk.as_ref()), (&l.wv, l.bv.as_ref())],
+            Group::Out => &[(&l.wo, None)],
+            Group::GateUp => &[(&l.gate, None), (&l.up, None)],
+            Group::Down => &[(&l.down, None)],
+        };
+        let mut out = Vec::with_capacity(ws.len());
+        for (w, b) in ws {
+            let mut y = (self.lin)(w, input, self.observe)?;
+            if let Some(b) = b {
+                add_bias(&mut y, b);
+            }
+            out.push(y);
+        }
+        Ok(out)
+    }
+
+    fn attention(&mut self, mut q: Vec<f32>, mut k: Vec<f32>, v: Vec<f32>) -> Result<Vec<f32>> {
+        let (c, il, pos0, n) = (self.c, self.il, self.pos0, self.n);
+        let kv = c.n_embd_kv();
+        block::rope_qk(c, il, self.ropes, self.angles, &mut q, &mut k);
+        let (kc, vc) = (&mut self.cache.k[il], &mut self.cache.v[il]);
+        kc[pos0 * kv..(pos0 + n) * kv].copy_from_slice(&k);
+        vc[pos0 * kv..(pos0 + n) * kv].copy_from_slice(&v);
+        Ok(block::attend(c, il, &q, &kc[..(pos0 + n) * kv], &vc[..(pos0 + n) * kv], pos0, n))
+    }
 }
 
 /// A Llama-family model whose weights stay in the memory-mapped GGUF file.
@@ -67,7 +120,7 @@ pub struct LlamaModel {
     layers: Vec<Layer>,
     output_norm: Vec<f32>,
     output: Weight,
-    rope: Rope,
+    ropes: Ropes,
     /// How quantized weights are multiplied (default: as llama.cpp does).
     pub mode: MatmulMode,
     /// LoRA adapters applied on top: per weight name, the adapter, its pair and the factor of `B A`.
@@ -98,7 +151,7 @@ impl LlamaModel {
         for i in 0..c.n_layer {
             let n = |s: &str| format!("blk.{i}.{s}");
             layers.push(Layer {
-                attn_norm: load_vector(f, &n("attn_norm.weight"), e)?,
+                norms: Norms::load(f, &c, i)?,
                 wq: Weight::load(f, &n("attn_q.weight"), e, q)?,
                 wk: Weight::load(f, &n("attn_k.weight"), e, kv)?,
                 wv: Weight::load(f, &n("attn_v.weight"), e, kv)?,
@@ -106,7 +159,6 @@ impl LlamaModel {
                 bq: load_optional_vector(f, &n("attn_q.bias"), q)?,
                 bk: load_optional_vector(f, &n("attn_k.bias"), kv)?,
                 bv: load_optional_vector(f, &n("attn_v.bias"), kv)?,
-                ffn_norm: load_vector(f, &n("ffn_norm.weight"), e)?,
                 gate: Weight::load(f, &n("ffn_gate.weight"), e, c.n_ff)?,
                 up: Weight::load(f, &n("ffn_up.weight"), e, c.n_ff)?,
                 down: Weight::load(f, &n("ffn_down.weight"), c.n_ff, e)?,
@@ -118,13 +170,7 @@ impl LlamaModel {
         } else {
             tok_embd.clone()
         };
-        let rope = Rope {
-            mode: c.rope_mode,
-            n_rot: c.n_rot,
-            head_dim: c.head_dim,
-            freq_base: c.rope_freq_base,
-            freq_factors: load_optional_vector(f, "rope_freqs.weight", c.n_rot / 2)?,
-        };
+        let ropes = Ropes::new(f, &c)?;
         Ok(LlamaModel {
             file,
             config: c,
@@ -132,7 +178,7 @@ impl LlamaModel {
             layers,
             output_norm,
             output,
-            rope,
+            ropes,
             mode: MatmulMode::Native,
             loras: HashMap::new(),
             adapters: Vec::new(),
@@ -261,8 +307,7 @@ impl LlamaModel {
             }
             self.tok_embd.dequantize_row(f, id as usize, row)?;
         }
-        let kv = c.n_embd_kv();
-        let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim };
+        block::scale_embeddings(c, &mut x);
         let mode = self.mode;
         let lin = |w: &Weight, input: &[f32], obs: &mut Option<&mut dyn Observer>| -> Result<Vec<f32>> {
             if let Some(o) = obs.as_mut() {
@@ -280,32 +325,21 @@ impl LlamaModel {
             }
             Ok(y)
         };
-        let angles = self.rope.angles_rows(pos0, n);
-        for (li, l) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &l.attn_norm, c.rms_eps);
-            let mut q = lin(&l.wq, &h, &mut observe)?;
-            let mut k = lin(&l.wk, &h, &mut observe)?;
-            let mut v = lin(&l.wv, &h, &mut observe)?;
-            for (t, b) in [(&mut q, &l.bq), (&mut k, &l.bk), (&mut v, &l.bv)] {
-                if let Some(b) = b {
-                    add_bias(t, b);
-                }
-            }
-            self.rope.apply_rows_with(&mut q, c.n_head * c.head_dim, &angles);
-            self.rope.apply_rows_with(&mut k, kv, &angles);
-            let (kc, vc) = (&mut cache.k[li], &mut cache.v[li]);
-            kc[pos0 * kv..(pos0 + n) * kv].copy_from_slice(&k);
-            vc[pos0 * kv..(pos0 + n) * kv].copy_from_slice(&v);
-            let a = attention(&q, &kc[..(pos0 + n) * kv], &vc[..(pos0 + n) * kv], pos0, n, shape);
-            let o = lin(&l.wo, &a, &mut observe)?;
-            add_assign(&mut x, &o);
-
-            let h = rms_norm(&x, &l.ffn_norm, c.rms_eps);
-            let mut g = lin(&l.gate, &h, &mut observe)?;
-            let u = lin(&l.up, &h, &mut observe)?;
-            swiglu(&mut g, &u);
-            let d = lin(&l.down, &g, &mut observe)?;
-            add_assign(&mut x, &d);
+        let angles = self.ropes.angles(pos0, n);
+        for (il, l) in self.layers.iter().enumerate() {
+            let mut ops = LayerOps {
+                c,
+                il,
+                l,
+                lin: &lin,
+                observe: &mut observe,
+                ropes: &self.ropes,
+                angles: &angles,
+                cache,
+                pos0,
+                n,
+            };
+            block::forward(c, &l.norms, &mut x, &mut ops)?;
         }
         cache.set_len(pos0 + n);
         if logits_from >= n {
