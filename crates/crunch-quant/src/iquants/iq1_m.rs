@@ -70,6 +70,13 @@ impl BlockIq1M {
         2 * i32::from((sc[ib / 4] >> (3 * (ib % 4))) & 7) + 1
     }
 
+    /// The odd multipliers `2 l + 1` of all sixteen sub-blocks.
+    #[inline]
+    pub fn sub_scales(&self) -> [i32; SUBS] {
+        let sc = self.words();
+        std::array::from_fn(|ib| 2 * i32::from((sc[ib / 4] >> (3 * (ib % 4))) & 7) + 1)
+    }
+
     /// The grid index of group `k` (0..2) of sub-block `ib` (0..16).
     #[inline]
     pub fn grid_index(&self, ib: usize, k: usize) -> usize {
@@ -284,8 +291,9 @@ pub fn quantize(src: &[f32], weights: Option<&[f32]>, dst: &mut [u8]) {
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
     for (b, y) in all_blocks::<BlockIq1M>(src).iter().zip(dst.chunks_exact_mut(QK_K)) {
         let d = b.d().to_f32();
+        let ls = b.sub_scales();
         for (ib, ys) in y.chunks_exact_mut(SUB).enumerate() {
-            let dl = d * b.sub_scale(ib) as f32;
+            let dl = d * ls[ib] as f32;
             for (k, yg) in ys.chunks_exact_mut(8).enumerate() {
                 let delta = if b.shift(ib, k) < 0 { -DELTA } else { DELTA };
                 for (o, g) in yg.iter_mut().zip(grid_values(b.grid_index(ib, k))) {
@@ -309,6 +317,7 @@ pub fn vec_dot_scalar(n: usize, x: &[u8], y: &[u8]) -> f32 {
     let mut sumf = 0.0f32;
     for (bx, by) in xs.iter().zip(ys.iter()) {
         let (mut sumi1, mut sumi2) = (0i32, 0i32);
+        let scales = bx.sub_scales();
         for (ib, q8) in by.qs.chunks_exact(SUB).enumerate() {
             let (mut sum1, mut sum2) = (0i32, 0i32);
             for (k, q8g) in q8.chunks_exact(8).enumerate() {
@@ -320,7 +329,7 @@ pub fn vec_dot_scalar(n: usize, x: &[u8], y: &[u8]) -> f32 {
                 sum1 += lsum1;
                 sum2 += lsum2 * bx.shift(ib, k);
             }
-            let ls = bx.sub_scale(ib);
+            let ls = scales[ib];
             sumi1 += sum1 * ls;
             sumi2 += sum2 * ls;
         }
@@ -357,6 +366,7 @@ mod avx2 {
         for (bx, by) in xs.iter().zip(ys) {
             let mut sumi1 = _mm256_setzero_si256();
             let mut sumi2 = _mm256_setzero_si256();
+            let ls = bx.sub_scales();
             // 32 elements at a time: sub-blocks 2 ib and 2 ib + 1, four groups of eight
             for (ib, q8) in by.qs.chunks_exact(32).enumerate() {
                 let Ok(q8) = <&[i8; 32]>::try_from(q8) else { continue };
@@ -375,10 +385,7 @@ mod avx2 {
                 // i16 pair sums: grid products, and the activations carrying their group's shift sign
                 let dot = dot_i8_i8_pairs(q1, q8v);
                 let shifted = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(q8v, signs));
-                let scale = _mm256_set_m128i(
-                    _mm_set1_epi16(bx.sub_scale(2 * ib + 1) as i16),
-                    _mm_set1_epi16(bx.sub_scale(2 * ib) as i16),
-                );
+                let scale = _mm256_set_m128i(_mm_set1_epi16(ls[2 * ib + 1] as i16), _mm_set1_epi16(ls[2 * ib] as i16));
                 sumi1 = _mm256_add_epi32(sumi1, _mm256_madd_epi16(dot, scale));
                 sumi2 = _mm256_add_epi32(sumi2, _mm256_madd_epi16(shifted, scale));
             }
