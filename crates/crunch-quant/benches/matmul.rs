@@ -4,6 +4,10 @@
 //! `cargo bench -p crunch-quant --bench matmul [-- FILTER]`. One rayon thread, so the figure is one
 //! core's throughput; wall time of the best of several passes (a pass is a few milliseconds, too
 //! short for the CPU clock's resolution). The same shapes through llama.cpp are measured end to end by `scripts/bench_eval.py`.
+//!
+//! A second table times one token (generation): `vec_dot` per row against `crunch_quant::gemv` on
+//! the repacked weight, as GB/s of the GGUF weight bytes, one thread, SmolLM2's shapes and its
+//! 49152-row output layer.
 
 use crunch_core::GgmlType;
 use std::time::Instant;
@@ -63,6 +67,58 @@ fn main() {
             }
             let macs = (n_in * n_out * n_tokens) as f64;
             println!("| {} | {n_in} x {n_out} | {n_tokens} | {:.1} |", ty.name(), macs / best * 1e-9);
+        }
+    }
+    gemv_table(&pool, &filter);
+}
+
+/// One token: `vec_dot` per row vs the packed gemv, GB/s of GGUF weight bytes.
+fn gemv_table(pool: &rayon::ThreadPool, filter: &[String]) {
+    let types = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4_NL, GgmlType::Q4_K, GgmlType::Q6_K];
+    let shapes = [(576, 1536), (1536, 576), (576, 49152)];
+    println!();
+    println!("| type | n_in x n_out | vec_dot GB/s | gemv GB/s | gemv / vec_dot |");
+    println!("|---|---|---:|---:|---:|");
+    for ty in types {
+        if !filter.is_empty() && !filter.iter().any(|f| f.eq_ignore_ascii_case(ty.name())) {
+            continue;
+        }
+        for (n_in, n_out) in shapes {
+            if n_in % ty.block_size() != 0 {
+                continue;
+            }
+            let k = crunch_quant::kernels(ty).expect("kernels");
+            let w = crunch_testkit::realistic_weights(n_out, n_in, 3);
+            let x = crunch_testkit::realistic_weights(1, n_in, 4);
+            let rb = ty.row_size(n_in).expect("row size");
+            let mut data = vec![0u8; rb * n_out];
+            crunch_quant::quantize_rows(ty, &w, n_in, None, &mut data).expect("quantize");
+            let packed = crunch_quant::gemv::Packed::new(ty, &data, n_in, n_out).expect("packed");
+            let mut y = vec![0f32; n_out];
+            let dot = k.vec_dot.expect("vec_dot");
+            let time = |f: &mut (dyn FnMut() + Send)| {
+                let (mut best, mut total) = (f64::INFINITY, 0.0);
+                while total < 0.5 {
+                    let dt = pool.install(|| {
+                        let t0 = Instant::now();
+                        f();
+                        t0.elapsed().as_secs_f64()
+                    });
+                    total += dt;
+                    best = best.min(dt);
+                }
+                data.len() as f64 / best * 1e-9
+            };
+            let per_row = time(&mut || {
+                let mut xq = vec![0u8; k.dot_type.row_size(n_in).expect("row size")];
+                (crunch_quant::kernels(k.dot_type).expect("dot type").quantize)(&x, None, &mut xq);
+                for (r, o) in y.iter_mut().enumerate() {
+                    *o = dot(n_in, &data[r * rb..(r + 1) * rb], &xq);
+                }
+            });
+            let mut y2 = vec![0f32; n_out];
+            let gemv = time(&mut || assert!(packed.gemv(&x, &mut y2)));
+            println!("| {} | {n_in} x {n_out} | {per_row:.1} | {gemv:.1} | {:.2} |", ty.name(), gemv / per_row);
         }
     }
 }
