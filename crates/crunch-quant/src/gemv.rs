@@ -246,57 +246,62 @@ impl Packed {
             offset: if vnni_signed { 128 } else { fmt.offset },
             data: vec![0u8; tiles * nb * block_bytes],
         };
+        // tiles in parallel (a weight is packed on its first single-token product, inside a
+        // generation step)
+        use rayon::prelude::*;
         let kv = crate::iquants::KVALUES;
-        let mut codes = vec![0u8; n_in];
-        let mut s16 = vec![0f32; n_in / 16];
-        let mut z16 = vec![0f32; n_in / 16];
-        for r in 0..n_out {
-            let row = &w[r * row_bytes..(r + 1) * row_bytes];
-            for (bi, blk) in row.chunks_exact(dec.bytes).enumerate() {
-                let e0 = bi * dec.elems;
-                let (s0, s1) = (e0 / 16, (e0 + dec.elems) / 16);
-                (dec.decode)(blk, &mut codes[e0..e0 + dec.elems], &mut s16[s0..s1], &mut z16[s0..s1]);
-            }
-            let (t, lane) = (r / TILE, r % TILE);
-            for b in 0..nb {
-                let base = (t * nb + b) * block_bytes;
-                let blk = &mut p.data[base..base + block_bytes];
-                for e in 0..BLK {
-                    let c = codes[b * BLK + e];
-                    let (k, i) = (e / 4, lane * 4 + e % 4);
-                    match fmt.codes {
-                        Codes::Byte => blk[64 * k + i] = if vnni_signed { c ^ 0x80 } else { c },
-                        Codes::Nib | Codes::NibHigh | Codes::NibTable => {
-                            let v = if fmt.codes == Codes::NibTable {
-                                // the decoder gives the code book's value: store its index
-                                kv.iter().position(|&x| x as u8 == c).unwrap_or(0) as u8
-                            } else {
-                                c
-                            };
-                            blk[64 * (k % 4) + i] |= (v & 15) << (4 * (k / 4));
-                            if fmt.codes == Codes::NibHigh && v & 16 != 0 {
-                                blk[256 + 8 * k + i / 8] |= 1 << (i % 8);
+        let tile_bytes = nb * block_bytes;
+        p.data.par_chunks_mut(tile_bytes).enumerate().for_each(|(t, tile)| {
+            let mut codes = vec![0u8; n_in];
+            let mut s16 = vec![0f32; n_in / 16];
+            let mut z16 = vec![0f32; n_in / 16];
+            for lane in 0..TILE.min(n_out - t * TILE) {
+                let r = t * TILE + lane;
+                let row = &w[r * row_bytes..(r + 1) * row_bytes];
+                for (bi, blk) in row.chunks_exact(dec.bytes).enumerate() {
+                    let e0 = bi * dec.elems;
+                    let (s0, s1) = (e0 / 16, (e0 + dec.elems) / 16);
+                    (dec.decode)(blk, &mut codes[e0..e0 + dec.elems], &mut s16[s0..s1], &mut z16[s0..s1]);
+                }
+                for b in 0..nb {
+                    let blk = &mut tile[b * block_bytes..(b + 1) * block_bytes];
+                    for e in 0..BLK {
+                        let c = codes[b * BLK + e];
+                        let (k, i) = (e / 4, lane * 4 + e % 4);
+                        match fmt.codes {
+                            Codes::Byte => blk[64 * k + i] = if vnni_signed { c ^ 0x80 } else { c },
+                            Codes::Nib | Codes::NibHigh | Codes::NibTable => {
+                                let v = if fmt.codes == Codes::NibTable {
+                                    // the decoder gives the code book's value: store its index
+                                    kv.iter().position(|&x| x as u8 == c).unwrap_or(0) as u8
+                                } else {
+                                    c
+                                };
+                                blk[64 * (k % 4) + i] |= (v & 15) << (4 * (k / 4));
+                                if fmt.codes == Codes::NibHigh && v & 16 != 0 {
+                                    blk[256 + 8 * k + i / 8] |= 1 << (i % 8);
+                                }
                             }
                         }
                     }
-                }
-                for g in 0..fmt.groups {
-                    // the decoder's scale and bias of this group's first 16 elements
-                    let si = (b * BLK + g * (BLK / fmt.groups)) / 16;
-                    let (s, z) = (s16[si], z16[si]);
-                    let o = code_bytes + (g * TILE + lane) * if fmt.f16_scales { 2 } else { 4 };
-                    if fmt.f16_scales {
-                        blk[o..o + 2].copy_from_slice(&f16::from_f32(s).to_le_bytes());
-                    } else {
-                        blk[o..o + 4].copy_from_slice(&s.to_le_bytes());
-                    }
-                    if fmt.float_bias {
-                        let o = code_bytes + scale_bytes + (g * TILE + lane) * 4;
-                        blk[o..o + 4].copy_from_slice(&z.to_le_bytes());
+                    for g in 0..fmt.groups {
+                        // the decoder's scale and bias of this group's first 16 elements
+                        let si = (b * BLK + g * (BLK / fmt.groups)) / 16;
+                        let (s, z) = (s16[si], z16[si]);
+                        let o = code_bytes + (g * TILE + lane) * if fmt.f16_scales { 2 } else { 4 };
+                        if fmt.f16_scales {
+                            blk[o..o + 2].copy_from_slice(&f16::from_f32(s).to_le_bytes());
+                        } else {
+                            blk[o..o + 4].copy_from_slice(&s.to_le_bytes());
+                        }
+                        if fmt.float_bias {
+                            let o = code_bytes + scale_bytes + (g * TILE + lane) * 4;
+                            blk[o..o + 4].copy_from_slice(&z.to_le_bytes());
+                        }
                     }
                 }
             }
-        }
+        });
         Some(p)
     }
 
