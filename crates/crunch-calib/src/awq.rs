@@ -186,7 +186,8 @@ pub fn apply(layer: &mut Layer, g: Group, s: &[f32], input: &mut [f32], gqa: (us
     match g {
         Group::Qkv | Group::GateUp => {
             let (attn, ffn) = (layer.attn_norm_name(), layer.ffn_norm_name());
-            let (norm, name) = if g == Group::Qkv { (&mut layer.attn_norm, attn) } else { (&mut layer.ffn_norm, ffn) };
+            let (norm, name) =
+                if g == Group::Qkv { (&mut layer.norms.attn, attn) } else { (&mut layer.norms.ffn, ffn) };
             norm.iter_mut().zip(s).for_each(|(v, f)| *v /= f);
             changed.push(name);
         }

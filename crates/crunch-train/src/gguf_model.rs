@@ -54,6 +54,16 @@ impl GgufModel {
     /// crunch cannot dequantize.
     pub fn from_gguf(file: Arc<GgufFile>, mode: MatmulMode) -> Result<Self> {
         let c = LlamaConfig::from_metadata(file.metadata())?;
+        if !c.is_plain_llama() {
+            // The hand-written backward is the plain Llama block's (no Q/K or post norms, GeGLU,
+            // embedding scale or attention window): refuse rather than train another graph.
+            return Err(crunch_model::ModelError::Config(format!(
+                "training is not implemented for {}: crunch-train's backward is the plain Llama \
+                 block's (llama, mistral, smollm, qwen2)",
+                c.arch.name()
+            ))
+            .into());
+        }
         let f = file.as_ref();
         let e = c.n_embd;
         let shape = BlockShape {

@@ -430,9 +430,9 @@ fn calibrate_blocks(
         changed.dedup();
         for name in changed.iter().filter(|n| !quantized.contains(n)) {
             let v: &[f32] = if *name == layer.attn_norm_name() {
-                &layer.attn_norm
+                &layer.norms.attn
             } else if *name == layer.ffn_norm_name() {
-                &layer.ffn_norm
+                &layer.norms.ffn
             } else {
                 match layer.linears().into_iter().find(|l| &l.name == name) {
                     Some(l) => &l.w,
