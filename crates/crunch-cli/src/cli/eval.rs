@@ -47,7 +47,7 @@ pub struct CommonArgs {
 
 #[derive(clap::Args)]
 pub struct PerplexityArgs {
-    /// GGUF model (llama, mistral, qwen2, smollm).
+    /// GGUF model (llama, mistral, qwen2, smollm, gemma3).
     model: PathBuf,
     /// UTF-8 text file.
     #[arg(long, short = 'f')]
