@@ -76,3 +76,43 @@ fn gemma3_runner_block_equals_inference_block() {
 fn qwen2_runner_block_equals_inference_block() {
     runner_matches_inference(&kit::qwen2_gguf());
 }
+
+/// imatrix collection (the inference model's observer, as llama-imatrix) on both models: every
+/// block linear with its input width and token count, q/k/v and gate/up sharing their inputs;
+/// Gemma's tied output (`token_embd.weight`) is not a `blk.*` weight and is left out, as
+/// llama-imatrix leaves it out.
+#[test]
+fn imatrix_has_every_block_linear_of_both_models() {
+    use crunch_calib::imatrix::{self, CollectOptions, Collector};
+    use crunch_calib::text::{self, ChunkOptions, TextSource};
+    for path in [kit::gemma3_gguf(), kit::qwen2_gguf()] {
+        let model = LlamaModel::open(&path).unwrap();
+        let tok = Tokenizer::from_gguf(model.file()).unwrap();
+        let src = TextSource::File(kit::wikitext_dev());
+        let o = ChunkOptions { n_ctx: 32, n_chunks: Some(1), skip: 0, shuffle_seed: None };
+        let chunks = text::load_chunks(&src, &tok, o).unwrap();
+        let mut c = Collector::new(CollectOptions::default());
+        imatrix::collect(&model, &chunks, &mut c, |_, _| Ok(true)).unwrap();
+        let m = c.to_imatrix(vec![chunks.dataset.clone()], 32);
+        let cfg = &model.config;
+        assert_eq!(m.entries.len(), 7 * cfg.n_layer, "{}", path.display());
+        for l in 0..cfg.n_layer {
+            for (s, width) in [
+                ("attn_q", cfg.n_embd),
+                ("attn_k", cfg.n_embd),
+                ("attn_v", cfg.n_embd),
+                ("attn_output", cfg.n_head * cfg.head_dim),
+                ("ffn_gate", cfg.n_embd),
+                ("ffn_up", cfg.n_embd),
+                ("ffn_down", cfg.n_ff),
+            ] {
+                let e = &m.entries[&format!("blk.{l}.{s}.weight")];
+                assert_eq!((e.sums.len(), e.counts.clone()), (width, vec![32]), "blk.{l}.{s}");
+                assert!(e.sums.iter().all(|v| v.is_finite() && *v >= 0.0), "blk.{l}.{s}");
+            }
+            let g = |s: &str| &m.entries[&format!("blk.{l}.{s}.weight")].sums;
+            assert_eq!(g("attn_q"), g("attn_v"));
+            assert_eq!(g("ffn_gate"), g("ffn_up"));
+        }
+    }
+}
