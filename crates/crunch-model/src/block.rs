@@ -48,21 +48,6 @@ pub enum Group {
     Down,
 }
 
-impl Group {
-    /// How many outputs the group's linear layers produce.
-    pub fn len(self) -> usize {
-        match self {
-            Group::Qkv => 3,
-            Group::GateUp => 2,
-            Group::Out | Group::Down => 1,
-        }
-    }
-
-    pub fn is_empty(self) -> bool {
-        false
-    }
-}
-
 /// A block's normalization weights (GGUF stores Gemma's `1 + w` already, so every norm is a
 /// plain RMSNorm times its weight).
 #[derive(Clone, Debug)]
