@@ -51,6 +51,33 @@ pub const CANDIDATE_TYPES: &[GgmlType] = &[
     GgmlType::F16,
 ];
 
+/// The lowest-bit i-quants, added to [`CANDIDATE_TYPES`] when the profile is measured with an
+/// importance matrix (llama.cpp refuses to write them without one, see
+/// [`rules::requires_imatrix`]).
+pub const IMATRIX_CANDIDATE_TYPES: &[GgmlType] = &[
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
+];
+
+/// Whether `method` quantizes with an importance matrix (so the i-quants of
+/// [`IMATRIX_CANDIDATE_TYPES`] can be written).
+pub fn has_importance(method: Method) -> bool {
+    !matches!(method, Method::Rtn)
+}
+
+/// The default candidate types for `method`: [`CANDIDATE_TYPES`], plus the i-quants that need an
+/// importance matrix for `imatrix` (GPTQ has no per-element grid for these vector-quantized
+/// types and would only round them, so they are left to an explicit `types` list there).
+pub fn default_candidates(method: Method) -> Vec<String> {
+    let extra = if method == Method::Imatrix { IMATRIX_CANDIDATE_TYPES } else { &[] };
+    CANDIDATE_TYPES.iter().chain(extra).map(|t| t.name().to_string()).collect()
+}
+
 /// How tensors are quantized (the same method must be used when the plan is written). Profiles
 /// are measured for [`Method::Rtn`] and [`Method::Imatrix`].
 pub use crate::method::Method;
@@ -121,13 +148,7 @@ pub struct SensitivityOptions {
 
 impl Default for SensitivityOptions {
     fn default() -> Self {
-        SensitivityOptions {
-            method: Method::Rtn,
-            ctx: 128,
-            chunks: 2,
-            band: 5,
-            types: CANDIDATE_TYPES.iter().map(|t| t.name().to_string()).collect(),
-        }
+        SensitivityOptions { method: Method::Rtn, ctx: 128, chunks: 2, band: 5, types: default_candidates(Method::Rtn) }
     }
 }
 
@@ -144,6 +165,12 @@ impl SensitivityOptions {
                     s.parse().map_err(|_| Error::Invalid(format!("candidate types: unknown tensor type {s:?}")))?;
                 if crunch_quant::kernels(t).is_none() {
                     return Err(Error::Invalid(format!("candidate types: crunch cannot write {t}")));
+                }
+                if IMATRIX_CANDIDATE_TYPES.contains(&t) && !has_importance(self.method) {
+                    return Err(Error::Invalid(format!(
+                        "candidate types: {t} needs an importance matrix (method imatrix, gptq or awq), not {}",
+                        self.method
+                    )));
                 }
                 Ok(t)
             })
@@ -576,6 +603,20 @@ mod type_name {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iquants_are_candidates_only_with_an_importance_matrix() {
+        let rtn = default_candidates(Method::Rtn);
+        let im = default_candidates(Method::Imatrix);
+        for t in IMATRIX_CANDIDATE_TYPES {
+            assert!(!rtn.contains(&t.name().to_string()) && im.contains(&t.name().to_string()), "{t}");
+        }
+        let opts = SensitivityOptions { types: vec!["IQ2_XXS".into()], ..Default::default() };
+        let e = opts.candidate_types().unwrap_err().to_string();
+        assert!(e.contains("IQ2_XXS") && e.contains("importance"), "{e}");
+        let ok = SensitivityOptions { method: Method::Imatrix, types: im.clone(), ..Default::default() };
+        assert_eq!(ok.candidate_types().unwrap().len(), im.len());
+    }
 
     #[test]
     fn candidates_follow_block_sizes() {

@@ -29,7 +29,7 @@ impl FitSettings {
             ctx: self.calib_ctx,
             chunks: self.calib_chunks,
             band: self.band,
-            ..Default::default()
+            types: crate::sensitivity::default_candidates(method),
         };
         if !self.types.is_empty() {
             s.types = self.types.iter().map(|t| t.trim().to_uppercase()).collect();
