@@ -61,8 +61,7 @@ impl GgufModel {
                 "training is not implemented for {}: crunch-train's backward is the plain Llama \
                  block's (llama, mistral, smollm, qwen2)",
                 c.arch.name()
-            ))
-            .into());
+            )));
         }
         let f = file.as_ref();
         let e = c.n_embd;
