@@ -4,24 +4,13 @@
 
 mod common;
 
+use common::{dequantize, golden_importance, golden_input, quantize, weighted_error};
 use crunch_core::GgmlType;
 use crunch_quant::iquants::{iq1_m, iq1_s};
-use crunch_quant::{dequantize_rows, kernels, quantize_rows};
+use crunch_quant::kernels;
 use crunch_testkit::{bytes_f32, oracle, realistic_importance, realistic_weights, Rng, Scratch};
 
 const TYPES: [GgmlType; 2] = [GgmlType::IQ1_S, GgmlType::IQ1_M];
-
-fn quantize(ty: GgmlType, x: &[f32], row_len: usize, imatrix: Option<&[f32]>) -> Vec<u8> {
-    let mut q = vec![0u8; ty.row_size(row_len).unwrap() * (x.len() / row_len)];
-    quantize_rows(ty, x, row_len, imatrix, &mut q).unwrap();
-    q
-}
-
-fn dequantize(ty: GgmlType, q: &[u8], row_len: usize) -> Vec<f32> {
-    let mut y = vec![0.0f32; q.len() / ty.row_size(row_len).unwrap() * row_len];
-    dequantize_rows(ty, q, row_len, &mut y).unwrap();
-    y
-}
 
 /// Blocks of arbitrary bytes whose f16 scale is finite (IQ1_S: bytes 0..2; IQ1_M: the top nibbles
 /// of its four scale words), so every grid index, shift and sub-block scale is exercised.
@@ -77,24 +66,6 @@ fn dequantize_matches_gguf_oracle_bit_for_bit() {
             panic!("{ty}: element {i}: ours {:e}, oracle {:e}", ours[i], theirs[i]);
         }
     }
-}
-
-/// Same deterministic input as tests/iquants.rs (exact f32 arithmetic).
-fn golden_input(n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let base = ((i * 7919 % 2001) as f32 - 1000.0) / 16384.0 * (1 + i % 7) as f32;
-            if i % 97 == 0 {
-                base * 9.0
-            } else {
-                base
-            }
-        })
-        .collect()
-}
-
-fn golden_importance(n: usize) -> Vec<f32> {
-    (0..n).map(|i| 1.0 + (i * 31 % 17) as f32 / 4.0).collect()
 }
 
 /// Degenerate rows of 256: zeros, a constant, a lone spike, tiny and large magnitudes, heavy tails,
@@ -418,10 +389,6 @@ fn misaligned_buffers_give_the_same_bytes() {
         (k.dequantize)(&buf[1..], &mut back);
         assert_eq!(back, dequantize(ty, &aligned, n), "{ty}");
     }
-}
-
-fn weighted_error(x: &[f32], back: &[f32], imp: &[f32]) -> f64 {
-    x.iter().zip(back).enumerate().map(|(i, (&a, &b))| imp[i % imp.len()] as f64 * ((a - b) as f64).powi(2)).sum()
 }
 
 fn rel_rmse(x: &[f32], back: &[f32]) -> f64 {

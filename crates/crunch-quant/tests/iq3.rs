@@ -4,42 +4,13 @@
 
 mod common;
 
+use common::{dequantize, golden_importance, golden_input, oracle_dequantize, quantize, random_blocks, weighted_error};
 use crunch_core::GgmlType;
 use crunch_quant::iquants::{iq3_s, iq3_xxs};
-use crunch_quant::{dequantize_rows, kernels, quantize_rows};
-use crunch_testkit::{bytes_f32, oracle, realistic_importance, realistic_weights, Rng, Scratch};
+use crunch_quant::kernels;
+use crunch_testkit::{realistic_importance, realistic_weights, Rng};
 
 const TYPES: [GgmlType; 2] = [GgmlType::IQ3_XXS, GgmlType::IQ3_S];
-
-fn quantize(ty: GgmlType, x: &[f32], row_len: usize, imatrix: Option<&[f32]>) -> Vec<u8> {
-    let mut out = vec![0u8; ty.tensor_size(row_len, x.len() / row_len).unwrap()];
-    quantize_rows(ty, x, row_len, imatrix, &mut out).unwrap();
-    out
-}
-
-fn dequantize(ty: GgmlType, q: &[u8], row_len: usize) -> Vec<f32> {
-    let mut out = vec![0f32; q.len() / ty.row_size(row_len).unwrap() * row_len];
-    dequantize_rows(ty, q, row_len, &mut out).unwrap();
-    out
-}
-
-/// Same deterministic input as tests/iquants.rs and tests/legacy.rs.
-fn golden_input(n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let base = ((i * 7919 % 2001) as f32 - 1000.0) / 16384.0 * (1 + i % 7) as f32;
-            if i % 97 == 0 {
-                base * 9.0
-            } else {
-                base
-            }
-        })
-        .collect()
-}
-
-fn golden_importance(n: usize) -> Vec<f32> {
-    (0..n).map(|i| 1.0 + (i * 31 % 17) as f32 / 4.0).collect()
-}
 
 /// Degenerate rows of 256: zeros, a constant, a lone spike, tiny and large magnitudes, heavy tails,
 /// sub-blocks of 32 alternately zero (IQ3_S's write positions skip them), magnitudes spanning
@@ -223,29 +194,6 @@ fn real_tensors_bytes_equal_llama_cpp() {
     assert_eq!(matched, total, "{}", report.join("\n"));
 }
 
-fn oracle_dequantize(ty: GgmlType, q: &[u8], row_len: usize) -> Vec<f32> {
-    let s = Scratch::new("iq3-dq");
-    std::fs::write(s.join("in.bin"), q).unwrap();
-    let (i, o) = (s.join("in.bin"), s.join("out.f32"));
-    oracle(&["dequantize", ty.name(), &row_len.to_string(), i.to_str().unwrap(), o.to_str().unwrap()]);
-    bytes_f32(&std::fs::read(o).unwrap())
-}
-
-/// Random block bytes with a random finite f16 scale at offset 0.
-fn random_blocks(ty: GgmlType, n_blocks: usize, seed: u64) -> Vec<u8> {
-    let mut rng = Rng::new(seed);
-    let size = ty.type_size();
-    let mut out: Vec<u8> = (0..n_blocks * size).map(|_| rng.next_u64() as u8).collect();
-    for b in out.chunks_exact_mut(size) {
-        let mut bits = rng.next_u64() as u16;
-        if bits & 0x7c00 == 0x7c00 {
-            bits &= !0x4000;
-        }
-        b[..2].copy_from_slice(&bits.to_le_bytes());
-    }
-    out
-}
-
 #[test]
 fn dequantize_matches_gguf_oracle_bit_for_bit() {
     for ty in TYPES {
@@ -384,10 +332,6 @@ fn iq3_s_keeps_llama_cpps_write_positions_after_zero_sub_blocks() {
     // IQ3_XXS indexes its groups directly
     let back = dequantize(GgmlType::IQ3_XXS, &quantize(GgmlType::IQ3_XXS, &x, 256, None), 256);
     assert!(back[100] < -4.0 && back[100] > -6.0, "{}", back[100]);
-}
-
-fn weighted_error(x: &[f32], back: &[f32], imp: &[f32]) -> f64 {
-    x.iter().zip(back).enumerate().map(|(i, (&a, &b))| imp[i % imp.len()] as f64 * ((a - b) as f64).powi(2)).sum()
 }
 
 #[test]

@@ -3,47 +3,17 @@
 //! compares many more rows with llama.cpp directly), SIMD vs scalar dot products, edge values and
 //! the importance-weighted search.
 
+mod common;
+
+use common::{
+    dequantize, fnv1a, golden_importance, golden_input, oracle_dequantize, quantize, random_blocks, weighted_error,
+};
 use crunch_core::GgmlType;
 use crunch_quant::iquants::{iq4_nl, iq4_xs, KVALUES};
-use crunch_quant::{dequantize_rows, kernels, quantize_rows};
-use crunch_testkit::{bytes_f32, oracle, realistic_importance, realistic_weights, Rng, Scratch};
+use crunch_quant::kernels;
+use crunch_testkit::{realistic_importance, realistic_weights, Rng};
 
 const TYPES: [GgmlType; 2] = [GgmlType::IQ4_NL, GgmlType::IQ4_XS];
-
-fn quantize(ty: GgmlType, x: &[f32], row_len: usize, imatrix: Option<&[f32]>) -> Vec<u8> {
-    let mut out = vec![0u8; ty.tensor_size(row_len, x.len() / row_len).unwrap()];
-    quantize_rows(ty, x, row_len, imatrix, &mut out).unwrap();
-    out
-}
-
-fn dequantize(ty: GgmlType, q: &[u8], row_len: usize) -> Vec<f32> {
-    let mut out = vec![0f32; q.len() / ty.row_size(row_len).unwrap() * row_len];
-    dequantize_rows(ty, q, row_len, &mut out).unwrap();
-    out
-}
-
-fn oracle_dequantize(ty: GgmlType, q: &[u8], row_len: usize) -> Vec<f32> {
-    let s = Scratch::new("iq-dq");
-    std::fs::write(s.join("in.bin"), q).unwrap();
-    let (i, o) = (s.join("in.bin"), s.join("out.f32"));
-    oracle(&["dequantize", ty.name(), &row_len.to_string(), i.to_str().unwrap(), o.to_str().unwrap()]);
-    bytes_f32(&std::fs::read(o).unwrap())
-}
-
-/// Random block bytes with a random finite f16 scale at offset 0.
-fn random_blocks(ty: GgmlType, n_blocks: usize, seed: u64) -> Vec<u8> {
-    let mut rng = Rng::new(seed);
-    let size = ty.type_size();
-    let mut out: Vec<u8> = (0..n_blocks * size).map(|_| rng.next_u64() as u8).collect();
-    for b in out.chunks_exact_mut(size) {
-        let mut bits = rng.next_u64() as u16;
-        if bits & 0x7c00 == 0x7c00 {
-            bits &= !0x4000;
-        }
-        b[..2].copy_from_slice(&bits.to_le_bytes());
-    }
-    out
-}
 
 #[test]
 fn dequantize_matches_gguf_oracle_bit_for_bit() {
@@ -59,28 +29,6 @@ fn dequantize_matches_gguf_oracle_bit_for_bit() {
             panic!("{ty}: element {i}: ours {} oracle {}", ours[i], theirs[i]);
         }
     }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
-}
-
-/// Same deterministic input as tests/legacy.rs (exact f32 arithmetic, reproducible in numpy).
-fn golden_input(n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let base = ((i * 7919 % 2001) as f32 - 1000.0) / 16384.0 * (1 + i % 7) as f32;
-            if i % 97 == 0 {
-                base * 9.0
-            } else {
-                base
-            }
-        })
-        .collect()
-}
-
-fn golden_importance(n: usize) -> Vec<f32> {
-    (0..n).map(|i| 1.0 + (i * 31 % 17) as f32 / 4.0).collect()
 }
 
 #[test]
@@ -182,10 +130,6 @@ fn edge_values_are_safe() {
             }
         }
     }
-}
-
-fn weighted_error(x: &[f32], back: &[f32], imp: &[f32]) -> f64 {
-    x.iter().zip(back).enumerate().map(|(i, (&a, &b))| imp[i % imp.len()] as f64 * ((a - b) as f64).powi(2)).sum()
 }
 
 #[test]

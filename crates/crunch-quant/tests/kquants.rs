@@ -4,25 +4,14 @@
 
 mod common;
 
+use common::{dequantize, quantize};
 use crunch_core::GgmlType;
-use crunch_quant::{dequantize_rows, kernels, quantize_rows};
+use crunch_quant::{dequantize_rows, kernels};
 use crunch_testkit::{bytes_f32, oracle, realistic_importance, realistic_weights, Rng, Scratch};
 
 const K_TYPES: [GgmlType; 5] = [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
 const ALL_TYPES: [GgmlType; 6] =
     [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q8_K];
-
-fn quantize(ty: GgmlType, x: &[f32], row_len: usize, imatrix: Option<&[f32]>) -> Vec<u8> {
-    let mut q = vec![0u8; ty.row_size(row_len).unwrap() * (x.len() / row_len)];
-    quantize_rows(ty, x, row_len, imatrix, &mut q).unwrap();
-    q
-}
-
-fn dequantize(ty: GgmlType, q: &[u8], row_len: usize) -> Vec<f32> {
-    let mut y = vec![0.0f32; q.len() / ty.row_size(row_len).unwrap() * row_len];
-    dequantize_rows(ty, q, row_len, &mut y).unwrap();
-    y
-}
 
 /// Dequantize through the gguf oracle and require bit-identical f32 output.
 fn assert_oracle_dequant(ty: GgmlType, q: &[u8], row_len: usize, what: &str) {

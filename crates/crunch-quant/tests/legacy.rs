@@ -5,6 +5,9 @@
 //! Also home of `llama_cpp_byte_equality` (ignored): driven by `scripts/compare_quant_bytes_legacy.py`,
 //! it compares every type of the legacy, IQ4 and ternary families with llama.cpp's C quantizer.
 
+mod common;
+
+use common::{fnv1a, golden_importance, golden_input, oracle_dequantize, weighted_error};
 use crunch_core::gguf::GgufFile;
 use crunch_core::GgmlType;
 use crunch_quant::legacy::q8_1::BlockQ8_1;
@@ -57,14 +60,6 @@ fn oracle_quantize(ty: GgmlType, x: &[f32], row_len: usize) -> Vec<u8> {
     let (i, o) = (s.join("in.f32"), s.join("out.bin"));
     oracle(&["quantize", ty.name(), &row_len.to_string(), i.to_str().unwrap(), o.to_str().unwrap()]);
     std::fs::read(o).unwrap()
-}
-
-fn oracle_dequantize(ty: GgmlType, q: &[u8], row_len: usize) -> Vec<f32> {
-    let s = Scratch::new("lg-dq");
-    std::fs::write(s.join("in.bin"), q).unwrap();
-    let (i, o) = (s.join("in.bin"), s.join("out.f32"));
-    oracle(&["dequantize", ty.name(), &row_len.to_string(), i.to_str().unwrap(), o.to_str().unwrap()]);
-    bytes_f32(&std::fs::read(o).unwrap())
 }
 
 /// Assert byte equality, naming the first differing block.
@@ -336,11 +331,6 @@ fn edge_values_are_safe() {
     check_edges(&[GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q8_1], 256);
 }
 
-/// Σ imp·(x - x̂)² over the rows.
-fn weighted_error(x: &[f32], back: &[f32], imp: &[f32]) -> f64 {
-    x.iter().zip(back).enumerate().map(|(i, (&a, &b))| imp[i % imp.len()] as f64 * ((a - b) as f64).powi(2)).sum()
-}
-
 #[test]
 fn importance_weights_lower_the_weighted_error() {
     let n = 1536;
@@ -369,34 +359,6 @@ fn misaligned_buffers_give_the_same_bytes() {
         (k.dequantize)(&buf[1..], &mut back);
         assert_same_bits(ty, "misaligned dequantize", &back, &dequantize(ty, &aligned, 512));
     }
-}
-
-/// llama.cpp output for deterministic inputs (computed once with scripts/compare_quant_bytes_legacy.py's
-/// ctypes binding): FNV-1a 64 of the quantized bytes, so the default run checks the weighted paths
-/// against llama.cpp without needing it installed.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
-}
-
-/// The deterministic input behind the golden hashes: exact f32 arithmetic only, so numpy
-/// reproduces it bit for bit (`((i·7919 mod 2001) - 1000) / 16384 · (1 + (i mod 7))`, with every
-/// 97th element times 9).
-fn golden_input(n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let base = ((i * 7919 % 2001) as f32 - 1000.0) / 16384.0 * (1 + i % 7) as f32;
-            if i % 97 == 0 {
-                base * 9.0
-            } else {
-                base
-            }
-        })
-        .collect()
-}
-
-/// Importance for the golden cases: `1 + (i·31 mod 17) / 4`.
-fn golden_importance(n: usize) -> Vec<f32> {
-    (0..n).map(|i| 1.0 + (i * 31 % 17) as f32 / 4.0).collect()
 }
 
 #[test]

@@ -1,9 +1,12 @@
 //! TQ1_0 and TQ2_0 against the PyPI `gguf` oracle (quantized bytes and dequantized bits), dot
 //! products against Q8_K, and edge values.
 
+mod common;
+
+use common::dequantize;
 use crunch_core::GgmlType;
 use crunch_quant::ternary::{tq1_0, tq2_0};
-use crunch_quant::{dequantize_rows, kernels, quantize_rows};
+use crunch_quant::{kernels, quantize_rows};
 use crunch_testkit::{bytes_f32, f32_bytes, oracle, realistic_weights, Rng, Scratch};
 
 const TYPES: [GgmlType; 2] = [GgmlType::TQ1_0, GgmlType::TQ2_0];
@@ -11,12 +14,6 @@ const TYPES: [GgmlType; 2] = [GgmlType::TQ1_0, GgmlType::TQ2_0];
 fn quantize(ty: GgmlType, x: &[f32], row_len: usize) -> Vec<u8> {
     let mut out = vec![0u8; ty.tensor_size(row_len, x.len() / row_len).unwrap()];
     quantize_rows(ty, x, row_len, None, &mut out).unwrap();
-    out
-}
-
-fn dequantize(ty: GgmlType, q: &[u8], row_len: usize) -> Vec<f32> {
-    let mut out = vec![0f32; q.len() / ty.row_size(row_len).unwrap() * row_len];
-    dequantize_rows(ty, q, row_len, &mut out).unwrap();
     out
 }
 

@@ -63,3 +63,70 @@ pub fn llama_quantize(ty: GgmlType, x: &[f32], cols: usize, imp: Option<&[f32]>,
 pub fn sha256_hex(bytes: &[u8]) -> String {
     crunch_core::output::hex(&Sha256::digest(bytes))
 }
+
+/// A whole tensor of `ty` for rows of `row_len` (importance-weighted with `imatrix`).
+pub fn quantize(ty: GgmlType, x: &[f32], row_len: usize, imatrix: Option<&[f32]>) -> Vec<u8> {
+    let mut out = vec![0u8; ty.tensor_size(row_len, x.len() / row_len).unwrap()];
+    crunch_quant::quantize_rows(ty, x, row_len, imatrix, &mut out).unwrap();
+    out
+}
+
+/// Rows of `ty` back to f32.
+pub fn dequantize(ty: GgmlType, q: &[u8], row_len: usize) -> Vec<f32> {
+    let mut out = vec![0f32; q.len() / ty.row_size(row_len).unwrap() * row_len];
+    dequantize_rows(ty, q, row_len, &mut out).unwrap();
+    out
+}
+
+/// PyPI gguf's dequantization of `q` (rows of `row_len`).
+pub fn oracle_dequantize(ty: GgmlType, q: &[u8], row_len: usize) -> Vec<f32> {
+    let s = Scratch::new("oracle-dq");
+    let (i, o) = (s.join("in.bin"), s.join("out.f32"));
+    std::fs::write(&i, q).unwrap();
+    crunch_testkit::oracle(&["dequantize", ty.name(), &row_len.to_string(), i.to_str().unwrap(), o.to_str().unwrap()]);
+    crunch_testkit::bytes_f32(&std::fs::read(o).unwrap())
+}
+
+/// Random block bytes with a random finite f16 scale at offset 0.
+pub fn random_blocks(ty: GgmlType, n_blocks: usize, seed: u64) -> Vec<u8> {
+    let mut rng = crunch_testkit::Rng::new(seed);
+    let size = ty.type_size();
+    let mut out: Vec<u8> = (0..n_blocks * size).map(|_| rng.next_u64() as u8).collect();
+    for b in out.chunks_exact_mut(size) {
+        let mut bits = rng.next_u64() as u16;
+        if bits & 0x7c00 == 0x7c00 {
+            bits &= !0x4000;
+        }
+        b[..2].copy_from_slice(&bits.to_le_bytes());
+    }
+    out
+}
+
+/// Deterministic input of the golden-hash tests (exact f32 arithmetic, reproducible in numpy).
+pub fn golden_input(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let base = ((i * 7919 % 2001) as f32 - 1000.0) / 16384.0 * (1 + i % 7) as f32;
+            if i % 97 == 0 {
+                base * 9.0
+            } else {
+                base
+            }
+        })
+        .collect()
+}
+
+/// Deterministic importance weights of the golden-hash tests.
+pub fn golden_importance(n: usize) -> Vec<f32> {
+    (0..n).map(|i| 1.0 + (i * 31 % 17) as f32 / 4.0).collect()
+}
+
+/// Σ imp·(x − back)² with `imp` repeated along the row.
+pub fn weighted_error(x: &[f32], back: &[f32], imp: &[f32]) -> f64 {
+    x.iter().zip(back).enumerate().map(|(i, (&a, &b))| imp[i % imp.len()] as f64 * ((a - b) as f64).powi(2)).sum()
+}
+
+/// FNV-1a of `bytes` (the legacy golden hashes).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
