@@ -18,15 +18,22 @@
 //! the formats whose values are `scale · (code − offset)` (Q4_0, Q5_0, Q6_K, and the signed
 //! formats stored +128 for VNNI), the float bias for those with a minimum (Q4_K).
 //!
-//! Supported: Q4_0, Q5_0, Q8_0, IQ4_NL, Q4_K, Q6_K (what llama.cpp's presets put in Llama-family
-//! models); other types keep the `vec_dot` path. The scalar kernel is the reference, compiled
-//! everywhere; AVX2 and AVX-512 VNNI kernels are chosen at run time and tested against it.
+//! Q4_1 and Q5_1 keep their f16 minimum as an f16 bias multiplied by Q8_1's stored sum `s`, as
+//! llama.cpp's dot does. Q2_K, Q3_K, Q5_K and IQ4_XS, whose sub-scales are small integers, use
+//! super-blocks of 256 with integer sub-scales instead ([`superblock`]).
+//!
+//! Supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS (what
+//! llama.cpp's presets put in Llama-family models); other types keep the `vec_dot` path. The
+//! scalar kernel is the reference, compiled everywhere; AVX2 and AVX-512 VNNI kernels are chosen
+//! at run time and tested against it (here and in tests/gemv.rs).
 
 // Kernels index several parallel arrays by the same position.
 #![allow(clippy::needless_range_loop)]
 
 use crunch_core::GgmlType;
 use half::f16;
+
+mod superblock;
 
 /// Rows per tile.
 pub const TILE: usize = 16;
@@ -46,6 +53,8 @@ enum Codes {
     Byte,
     /// [`Codes::Nib`] holding indices into IQ4_NL's code book.
     NibTable,
+    /// Super-blocks of 256 with integer sub-scales ([`superblock`]).
+    Super,
 }
 
 /// Which kernel a packing was made for (the signed formats are stored differently).
@@ -153,11 +162,14 @@ fn format(ty: GgmlType) -> Option<Format> {
     use GgmlType as T;
     Some(match ty {
         T::Q4_0 => f(Codes::Nib, 1, true, false, false, 8, T::Q8_0),
+        T::Q4_1 => f(Codes::Nib, 1, true, true, false, 0, T::Q8_1),
+        T::Q5_1 => f(Codes::NibHigh, 1, true, true, false, 0, T::Q8_1),
         T::Q5_0 => f(Codes::NibHigh, 1, true, false, false, 16, T::Q8_0),
         T::Q8_0 => f(Codes::Byte, 1, true, false, true, 0, T::Q8_0),
         T::IQ4_NL => f(Codes::NibTable, 1, true, false, true, 0, T::Q8_0),
         T::Q4_K => f(Codes::Nib, 1, false, true, false, 0, T::Q8_K),
         T::Q6_K => f(Codes::Byte, 2, false, false, false, 32, T::Q8_K),
+        T::Q2_K | T::Q3_K | T::Q5_K | T::IQ4_XS => f(Codes::Super, 0, false, false, ty == T::IQ4_XS, 0, T::Q8_K),
         _ => return None,
     })
 }
@@ -188,6 +200,8 @@ pub struct Packed {
     block_bytes: usize,
     /// Signed codes stored +128 and multiplied as unsigned (VNNI), else as `i8` with the sign trick.
     offset: i32,
+    /// The super-block layout of Q2_K, Q3_K, Q5_K, IQ4_XS (`None`: blocks of 32).
+    sb: Option<superblock::Sb>,
     data: Vec<u8>,
 }
 
@@ -213,6 +227,9 @@ impl Packed {
     /// [`Packed::new`] for the given kernel (which the CPU must run for [`Packed::gemv`]).
     pub fn with_kernel(kernel: Kernel, ty: GgmlType, w: &[u8], n_in: usize, n_out: usize) -> Option<Packed> {
         let fmt = format(ty)?;
+        if fmt.codes == Codes::Super {
+            return superblock::pack(kernel, ty, fmt, w, n_in, n_out);
+        }
         let dec = crate::tiled::decoder(ty)?;
         if n_in == 0 || !n_in.is_multiple_of(dec.elems) || !n_in.is_multiple_of(BLK) {
             return None;
@@ -225,9 +242,11 @@ impl Packed {
             Codes::Nib | Codes::NibTable => 256,
             Codes::NibHigh => 256 + 64,
             Codes::Byte => 512,
+            Codes::Super => return None,
         };
         let scale_bytes = fmt.groups * TILE * if fmt.f16_scales { 2 } else { 4 };
-        let bias_bytes = if fmt.float_bias { fmt.groups * TILE * 4 } else { 0 };
+        // biases as wide as the scales (f16: Q4_1/Q5_1's minimum, exactly)
+        let bias_bytes = if fmt.float_bias { scale_bytes } else { 0 };
         let block_bytes = code_bytes + scale_bytes + bias_bytes;
         let nb = n_in / BLK;
         let tiles = n_out.div_ceil(TILE);
@@ -244,6 +263,7 @@ impl Packed {
             scale_bytes,
             block_bytes,
             offset: if vnni_signed { 128 } else { fmt.offset },
+            sb: None,
             data: vec![0u8; tiles * nb * block_bytes],
         };
         // tiles in parallel (a weight is packed on its first single-token product, inside a
@@ -270,6 +290,7 @@ impl Packed {
                         let (k, i) = (e / 4, lane * 4 + e % 4);
                         match fmt.codes {
                             Codes::Byte => blk[64 * k + i] = if vnni_signed { c ^ 0x80 } else { c },
+                            Codes::Super => {}
                             Codes::Nib | Codes::NibHigh | Codes::NibTable => {
                                 let v = if fmt.codes == Codes::NibTable {
                                     // the decoder gives the code book's value: store its index
@@ -294,7 +315,10 @@ impl Packed {
                         } else {
                             blk[o..o + 4].copy_from_slice(&s.to_le_bytes());
                         }
-                        if fmt.float_bias {
+                        if fmt.float_bias && fmt.f16_scales {
+                            let o = code_bytes + scale_bytes + (g * TILE + lane) * 2;
+                            blk[o..o + 2].copy_from_slice(&f16::from_f32(z).to_le_bytes());
+                        } else if fmt.float_bias {
                             let o = code_bytes + scale_bytes + (g * TILE + lane) * 4;
                             blk[o..o + 4].copy_from_slice(&z.to_le_bytes());
                         }
@@ -352,7 +376,11 @@ impl Packed {
 
     fn tile(&self, tile: &[u8], act: &Act) -> [f32; TILE] {
         assert_eq!(tile.len(), self.nb * self.block_bytes);
-        assert!(act.q.len() == self.n_in && act.d.len() == self.nb && act.s16.len() == 2 * self.nb);
+        assert!(act.q.len() == self.n_in && act.d.len() == self.n_in / BLK && act.s16.len() == self.n_in / 16);
+        assert!(act.bs.len() == self.n_in / BLK);
+        if let Some(sb) = self.sb {
+            return superblock::tile(self, sb, tile, act);
+        }
         #[cfg(target_arch = "x86_64")]
         {
             let f = &self.fmt;
@@ -366,6 +394,8 @@ impl Packed {
                         (Codes::Byte, 1, true, false) => vnni::tile::<2, 1, true, false>(self, tile, act),
                         (Codes::NibTable, 1, true, false) => vnni::tile::<3, 1, true, false>(self, tile, act),
                         (Codes::Nib, 1, false, true) => vnni::tile::<0, 1, false, true>(self, tile, act),
+                        (Codes::Nib, 1, true, true) => vnni::tile::<0, 1, true, true>(self, tile, act),
+                        (Codes::NibHigh, 1, true, true) => vnni::tile::<1, 1, true, true>(self, tile, act),
                         (Codes::Byte, 2, false, false) => vnni::tile::<2, 2, false, false>(self, tile, act),
                         _ => tile_scalar(self, tile, act),
                     };
@@ -383,6 +413,10 @@ impl Packed {
                             avx2::tile::<3, 1, true, false, true>(self, tile, act)
                         }
                         (Codes::Nib, 1, false, true, false) => avx2::tile::<0, 1, false, true, false>(self, tile, act),
+                        (Codes::Nib, 1, true, true, false) => avx2::tile::<0, 1, true, true, false>(self, tile, act),
+                        (Codes::NibHigh, 1, true, true, false) => {
+                            avx2::tile::<1, 1, true, true, false>(self, tile, act)
+                        }
                         (Codes::Byte, 2, false, false, false) => {
                             avx2::tile::<2, 2, false, false, false>(self, tile, act)
                         }
@@ -396,12 +430,14 @@ impl Packed {
     }
 }
 
-/// One activation row quantized to a dot type: the codes, the scale of each 32 and the integer
-/// sum of each 16.
+/// One activation row quantized to a dot type: the codes, the scale of each 32, the integer
+/// sum of each 16, and the scaled sum of each 32 that multiplies a float bias (`d · Σ x`, or
+/// Q8_1's stored f16 `s`, as llama.cpp's Q4_1/Q5_1 dots use it).
 struct Act {
     q: Vec<i8>,
     d: Vec<f32>,
     s16: Vec<i32>,
+    bs: Vec<f32>,
 }
 
 impl Act {
@@ -412,10 +448,11 @@ impl Act {
         (k.quantize)(x, None, &mut buf);
         let (block_bytes, elems, q_at) = match dot_type {
             GgmlType::Q8_0 => (34, 32, 2),
+            GgmlType::Q8_1 => (36, 32, 4),
             GgmlType::Q8_K => (292, 256, 4),
             _ => return None,
         };
-        let mut a = Act { q: vec![0; n], d: vec![0.0; n / BLK], s16: vec![0; n / 16] };
+        let mut a = Act { q: vec![0; n], d: vec![0.0; n / BLK], s16: vec![0; n / 16], bs: vec![0.0; n / BLK] };
         for (bi, blk) in buf.chunks_exact(block_bytes).enumerate() {
             let d = if elems == 32 {
                 f16::from_le_bytes([blk[0], blk[1]]).to_f32()
@@ -430,6 +467,14 @@ impl Act {
         }
         for (s, c) in a.s16.iter_mut().zip(a.q.chunks_exact(16)) {
             *s = c.iter().map(|&v| v as i32).sum();
+        }
+        for (b, bs) in a.bs.iter_mut().enumerate() {
+            *bs = if dot_type == GgmlType::Q8_1 {
+                let blk = &buf[b * block_bytes..];
+                f16::from_le_bytes([blk[2], blk[3]]).to_f32()
+            } else {
+                a.d[b] * (a.s16[2 * b] + a.s16[2 * b + 1]) as f32
+            };
         }
         Some(a)
     }
@@ -454,6 +499,8 @@ fn code_at(p: &Packed, blk: &[u8], lane: usize, e: usize) -> i32 {
                 v as i8 as i32
             }
         }
+        // super-block tiles are read by `superblock::scalar`, never here
+        Codes::Super => 0,
         Codes::Byte => {
             let v = blk[64 * k + i];
             if p.fmt.signed && p.offset != 128 {
@@ -462,6 +509,15 @@ fn code_at(p: &Packed, blk: &[u8], lane: usize, e: usize) -> i32 {
                 v as i32
             }
         }
+    }
+}
+
+/// The scalar reference of one tile, whatever the layout.
+#[cfg(test)]
+fn reference(p: &Packed, tile: &[u8], act: &Act) -> [f32; TILE] {
+    match p.sb {
+        Some(sb) => superblock::scalar(p, sb, tile, act),
+        None => tile_scalar(p, tile, act),
     }
 }
 
@@ -492,9 +548,15 @@ fn tile_scalar(p: &Packed, tile: &[u8], act: &Act) -> [f32; TILE] {
                 };
                 acc = (isum as f32).mul_add(s * dx, acc);
                 if f.float_bias {
-                    let bo = p.code_bytes + p.scale_bytes + (g * TILE + lane) * 4;
-                    let z = f32::from_le_bytes([blk[bo], blk[bo + 1], blk[bo + 2], blk[bo + 3]]);
-                    acc = z.mul_add(dx * sx as f32, acc);
+                    let z = if f.f16_scales {
+                        let bo = p.code_bytes + p.scale_bytes + (g * TILE + lane) * 2;
+                        f16::from_le_bytes([blk[bo], blk[bo + 1]]).to_f32()
+                    } else {
+                        let bo = p.code_bytes + p.scale_bytes + (g * TILE + lane) * 4;
+                        f32::from_le_bytes([blk[bo], blk[bo + 1], blk[bo + 2], blk[bo + 3]])
+                    };
+                    let bsum = if f.groups == 1 { act.bs[b] } else { dx * sx as f32 };
+                    acc = z.mul_add(bsum, acc);
                 }
             }
         }
@@ -576,8 +638,13 @@ mod vnni {
                 };
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(sc, _mm512_set1_ps(dx)), acc);
                 if FB {
-                    let z = unsafe { _mm512_loadu_ps(sb.add(p.scale_bytes + 64 * g).cast()) };
-                    acc = _mm512_fmadd_ps(z, _mm512_set1_ps(dx * sx as f32), acc);
+                    let z = if F16S {
+                        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(sb.add(p.scale_bytes + 32 * g).cast()) })
+                    } else {
+                        unsafe { _mm512_loadu_ps(sb.add(p.scale_bytes + 64 * g).cast()) }
+                    };
+                    let bsum = if G == 1 { act.bs[b] } else { dx * sx as f32 };
+                    acc = _mm512_fmadd_ps(z, _mm512_set1_ps(bsum), acc);
                 }
             }
         }
@@ -596,7 +663,7 @@ mod avx2 {
     /// Expand 32 bits to 32 bytes: 0xFF where the bit is set.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn bits_to_bytes(bits: u32) -> __m256i {
+    pub(super) fn bits_to_bytes(bits: u32) -> __m256i {
         let word = _mm256_set1_epi32(bits as i32);
         let spread = _mm256_shuffle_epi8(
             word,
@@ -687,8 +754,13 @@ mod avx2 {
                     };
                     acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(sc, _mm256_set1_ps(dx)), acc[h]);
                     if FB {
-                        let z = unsafe { _mm256_loadu_ps(sb.add(p.scale_bytes + 64 * g + 32 * h).cast()) };
-                        acc[h] = _mm256_fmadd_ps(z, _mm256_set1_ps(dx * sx as f32), acc[h]);
+                        let z = if F16S {
+                            _mm256_cvtph_ps(unsafe { _mm_loadu_si128(sb.add(p.scale_bytes + 32 * g + 16 * h).cast()) })
+                        } else {
+                            unsafe { _mm256_loadu_ps(sb.add(p.scale_bytes + 64 * g + 32 * h).cast()) }
+                        };
+                        let bsum = if G == 1 { act.bs[b] } else { dx * sx as f32 };
+                        acc[h] = _mm256_fmadd_ps(z, _mm256_set1_ps(bsum), acc[h]);
                     }
                 }
             }
@@ -717,8 +789,20 @@ mod tests {
             .collect()
     }
 
-    const TYPES: [GgmlType; 6] =
-        [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::Q4_K, GgmlType::Q6_K];
+    const TYPES: [GgmlType; 12] = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::IQ4_NL,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_XS,
+    ];
 
     /// Every kernel this CPU runs equals `vec_dot` row by row (same quantized activations) up to
     /// float rounding, including a last tile cut short.
@@ -775,9 +859,9 @@ mod tests {
                 for kernel in Kernel::available().into_iter().filter(|&k| k != Kernel::Scalar) {
                     let p = Packed::with_kernel(kernel, ty, data, n_in, n_out).unwrap();
                     let act = Act::quantize(&x, p.fmt.dot_type).unwrap();
-                    let want = tile_scalar(&p, &p.data, &act);
+                    let want = reference(&p, &p.data, &act);
                     let got = p.tile(&p.data, &act);
-                    let plain = tile_scalar(&sp, &sp.data, &act);
+                    let plain = reference(&sp, &sp.data, &act);
                     for l in 0..TILE {
                         let (g, w, s) = (got[l], want[l], plain[l]);
                         if !w.is_finite() {
@@ -799,7 +883,8 @@ mod tests {
         let w = vec![0u8; GgmlType::Q4_0.row_size(64).unwrap() * 3];
         assert!(Packed::new(GgmlType::Q4_0, &w, 64, 3).is_some());
         assert!(Packed::new(GgmlType::Q4_0, &w[1..], 64, 3).is_none());
-        assert!(Packed::new(GgmlType::Q4_1, &w, 64, 3).is_none());
+        assert!(Packed::new(GgmlType::Q8_1, &w, 64, 3).is_none());
+        assert!(Packed::new(GgmlType::Q2_K, &w, 64, 3).is_none());
         assert!(Packed::new(GgmlType::Q4_K, &w, 64, 3).is_none());
         let p = Packed::new(GgmlType::Q4_0, &w, 64, 3).unwrap();
         assert!(!p.gemv(&[0.0; 63], &mut [0.0; 3]));
