@@ -6,8 +6,8 @@
 //! short for the CPU clock's resolution). The same shapes through llama.cpp are measured end to end by `scripts/bench_eval.py`.
 //!
 //! A second table times one token (generation): `vec_dot` per row against `crunch_quant::gemv` on
-//! the repacked weight, as GB/s of the GGUF weight bytes, one thread, SmolLM2's shapes and its
-//! 49152-row output layer.
+//! the repacked weight, as GB/s of the GGUF weight bytes and their ratio (same run), one thread,
+//! SmolLM2's shapes, its 49152-row output layer and a 4096 x 4096 square.
 
 use crunch_core::GgmlType;
 use std::time::Instant;
@@ -74,8 +74,23 @@ fn main() {
 
 /// One token: `vec_dot` per row vs the packed gemv, GB/s of GGUF weight bytes.
 fn gemv_table(pool: &rayon::ThreadPool, filter: &[String]) {
-    let types = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4_NL, GgmlType::Q4_K, GgmlType::Q6_K];
-    let shapes = [(576, 1536), (1536, 576), (576, 49152)];
+    let types = [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::IQ4_NL,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_XS,
+    ];
+    // SmolLM2's FFN up and down and output layer, a 7B-shaped square (k-quants and IQ4_XS only
+    // where the rows are a multiple of 256)
+    let shapes = [(576, 1536), (1536, 576), (576, 49152), (4096, 4096)];
     println!();
     println!("| type | n_in x n_out | vec_dot GB/s | gemv GB/s | gemv / vec_dot |");
     println!("|---|---|---:|---:|---:|");
