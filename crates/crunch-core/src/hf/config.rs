@@ -17,6 +17,10 @@ pub enum HfArch {
     Qwen2,
     /// `BertModel` (sentence-transformers encoders such as all-MiniLM): GGUF `bert`.
     Bert,
+    /// `Gemma3ForCausalLM` (`model_type: gemma3_text`): GGUF `gemma3`. Q/K norms, post-attention
+    /// and post-FFN norms, NeoX RoPE (no permutation); llama.cpp stores every norm weight plus one
+    /// (Gemma's RMSNorm scales by `1 + weight`), see [`HfArch::norm_shift`].
+    Gemma3,
 }
 
 /// Hugging Face architecture names crunch accepts, and the family each one is converted as.
@@ -26,6 +30,7 @@ pub const SUPPORTED_ARCHITECTURES: &[(&str, HfArch)] = &[
     ("Qwen2ForCausalLM", HfArch::Qwen2),
     ("BertModel", HfArch::Bert),
     ("BertForMaskedLM", HfArch::Bert),
+    ("Gemma3ForCausalLM", HfArch::Gemma3),
 ];
 
 impl HfArch {
@@ -48,6 +53,7 @@ impl HfArch {
             HfArch::Llama => "llama",
             HfArch::Qwen2 => "qwen2",
             HfArch::Bert => "bert",
+            HfArch::Gemma3 => "gemma3",
         }
     }
 
@@ -57,6 +63,7 @@ impl HfArch {
             "llama" => Some(HfArch::Llama),
             "qwen2" => Some(HfArch::Qwen2),
             "bert" => Some(HfArch::Bert),
+            "gemma3" => Some(HfArch::Gemma3),
             _ => None,
         }
     }
@@ -67,6 +74,7 @@ impl HfArch {
             HfArch::Llama => "LlamaForCausalLM",
             HfArch::Qwen2 => "Qwen2ForCausalLM",
             HfArch::Bert => "BertModel",
+            HfArch::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 
@@ -76,6 +84,7 @@ impl HfArch {
             HfArch::Llama => "llama",
             HfArch::Qwen2 => "qwen2",
             HfArch::Bert => "bert",
+            HfArch::Gemma3 => "gemma3_text",
         }
     }
 
@@ -83,7 +92,25 @@ impl HfArch {
     pub fn permutes_qk(self) -> bool {
         self == HfArch::Llama
     }
+
+    /// What llama.cpp's converter adds to a tensor of this family (`hf_name` is the checkpoint
+    /// name): Gemma 3's RMSNorm scales by `1 + weight`, so every `*norm.weight` is stored plus one
+    /// in GGUF. Convert adds it, export subtracts it.
+    pub fn norm_shift(self, hf_name: &str) -> f32 {
+        match self {
+            HfArch::Gemma3 if hf_name.ends_with("norm.weight") => 1.0,
+            _ => 0.0,
+        }
+    }
+
+    /// The architectures crunch exports GGUF files of (for error messages).
+    pub fn exported_names() -> &'static str {
+        "llama, qwen2, gemma3 and bert"
+    }
 }
+
+/// `head_dim` of a `gemma3_text` config that does not give one (transformers' and llama.cpp's default).
+pub const GEMMA3_DEFAULT_HEAD_DIM: u32 = 256;
 
 /// A parsed `config.json`.
 #[derive(Clone, Debug)]
@@ -255,6 +282,10 @@ impl HfConfig {
     pub fn head_dim(&self) -> Result<u32> {
         if let Some(d) = self.find_u32(&["head_dim"])? {
             return Ok(d);
+        }
+        if self.arch == HfArch::Gemma3 {
+            // transformers' Gemma3TextConfig and llama.cpp's converter both default to 256.
+            return Ok(GEMMA3_DEFAULT_HEAD_DIM);
         }
         let (h, n) = (self.hidden_size()?, self.n_head()?);
         if n == 0 || !h.is_multiple_of(n) {

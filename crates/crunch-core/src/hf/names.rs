@@ -24,6 +24,14 @@ pub enum Role {
     FfnUp,
     FfnDown,
     LayerOutNorm,
+    /// Gemma 3's per-head RMSNorm of the queries (`head_dim` wide).
+    AttnQNorm,
+    /// Gemma 3's per-head RMSNorm of the keys (`head_dim` wide).
+    AttnKNorm,
+    /// Gemma 3's norm of the attention output, before the residual add.
+    PostAttnNorm,
+    /// Gemma 3's norm of the FFN output, before the residual add.
+    PostFfwNorm,
 }
 
 /// `.weight` or `.bias`.
@@ -68,6 +76,27 @@ const LLAMA: &[Entry] = &[
     ("model.layers.{L}.mlp.down_proj", "blk.{L}.ffn_down", Role::FfnDown),
 ];
 
+/// Gemma 3: Llama's names, but `post_attention_layernorm` is the norm *after* attention (GGUF
+/// `post_attention_norm`) and the FFN's input norm is `pre_feedforward_layernorm` (GGUF `ffn_norm`).
+const GEMMA3: &[Entry] = &[
+    ("model.embed_tokens", "token_embd", Role::TokenEmbd),
+    ("model.norm", "output_norm", Role::OutputNorm),
+    ("lm_head", "output", Role::Output),
+    ("model.layers.{L}.input_layernorm", "blk.{L}.attn_norm", Role::AttnNorm),
+    ("model.layers.{L}.self_attn.q_proj", "blk.{L}.attn_q", Role::AttnQ),
+    ("model.layers.{L}.self_attn.k_proj", "blk.{L}.attn_k", Role::AttnK),
+    ("model.layers.{L}.self_attn.v_proj", "blk.{L}.attn_v", Role::AttnV),
+    ("model.layers.{L}.self_attn.o_proj", "blk.{L}.attn_output", Role::AttnOut),
+    ("model.layers.{L}.self_attn.q_norm", "blk.{L}.attn_q_norm", Role::AttnQNorm),
+    ("model.layers.{L}.self_attn.k_norm", "blk.{L}.attn_k_norm", Role::AttnKNorm),
+    ("model.layers.{L}.post_attention_layernorm", "blk.{L}.post_attention_norm", Role::PostAttnNorm),
+    ("model.layers.{L}.pre_feedforward_layernorm", "blk.{L}.ffn_norm", Role::FfnNorm),
+    ("model.layers.{L}.post_feedforward_layernorm", "blk.{L}.post_ffw_norm", Role::PostFfwNorm),
+    ("model.layers.{L}.mlp.gate_proj", "blk.{L}.ffn_gate", Role::FfnGate),
+    ("model.layers.{L}.mlp.up_proj", "blk.{L}.ffn_up", Role::FfnUp),
+    ("model.layers.{L}.mlp.down_proj", "blk.{L}.ffn_down", Role::FfnDown),
+];
+
 const BERT: &[Entry] = &[
     ("embeddings.word_embeddings", "token_embd", Role::TokenEmbd),
     ("embeddings.position_embeddings", "position_embd", Role::PosEmbd),
@@ -86,6 +115,7 @@ const BERT: &[Entry] = &[
 fn table(arch: HfArch) -> &'static [Entry] {
     match arch {
         HfArch::Llama | HfArch::Qwen2 => LLAMA,
+        HfArch::Gemma3 => GEMMA3,
         HfArch::Bert => BERT,
     }
 }
@@ -138,7 +168,7 @@ fn normalise(arch: HfArch, name: &str) -> String {
             }
             n
         }
-        HfArch::Llama | HfArch::Qwen2 => name.to_string(),
+        HfArch::Llama | HfArch::Qwen2 | HfArch::Gemma3 => name.to_string(),
     }
 }
 
@@ -239,6 +269,29 @@ pub fn required(arch: HfArch, n_layer: u32) -> Vec<TensorId> {
                 }
             }
         }
+        HfArch::Gemma3 => {
+            out.push(w(Role::TokenEmbd, None));
+            out.push(w(Role::OutputNorm, None));
+            for l in 0..n_layer {
+                for r in [
+                    Role::AttnNorm,
+                    Role::AttnQ,
+                    Role::AttnK,
+                    Role::AttnV,
+                    Role::AttnOut,
+                    Role::AttnQNorm,
+                    Role::AttnKNorm,
+                    Role::PostAttnNorm,
+                    Role::FfnNorm,
+                    Role::FfnGate,
+                    Role::FfnUp,
+                    Role::FfnDown,
+                    Role::PostFfwNorm,
+                ] {
+                    out.push(w(r, Some(l)));
+                }
+            }
+        }
         HfArch::Bert => {
             out.extend([w(Role::TokenEmbd, None), w(Role::PosEmbd, None), w(Role::TokenTypes, None)]);
             out.extend([w(Role::EmbdNorm, None), b(Role::EmbdNorm, None)]);
@@ -300,5 +353,55 @@ mod tests {
         assert_eq!(g("embeddings.position_ids"), "Some(Skip)");
         assert_eq!(gguf_to_hf(HfArch::Bert, "blk.0.ffn_up.bias").unwrap().0, "encoder.layer.0.intermediate.dense.bias");
         assert_eq!(required(HfArch::Bert, 6).len(), 5 + 6 * 16);
+    }
+
+    /// Gemma 3's table as llama.cpp's `tensor_mapping.py` has it (note `post_attention_layernorm`,
+    /// which is Llama's FFN norm but Gemma's post-attention norm), read both ways, for every role.
+    #[test]
+    fn gemma3_names_both_ways() {
+        let pairs = [
+            ("model.embed_tokens.weight", "token_embd.weight"),
+            ("model.norm.weight", "output_norm.weight"),
+            ("lm_head.weight", "output.weight"),
+            ("model.layers.7.input_layernorm.weight", "blk.7.attn_norm.weight"),
+            ("model.layers.7.self_attn.q_proj.weight", "blk.7.attn_q.weight"),
+            ("model.layers.7.self_attn.k_proj.weight", "blk.7.attn_k.weight"),
+            ("model.layers.7.self_attn.v_proj.weight", "blk.7.attn_v.weight"),
+            ("model.layers.7.self_attn.o_proj.weight", "blk.7.attn_output.weight"),
+            ("model.layers.7.self_attn.q_norm.weight", "blk.7.attn_q_norm.weight"),
+            ("model.layers.7.self_attn.k_norm.weight", "blk.7.attn_k_norm.weight"),
+            ("model.layers.7.post_attention_layernorm.weight", "blk.7.post_attention_norm.weight"),
+            ("model.layers.7.pre_feedforward_layernorm.weight", "blk.7.ffn_norm.weight"),
+            ("model.layers.7.post_feedforward_layernorm.weight", "blk.7.post_ffw_norm.weight"),
+            ("model.layers.7.mlp.gate_proj.weight", "blk.7.ffn_gate.weight"),
+            ("model.layers.7.mlp.up_proj.weight", "blk.7.ffn_up.weight"),
+            ("model.layers.7.mlp.down_proj.weight", "blk.7.ffn_down.weight"),
+        ];
+        assert_eq!(pairs.len(), GEMMA3.len());
+        for (hf, gguf) in pairs {
+            let Some(Mapped::Tensor { gguf: g, id }) = hf_to_gguf(HfArch::Gemma3, hf) else { panic!("{hf}") };
+            assert_eq!(g, gguf);
+            assert_eq!(gguf_to_hf(HfArch::Gemma3, gguf).unwrap(), (hf.to_string(), id));
+            assert_eq!((gguf_name(HfArch::Gemma3, id), hf_name(HfArch::Gemma3, id)), (g.clone(), hf.to_string()));
+        }
+        // Llama's reading of the same name is different: the table is per family.
+        let Some(Mapped::Tensor { gguf, .. }) =
+            hf_to_gguf(HfArch::Llama, "model.layers.0.post_attention_layernorm.weight")
+        else {
+            panic!()
+        };
+        assert_eq!(gguf, "blk.0.ffn_norm.weight");
+        assert_eq!(hf_to_gguf(HfArch::Gemma3, "model.layers.0.self_attn.q_norm.bias").map(|_| ()), Some(()));
+        assert_eq!(hf_to_gguf(HfArch::Gemma3, "vision_tower.x.weight"), None);
+        let req = required(HfArch::Gemma3, 18);
+        assert_eq!(req.len(), 2 + 18 * 13);
+        assert!(req.iter().all(|id| id.part == Part::Weight));
+        // Every norm and only the norms get llama.cpp's +1.
+        for (hf, _) in pairs {
+            let shifted = hf.ends_with("norm.weight");
+            assert_eq!(HfArch::Gemma3.norm_shift(hf), if shifted { 1.0 } else { 0.0 }, "{hf}");
+            assert_eq!(HfArch::Llama.norm_shift(hf), 0.0);
+        }
+        assert!(!HfArch::Gemma3.permutes_qk());
     }
 }

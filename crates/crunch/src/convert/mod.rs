@@ -75,11 +75,18 @@ pub struct TensorConv {
     pub dims: Vec<u64>,
     /// Q/K rows are permuted with this many heads.
     pub permute_heads: Option<u32>,
+    /// Added to every value (llama.cpp's `+1` on Gemma 3's norm weights; 0 for other tensors).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub shift: f32,
     #[serde(skip)]
     generated: Option<Vec<u8>>,
     /// A weight stored quantized (index in the plan's quantized weights): decoded when written.
     #[serde(skip)]
     quantized: Option<usize>,
+}
+
+fn is_zero(x: &f32) -> bool {
+    *x == 0.0
 }
 
 fn ser_type<S: serde::Serializer>(t: &GgmlType, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -156,6 +163,7 @@ pub struct ConvertReport {
 /// Hyper-parameters needed for shape checks.
 struct Dims {
     hidden: u64,
+    head_dim: u64,
     ff: u64,
     q_rows: u64,
     kv_rows: u64,
@@ -169,6 +177,7 @@ impl Dims {
         let hd = cfg.head_dim()? as u64;
         Ok(Dims {
             hidden: cfg.hidden_size()? as u64,
+            head_dim: hd,
             ff: cfg.ff_size()? as u64,
             q_rows: cfg.n_head()? as u64 * hd,
             kv_rows: cfg.n_head_kv()? as u64 * hd,
@@ -194,9 +203,12 @@ impl Dims {
             | Role::AttnNorm
             | Role::FfnNorm
             | Role::AttnOutNorm
-            | Role::LayerOutNorm => {
+            | Role::LayerOutNorm
+            | Role::PostAttnNorm
+            | Role::PostFfwNorm => {
                 vec![h]
             }
+            Role::AttnQNorm | Role::AttnKNorm => vec![Some(self.head_dim)],
             Role::AttnQ => mat(q, h),
             Role::AttnK | Role::AttnV => mat(kv, h),
             Role::AttnOut => mat(h, q),
@@ -323,6 +335,7 @@ pub fn plan(dir: &Path, opts: &ConvertOptions) -> Result<ConvertPlan> {
                 base_type: ty,
                 dims: vec![n],
                 permute_heads: None,
+                shift: 0.0,
                 generated: Some(f.iter().flat_map(|x| x.to_le_bytes()).collect()),
                 quantized: None,
             });
@@ -405,6 +418,7 @@ pub fn plan(dir: &Path, opts: &ConvertOptions) -> Result<ConvertPlan> {
             base_type: base,
             dims: t.ggml_dims(),
             permute_heads,
+            shift: arch.norm_shift(&t.name),
             generated: None,
             quantized: qidx,
         });
@@ -478,7 +492,7 @@ pub fn plan(dir: &Path, opts: &ConvertOptions) -> Result<ConvertPlan> {
     }
     let pooling = match arch {
         HfArch::Bert | HfArch::Qwen2 => params::pooling_type(dir)?,
-        HfArch::Llama => None,
+        HfArch::Llama | HfArch::Gemma3 => None,
     };
     for (k, v) in params::gguf_params(&cfg, pooling, base_ftype.code())? {
         md.set(&k, v);
@@ -590,13 +604,40 @@ impl ConvertPlan {
                 .map_err(|e| Error::Invalid(format!("tensor {}: {e}", t.hf_name)))?;
             data = Cow::Owned(out);
         }
-        if t.src_type != t.base_type {
+        let mut ty = t.src_type;
+        if t.shift != 0.0 {
+            data = Cow::Owned(shifted(t, &data)?);
+            ty = GgmlType::F32;
+        }
+        if ty != t.base_type {
             let mut out = Vec::new();
-            quantize::convert_tensor(&t.gguf_name, &data, t.src_type, t.base_type, t.dims[0] as usize, None, &mut out)?;
+            quantize::convert_tensor(&t.gguf_name, &data, ty, t.base_type, t.dims[0] as usize, None, &mut out)?;
             data = Cow::Owned(out);
         }
         Ok(data)
     }
+}
+
+/// `t`'s values plus `t.shift`, as f32 bytes, computed as llama.cpp's converter does in torch: F32
+/// and BF16 checkpoints are widened to f32 first and the sum is f32; an F16 tensor stays F16, so
+/// the sum is rounded to f16 before it is stored as F32.
+fn shifted(t: &TensorConv, data: &[u8]) -> Result<Vec<u8>> {
+    let mut f = Vec::new();
+    quantize::convert_tensor(&t.gguf_name, data, t.src_type, GgmlType::F32, t.dims[0] as usize, None, &mut f)?;
+    let vals: Vec<f32> = bytemuck::pod_collect_to_vec(&f);
+    let f16 = t.src_type == GgmlType::F16;
+    Ok(vals
+        .into_iter()
+        .map(|x| {
+            let y = x + t.shift;
+            if f16 {
+                half::f16::from_f32(y).to_f32()
+            } else {
+                y
+            }
+        })
+        .flat_map(f32::to_le_bytes)
+        .collect())
 }
 
 impl ConvertPlan {

@@ -631,14 +631,19 @@ pub fn tokenizer_metadata(dir: &Path, cfg: &HfConfig, pre_override: Option<&str>
     let mut out: Vec<(String, Value)> = Vec::new();
     let spm_path = dir.join("tokenizer.model");
     let meta = match cfg.arch {
-        HfArch::Llama | HfArch::Qwen2 => {
+        HfArch::Llama | HfArch::Qwen2 | HfArch::Gemma3 => {
             if cfg.arch == HfArch::Llama {
                 if let Some(Json::Bool(p)) = files.config.as_ref().and_then(|c| c.get("add_prefix_space")) {
                     out.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(*p)));
                 }
             }
             if spm_path.is_file() {
-                spm_vocab(&files, cfg, &spm_path, &mut out)?
+                let m = spm_vocab(&files, cfg, &spm_path, &mut out)?;
+                if cfg.arch == HfArch::Gemma3 {
+                    // llama.cpp's Gemma3Model: a SentencePiece vocabulary without the dummy prefix.
+                    out.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false)));
+                }
+                m
             } else if cfg.arch == HfArch::Llama && is_llama_hf(&files) {
                 llama_hf_vocab(&files, cfg, &mut out)?
             } else {

@@ -124,6 +124,8 @@ pub(crate) struct ExportTensor<'a> {
     pub id: TensorId,
     /// Un-permute the Q/K rows with this many heads.
     pub permute_heads: Option<usize>,
+    /// Subtracted from every value: llama.cpp's `+1` on Gemma 3's norm weights (0 otherwise).
+    pub shift: f32,
     /// Exported as (F32, F16 or BF16).
     pub ty: GgmlType,
     pub dtype: Dtype,
@@ -158,6 +160,25 @@ impl ExportTensor<'_> {
         perm: &'b mut Vec<u8>,
         replaced: Option<&[f32]>,
     ) -> Result<&'b [u8]> {
+        let shifted: Vec<f32>;
+        let replaced = match (replaced, self.shift != 0.0) {
+            (r, false) => r,
+            (r, true) => {
+                // Subtract in f32 (exact for the values llama.cpp's +1 produced), then round to `ty`.
+                let vals: Vec<f32> = match r {
+                    Some(v) => v.to_vec(),
+                    None => {
+                        let mut f = Vec::new();
+                        let src = input.tensor_data(self.info);
+                        let n = self.info.row_len() as usize;
+                        quantize::convert_tensor(&self.info.name, src, self.info.ty, GgmlType::F32, n, None, &mut f)?;
+                        bytemuck::pod_collect_to_vec(&f)
+                    }
+                };
+                shifted = vals.into_iter().map(|x| x - self.shift).collect();
+                Some(shifted.as_slice())
+            }
+        };
         match replaced {
             Some(v) => {
                 if v.len() as u64 != self.info.n_elements() {
@@ -425,7 +446,10 @@ pub(crate) fn write_folder(
     let md = input.metadata();
     let arch_name = md.architecture().ok_or_else(|| Error::Invalid("GGUF has no general.architecture".into()))?;
     let arch = HfArch::from_gguf_name(arch_name).ok_or_else(|| {
-        Error::Invalid(format!("architecture {arch_name:?} cannot be exported; crunch exports llama, qwen2 and bert"))
+        Error::Invalid(format!(
+            "architecture {arch_name:?} cannot be exported; crunch exports {}",
+            HfArch::exported_names()
+        ))
     })?;
     let types = match opts.dtype {
         Some(t) => vec![t; input.tensors().len()],
@@ -459,7 +483,8 @@ pub(crate) fn write_folder(
             _ => None,
         };
         let (dtype, _) = dtype_of(ty)?;
-        let mut t = ExportTensor { info, hf_name, id, permute_heads, ty, dtype };
+        let shift = arch.norm_shift(&hf_name);
+        let mut t = ExportTensor { info, hf_name, id, permute_heads, shift, ty, dtype };
         if let Some(ty) = layout.source_type(&t) {
             t.ty = ty;
             t.dtype = dtype_of(ty)?.0;
@@ -485,7 +510,12 @@ pub(crate) fn write_folder(
     // config.json goes first, written once the layout has had its say (after the tensors).
     side.push(("generation_config.json".into(), json_bytes(&generation_config(md, &tok))?));
     side.push(("tokenizer.json".into(), json_bytes(&tokenizer_json)?));
-    let (tc, stm) = tok.configs(md.get_u64(&key("context_length")));
+    let (mut tc, stm) = tok.configs(md.get_u64(&key("context_length")));
+    if let (HfArch::Gemma3, Some(c)) = (arch, tc.as_object_mut()) {
+        if tok.model == "llama" {
+            c.insert("tokenizer_class".into(), json!("GemmaTokenizerFast"));
+        }
+    }
     side.push(("tokenizer_config.json".into(), json_bytes(&tc)?));
     side.push(("special_tokens_map.json".into(), json_bytes(&stm)?));
     if let Some(spm) = tok.spm_model() {

@@ -56,7 +56,7 @@ fn out_type(ty: GgmlType, dtype: Option<GgmlType>) -> Result<(GgmlType, Dtype)> 
 fn task_type(arch: HfArch) -> &'static str {
     match arch {
         HfArch::Bert => "FEATURE_EXTRACTION",
-        HfArch::Llama | HfArch::Qwen2 => "CAUSAL_LM",
+        HfArch::Llama | HfArch::Qwen2 | HfArch::Gemma3 => "CAUSAL_LM",
     }
 }
 
