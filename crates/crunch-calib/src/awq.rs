@@ -178,7 +178,8 @@ fn divide_rows(w: &mut [f32], n_in: usize, s: &[f32]) {
 }
 
 /// Fold the scales chosen for `g` into `layer` and divide the group's `input` (rows of the
-/// group's input width) to match. Returns the names of the tensors that changed.
+/// group's input width) to match. Returns the names of the tensors that changed (a divided
+/// bias by its own name, [`Layer`]'s `Linear::bias_name`).
 pub fn apply(layer: &mut Layer, g: Group, s: &[f32], input: &mut [f32], gqa: (usize, usize, usize)) -> Vec<String> {
     let n = s.len();
     input.par_chunks_mut(n).for_each(|r| r.iter_mut().zip(s).for_each(|(v, f)| *v /= f));
@@ -199,6 +200,7 @@ pub fn apply(layer: &mut Layer, g: Group, s: &[f32], input: &mut [f32], gqa: (us
             divide_rows(&mut v.w, v.n_in, &s_kv);
             if let Some(b) = v.bias.as_mut() {
                 b.iter_mut().zip(&s_kv).for_each(|(x, f)| *x /= f);
+                changed.push(v.bias_name());
             }
             changed.push(v.name.clone());
         }
@@ -207,6 +209,7 @@ pub fn apply(layer: &mut Layer, g: Group, s: &[f32], input: &mut [f32], gqa: (us
             divide_rows(&mut up.w, up.n_in, s);
             if let Some(b) = up.bias.as_mut() {
                 b.iter_mut().zip(s).for_each(|(x, f)| *x /= f);
+                changed.push(up.bias_name());
             }
             changed.push(up.name.clone());
         }

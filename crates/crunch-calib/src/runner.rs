@@ -30,6 +30,11 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// The GGUF name of this layer's bias (`blk.N.attn_v.bias` for `blk.N.attn_v.weight`).
+    pub fn bias_name(&self) -> String {
+        format!("{}.bias", self.name.strip_suffix(".weight").unwrap_or(&self.name))
+    }
+
     /// `x Wᵀ (+ bias)` for `x` of rows of `n_in`.
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
         let mut y = linalg::matmul_xwt(x, self.n_in, &self.w, self.n_out);

@@ -434,8 +434,17 @@ fn calibrate_blocks(
             } else if *name == layer.ffn_norm_name() {
                 &layer.norms.ffn
             } else {
-                match layer.linears().into_iter().find(|l| &l.name == name) {
-                    Some(l) => &l.w,
+                let found = layer.linears().into_iter().find_map(|l| {
+                    if &l.name == name {
+                        Some(&l.w[..])
+                    } else if &l.bias_name() == name {
+                        l.bias.as_deref()
+                    } else {
+                        None
+                    }
+                });
+                match found {
+                    Some(v) => v,
                     None => continue,
                 }
             };
