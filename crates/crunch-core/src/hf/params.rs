@@ -600,6 +600,7 @@ mod tests {
     fn as_md(p: &[(String, Value)]) -> Metadata {
         let mut md = Metadata::default();
         md.set("general.architecture", Value::string("gemma3"));
+        md.set("tokenizer.ggml.tokens", Value::strings((0..300).map(|i| i.to_string())));
         for (k, v) in p {
             md.set(k, v.clone());
         }
@@ -697,8 +698,6 @@ mod tests {
             for tied in [true, false] {
                 let names: &[&str] =
                     if tied { &["token_embd.weight"] } else { &["token_embd.weight", "output.weight"] };
-                let mut md = md.clone();
-                md.set("tokenizer.ggml.tokens", Value::strings((0..300).map(|i| i.to_string())));
                 let c = hf_config(HfArch::Gemma3, &md, names, "float32").unwrap();
                 assert_eq!(c["architectures"], json!(["Gemma3ForCausalLM"]));
                 assert_eq!(c["model_type"], "gemma3_text");
