@@ -394,7 +394,7 @@ fn bad_export_inputs_fail_cleanly() {
     let cases = [
         (
             write("gpt2.gguf", "gpt2", true),
-            "architecture \"gpt2\" cannot be exported; crunch exports llama, qwen2 and bert",
+            "architecture \"gpt2\" cannot be exported; crunch exports llama, qwen2, gemma3 and bert",
         ),
         (write("novocab.gguf", "llama", false), "tokenizer.ggml.model"),
     ];
