@@ -591,6 +591,9 @@ mod tests {
       "use_cache": true, "vocab_size": 262144
     }"#;
 
+    /// A change to a config.
+    type Edit = Box<dyn Fn(&mut Map<String, Json>)>;
+
     fn gemma(edit: impl FnOnce(&mut Map<String, Json>)) -> HfConfig {
         let mut j: Map<String, Json> = serde_json::from_str(GEMMA3_270M).unwrap();
         edit(&mut j);
@@ -685,7 +688,7 @@ mod tests {
     #[test]
     fn gemma3_config_round_trips() {
         for edit in [
-            Box::new(|_: &mut Map<String, Json>| {}) as Box<dyn Fn(&mut Map<String, Json>)>,
+            Box::new(|_: &mut Map<String, Json>| {}) as Edit,
             Box::new(|j: &mut Map<String, Json>| {
                 j.insert("sliding_window_pattern".into(), json!(1));
                 j.insert("layer_types".into(), json!(vec!["full_attention"; 18]));
@@ -736,7 +739,7 @@ mod tests {
     /// A config llama.cpp's gemma3 would not compute as written: refused, naming the field.
     #[test]
     fn malformed_gemma3_configs_name_the_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Map<String, Json>)>)> = vec![
+        let cases: Vec<(&str, Edit)> = vec![
             ("\"attn_logit_softcapping\"", Box::new(|j| _ = j.insert("attn_logit_softcapping".into(), json!(50.0)))),
             ("\"hidden_activation\"", Box::new(|j| _ = j.insert("hidden_activation".into(), json!("silu")))),
             (
@@ -747,7 +750,7 @@ mod tests {
             ("\"rope_local_base_freq\"", Box::new(|j| _ = j.insert("rope_local_base_freq".into(), json!(20000.0)))),
             ("\"_sliding_window_pattern\"", Box::new(|j| _ = j.insert("_sliding_window_pattern".into(), json!(4)))),
             ("\"sliding_window_pattern\"", Box::new(|j| _ = j.insert("sliding_window_pattern".into(), json!("6")))),
-            ("layer 5 is \"sliding_attention\"", Box::new(|j| _ = j["layer_types"][5] = json!("sliding_attention"))),
+            ("layer 5 is \"sliding_attention\"", Box::new(|j| j["layer_types"][5] = json!("sliding_attention"))),
             ("\"layer_types\"", Box::new(|j| _ = j.insert("layer_types".into(), json!(["full_attention"])))),
             ("\"sliding_window\"", Box::new(|j| _ = j.remove("sliding_window"))),
             ("\"sliding_window\"", Box::new(|j| _ = j.insert("sliding_window".into(), json!("wide")))),
