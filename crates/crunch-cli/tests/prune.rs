@@ -379,3 +379,45 @@ fn bad_structured_options_are_clear_errors() {
     assert!(!out.exists());
     assert_eq!(common::listing(sc.path()), Vec::<String>::new(), "nothing left behind");
 }
+
+/// Gemma 3's extra norms are copied, its FFN narrowed like any other; removing blocks is refused
+/// (its sliding-window layers are chosen by block index, so removal would move them).
+#[test]
+fn gemma3_ffn_pruning_runs_and_block_removal_is_refused() {
+    let m = crunch_testkit::gemma3_gguf();
+    let wiki = crunch_testkit::wikitext_dev();
+    let sc = Scratch::new("prune-gemma3");
+    let out = sc.join("ffn.gguf");
+    for extra in [&["--remove-layers", "3"][..], &["--layers", "1", "--text", s(&wiki)][..]] {
+        let e = prune_fails(&m, &out, extra);
+        assert!(e.contains(extra[0]) && e.contains("sliding-window"), "{e}");
+    }
+    assert!(!out.exists());
+    let o = ok(&crunch(&[
+        "prune",
+        s(&m),
+        s(&out),
+        "--ffn",
+        "0.75",
+        "--text",
+        s(&wiki),
+        "--ctx",
+        "64",
+        "--chunks",
+        "2",
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(o["structured"]["n_ff_after"].as_u64(), Some(1536));
+    let (src, dst) = (GgufFile::open(&m).unwrap(), GgufFile::open(&out).unwrap());
+    assert_eq!(dst.metadata().get_u64("gemma3.feed_forward_length"), Some(1536));
+    for n in ["post_attention_norm", "post_ffw_norm", "attn_q_norm", "attn_k_norm"] {
+        let name = format!("blk.5.{n}.weight");
+        let (a, b) = (src.tensor(&name).unwrap(), dst.tensor(&name).unwrap());
+        assert_eq!(src.tensor_data(a), dst.tensor_data(b), "{name} copied");
+    }
+    assert_eq!(dst.tensor("blk.5.ffn_down.weight").unwrap().dims, [1536, 640]);
+    let model = crunch_model::LlamaModel::open(&out).unwrap();
+    let logits = model.forward(&[2, 100, 200, 300], &mut model.new_cache(4)).unwrap();
+    assert!(logits.iter().all(|v| v.is_finite()));
+}

@@ -129,8 +129,14 @@ fn role(rest: &str, spec: &StructuredSpec) -> Option<Role> {
     let kv = spec.kv_keep.is_some();
     let ffn = spec.ffn_keep.is_some();
     Some(match rest {
-        "attn_norm.weight" | "ffn_norm.weight" | "attn_output.bias" | "ffn_down.bias" | "attn_q_norm.weight"
-        | "attn_k_norm.weight" => Role::Copy,
+        "attn_norm.weight"
+        | "ffn_norm.weight"
+        | "attn_output.bias"
+        | "ffn_down.bias"
+        | "attn_q_norm.weight"
+        | "attn_k_norm.weight"
+        | "post_attention_norm.weight"
+        | "post_ffw_norm.weight" => Role::Copy,
         "attn_q.weight" | "attn_q.bias" => {
             if kv {
                 Role::QRows
@@ -174,6 +180,16 @@ fn role(rest: &str, spec: &StructuredSpec) -> Option<Role> {
 /// Check what the options cannot: per-block widths, block lists, counts.
 fn check(cfg: &LlamaConfig, spec: &StructuredSpec, prefix: &str) -> Result<()> {
     let field = |f: &str| format!("{prefix}.{f}");
+    if spec.layers.is_some() && cfg.n_swa > 0 && cfg.swa_pattern > 0 {
+        return Err(Error::field(
+            field(if matches!(spec.layers, Some(LayerChoice::List(_))) { "remove_layers" } else { "layers" }),
+            format!(
+                "this model alternates sliding-window and global attention by block index (every {}th block \
+                 global): removing blocks would move that pattern; prune FFN channels or KV heads instead",
+                cfg.swa_pattern
+            ),
+        ));
+    }
     if let Some(LayerChoice::List(v)) = &spec.layers {
         let mut seen = std::collections::BTreeSet::new();
         for &l in v {
