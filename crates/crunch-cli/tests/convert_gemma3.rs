@@ -360,7 +360,7 @@ fn edit_tensor(hf: &Path, name: &str, shape: Option<Vec<u64>>) {
     let mut entries: Vec<(TensorSpec, Vec<u8>)> = Vec::new();
     for t in m.tensors() {
         let data = m.data(&t.name).unwrap().to_vec();
-        match (&t.name == name, &shape) {
+        match (t.name == name, &shape) {
             (false, _) => entries.push((TensorSpec::new(t.name.clone(), t.dtype, t.shape.clone()), data)),
             (true, None) => {}
             (true, Some(s)) => {
