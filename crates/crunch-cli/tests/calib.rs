@@ -157,9 +157,8 @@ fn awq_keeps_qwens_biased_value_projection_exact() {
     };
     let changed = (0..24).filter(|&i| bias(&a, i) != bias(&b, i)).count();
     assert!(changed > 0, "no attn_v.bias was rescaled");
-    let r = crunch(&[
-        "eval", "compare", s(&qwen), s(&out), "--text", s(&wiki), "--ctx", "128", "--chunks", "2", "--json",
-    ]);
+    let r =
+        crunch(&["eval", "compare", s(&qwen), s(&out), "--text", s(&wiki), "--ctx", "128", "--chunks", "2", "--json"]);
     ok(&r);
     let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     let kld = j["kld"]["mean"].as_f64().unwrap();
