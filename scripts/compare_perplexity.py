@@ -16,6 +16,8 @@ For each model, in the same run and one after the other (never concurrently):
 With --lora FILE[:SCALE] (one LoRA adapter, scale 1 by default) both run every model with the adapter:
 llama.cpp through `Llama(..., lora_path=FILE, lora_scale=SCALE)` (its --lora-scaled), crunch with
 `--lora FILE:SCALE`.
+With --llama-kv-f32 llama.cpp runs with an F32 KV cache and without flash attention, i.e. the attention
+precision crunch uses (llama-perplexity's default F16 cache rounds K, V and Q to f16).
 Prints both perplexities, their difference in percent, both speeds and peak memory; exits 1 if a
 difference exceeds --tolerance percent.
 """
@@ -50,13 +52,17 @@ def parse_lora(spec):
     return spec, 1.0
 
 
-def open_llama(model, n_ctx, threads, lora):
-    """A llama_cpp.Llama for perplexity-style batches, with the LoRA adapter `lora` = (FILE, SCALE) if given."""
+def open_llama(model, n_ctx, threads, lora, kv_f32=False):
+    """A llama_cpp.Llama for perplexity-style batches, with the LoRA adapter `lora` = (FILE, SCALE) if given;
+    `kv_f32`: an F32 KV cache and no flash attention (llama-perplexity's defaults are an F16 cache and
+    flash attention "auto", which rounds K, V and Q to f16; crunch keeps them in f32)."""
     import llama_cpp
 
     kw = {}
     if lora:
         kw = {"lora_path": str(lora[0]), "lora_scale": float(lora[1])}
+    if kv_f32:
+        kw.update(type_k=0, type_v=0, flash_attn=False)  # GGML_TYPE_F32
     return llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                            n_threads=threads, n_threads_batch=threads, verbose=False, **kw)
 
@@ -83,12 +89,12 @@ def decode_chunk(ctx, batch, chunk, first, n_vocab):
     return np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(n - first, n_vocab)), dt
 
 
-def llama_cpp_worker(model, text_path, n_ctx, n_chunks, threads, lora=None):
+def llama_cpp_worker(model, text_path, n_ctx, n_chunks, threads, lora=None, kv_f32=False):
     import numpy as np
     import llama_cpp
 
     text = Path(text_path).read_text(encoding="utf-8")
-    llm = open_llama(model, n_ctx, threads, parse_lora(lora))
+    llm = open_llama(model, n_ctx, threads, parse_lora(lora), kv_f32)
     ctx = llm.ctx
     n_vocab = llm.n_vocab()
     add_bos = bool(llm._model.add_bos_token())
@@ -133,11 +139,13 @@ def llama_cpp_worker(model, text_path, n_ctx, n_chunks, threads, lora=None):
     }))
 
 
-def llama_cpp_perplexity(model, text, n_ctx, n_chunks, threads, lora=None):
+def llama_cpp_perplexity(model, text, n_ctx, n_chunks, threads, lora=None, kv_f32=False):
     cmd = [sys.executable, __file__, "--worker", str(model), str(text), "--ctx", str(n_ctx),
            "--chunks", str(n_chunks or 0), "--threads", str(threads)]
     if lora:
         cmd += ["--lora", lora]
+    if kv_f32:
+        cmd += ["--llama-kv-f32"]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"llama.cpp worker failed:\n{out.stderr}")
@@ -176,11 +184,14 @@ def main():
     ap.add_argument("--lora", metavar="FILE[:SCALE]",
                     help="LoRA adapter applied to every model in both tools (scale multiplies alpha/rank, "
                          "as llama.cpp's --lora-scaled)")
+    ap.add_argument("--llama-kv-f32", action="store_true",
+                    help="run llama.cpp with an F32 KV cache and without flash attention (its defaults, an F16 "
+                         "cache and flash attention, round K, V and Q to f16; crunch keeps them in f32)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         # argv: --worker MODEL TEXT (parsed as text=MODEL, models=[TEXT])
-        return llama_cpp_worker(a.text, a.models[0], a.ctx, a.chunks, a.threads, a.lora)
+        return llama_cpp_worker(a.text, a.models[0], a.ctx, a.chunks, a.threads, a.lora, a.llama_kv_f32)
     if a.lora:
         parse_lora(a.lora)  # refuse a bad scale before running anything
     llama_build.print_build()
@@ -188,7 +199,7 @@ def main():
     ok = True
     for model in a.models:
         name = Path(model).name
-        ref = llama_cpp_perplexity(model, a.text, a.ctx, a.chunks, a.threads, a.lora)
+        ref = llama_cpp_perplexity(model, a.text, a.ctx, a.chunks, a.threads, a.lora, a.llama_kv_f32)
         ours = crunch_perplexity(a.crunch, model, a.text, a.ctx, a.chunks, a.threads, a.lora)
         if ours["n_tokens"] != ref["n_tokens"] or ours["count"] != ref["count"]:
             print(f"{name}: token counts differ: llama.cpp {ref['n_tokens']}/{ref['count']}, "
