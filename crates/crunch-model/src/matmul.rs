@@ -394,20 +394,7 @@ mod tests {
         let (n_in, n_out) = (512, 45);
         let x = rand(n_in, 5);
         let wf = rand(n_out * n_in, 6);
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-            GgmlType::IQ4_NL,
-            GgmlType::Q2_K,
-            GgmlType::Q3_K,
-            GgmlType::Q4_K,
-            GgmlType::Q5_K,
-            GgmlType::Q6_K,
-            GgmlType::IQ4_XS,
-        ] {
+        for ty in crunch_quant::gemv::PACKED_TYPES {
             let rb = ty.row_size(n_in).unwrap();
             let mut data = vec![0u8; rb * n_out];
             crunch_quant::quantize_rows(ty, &wf, n_in, None, &mut data).unwrap();

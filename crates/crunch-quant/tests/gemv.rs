@@ -10,20 +10,7 @@ use crunch_quant::gemv::{Kernel, Packed};
 use crunch_testkit::{realistic_weights, Rng};
 
 /// Every type gemv packs.
-const TYPES: [GgmlType; 12] = [
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::IQ4_NL,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::IQ4_XS,
-];
+const TYPES: [GgmlType; 12] = crunch_quant::gemv::PACKED_TYPES;
 
 /// Byte offsets of a block's f16 scale fields (d, and dmin / m where there is one).
 fn f16_fields(ty: GgmlType) -> &'static [usize] {

@@ -174,6 +174,22 @@ fn format(ty: GgmlType) -> Option<Format> {
     })
 }
 
+/// Every type [`Packed::new`] packs: the 32-element block formats, then the 256-element ones.
+pub const PACKED_TYPES: [GgmlType; 12] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::IQ4_NL,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_XS,
+];
+
 /// Whether [`Packed::new`] supports `ty`.
 pub fn supports(ty: GgmlType) -> bool {
     format(ty).is_some()
@@ -789,21 +805,6 @@ mod tests {
             .collect()
     }
 
-    const TYPES: [GgmlType; 12] = [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::IQ4_NL,
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-        GgmlType::IQ4_XS,
-    ];
-
     /// Every kernel this CPU runs equals `vec_dot` row by row (same quantized activations) up to
     /// float rounding, including a last tile cut short.
     #[test]
@@ -811,7 +812,7 @@ mod tests {
         let (n_in, n_out) = (512, 37);
         let x = rand(n_in, 1);
         let wf: Vec<f32> = rand(n_out * n_in, 2).iter().enumerate().map(|(i, v)| v * (1.0 + (i % 7) as f32)).collect();
-        for ty in TYPES {
+        for ty in PACKED_TYPES {
             let k = crate::kernels(ty).unwrap();
             let rb = ty.row_size(n_in).unwrap();
             let mut w = vec![0u8; rb * n_out];
@@ -842,7 +843,7 @@ mod tests {
         let mut x = rand(n_in, 3);
         x[5] = 40.0;
         x[200] = -40.0;
-        for ty in TYPES {
+        for ty in PACKED_TYPES {
             let rb = ty.row_size(n_in).unwrap();
             // random rows, then rows of extreme bytes (scales kept finite below)
             let mut w = vec![0u8; rb * n_out];
