@@ -74,20 +74,7 @@ fn main() {
 
 /// One token: `vec_dot` per row vs the packed gemv, GB/s of GGUF weight bytes.
 fn gemv_table(pool: &rayon::ThreadPool, filter: &[String]) {
-    let types = [
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::IQ4_NL,
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-        GgmlType::IQ4_XS,
-    ];
+    let types = crunch_quant::gemv::PACKED_TYPES;
     // SmolLM2's FFN up and down and output layer, a 7B-shaped square (k-quants and IQ4_XS only
     // where the rows are a multiple of 256)
     let shapes = [(576, 1536), (1536, 576), (576, 49152), (4096, 4096)];

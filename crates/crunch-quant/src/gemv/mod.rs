@@ -674,20 +674,8 @@ mod vnni {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Act, Packed, BLK, TILE};
+    use crate::legacy::simd::bits_to_byte_mask;
     use std::arch::x86_64::*;
-
-    /// Expand 32 bits to 32 bytes: 0xFF where the bit is set.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    pub(super) fn bits_to_bytes(bits: u32) -> __m256i {
-        let word = _mm256_set1_epi32(bits as i32);
-        let spread = _mm256_shuffle_epi8(
-            word,
-            _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0),
-        );
-        let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select)
-    }
 
     /// `codes · x` per row over 4 bytes, into 8 i32 lanes: unsigned codes (`maddubs`), or signed
     /// ones with the sign trick.
@@ -744,10 +732,10 @@ mod avx2 {
                         let mut lo = _mm256_and_si256(v, m4);
                         let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                         if CODES == 1 {
-                            let ml = unsafe { blk.add(256 + 8 * j + 4 * h).cast::<u32>().read_unaligned() };
-                            let mh = unsafe { blk.add(256 + 8 * (j + 4) + 4 * h).cast::<u32>().read_unaligned() };
-                            lo = _mm256_or_si256(lo, _mm256_and_si256(bits_to_bytes(ml), sixteen));
-                            hi = _mm256_or_si256(hi, _mm256_and_si256(bits_to_bytes(mh), sixteen));
+                            let ml = unsafe { blk.add(256 + 8 * j + 4 * h).cast::<[u8; 4]>().read_unaligned() };
+                            let mh = unsafe { blk.add(256 + 8 * (j + 4) + 4 * h).cast::<[u8; 4]>().read_unaligned() };
+                            lo = _mm256_or_si256(lo, _mm256_and_si256(bits_to_byte_mask(ml), sixteen));
+                            hi = _mm256_or_si256(hi, _mm256_and_si256(bits_to_byte_mask(mh), sixteen));
                         }
                         if CODES == 3 {
                             lo = _mm256_shuffle_epi8(tbl, lo);
@@ -796,13 +784,8 @@ mod tests {
     use super::*;
 
     fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        let mut r = crunch_testkit::Rng::new(seed);
+        (0..n).map(|_| r.uniform() * 2.0 - 1.0).collect()
     }
 
     /// Every kernel this CPU runs equals `vec_dot` row by row (same quantized activations) up to

@@ -437,7 +437,7 @@ mod x86 {
     /// AVX2, FMA and F16C must be available; lengths as for [`vnni`].
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn avx2<const K: u8>(p: &Packed, tile: &[u8], act: &Act) -> [f32; TILE] {
-        use super::super::avx2::bits_to_bytes;
+        use crate::legacy::simd::bits_to_byte_mask;
         let m4 = _mm256_set1_epi8(0x0f);
         let m3 = _mm256_set1_epi8(3);
         let high = _mm256_set1_epi8(if K == 1 { 4 } else { 16 });
@@ -495,8 +495,9 @@ mod x86 {
                                 let k = 16 * t + 4 * q + u;
                                 let mut c = _mm256_and_si256(_mm256_srl_epi16(v[u], cnt), m3);
                                 if K == 1 {
-                                    let mk = unsafe { blk.add(1024 + 8 * k + 4 * h).cast::<u32>().read_unaligned() };
-                                    c = _mm256_or_si256(c, _mm256_and_si256(bits_to_bytes(mk), high));
+                                    let mk =
+                                        unsafe { blk.add(1024 + 8 * k + 4 * h).cast::<[u8; 4]>().read_unaligned() };
+                                    c = _mm256_or_si256(c, _mm256_and_si256(bits_to_byte_mask(mk), high));
                                 }
                                 // codes ≤ 7: four steps' pair sums stay within i16
                                 p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(c, x!(k)));
@@ -518,10 +519,11 @@ mod x86 {
                             let mut lo = _mm256_and_si256(v, m4);
                             let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
                             if K == 2 {
-                                let ml = unsafe { blk.add(2048 + 8 * j + 4 * h).cast::<u32>().read_unaligned() };
-                                let mh = unsafe { blk.add(2048 + 8 * (j + 32) + 4 * h).cast::<u32>().read_unaligned() };
-                                lo = _mm256_or_si256(lo, _mm256_and_si256(bits_to_bytes(ml), high));
-                                hi = _mm256_or_si256(hi, _mm256_and_si256(bits_to_bytes(mh), high));
+                                let ml = unsafe { blk.add(2048 + 8 * j + 4 * h).cast::<[u8; 4]>().read_unaligned() };
+                                let mh =
+                                    unsafe { blk.add(2048 + 8 * (j + 32) + 4 * h).cast::<[u8; 4]>().read_unaligned() };
+                                lo = _mm256_or_si256(lo, _mm256_and_si256(bits_to_byte_mask(ml), high));
+                                hi = _mm256_or_si256(hi, _mm256_and_si256(bits_to_byte_mask(mh), high));
                                 // codes ≤ 31: four steps' pair sums stay within i16
                                 plo = _mm256_add_epi16(plo, _mm256_maddubs_epi16(lo, x!(j)));
                                 phi = _mm256_add_epi16(phi, _mm256_maddubs_epi16(hi, x!(j + 32)));
